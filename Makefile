@@ -1,0 +1,61 @@
+# portguard — `sudo make demo` and `sudo make test` work on a fresh Debian 12 / Ubuntu machine:
+# they install the system packages and the Python venv they need first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := iptables nftables iproute2 conntrack gcc make python3-dev python3-venv \
+	libnetfilter-queue-dev openssl swaks procps kmod
+PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
+
+.PHONY: help system-deps venv test unit integration lint demo bench clean
+
+help:
+	@echo "sudo make demo   run the namespace lab demo (real daemon, real SMTP traffic)"
+	@echo "sudo make test   install what is missing, then run unit and integration tests"
+	@echo "make lint        ruff and mypy"
+	@echo "sudo make bench  kernel fast path benchmark (writes figures to stdout)"
+
+system-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing packages: $$missing (run as root: sudo make ...)"; exit 1; fi; \
+	  echo "installing system packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | system-deps $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+venv: system-deps $(VENV)/.installed
+
+test: venv
+	@if [ "$$(id -u)" != 0 ]; then echo "make test needs root for the namespace integration tests: sudo make test"; exit 1; fi
+	$(PYTEST) tests
+
+unit: venv
+	$(PYTEST) tests/unit
+
+integration: venv
+	$(PYTEST) tests/integration
+
+lint: venv
+	$(BIN)/ruff check portguard tests bench
+	$(BIN)/ruff format --check portguard tests bench
+	$(BIN)/mypy
+
+demo: venv
+	$(BIN)/python -m portguard.lab.demo
+
+bench: venv
+	$(BIN)/python bench/bench_fastpath.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis build dist *.egg-info

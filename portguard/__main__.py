@@ -1,0 +1,5 @@
+import sys
+
+from portguard.cli import main
+
+sys.exit(main())

@@ -1,0 +1,67 @@
+"""Command line: parses arguments and calls the part that does the work."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from portguard import __version__
+from portguard.errors import SourceError
+
+DEFAULT_CONFIG = Path("/etc/portguard/portguard.toml")
+DIRECTIONS = ("outbound", "inbound", "internal", "external")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="portguard", description="SMTP-port policy gateway")
+    parser.add_argument("--version", action="version", version=f"portguard {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("run", "run the daemon in the foreground"),
+                       ("check", "validate the config and every rule file")):
+        _with_config(commands.add_parser(name, help=text))
+    explain = _with_config(commands.add_parser("explain", help="which rule decides a connection"))
+    explain.add_argument("--src", required=True, type=ipaddress.ip_address)
+    explain.add_argument("--dst", required=True, type=ipaddress.ip_address)
+    explain.add_argument("--dport", required=True, type=int)
+    explain.add_argument("--direction", default="outbound", choices=DIRECTIONS)
+    hook = _with_config(commands.add_parser("hook", help="install, remove or show the hooks"))
+    hook.add_argument("action", choices=("install", "remove", "status"))
+    return parser
+
+
+def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="portguard.toml")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except SourceError as error:
+        for message in error.messages:
+            print(message, file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from portguard import commands
+    from portguard.config import load_config
+
+    config = load_config(args.config)
+    if args.command == "run":
+        from portguard.daemon import run
+
+        return run(config)
+    if args.command == "check":
+        return commands.check(config)
+    if args.command == "explain":
+        return commands.explain(config, args.src, args.dst, args.dport, args.direction)
+    return commands.hook(config, args.action)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""The daemon: wires config, policy, gate, kernel queue, hooks and log; handles signals.
+
+One worker (the default) runs in this process. With `workers = N` the daemon forks N
+workers, one kernel queue each (the kernel spreads flows over them); the parent installs and
+removes the hooks and forwards SIGHUP/SIGTERM. Workers die with the parent (PDEATHSIG), so a
+crashed daemon never leaves a bound queue behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import sys
+import time
+
+from portguard import __version__
+from portguard.config import Config
+from portguard.decisionlog.record import Observer, lifecycle_event
+from portguard.decisionlog.writer import EventWriter
+from portguard.errors import SourceError
+from portguard.io import notify
+from portguard.io.hook import HookBackend, HookSpec, cleanup_leftovers, select_backend
+from portguard.worker import Worker, make_writer
+
+PR_SET_PDEATHSIG = 1
+
+
+def hook_spec(config: Config) -> HookSpec:
+    return HookSpec(
+        queue_num=config.queue.num,
+        workers=config.queue.workers,
+        ports=tuple(config.hook.ports),
+        chains=tuple(config.hook.chains),
+        fail_open=config.queue.fail_mode == "open",
+    )
+
+
+class Daemon:
+    """The running service: one config, its hook backend, its workers."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.observer = Observer(socket.gethostname(), __version__)
+        self.backend: HookBackend = select_backend(config.hook.backend)
+        self.spec = hook_spec(config)
+
+    def run(self) -> int:
+        from portguard.policy import load_ruleset
+
+        ruleset = load_ruleset(self.config.rules.paths)  # fail before touching the kernel
+        cleanup_leftovers()
+        if self.config.queue.workers == 1:
+            worker = Worker(self.config, self.config.queue.num, ruleset, self.observer)
+            return worker.run(on_bound=self._install_hooks, on_stop=self._remove_hooks)
+        return self._run_forked(ruleset)
+
+    def _install_hooks(self, writer: EventWriter) -> None:
+        self.backend.install(self.spec)
+        writer.submit(self._lifecycle("hook-installed", f"{self.backend.name} hooks installed"))
+
+    def _remove_hooks(self, writer: EventWriter) -> None:
+        self.backend.remove()
+        writer.submit(self._lifecycle("hook-removed", f"{self.backend.name} hooks removed"))
+
+    def _lifecycle(self, action: str, message: str) -> dict[str, object]:
+        return lifecycle_event(action, message, self.observer, time.time(), backend=self.backend.name)
+
+    def _run_forked(self, ruleset: object) -> int:
+        from portguard.policy import RuleSet
+
+        assert isinstance(ruleset, RuleSet)
+        ready_r, ready_w = os.pipe()
+        children = [self._fork_worker(i, ruleset, ready_w) for i in range(self.config.queue.workers)]
+        os.close(ready_w)
+        writer = make_writer(self.config)
+        try:
+            _await_ready(ready_r, len(children))
+            self._install_hooks(writer)
+            notify.ready(f"deciding on {len(children)} queues")
+            return _supervise(children)
+        finally:
+            os.close(ready_r)
+            self._remove_hooks(writer)
+            _stop_children(children)
+            writer.close()
+
+    def _fork_worker(self, index: int, ruleset: object, ready_w: int) -> int:
+        from portguard.policy import RuleSet
+
+        assert isinstance(ruleset, RuleSet)
+        pid = os.fork()
+        if pid:
+            return pid
+        code = 1
+        try:
+            _die_with_parent()
+            os.environ.pop("NOTIFY_SOCKET", None)  # only the parent speaks to systemd
+            worker = Worker(self.config, self.config.queue.num + index, ruleset, self.observer)
+            code = worker.run(on_bound=lambda _w: os.write(ready_w, b"."), on_stop=None)
+        finally:
+            os._exit(code)
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _await_ready(ready_r: int, count: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    seen = 0
+    os.set_blocking(ready_r, False)
+    while seen < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError("workers did not bind their queues in time")
+        try:
+            chunk = os.read(ready_r, 64)
+        except BlockingIOError:
+            time.sleep(0.02)
+            continue
+        if not chunk:
+            raise RuntimeError("a worker exited before binding its queue")
+        seen += len(chunk)
+
+
+def _supervise(children: list[int]) -> int:
+    """Forward SIGHUP to the workers; return on SIGTERM/SIGINT or when a worker dies."""
+    stop = {"code": -1}
+
+    def on_stop(_sig: int, _frame: object) -> None:
+        stop["code"] = 0
+
+    def on_hup(_sig: int, _frame: object) -> None:
+        for pid in children:
+            os.kill(pid, signal.SIGHUP)
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    while stop["code"] < 0:
+        pid, _status = os.waitpid(-1, os.WNOHANG)
+        if pid:
+            print(f"portguard: worker {pid} exited unexpectedly", file=sys.stderr)
+            children.remove(pid)
+            return 1
+        time.sleep(0.2)
+    return 0
+
+
+def _stop_children(children: list[int]) -> None:
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+    for pid in children:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            continue
+
+
+def run(config: Config) -> int:
+    try:
+        return Daemon(config).run()
+    except SourceError as error:
+        for message in error.messages:
+            print(message, file=sys.stderr)
+        return 1

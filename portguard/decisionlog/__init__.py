@@ -1,0 +1,1 @@
+"""Decision log: ECS event records (pure) and the sinks that write them (edge)."""

@@ -1,0 +1,125 @@
+"""ECS event records for decisions and lifecycle changes (pure: `now` is passed in)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from portguard.flow.table import Flow
+from portguard.packet.model import to_address
+from portguard.policy.model import Action, Decision, Direction
+
+ECS_VERSION = "8.11.0"
+Event = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Observer:
+    """The gateway that makes the decisions (ECS observer.*)."""
+
+    hostname: str
+    version: str
+
+    def fields(self) -> dict[str, str]:
+        return {
+            "hostname": self.hostname,
+            "type": "firewall",
+            "vendor": "portguard",
+            "product": "portguard",
+            "version": self.version,
+        }
+
+
+def timestamp(now: float) -> str:
+    """ECS @timestamp: UTC, microseconds, a trailing Z."""
+    moment = dt.datetime.fromtimestamp(now, dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def decision_event(
+    decision: Decision,
+    flow: Flow,
+    direction: Direction,
+    policy_version: str,
+    observer: Observer,
+    now: float,
+) -> Event:
+    """One connection's decision as an ECS event (DESIGN.md, "Decision event")."""
+    version, src, dst, sport, dport = flow.key
+    allowed = decision.action.allows
+    return {
+        "@timestamp": timestamp(now),
+        "ecs": {"version": ECS_VERSION},
+        "event": {
+            "kind": "event",
+            "category": ["network"],
+            "type": ["connection", "allowed" if allowed else "denied"],
+            "action": decision.action.value,
+            "outcome": "success",
+            "dataset": "portguard.decision",
+        },
+        "rule": _rule_fields(decision),
+        "source": {"ip": str(to_address(version, src)), "port": sport},
+        "destination": {"ip": str(to_address(version, dst)), "port": dport},
+        "network": {
+            "transport": "tcp",
+            "iana_number": "6",
+            "type": f"ipv{version}",
+            "direction": direction.value,
+        },
+        "observer": observer.fields(),
+        "portguard": {
+            "flow_id": flow.flow_id,
+            "reason": decision.reason,
+            "policy_version": policy_version,
+        },
+    }
+
+
+def _rule_fields(decision: Decision) -> dict[str, str]:
+    fields = {"id": decision.rule_id, "ruleset": decision.ruleset}
+    if decision.description:
+        fields["description"] = decision.description
+    return fields
+
+
+def malformed_event(reason: str, action: Action, count: int, observer: Observer, now: float) -> Event:
+    """A packet that could not be decoded (rate-limited by the caller; `count` since the last)."""
+    return {
+        "@timestamp": timestamp(now),
+        "ecs": {"version": ECS_VERSION},
+        "event": {
+            "kind": "event",
+            "category": ["network"],
+            "type": ["connection", "allowed" if action.allows else "denied"],
+            "action": action.value,
+            "outcome": "success",
+            "dataset": "portguard.decision",
+        },
+        "rule": {"id": "malformed-packet", "ruleset": "builtin"},
+        "network": {"transport": "tcp", "iana_number": "6"},
+        "observer": observer.fields(),
+        "portguard": {"reason": f"malformed packet: {reason}", "count": count},
+    }
+
+
+def lifecycle_event(action: str, message: str, observer: Observer, now: float, **extra: Any) -> Event:
+    """Daemon lifecycle (start, reload, reload-failed, hook, stop) as an ECS event."""
+    level = "error" if action.endswith("failed") or action == "error" else "info"
+    return {
+        "@timestamp": timestamp(now),
+        "ecs": {"version": ECS_VERSION},
+        "log": {"level": level},
+        "message": message,
+        "event": {
+            "kind": "event",
+            "category": ["process"],
+            "type": ["info"] if level == "info" else ["error"],
+            "action": action,
+            "outcome": "failure" if level == "error" else "success",
+            "dataset": "portguard.lifecycle",
+        },
+        "observer": observer.fields(),
+        "portguard": extra,
+    }

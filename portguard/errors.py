@@ -1,0 +1,65 @@
+"""Problems found in the operator's files, reported as ``path:line: message``, all at once."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+_TOML_POSITION = re.compile(r"^(?P<text>.*?) \(at line (?P<line>\d+), column (?P<col>\d+)\)$")
+_TOML_END = re.compile(r"^(?P<text>.*?) \(at end of document\)$")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One error in one file. ``line`` is None when the error concerns the file as a whole."""
+
+    path: Path
+    line: int | None
+    message: str
+    col: int | None = None
+
+    def format(self) -> str:
+        where = str(self.path)
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.col is not None:
+                where += f":{self.col}"
+        return f"{where}: {self.message}"
+
+    def sort_key(self) -> tuple[str, int, int, str]:
+        return (str(self.path), self.line or 0, self.col or 0, self.message)
+
+
+class SourceError(Exception):
+    """The files hold errors; ``messages`` lists every one as ``path:line: message``."""
+
+    def __init__(self, problems: Iterable[Problem | str]) -> None:
+        items = list(problems)
+        located = sorted((p for p in items if isinstance(p, Problem)), key=Problem.sort_key)
+        self.problems: tuple[Problem, ...] = tuple(located)
+        self.messages: list[str] = [p.format() for p in located]
+        self.messages += [p for p in items if isinstance(p, str)]
+        super().__init__("\n".join(self.messages))
+
+
+class ConfigError(SourceError):
+    """The daemon config file is not valid."""
+
+
+class PolicyError(SourceError):
+    """A rule file (or a list file it names) is not valid; no policy was built."""
+
+
+def toml_syntax_problem(path: Path, text: str, error: ValueError) -> Problem:
+    """Turn tomllib's ``message (at line L, column C)`` into a located Problem."""
+    raw = str(error)
+    match = _TOML_POSITION.match(raw)
+    if match:
+        line, col = int(match["line"]), int(match["col"])
+        return Problem(path, line, f"TOML syntax error: {match['text']}", col)
+    match = _TOML_END.match(raw)
+    if match:
+        return Problem(path, max(1, text.count("\n") + 1), f"TOML syntax error: {match['text']}")
+    return Problem(path, None, f"TOML syntax error: {raw}")

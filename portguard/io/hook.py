@@ -1,0 +1,170 @@
+"""Kernel hook backends: what they share, and which one to use.
+
+A hook sends the first packet of each new TCP connection to a hooked port into the NFQUEUE and
+keeps every later packet of an allowed connection in the kernel (see docs/hooks.md). The daemon
+answers a queued packet with a packet mark and NF_REPEAT (allow, log, reject) or NF_DROP:
+
+- ``MARK_ALLOW``: the chain saves the mark to the conntrack entry (connmark) and lets the packet
+  go; later packets of the connection match the connmark and are never queued.
+- ``MARK_REJECT``: the chain answers with a TCP reset.
+
+The marks use the bits of ``MARK_MASK`` only; an operator's own packet and conntrack marks must
+leave those bits alone.
+
+Every command runs through a ``Runner``, in the current network namespace.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+MARK_MASK: Final = 0x0F000000
+MARK_ALLOW: Final = 0x01000000
+MARK_REJECT: Final = 0x02000000
+
+CHAINS: Final = ("forward", "output")
+BACKENDS: Final = ("nftables", "iptables", "auto")
+COMMAND_NOT_FOUND: Final = 127
+COMMAND_TIMEOUT: Final = 30.0
+
+
+class HookError(Exception):
+    """A hook command failed; the message names the command and what it printed."""
+
+
+@dataclass(frozen=True, slots=True)
+class HookSpec:
+    """What to hook: queues ``queue_num .. queue_num + workers - 1``, ports, netfilter chains."""
+
+    queue_num: int
+    workers: int
+    ports: tuple[int, ...]
+    chains: tuple[str, ...]  # "forward" (gateway traffic), "output" (this host's own)
+    fail_open: bool  # no daemon bound: the packet passes (queue bypass) instead of being dropped
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.workers <= 0xFFFF or not 0 <= self.queue_num <= 0x10000 - self.workers:
+            raise ValueError(f"queues {self.queue_num}+{self.workers} are outside 0..65535")
+        if not self.ports or any(not 1 <= port <= 0xFFFF for port in self.ports):
+            raise ValueError(f"ports must be 1..65535 and at least one, not {self.ports}")
+        if not self.chains or any(chain not in CHAINS for chain in self.chains):
+            raise ValueError(f"chains must be one or both of {CHAINS}, not {self.chains}")
+
+    @property
+    def last_queue(self) -> int:
+        return self.queue_num + self.workers - 1
+
+    @property
+    def sorted_ports(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.ports)))
+
+    @property
+    def sorted_chains(self) -> tuple[str, ...]:
+        return tuple(chain for chain in CHAINS if chain in self.chains)
+
+
+@dataclass(frozen=True, slots=True)
+class HookStatus:
+    """What a backend finds installed. ``rule_sets`` counts copies of the hook (1 when sane)."""
+
+    backend: str
+    installed: bool
+    complete: bool
+    detail: str
+    rule_sets: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+Runner = Callable[[Sequence[str], str | None], CommandResult]
+
+
+def run_command(argv: Sequence[str], stdin: str | None = None) -> CommandResult:
+    """Run one command with captured output; a missing program gives exit code 127."""
+    try:
+        proc = subprocess.run(
+            list(argv), input=stdin, capture_output=True, text=True, timeout=COMMAND_TIMEOUT
+        )
+    except FileNotFoundError as error:
+        return CommandResult(tuple(argv), COMMAND_NOT_FOUND, "", str(error))
+    except subprocess.TimeoutExpired as error:
+        raise HookError(f"{' '.join(argv)}: no answer in {COMMAND_TIMEOUT:g} s") from error
+    return CommandResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+
+
+def succeeded(result: CommandResult) -> str:
+    """The command's stdout, or HookError naming the command and what it printed."""
+    if result.returncode != 0:
+        stderr = result.stderr.strip() or result.stdout.strip() or "no output"
+        raise HookError(f"{' '.join(result.argv)} failed (exit {result.returncode}): {stderr}")
+    return result.stdout
+
+
+def checked(runner: Runner, argv: Sequence[str], stdin: str | None = None) -> str:
+    """Run a command through ``runner``; its stdout, or HookError naming command and stderr."""
+    return succeeded(runner(argv, stdin))
+
+
+class HookBackend(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def render(self, spec: HookSpec) -> str:
+        """The rules that ``install(spec)`` applies, as text."""
+        ...
+
+    def install(self, spec: HookSpec) -> None:
+        """Make the kernel hold exactly the hook for ``spec`` (idempotent)."""
+        ...
+
+    def remove(self) -> None:
+        """Remove everything this backend installs; nothing installed is fine."""
+        ...
+
+    def status(self, spec: HookSpec | None = None) -> HookStatus:
+        """What is installed; ``complete`` compares against ``spec`` when given."""
+        ...
+
+
+def select_backend(name: str, runner: Runner = run_command) -> HookBackend:
+    """The backend called ``name``; "auto" is nftables where the kernel has an nft queue."""
+    from portguard.io.iptables import IptablesBackend
+    from portguard.io.nftables import NftablesBackend, queue_supported
+
+    if name == "nftables":
+        return NftablesBackend(runner)
+    if name == "iptables":
+        return IptablesBackend(runner)
+    if name == "auto":
+        return NftablesBackend(runner) if queue_supported(runner) else IptablesBackend(runner)
+    raise ValueError(f"hook backend must be one of {BACKENDS}, not {name!r}")
+
+
+def cleanup_leftovers(runner: Runner = run_command) -> tuple[str, ...]:
+    """Remove what any backend left (a crashed run); the names of backends that had something.
+
+    A backend whose tool cannot even list its rules (absent, or a kernel without that subsystem)
+    cannot have left anything and is skipped; a failing removal raises HookError.
+    """
+    from portguard.io.iptables import IptablesBackend
+    from portguard.io.nftables import NftablesBackend
+
+    cleaned: list[str] = []
+    for backend in (NftablesBackend(runner), IptablesBackend(runner)):
+        try:
+            installed = backend.status().installed
+        except HookError:
+            continue
+        if installed:
+            backend.remove()
+            cleaned.append(backend.name)
+    return tuple(cleaned)

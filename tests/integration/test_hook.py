@@ -1,0 +1,168 @@
+"""The hook backends against the real kernel, each test inside its own network namespace."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from netns import Netns, netns_fixture  # noqa: F401 - the netns fixture
+
+from portguard.io.hook import HookSpec, cleanup_leftovers
+from portguard.io.iptables import CHAIN, IptablesBackend, chain_rules
+from portguard.io.nftables import PROBE_RULESET, NftablesBackend, queue_statement, queue_supported
+
+pytestmark = pytest.mark.integration
+
+DEFAULT = HookSpec(
+    queue_num=0, workers=1, ports=(25, 465, 587), chains=("forward",), fail_open=False
+)
+BOTH = HookSpec(
+    queue_num=2, workers=2, ports=(25, 587), chains=("forward", "output"), fail_open=True
+)
+FAMILIES = ("iptables", "ip6tables")
+LEGACY_TOOLS = [f"{f}{s}" for f in FAMILIES for s in ("", "-save", "-restore")]
+
+
+@pytest.fixture(params=["iptables-nft", "iptables-legacy"])
+def iptables_ns(
+    request: pytest.FixtureRequest,
+    netns: Netns,
+    tmp_path: Path,
+) -> Iterator[Netns]:
+    """The namespace, with ``iptables`` meaning the nf_tables or the legacy variant."""
+    if request.param == "iptables-nft":
+        yield netns
+        return
+    legacy = shutil.which("xtables-legacy-multi")
+    if legacy is None:
+        pytest.skip("xtables-legacy-multi is not installed")
+    for tool in LEGACY_TOOLS:
+        (tmp_path / tool).symlink_to(legacy)
+    yield Netns(netns.name, path=f"{tmp_path}:{os.environ.get('PATH', '/usr/sbin:/usr/bin')}")
+
+
+def jumps(ns: Netns, family: str) -> list[str]:
+    return [
+        line for line in ns.run(family, "-w", "-S").splitlines() if line.endswith(f"-j {CHAIN}")
+    ]
+
+
+def saved(ns: Netns) -> str:
+    return ns.run("iptables-save") + ns.run("ip6tables-save")
+
+
+def test_iptables_install_twice_leaves_one_rule_set(iptables_ns: Netns) -> None:
+    backend = IptablesBackend(iptables_ns.runner)
+    backend.install(BOTH)
+    backend.install(BOTH)
+    status = backend.status(BOTH)
+    assert (status.installed, status.complete, status.rule_sets) == (True, True, 1), status.detail
+    for family in FAMILIES:
+        assert jumps(iptables_ns, family) == [
+            f"-A FORWARD -p tcp -j {CHAIN}",
+            f"-A OUTPUT -p tcp -j {CHAIN}",
+        ]
+        listed = iptables_ns.run(family, "-w", "-S", CHAIN).splitlines()
+        assert tuple(listed[1:]) == chain_rules(BOTH)
+
+
+def test_iptables_reinstall_follows_a_changed_config(iptables_ns: Netns) -> None:
+    backend = IptablesBackend(iptables_ns.runner)
+    backend.install(BOTH)
+    backend.install(DEFAULT)
+    assert backend.status(DEFAULT).complete
+    assert not backend.status(BOTH).complete
+    for family in FAMILIES:
+        assert jumps(iptables_ns, family) == [f"-A FORWARD -p tcp -j {CHAIN}"]
+        assert "--queue-num 0" in iptables_ns.run(family, "-w", "-S", CHAIN)
+
+
+def test_iptables_keeps_operator_rules_and_goes_first(iptables_ns: Netns) -> None:
+    for family, net in (("iptables", "198.51.100.0/24"), ("ip6tables", "2001:db8::/32")):
+        iptables_ns.run(family, "-w", "-A", "FORWARD", "-s", net, "-j", "DROP")
+    backend = IptablesBackend(iptables_ns.runner)
+    backend.install(DEFAULT)
+    forward = iptables_ns.run("iptables", "-w", "-S", "FORWARD").splitlines()
+    assert forward[1:] == [f"-A FORWARD -p tcp -j {CHAIN}", "-A FORWARD -s 198.51.100.0/24 -j DROP"]
+    backend.remove()
+    assert iptables_ns.run("ip6tables", "-w", "-S", "FORWARD").splitlines()[1:] == [
+        "-A FORWARD -s 2001:db8::/32 -j DROP"
+    ]
+
+
+def test_iptables_remove_leaves_nothing_and_may_repeat(iptables_ns: Netns) -> None:
+    backend = IptablesBackend(iptables_ns.runner)
+    backend.install(BOTH)
+    iptables_ns.run("iptables", "-w", "-I", "OUTPUT", "1", "-p", "tcp", "-j", CHAIN)  # a duplicate
+    assert backend.status().rule_sets == 2
+    backend.remove()
+    assert CHAIN not in saved(iptables_ns)
+    backend.remove()
+    status = backend.status()
+    assert (status.installed, status.rule_sets) == (False, 0)
+
+
+def test_cleanup_after_a_crash_removes_both_backends(netns: Netns) -> None:
+    IptablesBackend(netns.runner).install(DEFAULT)
+    # What a crashed nft install would leave, minus the queue statement this kernel may lack.
+    text = NftablesBackend().render(DEFAULT).replace(queue_statement(DEFAULT), "counter")
+    netns.run("nft", "-f", "-", stdin=text)
+    assert NftablesBackend(netns.runner).status().installed
+    assert cleanup_leftovers(netns.runner) == ("nftables", "iptables")
+    assert CHAIN not in saved(netns)
+    assert "portguard" not in netns.run("nft", "list", "ruleset")
+    assert cleanup_leftovers(netns.runner) == ()
+
+
+def test_nft_status_reads_a_real_listing(netns: Netns) -> None:
+    text = NftablesBackend().render(BOTH).replace(queue_statement(BOTH), "counter")
+    netns.run("nft", "-f", "-", stdin=text)
+    status = NftablesBackend(netns.runner).status(BOTH)
+    assert status.installed and not status.complete
+    assert "forward (hook forward, 4 rules), output (hook output, 4 rules)" in status.detail
+    assert "chain forward has 0 queue rules" in status.detail
+    NftablesBackend(netns.runner).remove()
+    NftablesBackend(netns.runner).remove()
+    assert not NftablesBackend(netns.runner).status().installed
+
+
+def nft_check(ns: Netns, text: str) -> tuple[int, str]:
+    result = ns.runner(["nft", "-c", "-f", "-"], text)
+    return result.returncode, result.stderr
+
+
+@pytest.mark.parametrize("spec", [DEFAULT, BOTH, HookSpec(9, 1, (465,), ("output",), True)])
+def test_nft_ruleset_passes_the_kernel_check(netns: Netns, spec: HookSpec) -> None:
+    text = NftablesBackend().render(spec)
+    assert nft_check(netns, text.replace(queue_statement(spec), "counter")) == (0, "")
+    returncode, stderr = nft_check(netns, text)
+    if queue_supported(netns.runner):
+        assert (returncode, stderr) == (0, "")
+        return
+    errors = [line for line in stderr.splitlines() if "Error:" in line]
+    assert returncode != 0 and len(errors) == len(spec.chains)
+    assert all("Could not process rule" in line for line in errors)
+    assert stderr.count(queue_statement(spec)) == len(spec.chains)  # the failing rule, echoed
+
+
+def test_probe_agrees_with_a_real_install(netns: Netns) -> None:
+    supported = queue_supported(netns.runner)
+    assert netns.run("nft", "list", "ruleset") == ""  # the probe only checks
+    applied = netns.runner(["nft", "-f", "-"], PROBE_RULESET).returncode == 0
+    assert supported == applied
+
+
+def test_nft_install_twice_and_remove(netns: Netns) -> None:
+    if not queue_supported(netns.runner):
+        pytest.skip("this kernel refuses the nft queue statement (no CONFIG_NFT_QUEUE)")
+    backend = NftablesBackend(netns.runner)
+    backend.install(BOTH)
+    backend.install(BOTH)
+    status = backend.status(BOTH)
+    assert (status.installed, status.complete, status.rule_sets) == (True, True, 1), status.detail
+    assert netns.run("nft", "list", "tables").count("portguard") == 1
+    backend.remove()
+    assert "portguard" not in netns.run("nft", "list", "ruleset")

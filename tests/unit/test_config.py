@@ -1,0 +1,184 @@
+"""The daemon config: defaults, path resolution, and every broken fixture's located message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from portguard.config import (
+    Config,
+    ConfigError,
+    HookConfig,
+    LogConfig,
+    NetworkConfig,
+    Output,
+    QueueConfig,
+    RulesConfig,
+    load_config,
+    parse_config,
+    syslog_address_problem,
+)
+from portguard.shipped import CONFIG_PATH
+
+BROKEN = Path(__file__).resolve().parents[1] / "data" / "broken" / "config"
+
+# fixture name -> "line" (or "line:column") and message
+CASES: dict[str, tuple[str, str]] = {
+    "syntax-error": ("3:11", "TOML syntax error: Invalid value"),
+    "unknown-queue-key": ("3", "unknown key 'threads' (known keys: num, workers, fail_mode,"),
+    "unknown-table": ("2", "unknown key 'rule' (did you mean 'rules'?)"),
+    "port-zero": ("2", "ports: 0 is out of range 1-65535"),
+    "port-too-high": ("4", "ports: 65536 is out of range 1-65535"),
+    "port-duplicate": ("2", "ports: 25 is listed twice"),
+    "port-string": ("2", "ports: entry must be an integer, not a string"),
+    "workers-zero": ("2", "workers: 0 is out of range 1-64"),
+    "workers-too-many": ("2", "workers: 65 is out of range 1-64"),
+    "queue-num-negative": ("2", "num: -1 is out of range 0-65535"),
+    "queue-range-overflow": ("3", "workers: queues 65530-65537 go past the last queue number"),
+    "max-len-zero": ("2", "max_len: 0 is out of range 1-4294967295"),
+    "fail-mode": ("2", "fail_mode: must be 'open' or 'closed', not \"bypass\""),
+    "backend": ("2", "backend: must be 'auto', 'nftables' or 'iptables', not \"ebpf\""),
+    "chains-unknown": ("2", "chains: entry must be 'forward' or 'output', not \"input\""),
+    "chains-empty": ("2", "chains: needs at least one entry"),
+    "wan-empty": ("2", "wan: needs at least one entry"),
+    "wan-bad-name": ("2", 'wan: "br-lan/1" is not an interface name'),
+    "wan-too-long": ("2", 'wan: "a-very-long-interface" is not an interface name'),
+    "rules-paths-string": ("2", "paths: must be an array, not a string"),
+    "file-output-without-path": ("2", "outputs: type \"file\" needs 'path'"),
+    "syslog-address-no-scheme": (
+        "3",
+        'address: "collector.example:514" is not of the form udp://host:port or tcp://host:port',
+    ),
+    "syslog-address-bad-port": ("2", "address: port 70000 is out of range 1-65535"),
+    "syslog-without-address": ("2", "outputs: type \"syslog\" needs 'address'"),
+    "stdout-with-address": ("2", "outputs: 'address' does not apply to type \"stdout\""),
+    "output-unknown-key": ("2", "unknown key 'rotate' (known keys: type, path, address)"),
+    "output-unknown-type": ("2", "type: must be 'stdout', 'file' or 'syslog', not \"kafka\""),
+    "outputs-empty": ("2", "outputs: needs at least one entry"),
+}
+
+
+def test_every_fixture_has_a_case() -> None:
+    assert sorted(p.stem for p in BROKEN.glob("*.toml")) == sorted(CASES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_broken_config_reports_located_message(name: str) -> None:
+    path = BROKEN / f"{name}.toml"
+    line, message = CASES[name]
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    wanted = f"{path}:{line}: {message}"
+    assert any(wanted in m for m in caught.value.messages), caught.value.messages
+
+
+def test_empty_file_gives_the_documented_defaults() -> None:
+    config = parse_config("", Path("/etc/portguard/portguard.toml"))
+    assert config == Config(
+        path=Path("/etc/portguard/portguard.toml"),
+        queue=QueueConfig(num=0, workers=1, fail_mode="closed", max_len=4096),
+        network=NetworkConfig(wan=("eth0",)),
+        hook=HookConfig(backend="auto", ports=(25, 465, 587), chains=("forward",)),
+        rules=RulesConfig(paths=(Path("/etc/portguard/rules.d"),)),
+        log=LogConfig(outputs=(Output("stdout"),)),
+    )
+
+
+def test_shipped_config_is_valid_and_all_defaults() -> None:
+    config = load_config(CONFIG_PATH)
+    assert config == parse_config("", CONFIG_PATH)
+
+
+FULL = """
+[queue]
+num = 10
+workers = 4
+fail_mode = "open"
+max_len = 1024
+
+[network]
+wan = ["wan0", "ppp0"]
+
+[hook]
+backend = "iptables"
+ports = [25, 2525]
+chains = ["forward", "output"]
+
+[rules]
+paths = ["rules.d", "/srv/extra.toml", "~/more"]
+
+[log]
+outputs = [
+  { type = "stdout" },
+  { type = "file", path = "log/decisions.json" },
+  { type = "syslog", address = "tcp://[2001:db8::514]:6514" },
+]
+"""
+
+
+def test_full_config_is_read_and_relative_paths_follow_the_file() -> None:
+    config = parse_config(FULL, Path("/etc/portguard/portguard.toml"))
+    assert config.queue == QueueConfig(10, 4, "open", 1024)
+    assert list(config.queue.numbers) == [10, 11, 12, 13]
+    assert config.network.wan == ("wan0", "ppp0")
+    assert config.hook == HookConfig("iptables", (25, 2525), ("forward", "output"))
+    assert config.rules.paths == (
+        Path("/etc/portguard/rules.d"),
+        Path("/srv/extra.toml"),
+        Path("~/more").expanduser(),
+    )
+    assert config.log.outputs[1] == Output("file", Path("/etc/portguard/log/decisions.json"))
+    assert config.log.outputs[2].endpoint == ("tcp", "2001:db8::514", 6514)
+
+
+def test_relative_config_path_anchors_to_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "pg.toml").write_text('[rules]\npaths = ["rules.d"]\n')
+    config = load_config(Path("conf/pg.toml"))
+    assert config.path == Path("conf/pg.toml")
+    assert config.rules.paths == (tmp_path / "conf" / "rules.d",)
+
+
+def test_all_errors_are_reported_at_once_in_line_order() -> None:
+    text = '[queue]\nworkers = 0\nfail_mode = "x"\n[hook]\nports = [25, 25]\nchains = []\n'
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, Path("pg.toml"))
+    assert [m.split(":")[1] for m in caught.value.messages] == ["2", "3", "5", "6"]
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "none.toml")
+    assert caught.value.messages == [
+        f"{tmp_path / 'none.toml'}: cannot read config: no such file or directory"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("address", "problem"),
+    [
+        ("udp://192.0.2.10:514", None),
+        ("tcp://collector.example.net:6514", None),
+        ("udp://[2001:db8::1]:514", None),
+        ("http://192.0.2.10:514", "is not of the form"),
+        ("udp://192.0.2.10", "is not of the form"),
+        ("udp://[2001:db8::zz]:514", "is not an IPv6 address in brackets"),
+        ("udp://bad_host:514", "is not a host name or address"),
+        ("udp://192.0.2.10:0", "port 0 is out of range"),
+    ],
+)
+def test_syslog_address(address: str, problem: str | None) -> None:
+    found = syslog_address_problem(address)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found
+
+
+def test_endpoint_of_a_non_syslog_output_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no syslog address"):
+        _ = Output("stdout").endpoint

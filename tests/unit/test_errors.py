@@ -1,0 +1,57 @@
+"""Located problems and the errors that carry them."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from portguard.errors import ConfigError, PolicyError, Problem, SourceError, toml_syntax_problem
+
+
+def test_problem_format_with_and_without_position() -> None:
+    assert Problem(Path("a.toml"), 3, "bad").format() == "a.toml:3: bad"
+    assert Problem(Path("a.toml"), 3, "bad", 7).format() == "a.toml:3:7: bad"
+    assert Problem(Path("dir"), None, "empty").format() == "dir: empty"
+
+
+def test_error_sorts_by_file_then_line_and_keeps_plain_messages_last() -> None:
+    error = PolicyError(
+        [
+            Problem(Path("b.toml"), 1, "b1"),
+            "no rule paths given",
+            Problem(Path("a.toml"), 10, "a10"),
+            Problem(Path("a.toml"), 2, "a2"),
+            Problem(Path("a.toml"), None, "a-file"),
+        ]
+    )
+    assert error.messages == [
+        "a.toml: a-file",
+        "a.toml:2: a2",
+        "a.toml:10: a10",
+        "b.toml:1: b1",
+        "no rule paths given",
+    ]
+    assert str(error) == "\n".join(error.messages)
+    assert isinstance(error, SourceError)
+    assert not isinstance(error, ConfigError)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a = \n", "x.toml:1:5: TOML syntax error: Invalid value"),
+        ("[x\n", "x.toml:1:3: TOML syntax error: Expected ']' at the end of a table declaration"),
+        ('a = 1\nb = "open', "x.toml:2: TOML syntax error: Unterminated string"),
+    ],
+)
+def test_toml_syntax_problem_takes_tomllib_position(text: str, expected: str) -> None:
+    with pytest.raises(tomllib.TOMLDecodeError) as caught:
+        tomllib.loads(text)
+    assert toml_syntax_problem(Path("x.toml"), text, caught.value).format() == expected
+
+
+def test_toml_syntax_problem_without_position() -> None:
+    problem = toml_syntax_problem(Path("x.toml"), "", ValueError("odd"))
+    assert problem.format() == "x.toml: TOML syntax error: odd"

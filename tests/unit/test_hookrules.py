@@ -1,0 +1,420 @@
+"""The hook backends as text: generated rules, parsing of listings, decisions, without a kernel."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from portguard.io.hook import (
+    COMMAND_NOT_FOUND,
+    MARK_ALLOW,
+    MARK_MASK,
+    MARK_REJECT,
+    CommandResult,
+    HookError,
+    HookSpec,
+    checked,
+    cleanup_leftovers,
+    run_command,
+    select_backend,
+)
+from portguard.io.iptables import (
+    IptablesBackend,
+    chain_rules,
+    jump_edits,
+    parse_filter_table,
+)
+from portguard.io.nftables import PROBE_RULESET, NftablesBackend, parse_table, queue_supported
+
+DEFAULT = HookSpec(
+    queue_num=0, workers=1, ports=(25, 465, 587), chains=("forward",), fail_open=False
+)
+
+
+def spec(**changes: object) -> HookSpec:
+    fields = {"queue_num": 0, "workers": 1, "ports": (25, 465, 587), "chains": ("forward",)}
+    return HookSpec(**{**fields, "fail_open": False, **changes})  # type: ignore[arg-type]
+
+
+class FakeRunner:
+    """Answers commands by argv prefix (longest first) and records every call."""
+
+    def __init__(self, answers: dict[tuple[str, ...], tuple[int, str, str]] | None = None) -> None:
+        self.answers = answers or {}
+        self.calls: list[tuple[tuple[str, ...], str | None]] = []
+
+    def __call__(self, argv: Sequence[str], stdin: str | None = None) -> CommandResult:
+        key = tuple(argv)
+        self.calls.append((key, stdin))
+        for prefix in sorted(self.answers, key=len, reverse=True):
+            if key[: len(prefix)] == prefix:
+                return CommandResult(key, *self.answers[prefix])
+        return CommandResult(key, 0, "", "")
+
+    def stdin_of(self, program: str) -> list[str]:
+        """What the calls of ``program`` got on stdin (the calls that got anything)."""
+        return [stdin for argv, stdin in self.calls if argv[0] == program and stdin is not None]
+
+
+# --- marks and spec --------------------------------------------------------------------------
+
+
+def test_marks_lie_inside_the_mask_and_differ() -> None:
+    assert MARK_ALLOW & ~MARK_MASK == 0 and MARK_REJECT & ~MARK_MASK == 0
+    assert MARK_ALLOW != MARK_REJECT and MARK_ALLOW and MARK_REJECT
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"workers": 0},
+        {"queue_num": -1},
+        {"queue_num": 65535, "workers": 2},
+        {"ports": ()},
+        {"ports": (0,)},
+        {"ports": (65536,)},
+        {"chains": ()},
+        {"chains": ("input",)},
+    ],
+)
+def test_spec_refuses_values_the_kernel_cannot_take(changes: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        spec(**changes)
+
+
+def test_spec_accepts_the_last_queue_and_sorts_ports() -> None:
+    last = spec(queue_num=65534, workers=2, ports=(587, 25, 587))
+    assert last.last_queue == 65535
+    assert last.sorted_ports == (25, 587)
+
+
+# --- nftables text ---------------------------------------------------------------------------
+
+NFT_DEFAULT = """\
+# applied atomically with: nft -f -
+table inet portguard
+delete table inet portguard
+table inet portguard {
+\tchain forward {
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tmeta mark & 0x0f000000 == 0x02000000 counter reject with tcp reset
+\t\tmeta mark & 0x0f000000 == 0x01000000 ct mark set ct mark & 0xf0ffffff | 0x01000000 accept
+\t\tct mark & 0x0f000000 == 0x01000000 accept
+\t\ttcp flags & (fin | syn | rst | ack) == syn tcp dport { 25, 465, 587 } ct state new \
+meta mark & 0x0f000000 == 0x00000000 counter queue num 0
+\t}
+}
+"""
+
+
+def test_nft_render_default_config() -> None:
+    assert NftablesBackend().render(DEFAULT) == NFT_DEFAULT
+
+
+@pytest.mark.parametrize(
+    ("chains", "hooks"),
+    [
+        (("forward",), ["forward"]),
+        (("output",), ["output"]),
+        (("output", "forward"), ["forward", "output"]),
+    ],
+)
+def test_nft_render_one_base_chain_per_hooked_chain(
+    chains: tuple[str, ...], hooks: list[str]
+) -> None:
+    text = NftablesBackend().render(spec(chains=chains))
+    declared = [line.split()[1] for line in text.splitlines() if line.startswith("\tchain ")]
+    assert declared == hooks
+    for hook in hooks:
+        assert f"type filter hook {hook} priority filter; policy accept;" in text
+    assert text.count("queue num 0\n") == len(hooks)
+
+
+def test_nft_render_workers_spread_over_a_queue_range() -> None:
+    text = NftablesBackend().render(spec(queue_num=4, workers=3))
+    assert "counter queue num 4-6\n" in text
+
+
+def test_nft_render_bypass_only_when_failing_open() -> None:
+    assert "queue num 0 bypass\n" in NftablesBackend().render(spec(fail_open=True))
+    assert "bypass" not in NftablesBackend().render(spec(fail_open=False))
+
+
+NFT_LISTING = """\
+table inet portguard {
+\tchain forward {
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tmeta l4proto tcp meta mark & 0x0f000000 == 0x02000000 counter packets 0 bytes 0 \
+reject with tcp reset
+\t\tmeta mark & 0x0f000000 == 0x01000000 ct mark set ct mark & 0xf1ffffff | 0x01000000 accept
+\t\tct mark & 0x0f000000 == 0x01000000 accept
+\t\ttcp flags syn / fin,syn,rst,ack tcp dport { 25, 465, 587 } ct state new \
+meta mark & 0x0f000000 == 0x00000000 counter packets 3 bytes 180 queue flags bypass to 0
+\t}
+}
+"""
+
+
+def test_nft_parse_listing() -> None:
+    table = parse_table(NFT_LISTING)
+    assert list(table.chains) == ["forward"]
+    hook, rules = table.chains["forward"]
+    assert hook == "forward" and len(rules) == 4
+    assert len(table.queue_rules("forward")) == 1
+
+
+def test_nft_status_complete_when_listing_matches_spec() -> None:
+    runner = FakeRunner({("nft", "list"): (0, NFT_LISTING, "")})
+    status = NftablesBackend(runner).status(spec(fail_open=True))
+    assert (status.installed, status.complete, status.rule_sets) == (True, True, 1)
+    assert "forward (hook forward, 4 rules)" in status.detail
+
+
+def test_nft_status_names_what_differs_from_spec() -> None:
+    runner = FakeRunner({("nft", "list"): (0, NFT_LISTING, "")})
+    status = NftablesBackend(runner).status(spec(chains=("forward", "output"), fail_open=False))
+    assert status.installed and not status.complete
+    assert "no chain output" in status.detail
+    assert "queue bypass differs from the fail mode" in status.detail
+
+
+def test_nft_status_absent_table() -> None:
+    answer = (1, "", "Error: No such file or directory\nlist table inet portguard\n")
+    status = NftablesBackend(FakeRunner({("nft", "list"): answer})).status()
+    assert (status.installed, status.complete, status.rule_sets) == (False, False, 0)
+
+
+def test_nft_status_reports_other_failures() -> None:
+    answer = (1, "", "Operation not permitted (you must be root)")
+    with pytest.raises(HookError, match="you must be root"):
+        NftablesBackend(FakeRunner({("nft", "list"): answer})).status()
+
+
+def test_nft_install_applies_rendered_text_in_one_batch() -> None:
+    runner = FakeRunner()
+    NftablesBackend(runner).install(DEFAULT)
+    assert runner.calls == [(("nft", "-f", "-"), NFT_DEFAULT)]
+
+
+def test_nft_remove_is_idempotent_text_and_tolerates_missing_nft() -> None:
+    runner = FakeRunner({("nft",): (COMMAND_NOT_FOUND, "", "nft: not found")})
+    NftablesBackend(runner).remove()
+    assert runner.stdin_of("nft") == ["table inet portguard\ndelete table inet portguard\n"]
+
+
+# --- iptables text ---------------------------------------------------------------------------
+
+IPT_DEFAULT_CHAIN = (
+    "-A PORTGUARD -p tcp -m mark --mark 0x2000000/0xf000000 -j REJECT --reject-with tcp-reset",
+    "-A PORTGUARD -m mark --mark 0x1000000/0xf000000 -j CONNMARK --set-xmark 0x1000000/0xf000000",
+    "-A PORTGUARD -m mark --mark 0x1000000/0xf000000 -j RETURN",
+    "-A PORTGUARD -m connmark --mark 0x1000000/0xf000000 -j RETURN",
+    "-A PORTGUARD -p tcp -m multiport --dports 25,465,587 -m tcp --tcp-flags FIN,SYN,RST,ACK SYN"
+    " -m conntrack --ctstate NEW -m mark --mark 0x0/0xf000000 -j NFQUEUE --queue-num 0",
+)
+
+
+def test_iptables_render_default_config() -> None:
+    text = IptablesBackend().render(DEFAULT)
+    assert text.splitlines() == [
+        "# applied with: iptables-restore -w --noflush; ip6tables-restore -w --noflush",
+        "*filter",
+        ":PORTGUARD - [0:0]",
+        "-F PORTGUARD",
+        *IPT_DEFAULT_CHAIN,
+        "-I FORWARD 1 -p tcp -j PORTGUARD",
+        "COMMIT",
+    ]
+
+
+def test_iptables_queue_target_for_workers_and_fail_open() -> None:
+    assert chain_rules(spec(workers=2, fail_open=True))[-1].endswith(
+        "-j NFQUEUE --queue-balance 0:1 --queue-bypass"
+    )
+    assert chain_rules(spec(queue_num=7))[-1].endswith("-j NFQUEUE --queue-num 7")
+
+
+def test_iptables_single_port_and_multiport_limit() -> None:
+    one = chain_rules(spec(ports=(587,)))[-1]
+    assert "-p tcp -m tcp --dport 587 --tcp-flags FIN,SYN,RST,ACK SYN" in one
+    many = chain_rules(spec(ports=tuple(range(1000, 1017))))[4:]
+    assert len(many) == 2  # 15 ports + 2 ports
+    assert "--dports " + ",".join(map(str, range(1000, 1015))) + " " in many[0]
+    assert "--dports 1015,1016 " in many[1]
+
+
+def test_iptables_render_output_chain() -> None:
+    text = IptablesBackend().render(spec(chains=("output", "forward")))
+    assert text.count("-I ") == 2
+    assert "-I FORWARD 1 -p tcp -j PORTGUARD\n-I OUTPUT 1 -p tcp -j PORTGUARD\n" in text
+
+
+IPT_LISTING = "\n".join(
+    [
+        "-P INPUT ACCEPT",
+        "-P FORWARD ACCEPT",
+        "-P OUTPUT ACCEPT",
+        "-N PORTGUARD",
+        "-N operator",
+        "-A FORWARD -j operator",
+        "-A FORWARD -p tcp -j PORTGUARD",
+        "-A FORWARD -p tcp -j PORTGUARD",
+        "-A OUTPUT -p tcp -j PORTGUARD",
+        "-A operator -i eth1 -g PORTGUARD",
+        "-A operator -j PORTGUARDED",
+        *IPT_DEFAULT_CHAIN,
+        "",
+    ]
+)
+
+
+def test_iptables_parse_finds_every_jump() -> None:
+    table = parse_filter_table(IPT_LISTING)
+    assert table.chain_exists and table.chain_rules == IPT_DEFAULT_CHAIN
+    assert table.jump_count("forward") == 2 and table.jump_count("output") == 1
+    assert table.jumps["operator"] == ("-A operator -i eth1 -g PORTGUARD",)
+
+
+def test_iptables_jump_edits_keep_one_canonical_jump_per_hooked_chain() -> None:
+    edits = jump_edits(DEFAULT, parse_filter_table(IPT_LISTING))
+    assert edits == ["-D FORWARD -p tcp -j PORTGUARD", "-D OUTPUT -p tcp -j PORTGUARD"]
+
+
+def test_iptables_jump_edits_replace_a_foreign_jump() -> None:
+    table = parse_filter_table("-N PORTGUARD\n-A FORWARD -i eth0 -j PORTGUARD\n")
+    assert jump_edits(DEFAULT, table) == [
+        "-I FORWARD 1 -p tcp -j PORTGUARD",
+        "-D FORWARD -i eth0 -j PORTGUARD",
+    ]
+
+
+def test_iptables_jump_edits_nothing_when_in_place() -> None:
+    table = parse_filter_table("-N PORTGUARD\n-A FORWARD -p tcp -j PORTGUARD\n")
+    assert jump_edits(DEFAULT, table) == []
+
+
+def listing_runner(v4: str, v6: str) -> FakeRunner:
+    return FakeRunner({("iptables", "-w"): (0, v4, ""), ("ip6tables", "-w"): (0, v6, "")})
+
+
+def test_iptables_status_counts_duplicate_jumps() -> None:
+    status = IptablesBackend(listing_runner(IPT_LISTING, IPT_LISTING)).status(DEFAULT)
+    assert status.installed and not status.complete and status.rule_sets == 2
+    assert "iptables: 2 jumps from FORWARD, one expected" in status.detail
+    assert "iptables: jump from OUTPUT, which the config does not hook" in status.detail
+
+
+def test_iptables_status_complete() -> None:
+    clean = "-N PORTGUARD\n-A FORWARD -p tcp -j PORTGUARD\n" + "\n".join(IPT_DEFAULT_CHAIN)
+    status = IptablesBackend(listing_runner(clean, clean)).status(DEFAULT)
+    assert (status.installed, status.complete, status.rule_sets) == (True, True, 1)
+    assert not IptablesBackend(listing_runner(clean, clean)).status(spec(workers=2)).complete
+
+
+def test_iptables_status_half_installed() -> None:
+    clean = "-N PORTGUARD\n-A FORWARD -p tcp -j PORTGUARD\n" + "\n".join(IPT_DEFAULT_CHAIN)
+    status = IptablesBackend(listing_runner(clean, "-P FORWARD ACCEPT\n")).status()
+    assert status.installed and not status.complete
+    assert "ip6tables: no chain PORTGUARD" in status.detail
+
+
+def test_iptables_install_sends_one_restore_per_family() -> None:
+    runner = listing_runner("-P FORWARD ACCEPT\n", IPT_LISTING)
+    IptablesBackend(runner).install(DEFAULT)
+    v4, v6 = runner.stdin_of("iptables-restore"), runner.stdin_of("ip6tables-restore")
+    assert v4 == [IptablesBackend().render(DEFAULT).split("\n", 1)[1]]
+    assert "-I FORWARD" not in v6[0] and v6[0].count("-D ") == 2
+
+
+def test_iptables_remove_deletes_every_jump_then_the_chain() -> None:
+    runner = listing_runner(IPT_LISTING, "-P FORWARD ACCEPT\n")
+    IptablesBackend(runner).remove()
+    assert runner.stdin_of("ip6tables-restore") == []
+    script = runner.stdin_of("iptables-restore")[0].splitlines()
+    assert script[0] == "*filter" and script[-3:] == ["-F PORTGUARD", "-X PORTGUARD", "COMMIT"]
+    assert "-D operator -i eth1 -g PORTGUARD" in script
+    assert sum(line.startswith("-D ") for line in script) == 4
+
+
+def test_iptables_missing_program_means_nothing_installed() -> None:
+    runner = FakeRunner({("iptables",): (COMMAND_NOT_FOUND, "", ""), ("ip6tables",): (127, "", "")})
+    assert not IptablesBackend(runner).status().installed
+    IptablesBackend(runner).remove()
+    with pytest.raises(HookError, match="iptables -w -t filter -S failed"):
+        IptablesBackend(runner).install(DEFAULT)
+
+
+# --- backend choice and leftovers ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("probe", "chosen"),
+    [
+        ((0, "", ""), "nftables"),
+        ((1, "", "Could not process rule"), "iptables"),
+        ((127, "", ""), "iptables"),
+    ],
+)
+def test_auto_uses_nftables_only_when_the_kernel_takes_a_queue(
+    probe: tuple[int, str, str], chosen: str
+) -> None:
+    runner = FakeRunner({("nft", "-c"): probe})
+    assert select_backend("auto", runner).name == chosen
+    assert runner.calls == [(("nft", "-c", "-f", "-"), PROBE_RULESET)]
+    assert "queue num 0" in PROBE_RULESET and "portguard_probe" in PROBE_RULESET
+
+
+def test_named_backends_need_no_probe() -> None:
+    runner = FakeRunner()
+    assert select_backend("nftables", runner).name == "nftables"
+    assert select_backend("iptables", runner).name == "iptables"
+    assert runner.calls == []
+    with pytest.raises(ValueError, match="auto"):
+        select_backend("ipfw", runner)
+
+
+def test_queue_supported_is_a_check_only() -> None:
+    runner = FakeRunner()
+    assert queue_supported(runner)
+    assert all("-c" in argv for argv, _ in runner.calls)
+
+
+def test_cleanup_leftovers_removes_both_backends() -> None:
+    runner = listing_runner(IPT_LISTING, "-P FORWARD ACCEPT\n")
+    runner.answers[("nft", "list")] = (0, NFT_LISTING, "")
+    assert cleanup_leftovers(runner) == ("nftables", "iptables")
+    assert len(runner.stdin_of("iptables-restore")) == 1
+    assert "delete table inet portguard" in runner.stdin_of("nft")[0]
+
+
+def test_cleanup_leftovers_with_nothing_left_changes_nothing() -> None:
+    runner = listing_runner("-P FORWARD ACCEPT\n", "-P FORWARD ACCEPT\n")
+    runner.answers[("nft", "list")] = (1, "", "Error: No such file or directory")
+    assert cleanup_leftovers(runner) == ()
+    assert [runner.stdin_of(p) for p in ("nft", "iptables-restore", "ip6tables-restore")] == [
+        []
+    ] * 3
+
+
+def test_cleanup_leftovers_skips_a_backend_that_cannot_list() -> None:
+    runner = listing_runner(IPT_LISTING, IPT_LISTING)
+    runner.answers[("nft", "list")] = (1, "", "Error: Operation not supported")
+    assert cleanup_leftovers(runner) == ("iptables",)
+    runner.answers[("iptables-restore",)] = (4, "", "iptables-restore: line 2 failed")
+    with pytest.raises(HookError, match="line 2 failed"):
+        cleanup_leftovers(runner)
+
+
+# --- runner ----------------------------------------------------------------------------------
+
+
+def test_run_command_reports_a_missing_program() -> None:
+    result = run_command(["portguard-no-such-program"])
+    assert result.returncode == COMMAND_NOT_FOUND
+
+
+def test_checked_names_command_and_stderr() -> None:
+    with pytest.raises(HookError, match=r"sh -c .* failed \(exit 3\): broken"):
+        checked(run_command, ["sh", "-c", "echo broken >&2; exit 3"])
+    assert checked(run_command, ["cat"], "in\n") == "in\n"

@@ -1,0 +1,96 @@
+"""Kernel queue edge: verdict mapping and 'exactly one verdict, whatever happens'.
+
+The kernel side is tested for real in tests/integration; here a recording stand-in for
+netfilterqueue.Packet checks the calls the edge makes on each path.
+"""
+
+from __future__ import annotations
+
+from portguard.gate import Outcome, Verdict
+from portguard.io.hook import MARK_ALLOW, MARK_MASK, MARK_REJECT
+from portguard.io.nfqueue import QueueReader, apply_verdict
+
+
+class RecordingPacket:
+    indev, outdev = 2, 3
+
+    def __init__(self, mark: int = 0, fail_on: str = "") -> None:
+        self.mark = mark
+        self.calls: list[str] = []
+        self.fail_on = fail_on
+
+    def get_payload(self) -> bytes:
+        return b"\x45"
+
+    def get_mark(self) -> int:
+        return self.mark
+
+    def set_mark(self, mark: int) -> None:
+        self.mark = mark
+
+    def _verdict(self, name: str) -> None:
+        self.calls.append(name)
+        if name == self.fail_on:
+            raise RuntimeError("queue unbound")
+
+    def accept(self) -> None:
+        self._verdict("accept")
+
+    def drop(self) -> None:
+        self._verdict("drop")
+
+    def repeat(self) -> None:
+        self._verdict("repeat")
+
+
+def test_verdicts_map_to_marks_and_calls() -> None:
+    cases = {
+        Verdict.ALLOW: (["repeat"], MARK_ALLOW),
+        Verdict.REJECT: (["repeat"], MARK_REJECT),
+        Verdict.DROP: (["drop"], 0x1234),
+        Verdict.ACCEPT: (["accept"], 0x1234),
+    }
+    for verdict, (calls, mark_bits) in cases.items():
+        packet = RecordingPacket(mark=0x1234 | MARK_MASK)
+        apply_verdict(packet, verdict)
+        assert packet.calls == calls
+        if verdict in (Verdict.ALLOW, Verdict.REJECT):
+            assert packet.mark == 0x1234 | mark_bits  # other mark bits are kept
+        else:
+            assert packet.mark == 0x1234 | MARK_MASK
+
+
+def reader(decide: object, events: list[object], fallback: Verdict = Verdict.DROP) -> QueueReader:
+    return QueueReader(0, 16, decide, events.append, fallback)  # type: ignore[arg-type]
+
+
+def test_event_is_logged_after_the_verdict() -> None:
+    events: list[object] = []
+    packet = RecordingPacket()
+
+    def decide(data: bytes, indev: int, outdev: int) -> Outcome:
+        assert (data, indev, outdev) == (b"\x45", 2, 3)
+        return Outcome(Verdict.REJECT, {"event": {"action": "reject"}})
+
+    reader(decide, events)._on_packet(packet)
+    assert packet.calls == ["repeat"] and events == [{"event": {"action": "reject"}}]
+
+
+def test_a_failing_decision_still_gets_the_fallback_verdict() -> None:
+    def decide(data: bytes, indev: int, outdev: int) -> Outcome:
+        raise KeyError("boom")
+
+    for fallback, call in ((Verdict.DROP, "drop"), (Verdict.ACCEPT, "accept")):
+        events: list[object] = []
+        packet = RecordingPacket()
+        queue = reader(decide, events, fallback)
+        queue._on_packet(packet)
+        assert packet.calls == [call] and events == []
+        assert queue.errors == 1 and isinstance(queue.last_error, KeyError)
+
+
+def test_a_failing_verdict_call_never_escapes() -> None:
+    packet = RecordingPacket(fail_on="drop")
+    queue = reader(lambda *_: Outcome(Verdict.DROP, None), [])
+    queue._on_packet(packet)
+    assert packet.calls == ["drop"] and queue.verdict_errors == 1

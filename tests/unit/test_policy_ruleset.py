@@ -1,0 +1,133 @@
+"""decide() and explain(): one matching function, so they always agree."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import cache
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from portguard.policy import Condition, Connection, Direction, RuleSet, load_ruleset
+from portguard.policy.addresses import AddressSet, parse_network
+from portguard.policy.model import Action, Decision
+from portguard.policy.ports import PortSet
+from portguard.policy.ruleset import CompiledRule, first_mismatch, mismatch_reason
+from portguard.shipped import RULES_DIR
+
+
+@cache
+def shipped() -> RuleSet:
+    return load_ruleset([RULES_DIR])
+
+
+def conn(src: str, dst: str, dport: int, direction: str = "outbound") -> Connection:
+    s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    return Connection(s.version, int(s), int(d), dport, Direction(direction))
+
+
+def rule(**conditions: object) -> CompiledRule:
+    decision = Decision(Action.DROP, "r", "f.toml", "", "matched")
+    fields: dict[str, object] = {"direction": None, "dport": None, "src": None, "dst": None}
+    fields.update(conditions)
+    return CompiledRule("r", "f.toml", "", Action.DROP, decision=decision, **fields)  # type: ignore[arg-type]
+
+
+def addresses(label: str, *cidrs: str) -> AddressSet:
+    return AddressSet.from_networks(label, [parse_network(c) for c in cidrs])
+
+
+def test_first_mismatch_checks_direction_then_dport_then_src_then_dst() -> None:
+    full = rule(
+        direction=Direction.OUTBOUND,
+        dport=PortSet.from_ranges([(25, 25)]),
+        src=addresses("set 'a'", "192.0.2.0/24"),
+        dst=addresses("set 'b'", "198.51.100.0/24"),
+    )
+    assert first_mismatch(full, conn("203.0.113.1", "203.0.113.2", 80, "inbound")) is (
+        Condition.DIRECTION
+    )
+    assert first_mismatch(full, conn("203.0.113.1", "203.0.113.2", 80)) is Condition.DPORT
+    assert first_mismatch(full, conn("203.0.113.1", "203.0.113.2", 25)) is Condition.SRC
+    assert first_mismatch(full, conn("192.0.2.1", "203.0.113.2", 25)) is Condition.DST
+    assert first_mismatch(full, conn("192.0.2.1", "198.51.100.2", 25)) is None
+
+
+def test_rule_without_conditions_never_mismatches() -> None:
+    assert first_mismatch(rule(), conn("2001:db8::1", "2001:db8::2", 9, "external")) is None
+
+
+def test_mismatch_reasons_in_words() -> None:
+    full = rule(
+        direction=Direction.OUTBOUND,
+        dport=PortSet.from_ranges([(465, 465), (587, 587)]),
+        src=addresses("set 'business'", "203.0.113.0/24"),
+        dst=addresses("198.51.100.26", "198.51.100.26"),
+    )
+    c = conn("100.64.10.10", "198.51.100.25", 25, "inbound")
+    assert mismatch_reason(full, c, Condition.DIRECTION) == (
+        "direction is inbound, rule wants outbound"
+    )
+    assert mismatch_reason(full, c, Condition.DPORT) == "dport 25 is not in 465, 587"
+    assert mismatch_reason(full, c, Condition.SRC) == ("src 100.64.10.10 is not in set 'business'")
+    assert mismatch_reason(full, c, Condition.DST) == "dst 198.51.100.25 is not in 198.51.100.26"
+    single = rule(dport=PortSet.from_ranges([(25, 25)]))
+    assert mismatch_reason(single, conn("::1", "::2", 80), Condition.DPORT) == "dport 80 is not 25"
+    with pytest.raises(ValueError, match="has no src condition"):
+        mismatch_reason(rule(), c, Condition.SRC)
+
+
+def test_explain_lists_rules_up_to_the_deciding_one() -> None:
+    explanation = shipped().explain(conn("100.64.10.10", "198.51.100.25", 25))
+    assert [(c.rule_id, c.matched, c.reason) for c in explanation.checks] == [
+        ("submission", False, "dport 25 is not in 587, 465"),
+        ("smarthost", False, "dst 198.51.100.25 is not in set 'smarthosts'"),
+        ("business-25", False, "src 100.64.10.10 is not in set 'business'"),
+        ("block-25", True, "src in set 'subscribers', dport 25, outbound"),
+    ]
+    assert explanation.checks[1].condition is Condition.DST
+    assert explanation.decision.rule_id == "block-25"
+
+
+def test_explain_with_no_match_tries_every_rule() -> None:
+    ruleset = shipped()
+    explanation = ruleset.explain(conn("192.0.2.1", "198.51.100.1", 80, "internal"))
+    assert len(explanation.checks) == len(ruleset.rules)
+    assert not any(check.matched for check in explanation.checks)
+    assert explanation.decision is ruleset.default
+
+
+addresses4 = st.one_of(
+    st.sampled_from(["100.64.10.10", "198.51.100.26", "203.0.113.7", "192.0.2.1", "100.127.0.1"]),
+    st.integers(0, 2**32 - 1).map(lambda n: str(ipaddress.IPv4Address(n))),
+)
+addresses6 = st.one_of(
+    st.sampled_from(["2001:db8:64::10", "2001:db8:25::26", "2001:db8:b12::7", "2001:db8::1"]),
+    st.integers(0, 2**128 - 1).map(lambda n: str(ipaddress.IPv6Address(n))),
+)
+connections = st.one_of(addresses4.map(lambda a: (a, 4)), addresses6.map(lambda a: (a, 6))).flatmap(
+    lambda src: st.builds(
+        conn,
+        st.just(src[0]),
+        addresses4 if src[1] == 4 else addresses6,
+        st.one_of(st.sampled_from([25, 465, 587]), st.integers(1, 65535)),
+        st.sampled_from([d.value for d in Direction]),
+    )
+)
+
+
+@given(connections)
+def test_decide_and_explain_agree_on_the_shipped_policy(connection: Connection) -> None:
+    ruleset = shipped()
+    decision = ruleset.decide(connection)
+    explanation = ruleset.explain(connection)
+    assert explanation.decision == decision
+    matched = [check for check in explanation.checks if check.matched]
+    if decision.rule_id == "default":
+        assert matched == [] and len(explanation.checks) == len(ruleset.rules)
+    else:
+        assert [check.rule_id for check in matched] == [decision.rule_id]
+        assert explanation.checks[-1].matched
+    for check in explanation.checks:
+        assert check.matched == (check.condition is None)

@@ -1,0 +1,48 @@
+"""The rule-file shape: references, lists of one, and the reserved id."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from portguard.policy.addresses import parse_network
+from portguard.policy.schema import RuleSpec, SetRef, looks_like_address, parse_address_ref
+
+
+@pytest.mark.parametrize(
+    ("text", "is_address"),
+    [
+        ("10.0.0.0/8", True),
+        ("2001:db8::1", True),
+        ("fe80::", True),
+        ("/8", True),
+        ("subscribers", False),
+        ("_x", False),
+        ("", False),
+    ],
+)
+def test_looks_like_address(text: str, is_address: bool) -> None:
+    assert looks_like_address(text) == is_address
+
+
+def test_address_ref_is_a_network_or_a_set() -> None:
+    assert parse_address_ref("198.51.100.26") == parse_network("198.51.100.26")
+    assert parse_address_ref("smart_hosts-2") == SetRef("smart_hosts-2")
+    with pytest.raises(ValueError, match="is not a set name, an address or a CIDR"):
+        parse_address_ref("mail.example.com")
+    with pytest.raises(ValueError, match="5 is an integer"):
+        parse_address_ref(5)
+
+
+def test_single_values_stand_for_lists_of_one() -> None:
+    rule = RuleSpec.model_validate({"id": "a", "src": "s", "dport": 25, "action": "drop"})
+    assert rule.src == [SetRef("s")]
+    assert rule.dport == [(25, 25)]
+    assert rule.direction == "any" and rule.enabled is True and rule.description == ""
+
+
+def test_reserved_and_malformed_ids() -> None:
+    for bad in ("default", "a b", "", "é"):
+        with pytest.raises(ValidationError):
+            RuleSpec.model_validate({"id": bad, "action": "allow"})
+    assert RuleSpec.model_validate({"id": "A-b_c.9", "action": "allow"}).id == "A-b_c.9"

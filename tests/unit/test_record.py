@@ -1,0 +1,97 @@
+"""ECS records: the decision event of DESIGN.md, lifecycle and malformed-packet events."""
+
+from __future__ import annotations
+
+from portguard.decisionlog.record import (
+    Observer,
+    decision_event,
+    lifecycle_event,
+    malformed_event,
+    timestamp,
+)
+from portguard.flow.table import Flow, TcpState
+from portguard.policy.model import Action, Decision, Direction
+
+OBSERVER = Observer("gw1", "0.1.0")
+NOW = 1795798800.123456  # 2026-11-27T17:00:00.123456Z
+
+
+def flow(version: int = 4) -> Flow:
+    if version == 4:
+        key = (4, 0x64400A0A, 0xC6336419, 40312, 25)
+    else:
+        key = (6, 0x20010DB8006400100000000000000010, 0x20010DB8002500000000000000000025, 40312, 25)
+    return Flow(key, "2a", TcpState.SYN_SENT, NOW, NOW)
+
+
+def decision(action: Action) -> Decision:
+    return Decision(action, "block-25", "10-isp.toml", "no direct mail", "matched rule 'block-25'")
+
+
+def test_timestamp_is_utc_with_microseconds() -> None:
+    assert timestamp(NOW) == "2026-11-27T17:00:00.123456Z"
+
+
+def test_reject_event_has_the_contract_fields() -> None:
+    event = decision_event(
+        decision(Action.REJECT), flow(), Direction.OUTBOUND, "abc", OBSERVER, NOW
+    )
+    assert event["@timestamp"] == "2026-11-27T17:00:00.123456Z"
+    assert event["event"] == {
+        "kind": "event",
+        "category": ["network"],
+        "type": ["connection", "denied"],
+        "action": "reject",
+        "outcome": "success",
+        "dataset": "portguard.decision",
+    }
+    assert event["rule"] == {
+        "id": "block-25",
+        "ruleset": "10-isp.toml",
+        "description": "no direct mail",
+    }
+    assert event["source"] == {"ip": "100.64.10.10", "port": 40312}
+    assert event["destination"] == {"ip": "198.51.100.25", "port": 25}
+    assert event["network"]["type"] == "ipv4"
+    assert event["network"]["direction"] == "outbound"
+    assert event["observer"]["product"] == "portguard"
+    assert event["portguard"] == {
+        "flow_id": "2a",
+        "reason": "matched rule 'block-25'",
+        "policy_version": "abc",
+    }
+
+
+def test_allow_and_log_are_allowed_ipv6() -> None:
+    for action in (Action.ALLOW, Action.LOG):
+        event = decision_event(decision(action), flow(6), Direction.INBOUND, "v", OBSERVER, NOW)
+        assert event["event"]["type"] == ["connection", "allowed"]
+        assert event["event"]["action"] == action.value
+        assert event["source"]["ip"] == "2001:db8:64:10::10"
+        assert event["network"]["type"] == "ipv6"
+
+
+def test_drop_is_denied() -> None:
+    event = decision_event(decision(Action.DROP), flow(), Direction.OUTBOUND, "v", OBSERVER, NOW)
+    assert event["event"]["type"] == ["connection", "denied"]
+
+
+def test_empty_description_is_left_out() -> None:
+    bare = Decision(Action.ALLOW, "default", "default", "", "no rule matched")
+    event = decision_event(bare, flow(), Direction.OUTBOUND, "v", OBSERVER, NOW)
+    assert "description" not in event["rule"]
+
+
+def test_lifecycle_levels() -> None:
+    ok = lifecycle_event("reload", "policy reloaded", OBSERVER, NOW, policy_version="x")
+    bad = lifecycle_event("reload-failed", "kept the old policy", OBSERVER, NOW, errors=["a:1: b"])
+    assert ok["event"]["dataset"] == "portguard.lifecycle"
+    assert ok["log"]["level"] == "info" and ok["portguard"] == {"policy_version": "x"}
+    assert bad["log"]["level"] == "error" and bad["event"]["outcome"] == "failure"
+    assert bad["portguard"]["errors"] == ["a:1: b"]
+
+
+def test_malformed_event_counts() -> None:
+    event = malformed_event("truncated TCP header", Action.DROP, 7, OBSERVER, NOW)
+    assert event["event"]["action"] == "drop"
+    assert event["portguard"] == {"reason": "malformed packet: truncated TCP header", "count": 7}

@@ -1,0 +1,129 @@
+"""TOML files with positions, and pydantic errors turned into the operator's words."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Literal
+
+import pytest
+from pydantic import AfterValidator, Field
+
+from portguard.errors import Problem
+from portguard.tomlsource import (
+    Spec,
+    TomlSource,
+    data_path,
+    parse_toml,
+    toml_type,
+    toml_value,
+    validate,
+)
+
+
+def _positive(value: int) -> int:
+    if value < 1:
+        raise ValueError(f"{value} is not positive")
+    return value
+
+
+class Inner(Spec):
+    name: str
+    size: Annotated[int, AfterValidator(_positive)] = 1
+
+
+class Outer(Spec):
+    mode: Literal["a", "b"] = "a"
+    flag: bool = False
+    items: list[Inner] = Field(default=[])
+    table: Inner | None = None
+
+
+def problems(text: str) -> list[str]:
+    source = parse_toml(Path("f.toml"), text)
+    assert isinstance(source, TomlSource)
+    result = validate(source, Outer)
+    assert isinstance(result, list)
+    return [p.format() for p in sorted(result, key=Problem.sort_key)]
+
+
+def test_syntax_error_is_a_problem() -> None:
+    result = parse_toml(Path("f.toml"), "x = [")
+    assert isinstance(result, Problem)
+    assert result.format().startswith("f.toml:1")
+
+
+def test_valid_document_validates() -> None:
+    source = parse_toml(Path("f.toml"), 'mode = "b"\n[[items]]\nname = "n"\nsize = 3\n')
+    assert isinstance(source, TomlSource)
+    assert validate(source, Outer) == Outer(mode="b", items=[Inner(name="n", size=3)])
+
+
+def test_each_kind_of_error_in_words() -> None:
+    text = (
+        'mode = "c"\n'
+        'flag = "yes"\n'
+        "[[items]]\n"
+        'name = "x"\n'
+        "size = 0\n"
+        "[[items]]\n"
+        "size = 2\n"
+        "[table]\n"
+        'name = "t"\n'
+        "nmae = 1\n"
+        "colour = 2\n"
+    )
+    assert problems(text) == [
+        "f.toml:1: mode: must be 'a' or 'b', not \"c\"",
+        "f.toml:2: flag: must be true or false, not a string",
+        "f.toml:5: size: 0 is not positive",
+        "f.toml:6: missing required key 'name'",
+        "f.toml:10: unknown key 'nmae' (did you mean 'name'?)",
+        "f.toml:11: unknown key 'colour' (known keys: name, size)",
+    ]
+
+
+def test_wrong_container_types() -> None:
+    assert problems("items = 3\ntable = [1]\n") == [
+        "f.toml:1: items: must be an array, not an integer",
+        "f.toml:2: table: must be a table, not an array",
+    ]
+
+
+def test_single_table_where_an_array_of_tables_belongs() -> None:
+    assert problems('[items]\nname = "x"\n') == [
+        "f.toml:1: items: must be an array of tables (write [[items]]), not a table"
+    ]
+
+
+def test_data_path_drops_pydantic_tags() -> None:
+    data = {"rule": [{"src": "x"}]}
+    assert data_path(("rule", 0, "src", 0), data) == ("rule", 0, "src")
+    assert data_path(("rule", 0, "function-after[f()]", "src"), data) == ("rule", 0, "src")
+    assert data_path(("rule", 0, "action"), data) == ("rule", 0, "action")
+    assert data_path(("rule", 5, "id"), data) == ("rule",)
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "shown"),
+    [
+        (True, "a boolean", "true"),
+        (3, "an integer", "3"),
+        (2.5, "a float", "2.5"),
+        ("s", "a string", '"s"'),
+        ([1], "an array", "[1]"),
+        ({"a": 1}, "a table", "{'a': 1}"),
+        (date(2020, 1, 2), "a date", "2020-01-02"),
+    ],
+)
+def test_toml_type_and_value(value: object, kind: str, shown: str) -> None:
+    assert toml_type(value) == kind
+    assert toml_value(value) == shown
+
+
+def test_positions_are_scanned_only_when_asked() -> None:
+    source = parse_toml(Path("f.toml"), "a = 1\n\nb = 2\n")
+    assert isinstance(source, TomlSource)
+    assert "positions" not in source.__dict__
+    assert source.where(("b",)) == "f.toml:3"
+    assert source.problem(("b", "c"), "m").format() == "f.toml:3: m"
