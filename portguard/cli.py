@@ -19,8 +19,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="portguard", description="SMTP-port policy gateway")
     parser.add_argument("--version", action="version", version=f"portguard {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("run", "run the daemon in the foreground"),
-                       ("check", "validate the config and every rule file")):
+    for name, text in (
+        ("run", "run the daemon in the foreground"),
+        ("check", "validate the config and every rule file"),
+    ):
         _with_config(commands.add_parser(name, help=text))
     explain = _with_config(commands.add_parser("explain", help="which rule decides a connection"))
     explain.add_argument("--src", required=True, type=ipaddress.ip_address)

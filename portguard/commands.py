@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import sys
 
 from portguard.config import Config
 from portguard.io.hook import HookError, select_backend
@@ -15,9 +16,16 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 def check(config: Config) -> int:
     """Exit 0 when the config and every rule file load; errors raise SourceError (exit 1)."""
     ruleset = load_ruleset(config.rules.paths)
+    for rule in ruleset.unhooked(config.hook.ports):
+        print(
+            f"warning: rule '{rule.id}' ({rule.ruleset}) names no hooked port "
+            f"({', '.join(map(str, config.hook.ports))}): it can never match"
+        )
     files = ", ".join(str(path) for path in ruleset.sources)
-    print(f"{config.path}: ok; {len(ruleset.rules)} rules from {files}; "
-          f"policy version {ruleset.version}")
+    print(
+        f"{config.path}: ok; {len(ruleset.rules)} rules from {files}; "
+        f"policy version {ruleset.version}"
+    )
     return 0
 
 
@@ -34,15 +42,26 @@ def explain(config: Config, src: Address, dst: Address, dport: int, direction: s
 def hook(config: Config, action: str) -> int:
     from portguard.daemon import hook_spec
 
-    backend = select_backend(config.hook.backend)
+    spec = hook_spec(config)
     try:
+        backend = select_backend(config.hook.backend)
         if action == "install":
-            backend.install(hook_spec(config))
+            backend.install(spec)
         elif action == "remove":
             backend.remove()
-        status = backend.status()
+        status = backend.status(spec)
     except HookError as error:
-        print(f"portguard: {error}")
+        print(f"portguard: {error}", file=sys.stderr)
         return 1
-    print(status.detail)
-    return 0 if status.installed or action == "remove" else 3
+    print(status.detail.rstrip())
+    print(
+        f"backend: {status.backend}; installed: {_yes(status.installed)}; "
+        f"complete: {_yes(status.complete)}; rule sets: {status.rule_sets}"
+    )
+    if action == "remove":
+        return 0 if not status.installed else 1
+    return 0 if status.installed and status.complete else 3
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"

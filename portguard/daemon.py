@@ -65,14 +65,18 @@ class Daemon:
         writer.submit(self._lifecycle("hook-removed", f"{self.backend.name} hooks removed"))
 
     def _lifecycle(self, action: str, message: str) -> dict[str, object]:
-        return lifecycle_event(action, message, self.observer, time.time(), backend=self.backend.name)
+        return lifecycle_event(
+            action, message, self.observer, time.time(), backend=self.backend.name
+        )
 
     def _run_forked(self, ruleset: object) -> int:
         from portguard.policy import RuleSet
 
         assert isinstance(ruleset, RuleSet)
         ready_r, ready_w = os.pipe()
-        children = [self._fork_worker(i, ruleset, ready_w) for i in range(self.config.queue.workers)]
+        children = [
+            self._fork_worker(i, ruleset, ready_w) for i in range(self.config.queue.workers)
+        ]
         os.close(ready_w)
         writer = make_writer(self.config)
         try:

@@ -85,9 +85,7 @@ class Gate:
         direction = direction_of(arrives_on_wan, leaves_on_wan)
         decision = self.decide(flow.key, direction)
         flow.decision = decision
-        event = decision_event(
-            decision, flow, direction, self.ruleset.version, self.observer, now
-        )
+        event = decision_event(decision, flow, direction, self.ruleset.version, self.observer, now)
         return Outcome(verdict_for(decision.action), event)
 
     def decide(self, key: tuple[int, int, int, int, int], direction: Direction) -> Decision:

@@ -68,8 +68,11 @@ class Worker:
             set_fail_open(reader.fileno(), self.queue_num, self.fail_open)
             if on_bound is not None:
                 on_bound(writer)
-            self._log("start", f"portguard started on queue {self.queue_num}",
-                      policy_version=self.gate.ruleset.version)
+            self._log(
+                "start",
+                f"portguard started on queue {self.queue_num}",
+                policy_version=self.gate.ruleset.version,
+            )
             notify.ready(f"deciding on queue {self.queue_num}")
             self._loop(reader, signals)
         finally:
@@ -80,8 +83,12 @@ class Worker:
             finally:
                 reader.close()
                 signals.close()
-                self._log("stop", "portguard stopped", events_dropped=writer.dropped,
-                          packets=reader.packets)
+                self._log(
+                    "stop",
+                    "portguard stopped",
+                    events_dropped=writer.dropped,
+                    packets=reader.packets,
+                )
                 writer.close()
         return 0
 
@@ -94,8 +101,12 @@ class Worker:
         try:
             ruleset = load_ruleset(self.config.rules.paths)
         except SourceError as error:
-            self._log("reload-failed", "reload failed; the previous policy stays in force",
-                      errors=error.messages, policy_version=self.gate.ruleset.version)
+            self._log(
+                "reload-failed",
+                "reload failed; the previous policy stays in force",
+                errors=error.messages,
+                policy_version=self.gate.ruleset.version,
+            )
             notify.ready(f"reload failed; policy {self.gate.ruleset.version} kept")
             return False
         self.gate.ruleset = ruleset
@@ -126,16 +137,23 @@ class Worker:
         assert self.writer is not None
         if self.writer.dropped != self._reported["dropped"]:
             self._reported["dropped"] = self.writer.dropped
-            self._log("events-dropped", "the event queue was full; events were dropped",
-                      events_dropped=self.writer.dropped)
+            self._log(
+                "events-dropped",
+                "the event queue was full; events were dropped",
+                events_dropped=self.writer.dropped,
+            )
         errors = reader.errors + reader.verdict_errors
         if errors != self._reported["errors"]:
             self._reported["errors"] = errors
-            self._log("packet-error", f"deciding a packet failed: {reader.last_error!r}",
-                      packet_errors=errors)
+            self._log(
+                "packet-error",
+                f"deciding a packet failed: {reader.last_error!r}",
+                packet_errors=errors,
+            )
 
     def _log(self, action: str, message: str, **extra: object) -> None:
         if self.writer is not None:
-            event: Event = lifecycle_event(action, message, self.observer, time.time(),
-                                           queue=self.queue_num, **extra)
+            event: Event = lifecycle_event(
+                action, message, self.observer, time.time(), queue=self.queue_num, **extra
+            )
             self.writer.submit(event)

@@ -102,6 +102,8 @@ class PacketSpec:
         return head + _v6_address(self.src) + _v6_address(self.dst)
 
     def _extension_chain(self) -> bytes:
+        if not self.extensions:
+            return b""
         kinds = [kind for kind, _ in self.extensions[1:]] + [TCP]
         return b"".join(
             bytes([nxt]) + body[1:] for (_, body), nxt in zip(self.extensions, kinds, strict=True)
@@ -231,7 +233,8 @@ def packet_specs(
         extensions = draw(ipv6_extensions())
     address = _address(version)
     src, dst, sport, dport, flag_bits, seq, ack, window, ttl = draw(
-        st.tuples(address, address, _PORT, dports or _PORT, flags or st.integers(0, 255),
+        st.tuples(address, address, _PORT, dports if dports is not None else _PORT,
+        flags if flags is not None else st.integers(0, 255),
                   _WORD, _WORD, _PORT, st.integers(1, 255))
     )  # fmt: skip
     payload = draw(st.binary(max_size=max_payload))

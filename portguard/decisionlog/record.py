@@ -84,7 +84,9 @@ def _rule_fields(decision: Decision) -> dict[str, str]:
     return fields
 
 
-def malformed_event(reason: str, action: Action, count: int, observer: Observer, now: float) -> Event:
+def malformed_event(
+    reason: str, action: Action, count: int, observer: Observer, now: float
+) -> Event:
     """A packet that could not be decoded (rate-limited by the caller; `count` since the last)."""
     return {
         "@timestamp": timestamp(now),
@@ -104,7 +106,9 @@ def malformed_event(reason: str, action: Action, count: int, observer: Observer,
     }
 
 
-def lifecycle_event(action: str, message: str, observer: Observer, now: float, **extra: Any) -> Event:
+def lifecycle_event(
+    action: str, message: str, observer: Observer, now: float, **extra: Any
+) -> Event:
     """Daemon lifecycle (start, reload, reload-failed, hook, stop) as an ECS event."""
     level = "error" if action.endswith("failed") or action == "error" else "info"
     return {

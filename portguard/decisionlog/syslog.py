@@ -45,7 +45,9 @@ class SyslogStream:
     def __init__(self, address: str, clock: Clock = time.monotonic) -> None:
         parts = urlsplit(address)
         if parts.scheme not in ("udp", "tcp") or not parts.hostname or not parts.port:
-            raise ValueError(f"syslog address must be udp://host:port or tcp://host:port: {address}")
+            raise ValueError(
+                f"syslog address must be udp://host:port or tcp://host:port: {address}"
+            )
         self.scheme, self.target = parts.scheme, (parts.hostname, parts.port)
         self.hostname = socket.gethostname()
         self.pid = os.getpid()

@@ -10,9 +10,9 @@ from __future__ import annotations
 import queue
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import communityid
 import orjson
@@ -24,7 +24,9 @@ _STOP = object()
 _COMMUNITY = communityid.CommunityID()
 
 
-def add_community_id(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def add_community_id(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """structlog processor: network.community_id for decision events (Community ID v1)."""
     network, src, dst = (event_dict.get(k) for k in ("network", "source", "destination"))
     if network is None or src is None or dst is None:
@@ -51,7 +53,7 @@ class EventSink(Protocol):
 class Sink:
     """One output: a binary stream written one JSON line per event."""
 
-    def __init__(self, name: str, stream: IO[bytes], owned: bool) -> None:
+    def __init__(self, name: str, stream: BinaryIO, owned: bool) -> None:
         self.name = name
         self.stream = stream
         self.owned = owned
@@ -78,7 +80,7 @@ def stdout_sink() -> Sink:
 
 def file_sink(path: Path) -> Sink:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return Sink(f"file:{path}", open(path, "ab"), owned=True)  # noqa: SIM115 - closed by Sink
+    return Sink(f"file:{path}", open(path, "ab"), owned=True)
 
 
 class EventWriter:

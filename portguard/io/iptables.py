@@ -29,7 +29,7 @@ from portguard.io.hook import (
 CHAIN: Final = "PORTGUARD"
 FAMILIES: Final = ("iptables", "ip6tables")
 MULTIPORT_MAX: Final = 15  # ports one multiport match takes
-_SYN_ONLY: Final = "-m tcp --tcp-flags FIN,SYN,RST,ACK SYN"
+_SYN_ONLY: Final = "--tcp-flags FIN,SYN,RST,ACK SYN"  # OpenSnitch's trick: no ACK/RST/FIN
 _JUMP: Final = f"-p tcp -j {CHAIN}"
 _JUMP_TARGET: Final = re.compile(rf"\s-[jg] {CHAIN}(\s|$)")
 
@@ -51,9 +51,9 @@ def _port_matches(ports: Sequence[int]) -> Iterator[str]:
     for start in range(0, len(ports), MULTIPORT_MAX):
         group = ports[start : start + MULTIPORT_MAX]
         if len(group) == 1:
-            yield f"-p tcp -m tcp --dport {group[0]} --tcp-flags FIN,SYN,RST,ACK SYN"
+            yield f"-p tcp -m tcp --dport {group[0]} {_SYN_ONLY}"
         else:
-            yield f"-p tcp -m multiport --dports {','.join(map(str, group))} {_SYN_ONLY}"
+            yield f"-p tcp -m multiport --dports {','.join(map(str, group))} -m tcp {_SYN_ONLY}"
 
 
 def _queue_target(spec: HookSpec) -> str:

@@ -42,7 +42,7 @@ class QueueReader:
         queue_num: int,
         max_len: int,
         decide: Decider,
-        on_event: Callable[[Event], None],
+        on_event: Callable[[Event], object],
         fallback: Verdict,
     ) -> None:
         self.queue_num = queue_num
@@ -58,8 +58,13 @@ class QueueReader:
 
     def open(self) -> None:
         nfq = NetfilterQueue()
-        nfq.bind(self.queue_num, self._on_packet, max_len=self.max_len, mode=COPY_PACKET,
-                 range=COPY_RANGE)
+        nfq.bind(
+            self.queue_num,
+            self._on_packet,
+            max_len=self.max_len,
+            mode=COPY_PACKET,
+            range=COPY_RANGE,
+        )
         self._nfq = nfq
 
     def fileno(self) -> int:
@@ -79,7 +84,7 @@ class QueueReader:
         outcome = Outcome(self.fallback, None)
         try:
             outcome = self.decide(packet.get_payload(), packet.indev, packet.outdev)
-        except Exception as error:  # noqa: BLE001 - any failure still gets a verdict
+        except Exception as error:  # any failure still gets a verdict
             self.errors += 1
             self.last_error = error
         finally:
@@ -90,6 +95,6 @@ class QueueReader:
     def _give_verdict(self, packet: Any, verdict: Verdict) -> None:
         try:
             apply_verdict(packet, verdict)
-        except Exception as error:  # noqa: BLE001 - never let an exception into the C loop
+        except Exception as error:  # never let an exception into the C loop
             self.verdict_errors += 1
             self.last_error = error

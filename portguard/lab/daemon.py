@@ -13,6 +13,7 @@ import contextlib
 import json
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,12 +35,17 @@ def toml_string(value: str) -> str:
 
 
 def render_config(
-    rules: Sequence[Path], events: Path, queue_num: int = 0, backend: str = "auto"
+    rules: Sequence[Path],
+    events: Path,
+    queue_num: int = 0,
+    backend: str = "auto",
+    fail_mode: str = "closed",
+    workers: int = 1,
 ) -> str:
     """The daemon config for the lab: WAN = gw-wan, forward chain, stdout and file outputs."""
     paths = ", ".join(toml_string(str(path)) for path in rules)
     return (
-        f'[queue]\nnum = {queue_num}\nworkers = 1\nfail_mode = "closed"\n\n'
+        f"[queue]\nnum = {queue_num}\nworkers = {workers}\nfail_mode = {toml_string(fail_mode)}\n\n"
         f'[network]\nwan = ["{a.GW_WAN_IF}"]\n\n'
         f"[hook]\nbackend = {toml_string(backend)}\n"
         f'ports = [{", ".join(str(p) for p in HOOK_PORTS)}]\nchains = ["forward"]\n\n'
@@ -82,18 +88,21 @@ class LabDaemon:
         rules: Sequence[Path] = (SHIPPED_RULES,),
         queue_num: int = 0,
         command: Sequence[str] = (),
+        fail_mode: str = "closed",
+        workers: int = 1,
     ) -> None:
         """`command` replaces `python -m portguard` (it gets `run --config CFG` appended)."""
         self.lab = lab
         self.command = list(command) or lab.python("portguard")
         self.queue_num = queue_num
-        self.dir = lab.workdir / "daemon"
-        self.dir.mkdir(exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix="daemon-", dir=lab.workdir))
         self.config = self.dir / "portguard.toml"
         self.events_path = self.dir / "decisions.jsonl"
         self.stdout_path = self.dir / "stdout.log"
         self.stderr_path = self.dir / "stderr.log"
-        self.config.write_text(render_config(rules, self.events_path, queue_num))
+        self.config.write_text(
+            render_config(rules, self.events_path, queue_num, fail_mode=fail_mode, workers=workers)
+        )
         self.proc: subprocess.Popen[bytes] | None = None
         self._notify = self._notify_socket()
 

@@ -1,12 +1,14 @@
 """Decode the bytes the kernel queue hands over into a Packet (IPv4/IPv6 + TCP header).
 
-Pure and hot-path: precompiled `struct` objects, no scapy, no allocation beyond the Packet.
-Every malformed or truncated input raises DecodeError and nothing else.
+Pure and hot-path: precompiled `struct` objects, no scapy. Every malformed or truncated input
+raises DecodeError and nothing else.
 
 Truncation: the kernel may copy only the first bytes of a packet (copy range). A buffer shorter
 than the length the IP header states is accepted as long as the whole IP header chain and the
 whole TCP header (options included) are present. A buffer longer than the stated length is cut
-to the stated length (trailing bytes are not part of the packet).
+to the stated length (trailing bytes are not part of the packet). `Packet.length` and
+`Packet.payload_len` always follow the stated length, so a truncated copy reports the TCP
+payload the packet carries, not just the bytes that were copied.
 """
 
 from __future__ import annotations

@@ -8,10 +8,11 @@ here too, with messages written for the operator.
 from __future__ import annotations
 
 import bisect
-import ipaddress
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from portguard.packet.model import to_address
 
 Interval = tuple[int, int]  # first and last address, inclusive
 
@@ -38,13 +39,6 @@ class Network:
         """A single host as a plain address, anything wider as a CIDR."""
         address = str(to_address(self.version, self.first))
         return address if self.prefixlen == self.bits else f"{address}/{self.prefixlen}"
-
-
-def to_address(version: int, value: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """An integer address as an ipaddress object (4 or 6)."""
-    if version == 4:
-        return ipaddress.IPv4Address(value)
-    return ipaddress.IPv6Address(value)
 
 
 def parse_network(text: str) -> Network:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from portguard.policy.addresses import to_address
+from portguard.packet.model import to_address
 from portguard.policy.model import Connection
 from portguard.policy.ruleset import Explanation
 

@@ -7,12 +7,13 @@ to that rule.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from portguard.policy.addresses import AddressSet, to_address
+from portguard.packet.model import to_address
+from portguard.policy.addresses import AddressSet
 from portguard.policy.model import Action, Connection, Decision, Direction
 from portguard.policy.ports import PortSet
 
@@ -43,7 +44,7 @@ class CompiledRule:
 
 def first_mismatch(rule: CompiledRule, conn: Connection) -> Condition | None:
     """The first condition of ``rule`` that ``conn`` fails, or None when the rule matches."""
-    if rule.direction is not None and conn.direction is not rule.direction:
+    if rule.direction is not None and conn.direction != rule.direction:
         return Condition.DIRECTION
     if rule.dport is not None and not rule.dport.contains(conn.dport):
         return Condition.DPORT
@@ -138,6 +139,14 @@ class RuleSet:
             reason = mismatch_reason(rule, conn, condition)
             checks.append(RuleCheck(rule.id, rule.ruleset, False, reason, condition))
         return Explanation(conn, tuple(checks), self.default, self.disabled)
+
+    def unhooked(self, hooked_ports: Collection[int]) -> tuple[CompiledRule, ...]:
+        """Rules whose dport names none of the hooked ports: they can never match."""
+        return tuple(
+            rule
+            for rule in self.rules
+            if rule.dport is not None and not any(rule.dport.contains(p) for p in hooked_ports)
+        )
 
     def __repr__(self) -> str:
         return f"<RuleSet version={self.version} rules={len(self.rules)}>"

@@ -361,7 +361,7 @@ def test_random_bytes_raise_only_decode_error(data: bytes) -> None:
 
 
 @given(data=mutated_packets())
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=400, deadline=None)
 def test_mutated_packets_raise_only_decode_error(data: bytes) -> None:
     check_only_decode_errors(data)
 

@@ -131,3 +131,21 @@ def test_decide_and_explain_agree_on_the_shipped_policy(connection: Connection) 
         assert explanation.checks[-1].matched
     for check in explanation.checks:
         assert check.matched == (check.condition is None)
+
+
+def test_direction_given_as_plain_text_still_matches() -> None:
+    c = conn("100.64.10.10", "198.51.100.25", 25)
+    as_text = Connection(c.version, c.src, c.dst, c.dport, "outbound")  # type: ignore[arg-type]
+    assert shipped().decide(as_text) == shipped().decide(c)
+
+
+def test_unhooked_rules_never_match() -> None:
+    ruleset = shipped()
+    assert ruleset.unhooked([25, 465, 587]) == ()
+    assert [r.id for r in ruleset.unhooked([25])] == ["submission"]
+    assert [r.id for r in ruleset.unhooked([587])] == [
+        "smarthost",
+        "business-25",
+        "block-25",
+        "inbound-25-subscribers",
+    ]

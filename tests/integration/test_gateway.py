@@ -1,0 +1,224 @@
+"""The real daemon on a real kernel queue, with real SMTP peers across the namespace lab.
+
+Each test talks to `portguard run` started inside the lab's gateway namespace with the shipped
+ISP rules. The kernel's own counter of queued packets (the id sequence in
+/proc/net/netfilter/nfnetlink_queue) tells how many packets reached the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from portguard.lab import Lab
+from portguard.lab import addresses as a
+from portguard.lab.daemon import SHIPPED_RULES, LabDaemon, hooks_leftover
+
+VERSIONS = pytest.mark.parametrize("version", [4, 6], ids=["ipv4", "ipv6"])
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with Lab() as built:
+        built.start_smtp_servers()
+        yield built
+
+
+@pytest.fixture
+def daemon(lab: Lab) -> Iterator[LabDaemon]:
+    running = LabDaemon(lab)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+    assert not hooks_leftover(lab), "SIGTERM must remove every hook"
+
+
+def queued(lab: Lab) -> int:
+    stats = lab.queue_stats()
+    assert stats is not None, "the daemon's queue is not bound"
+    return stats["id_sequence"]
+
+
+def decision_for(daemon: LabDaemon, src: str, dst: str, dport: int) -> dict[str, Any]:
+    """The newest decision event for (src, dst, dport), waiting briefly for the writer."""
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        found = [
+            event for event in daemon.events()
+            if event.get("event", {}).get("dataset") == "portguard.decision"
+            and event["source"]["ip"] == src and event["destination"]["ip"] == dst
+            and event["destination"]["port"] == dport
+        ]  # fmt: skip
+        if found:
+            return found[-1]
+        time.sleep(0.05)
+    raise AssertionError(f"no decision event for {src} -> {dst}:{dport}")
+
+
+@VERSIONS
+def test_subscriber_to_external_mx_is_rejected_with_rst(
+    lab: Lab, daemon: LabDaemon, version: int
+) -> None:
+    result = lab.send_mail("sub", a.MX.family(version), 25, timeout=3)
+    assert result.outcome == "refused", result  # a RST, not a timeout
+    assert result.elapsed_ms < 100, result
+    event = decision_for(daemon, a.SUBSCRIBER.family(version), a.MX.family(version), 25)
+    assert event["event"]["action"] == "reject"
+    assert event["event"]["type"] == ["connection", "denied"]
+    assert event["rule"]["id"] == "block-25"
+    assert event["network"]["direction"] == "outbound"
+    assert event["network"]["community_id"].startswith("1:")
+    assert lab.received(a.MX.family(version)) == [] or all(
+        r["peer"].rsplit(":", 1)[0].strip("[]") != a.SUBSCRIBER.family(version)
+        for r in lab.received(a.MX.family(version))
+    )
+
+
+@VERSIONS
+def test_subscriber_relays_through_the_smarthost(lab: Lab, daemon: LabDaemon, version: int) -> None:
+    result = lab.send_mail("sub", a.SMARTHOST.family(version), 25)
+    assert result.outcome == "delivered", result
+    event = decision_for(daemon, a.SUBSCRIBER.family(version), a.SMARTHOST.family(version), 25)
+    assert (event["event"]["action"], event["rule"]["id"]) == ("allow", "smarthost")
+
+
+@VERSIONS
+@pytest.mark.parametrize(("port", "mode"), [(587, "starttls"), (465, "implicit")])
+def test_submission_ports_are_open(
+    lab: Lab, daemon: LabDaemon, version: int, port: int, mode: str
+) -> None:
+    for server in (a.SUBMISSION, a.MX):
+        result = lab.send_mail("sub", server.family(version), port, mode=mode)
+        assert result.outcome == "delivered", result
+        event = decision_for(daemon, a.SUBSCRIBER.family(version), server.family(version), port)
+        assert (event["event"]["action"], event["rule"]["id"]) == ("allow", "submission")
+
+
+@VERSIONS
+def test_business_customer_sends_direct(lab: Lab, daemon: LabDaemon, version: int) -> None:
+    result = lab.send_mail("biz", a.MX.family(version), 25)
+    assert result.outcome == "delivered", result
+    event = decision_for(daemon, a.BUSINESS.family(version), a.MX.family(version), 25)
+    assert (event["event"]["action"], event["rule"]["id"]) == ("allow", "business-25")
+
+
+@VERSIONS
+def test_inbound_25_to_subscribers_is_denied(lab: Lab, daemon: LabDaemon, version: int) -> None:
+    result = lab.send_mail("net", a.SUBSCRIBER.family(version), 25, timeout=3)
+    assert result.outcome == "refused", result
+    event = decision_for(daemon, a.INTERNET.family(version), a.SUBSCRIBER.family(version), 25)
+    assert event["network"]["direction"] == "inbound"
+    assert (event["event"]["action"], event["rule"]["id"]) == ("reject", "inbound-25-subscribers")
+
+
+def test_unhooked_ports_never_reach_the_daemon(lab: Lab, daemon: LabDaemon) -> None:
+    before = queued(lab)
+    for version in (4, 6):
+        assert lab.send_mail("sub", a.MX.family(version), 2525).outcome == "delivered"
+        port80 = lab.send_mail("sub", a.MX.family(version), 80, connect_only=True, timeout=3)
+        assert port80.outcome == "refused"  # nothing listens on 80: the server's own RST
+    assert queued(lab) == before
+    assert lab.send_mail("sub", a.SMARTHOST.v4, 25).outcome == "delivered"
+    assert queued(lab) == before + 1  # the counter does move for a hooked port
+
+
+def test_a_100_mb_message_stays_in_the_kernel(lab: Lab, daemon: LabDaemon) -> None:
+    before = queued(lab)
+    size = 100 * 1024 * 1024
+    result = lab.send_mail("biz", a.MX.v4, 25, size=size, timeout=120)
+    assert result.outcome == "delivered", result
+    assert queued(lab) - before == 1  # only the SYN was queued; the stream stayed in the kernel
+    sizes = [r["size"] for r in lab.received(a.MX.v4)]
+    assert any(s >= size for s in sizes)
+
+
+def test_sighup_reloads_and_a_bad_file_keeps_the_old_policy(lab: Lab, tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rule]]\nid = "all-25"\ndport = [25]\naction = "reject"\n')
+    running = LabDaemon(lab, rules=[rules])
+    running.start()
+    try:
+        assert lab.send_mail("biz", a.MX.v4, 25, timeout=3).outcome == "refused"
+        rules.write_text('[[rule]]\nid = "all-25"\ndport = [25]\naction = "allow"\n')
+        reload_and_wait(running, "reload")
+        assert lab.send_mail("biz", a.MX.v4, 25).outcome == "delivered"
+        rules.write_text('[[rule]]\nid = "all-25"\ndport = [99999]\naction = "reject"\n')
+        failed = reload_and_wait(running, "reload-failed")
+        assert any(f"{rules}:3:" in message for message in failed["portguard"]["errors"])
+        assert lab.send_mail("biz", a.MX.v6, 25).outcome == "delivered"  # old policy in force
+    finally:
+        assert running.stop() == 0
+
+
+def reload_and_wait(running: LabDaemon, action: str) -> dict[str, Any]:
+    assert running.proc is not None
+    seen = len(lifecycle(running, action))
+    running.proc.send_signal(signal.SIGHUP)  # reaches python inside `ip netns exec`
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        events = lifecycle(running, action)
+        if len(events) > seen:
+            return events[-1]
+        time.sleep(0.05)
+    raise AssertionError(f"no {action} event after SIGHUP")
+
+
+def lifecycle(running: LabDaemon, action: str) -> list[dict[str, Any]]:
+    return [
+        e for e in running.events()
+        if e["event"].get("dataset") == "portguard.lifecycle" and e["event"]["action"] == action
+    ]  # fmt: skip
+
+
+def hook_status(lab: Lab, config: Path) -> subprocess.CompletedProcess[str]:
+    return lab.run("gw", lab.python("portguard", "hook", "status", "--config", str(config)),
+                   capture_output=True, text=True, timeout=30)  # fmt: skip
+
+
+@pytest.mark.parametrize("fail_mode", ["closed", "open"])
+def test_kill_9_fails_by_fail_mode_and_a_restart_cleans_up(lab: Lab, fail_mode: str) -> None:
+    running = LabDaemon(lab, fail_mode=fail_mode)
+    running.start()
+    assert running.proc is not None
+    os.kill(running.proc.pid, signal.SIGKILL)
+    running.proc.wait(10)
+    after_crash = lab.send_mail("sub", a.SMARTHOST.v4, 25, timeout=2)
+    expected = "timeout" if fail_mode == "closed" else "delivered"
+    assert after_crash.outcome == expected, after_crash
+    restarted = LabDaemon(lab, fail_mode=fail_mode)
+    restarted.start()
+    try:
+        assert lab.send_mail("sub", a.MX.v4, 25, timeout=3).outcome == "refused"
+        assert lab.send_mail("sub", a.SMARTHOST.v4, 25).outcome == "delivered"
+        status = hook_status(lab, restarted.config)
+        assert status.returncode == 0, status.stderr
+        assert "rule sets: 1" in status.stdout, status.stdout
+    finally:
+        assert restarted.stop() == 0
+    assert not hooks_leftover(lab)
+
+
+def test_two_workers_share_the_load(lab: Lab) -> None:
+    running = LabDaemon(lab, workers=2)
+    running.start()
+    try:
+        for _ in range(6):
+            assert lab.send_mail("sub", a.MX.v4, 25, timeout=3).outcome == "refused"
+            assert lab.send_mail("sub", a.SMARTHOST.v6, 25).outcome == "delivered"
+        assert lab.queue_stats(1) is not None  # the second worker's queue is bound too
+    finally:
+        assert running.stop() == 0
+    assert not hooks_leftover(lab)
+
+
+def test_shipped_rules_are_what_the_daemon_loads() -> None:
+    assert (SHIPPED_RULES / "10-isp.toml").is_file()
