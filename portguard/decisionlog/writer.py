@@ -36,6 +36,17 @@ def add_community_id(
     return event_dict
 
 
+LEADING_FIELDS = ("@timestamp", "ecs", "log", "message", "event")
+
+
+def order_fields(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: @timestamp, ecs, log, message and event first, as people read them."""
+    leading = {key: event_dict[key] for key in LEADING_FIELDS if key in event_dict}
+    return leading | {k: v for k, v in event_dict.items() if k not in leading}
+
+
 def render_line(event: Event) -> bytes:
     """The exact bytes a sink writes for one event (without the newline); used by tests."""
     return orjson.dumps(add_community_id(None, "msg", dict(event)))
@@ -60,7 +71,11 @@ class Sink:
         self.errors = 0
         self.logger = structlog.wrap_logger(
             structlog.BytesLogger(stream),
-            processors=[add_community_id, structlog.processors.JSONRenderer(orjson.dumps)],
+            processors=[
+                order_fields,
+                add_community_id,
+                structlog.processors.JSONRenderer(orjson.dumps),
+            ],
         )
 
     def write(self, event: Event) -> None:

@@ -23,7 +23,7 @@ import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 from portguard.lab import addresses as a
@@ -153,6 +153,14 @@ def _signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+class LabTerminated(SystemExit):
+    """SIGTERM arrived while a lab was up: unwind through `with`/finally so it is removed."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise LabTerminated(128 + signum)
+
+
 class Lab:
     """Four namespaces (sub, biz, gw, net), their links, addresses, routes and SMTP peers."""
 
@@ -165,6 +173,7 @@ class Lab:
         self._procs: list[subprocess.Popen[Any]] = []
         self._servers = SmtpServers(self)
         self._closed = False
+        self._took_sigterm = False
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -186,6 +195,7 @@ class Lab:
             raise LabError("a Lab can be started once")
         self._workdir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
         atexit.register(self.close)
+        self._take_sigterm()
         try:
             for role in a.ROLES:
                 with _signals_blocked():  # no Ctrl-C between creating and recording
@@ -209,8 +219,22 @@ class Lab:
             if self._workdir is not None and not self.keep_workdir:
                 shutil.rmtree(self._workdir, ignore_errors=True)
         atexit.unregister(self.close)
+        self._give_back_sigterm()
         if errors:
             raise LabError("; ".join(errors))
+
+    def _take_sigterm(self) -> None:
+        """Turn an unhandled SIGTERM into an exception (main thread, default handler only)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _raise_terminated)
+            self._took_sigterm = True
+
+    def _give_back_sigterm(self) -> None:
+        if self._took_sigterm and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            self._took_sigterm = False
 
     def _stop_processes(self) -> None:
         for proc in reversed(self._procs):

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -28,7 +29,7 @@ from portguard.lab import addresses as a
 from portguard.lab.cases import CASES, Attempt, Case, match_events, plan, render_table, rows
 from portguard.lab.daemon import SHIPPED_RULES, render_config
 from portguard.lab.demo import run_demo
-from portguard.lab.peers import parse_send_result, server_specs
+from portguard.lab.peers import parse_send_result, python_env, server_specs
 from portguard.lab.smtpc import classify, coalesce, message_chunks
 from portguard.lab.smtpd import Listen, format_endpoint, parse_listen
 from portguard.lab.topology import client_address, parse_queue_stats
@@ -83,6 +84,39 @@ def test_lab_is_removed_when_the_body_raises() -> None:
         raise RuntimeError("boom")
     assert mine(built.prefix) == []
     assert subprocess.run(["pgrep", "-f", str(built.workdir)], capture_output=True).stdout == b""
+
+
+HOLD_A_LAB = textwrap.dedent("""
+    import signal
+    from portguard.lab import Lab
+    with Lab() as lab:
+        lab.start_smtp_servers()
+        print(lab.prefix, flush=True)
+        signal.pause()
+""")
+
+
+@pytest.mark.integration
+@needs_root
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_lab_is_removed_when_its_process_is_signalled(signum: int) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_LAB],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=python_env(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        assert proc.stdout is not None
+        prefix = proc.stdout.readline().strip()
+        assert len(mine(prefix)) == 4
+        os.killpg(proc.pid, signum)  # a terminal's Ctrl-C reaches the whole process group
+        proc.wait(timeout=20)
+    finally:
+        topology.terminate(proc)
+    assert mine(prefix) == []
 
 
 @pytest.mark.integration

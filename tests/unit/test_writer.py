@@ -26,6 +26,12 @@ def test_community_id_matches_the_reference_value() -> None:
     assert "community_id" not in EVENT["network"]  # the caller's event is not changed
 
 
+def test_sinks_write_the_leading_fields_first() -> None:
+    stream = io.BytesIO()
+    Sink("memory", stream, owned=False).write({"source": {}, "event": {"a": 1}, "@timestamp": "t"})
+    assert list(orjson.loads(stream.getvalue())) == ["@timestamp", "event", "source"]
+
+
 def test_events_without_addresses_render_unchanged() -> None:
     assert orjson.loads(render_line({"message": "hi"})) == {"message": "hi"}
 
