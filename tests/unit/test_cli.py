@@ -80,16 +80,16 @@ def test_explain_names_the_deciding_rule_and_why_earlier_ones_failed(
     assert "submission" in out
 
 
-def test_explain_refuses_mixed_families(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_explain_refuses_mixed_families(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = str(config_for(tmp_path, RULES_DIR))
     argv = ["explain", "--config", config, "--src", "100.64.10.10", "--dst", "2001:db8::1",
             "--dport", "25"]  # fmt: skip
     assert main(argv) == 2
 
 
-def test_missing_config_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_config_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     missing = tmp_path / "absent.toml"
     assert main(["check", "--config", str(missing)]) == 1
     assert str(missing) in capsys.readouterr().err

@@ -115,8 +115,10 @@ EXAMPLES = 1000  # 100,000 packets in all
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
-    base=st.one_of(tcp_packets(), packet_specs(dports=st.sampled_from([25, 465, 587])).map(
-        lambda spec: spec.to_bytes())),
+    base=st.one_of(
+        tcp_packets(),
+        packet_specs(dports=st.sampled_from([25, 465, 587])).map(lambda spec: spec.to_bytes()),
+    ),
     seed=st.integers(0, 2**32 - 1),
     wan=st.tuples(st.booleans(), st.booleans()),
 )
