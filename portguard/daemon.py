@@ -21,7 +21,14 @@ from portguard.decisionlog.record import Observer, lifecycle_event
 from portguard.decisionlog.writer import EventWriter
 from portguard.errors import SourceError
 from portguard.io import notify
-from portguard.io.hook import HookBackend, HookSpec, cleanup_leftovers, select_backend
+from portguard.io.hook import (
+    HookBackend,
+    HookError,
+    HookSpec,
+    cleanup_leftovers,
+    select_backend,
+)
+from portguard.io.queuestats import bound_queues
 from portguard.worker import Worker, make_writer
 
 PR_SET_PDEATHSIG = 1
@@ -50,6 +57,11 @@ class Daemon:
         from portguard.policy import load_ruleset
 
         ruleset = load_ruleset(self.config.rules.paths)  # fail before touching the kernel
+        taken = bound_queues(self.config.queue.num, self.config.queue.workers)
+        if taken:
+            # another portguard (or any NFQUEUE program) is running here: cleaning "leftovers"
+            # would tear down its hooks
+            raise OSError(f"queue {taken[0]} is already bound by another process")
         cleanup_leftovers()
         if self.config.queue.workers == 1:
             worker = Worker(self.config, self.config.queue.num, ruleset, self.observer)
@@ -172,4 +184,10 @@ def run(config: Config) -> int:
     except SourceError as error:
         for message in error.messages:
             print(message, file=sys.stderr)
+        return 1
+    except HookError as error:
+        print(f"portguard: installing the hooks failed: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # binding the queue: no privilege, or the queue is taken
+        print(f"portguard: cannot bind the kernel queue: {error}", file=sys.stderr)
         return 1

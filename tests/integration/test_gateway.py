@@ -222,3 +222,14 @@ def test_two_workers_share_the_load(lab: Lab) -> None:
 
 def test_shipped_rules_are_what_the_daemon_loads() -> None:
     assert (SHIPPED_RULES / "10-isp.toml").is_file()
+
+
+def test_a_second_daemon_on_the_same_queue_refuses_and_leaves_the_first_alone(
+    lab: Lab, daemon: LabDaemon
+) -> None:
+    second = lab.run("gw", lab.python("portguard", "run", "--config", str(daemon.config)),
+                     capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert second.returncode == 1
+    assert "queue 0 is already bound" in second.stderr
+    assert lab.send_mail("sub", a.MX.v4, 25, timeout=3).outcome == "refused"
+    assert lab.send_mail("sub", a.SMARTHOST.v4, 25).outcome == "delivered"
