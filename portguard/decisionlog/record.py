@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import socket
 from dataclasses import dataclass
 from typing import Any
 
 from portguard.flow.table import Flow
-from portguard.packet.model import to_address
 from portguard.policy.model import Action, Decision, Direction
 
 ECS_VERSION = "8.11.0"
@@ -33,8 +33,15 @@ class Observer:
 
 def timestamp(now: float) -> str:
     """ECS @timestamp: UTC, microseconds, a trailing Z."""
-    moment = dt.datetime.fromtimestamp(now, dt.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    moment = dt.datetime.fromtimestamp(now, dt.UTC).replace(tzinfo=None)
+    return moment.isoformat(timespec="microseconds") + "Z"
+
+
+def address_text(version: int, value: int) -> str:
+    """An integer address as text (inet_ntop: several times faster than ipaddress)."""
+    if version == 4:
+        return socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
+    return socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
 
 
 def decision_event(
@@ -60,8 +67,8 @@ def decision_event(
             "dataset": "portguard.decision",
         },
         "rule": _rule_fields(decision),
-        "source": {"ip": str(to_address(version, src)), "port": sport},
-        "destination": {"ip": str(to_address(version, dst)), "port": dport},
+        "source": {"ip": address_text(version, src), "port": sport},
+        "destination": {"ip": address_text(version, dst), "port": dport},
         "network": {
             "transport": "tcp",
             "iana_number": "6",

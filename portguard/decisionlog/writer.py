@@ -14,14 +14,13 @@ from collections.abc import Callable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-import communityid
 import orjson
 import structlog
 
+from portguard.decisionlog.communityid import community_id
 from portguard.decisionlog.record import Event
 
 _STOP = object()
-_COMMUNITY = communityid.CommunityID()
 
 
 def add_community_id(
@@ -31,8 +30,8 @@ def add_community_id(
     network, src, dst = (event_dict.get(k) for k in ("network", "source", "destination"))
     if network is None or src is None or dst is None:
         return event_dict
-    flow = communityid.FlowTuple.make_tcp(src["ip"], dst["ip"], src["port"], dst["port"])
-    event_dict["network"] = {**network, "community_id": _COMMUNITY.calc(flow)}
+    flow_hash = community_id(src["ip"], dst["ip"], src["port"], dst["port"])
+    event_dict["network"] = {**network, "community_id": flow_hash}
     return event_dict
 
 

@@ -95,3 +95,26 @@ def test_malformed_event_counts() -> None:
     event = malformed_event("truncated TCP header", Action.DROP, 7, OBSERVER, NOW)
     assert event["event"]["action"] == "drop"
     assert event["portguard"] == {"reason": "malformed packet: truncated TCP header", "count": 7}
+
+
+def test_address_text_matches_ipaddress() -> None:
+    import ipaddress
+
+    from portguard.decisionlog.record import address_text
+
+    for text in (
+        "0.0.0.0",
+        "100.64.10.10",
+        "255.255.255.255",
+        "2001:db8::1",
+        "::",
+        "::ffff:1.2.3.4",
+    ):
+        address = ipaddress.ip_address(text)
+        text_form = address_text(address.version, int(address))
+        assert ipaddress.ip_address(text_form) == address
+        assert text_form == text  # the conventional (inet_ntop) spelling
+
+
+def test_timestamp_of_a_whole_second_keeps_microseconds() -> None:
+    assert timestamp(1795798800.0) == "2026-11-27T17:00:00.000000Z"
