@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+from portguard.io.queuestats import QUEUE_STATS_FILE, parse_queue_stats
 from portguard.lab import addresses as a
 from portguard.lab import netns
 from portguard.lab.netns import LabError
@@ -37,31 +38,7 @@ from portguard.lab.peers import (
     smtpc_argv,
 )
 
-QUEUE_STATS_FILE = "/proc/net/netfilter/nfnetlink_queue"
-QUEUE_STATS_FIELDS = (
-    "queue_num",
-    "port_id",
-    "queue_total",
-    "copy_mode",
-    "copy_range",
-    "queue_dropped",
-    "user_dropped",
-    "id_sequence",
-)
-
 __all__ = ["Lab", "LabError", "SendResult", "build_commands", "parse_queue_stats"]
-
-
-def parse_queue_stats(text: str, queue_num: int) -> dict[str, int] | None:
-    """The row of `queue_num` in /proc/net/netfilter/nfnetlink_queue, or None if unbound."""
-    for line in text.splitlines():
-        words = line.split()
-        if len(words) < len(QUEUE_STATS_FIELDS) or not all(w.isdigit() for w in words):
-            continue
-        row = dict(zip(QUEUE_STATS_FIELDS, (int(w) for w in words), strict=False))
-        if row["queue_num"] == queue_num:
-            return row
-    return None
 
 
 def _addr(host: a.DualStack, version: int, prefix: str) -> str:
@@ -289,7 +266,7 @@ class Lab:
 
     def queue_stats(self, queue_num: int = 0) -> dict[str, int] | None:
         """The gateway's NFQUEUE counters for `queue_num`, or None when nothing is bound."""
-        proc = self.run("gw", ["cat", QUEUE_STATS_FILE], capture_output=True, text=True)
+        proc = self.run("gw", ["cat", str(QUEUE_STATS_FILE)], capture_output=True, text=True)
         if proc.returncode != 0:
             return None  # nfnetlink_queue not loaded: no queue bound anywhere
         return parse_queue_stats(proc.stdout, queue_num)

@@ -6,7 +6,10 @@ from pathlib import Path
 
 from portguard.io.queuestats import bound_queues, parse_queue_stats, read_queue_stats
 
-TEXT = "    0  21074     0 2   512     0     0        6  1\n    2  4242     3 2 65535   10     1      99  1\n"
+TEXT = (
+    "    0  21074     0 2   512     0     0        6  1\n"
+    "    2  4242     3 2 65535   10     1      99  1\n"
+)
 
 
 def test_rows_by_queue_number() -> None:
