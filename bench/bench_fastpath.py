@@ -38,34 +38,61 @@ def tool(lab: Lab, ns: str, *args: str) -> dict[str, Any]:
     return dict(json.loads(proc.stdout))
 
 
-def measure(lab: Lab, port: int, size: int, rounds: int, connects: int) -> dict[str, float]:
-    rates = []
+def transfer(lab: Lab, port: int, size: int) -> float:
+    result = tool(lab, "biz", "send", a.MX.v4, str(port), str(size))
+    assert result["bytes"] == size, result
+    return size / float(result["seconds"]) / 1e6
+
+
+def setup_us(lab: Lab, port: int, connects: int) -> float:
+    return statistics.median(
+        tool(lab, "biz", "connect", a.MX.v4, str(port), str(connects))["connect_us"]
+    )
+
+
+def interleaved(
+    lab: Lab, setups: dict[str, tuple[int, Any, Any]], size: int, rounds: int, connects: int
+) -> dict[str, dict[str, float]]:
+    """Measure each set-up once per round, alternating, so drift hits them all alike."""
+    rates: dict[str, list[float]] = {name: [] for name in setups}
+    setup: dict[str, list[float]] = {name: [] for name in setups}
     for _ in range(rounds):
-        result = tool(lab, "biz", "send", a.MX.v4, str(port), str(size))
-        assert result["bytes"] == size, result
-        rates.append(size / result["seconds"] / 1e6)
-    setup = tool(lab, "biz", "connect", a.MX.v4, str(port), str(connects))["connect_us"]
-    return {"mb_s": statistics.median(rates), "connect_us": statistics.median(setup)}
+        for name, (port, enter, leave) in setups.items():
+            enter()
+            rates[name].append(transfer(lab, port, size))
+            setup[name].append(setup_us(lab, port, connects // rounds))
+            leave()
+    return {
+        name: {"mb_s": statistics.median(rates[name]), "connect_us": statistics.median(setup[name])}
+        for name in setups
+    }
 
 
 def run(size: int, rounds: int, connects: int) -> dict[str, dict[str, float]]:
-    figures: dict[str, dict[str, float]] = {}
+    def kernel_policy(action: str) -> Any:
+        return lambda: [lab.run("gw", ["iptables", action, *rule[1:]], check=True)
+                        for rule in KERNEL_POLICY]  # fmt: skip
+
+    def nothing() -> None:
+        return None
+
     with Lab() as lab:
         server = lab.popen("net", [sys.executable, TOOL, "serve", a.MX.v4, "25", "2525"],
                            stdout=-1, text=True)  # fmt: skip
         assert server.stdout is not None and server.stdout.readline().strip() == "READY"
-        figures["no firewall, port 25"] = measure(lab, 25, size, rounds, connects)
-        for rule in KERNEL_POLICY:
-            lab.run("gw", ["iptables", *rule], check=True)
-        figures["kernel-only iptables policy, port 25"] = measure(lab, 25, size, rounds, connects)
-        lab.run("gw", ["iptables", "-F", "FORWARD"], check=True)
+        figures = interleaved(lab, {
+            "no firewall, port 25": (25, nothing, nothing),
+            "kernel-only iptables policy, port 25": (25, kernel_policy("-A"), kernel_policy("-D")),
+        }, size, rounds, connects)  # fmt: skip
         daemon = LabDaemon(lab)
         daemon.start()
         try:
             before = lab.queue_stats()
-            figures["portguard, hooked port 25"] = measure(lab, 25, size, rounds, connects)
+            figures |= interleaved(lab, {
+                "portguard, hooked port 25": (25, nothing, nothing),
+                "portguard, unhooked port 2525": (2525, nothing, nothing),
+            }, size, rounds, connects)  # fmt: skip
             after = lab.queue_stats()
-            figures["portguard, unhooked port 2525"] = measure(lab, 2525, size, rounds, connects)
         finally:
             daemon.stop()
         assert before is not None and after is not None
@@ -77,7 +104,8 @@ def run(size: int, rounds: int, connects: int) -> dict[str, dict[str, float]]:
 def report(figures: dict[str, dict[str, float]], size: int, rounds: int, connects: int) -> str:
     base = figures["no firewall, port 25"]
     lines = [
-        f"bulk transfer {size / 1e6:.0f} MB x {rounds} (median), {connects} connection setups",
+        f"bulk transfer {size / 1e6:.0f} MB x {rounds} rounds (median), "
+        f"{connects} connection setups",
         f"{'set-up':40} {'MB/s':>8} {'ratio':>6} {'setup µs':>9} {'ratio':>6}",
     ]
     for name, fig in figures.items():
@@ -86,7 +114,11 @@ def report(figures: dict[str, dict[str, float]], size: int, rounds: int, connect
             f"{fig['connect_us']:9.0f} {fig['connect_us'] / base['connect_us']:6.2f}"
         )
     hooked = figures["portguard, hooked port 25"]
-    transfers = rounds + connects
+    unhooked = figures["portguard, unhooked port 2525"]
+    lines.append(f"hooked port 25 / unhooked port 2525 with portguard running: "
+                 f"{hooked['mb_s'] / unhooked['mb_s']:.2f} (bulk), "
+                 f"{hooked['connect_us'] / unhooked['connect_us']:.2f} (setup)")  # fmt: skip
+    transfers = rounds + (connects // rounds) * rounds
     lines.append(f"packets the daemon received for {transfers} port-25 connections: "
                  f"{hooked['queued_packets']:.0f}")  # fmt: skip
     return "\n".join(lines)
@@ -94,8 +126,8 @@ def report(figures: dict[str, dict[str, float]], size: int, rounds: int, connect
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mb", type=int, default=1000, help="megabytes per transfer")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--mb", type=int, default=500, help="megabytes per transfer")
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--connects", type=int, default=200)
     args = parser.parse_args()
     size = args.mb * 1_000_000

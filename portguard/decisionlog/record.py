@@ -54,18 +54,10 @@ def decision_event(
 ) -> Event:
     """One connection's decision as an ECS event (DESIGN.md, "Decision event")."""
     version, src, dst, sport, dport = flow.key
-    allowed = decision.action.allows
     return {
         "@timestamp": timestamp(now),
         "ecs": {"version": ECS_VERSION},
-        "event": {
-            "kind": "event",
-            "category": ["network"],
-            "type": ["connection", "allowed" if allowed else "denied"],
-            "action": decision.action.value,
-            "outcome": "success",
-            "dataset": "portguard.decision",
-        },
+        "event": _verdict_fields(decision.action),
         "rule": _rule_fields(decision),
         "source": {"ip": address_text(version, src), "port": sport},
         "destination": {"ip": address_text(version, dst), "port": dport},
@@ -84,6 +76,18 @@ def decision_event(
     }
 
 
+def _verdict_fields(action: Action) -> dict[str, Any]:
+    """ECS event.* of a firewall decision: the verdict is event.action."""
+    return {
+        "kind": "event",
+        "category": ["network"],
+        "type": ["connection", "allowed" if action.allows else "denied"],
+        "action": action.value,
+        "outcome": "success",
+        "dataset": "portguard.decision",
+    }
+
+
 def _rule_fields(decision: Decision) -> dict[str, str]:
     fields = {"id": decision.rule_id, "ruleset": decision.ruleset}
     if decision.description:
@@ -98,14 +102,7 @@ def malformed_event(
     return {
         "@timestamp": timestamp(now),
         "ecs": {"version": ECS_VERSION},
-        "event": {
-            "kind": "event",
-            "category": ["network"],
-            "type": ["connection", "allowed" if action.allows else "denied"],
-            "action": action.value,
-            "outcome": "success",
-            "dataset": "portguard.decision",
-        },
+        "event": _verdict_fields(action),
         "rule": {"id": "malformed-packet", "ruleset": "builtin"},
         "network": {"transport": "tcp", "iana_number": "6"},
         "observer": observer.fields(),
