@@ -6,7 +6,7 @@ import ipaddress
 import sys
 
 from portguard.config import Config
-from portguard.io.hook import HookError, select_backend
+from portguard.io.hook import HookBackend, HookError, cleanup_leftovers, select_backend
 from portguard.policy import format_explanation, load_ruleset
 from portguard.policy.model import Connection, Direction
 
@@ -40,27 +40,37 @@ def explain(config: Config, src: Address, dst: Address, dport: int, direction: s
 
 
 def hook(config: Config, action: str) -> int:
+    """install / remove / status. Remove and status look at both backends: removal leaves
+    nothing whichever backend put it there, and status shows what is really installed."""
     from portguard.daemon import hook_spec
 
     spec = hook_spec(config)
     try:
-        backend = select_backend(config.hook.backend)
+        chosen = select_backend(config.hook.backend)
         if action == "install":
-            backend.install(spec)
+            chosen.install(spec)
         elif action == "remove":
-            backend.remove()
-        status = backend.status(spec)
+            cleanup_leftovers()
+        statuses = [backend.status(spec) for backend in _all_backends(chosen)]
     except HookError as error:
         print(f"portguard: {error}", file=sys.stderr)
         return 1
-    print(status.detail.rstrip())
-    print(
-        f"backend: {status.backend}; installed: {_yes(status.installed)}; "
-        f"complete: {_yes(status.complete)}; rule sets: {status.rule_sets}"
-    )
+    shown = [status for status in statuses if status.installed] or statuses[:1]
+    for status in shown:
+        print(status.detail.rstrip())
+        print(
+            f"backend: {status.backend}; installed: {_yes(status.installed)}; "
+            f"complete: {_yes(status.complete)}; rule sets: {status.rule_sets}"
+        )
     if action == "remove":
-        return 0 if not status.installed else 1
-    return 0 if status.installed and status.complete else 3
+        return 1 if any(status.installed for status in statuses) else 0
+    return 0 if statuses[0].installed and statuses[0].complete else 3
+
+
+def _all_backends(chosen: HookBackend) -> list[HookBackend]:
+    """The chosen backend first, then the other one."""
+    other = "iptables" if chosen.name == "nftables" else "nftables"
+    return [chosen, select_backend(other)]
 
 
 def _yes(flag: bool) -> str:

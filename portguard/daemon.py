@@ -85,21 +85,21 @@ class Daemon:
         from portguard.policy import RuleSet
 
         assert isinstance(ruleset, RuleSet)
+        supervisor = Supervisor()  # handlers first: no signal may hit the default action
         ready_r, ready_w = os.pipe()
-        children = [
-            self._fork_worker(i, ruleset, ready_w) for i in range(self.config.queue.workers)
-        ]
+        for index in range(self.config.queue.workers):
+            supervisor.children.append(self._fork_worker(index, ruleset, ready_w))
         os.close(ready_w)
         writer = make_writer(self.config)
         try:
-            _await_ready(ready_r, len(children))
+            _await_ready(ready_r, len(supervisor.children))
             self._install_hooks(writer)
-            notify.ready(f"deciding on {len(children)} queues")
-            return _supervise(children)
+            notify.ready(f"deciding on {len(supervisor.children)} queues")
+            return supervisor.wait()
         finally:
             os.close(ready_r)
             self._remove_hooks(writer)
-            _stop_children(children)
+            _stop_children(supervisor.children)
             writer.close()
 
     def _fork_worker(self, index: int, ruleset: object, ready_w: int) -> int:
@@ -111,6 +111,7 @@ class Daemon:
             return pid
         code = 1
         try:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's own handlers
             _die_with_parent()
             os.environ.pop("NOTIFY_SOCKET", None)  # only the parent speaks to systemd
             worker = Worker(self.config, self.config.queue.num + index, ruleset, self.observer)
@@ -141,28 +142,34 @@ def _await_ready(ready_r: int, count: int, timeout: float = 15.0) -> None:
         seen += len(chunk)
 
 
-def _supervise(children: list[int]) -> int:
-    """Forward SIGHUP to the workers; return on SIGTERM/SIGINT or when a worker dies."""
-    stop = {"code": -1}
+class Supervisor:
+    """The parent of forked workers: forwards SIGHUP, stops on SIGTERM/SIGINT or a dead worker."""
 
-    def on_stop(_sig: int, _frame: object) -> None:
-        stop["code"] = 0
+    def __init__(self) -> None:
+        self.children: list[int] = []
+        self.stopping = False
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
 
-    def on_hup(_sig: int, _frame: object) -> None:
-        for pid in children:
+    def wait(self) -> int:
+        while not self.stopping:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+            if pid:
+                print(f"portguard: worker {pid} exited unexpectedly", file=sys.stderr)
+                self.children.remove(pid)
+                return 1
+            time.sleep(0.2)
+        return 0
+
+    def _on_stop(self, _sig: int, _frame: object) -> None:
+        self.stopping = True
+
+    def _on_hup(self, _sig: int, _frame: object) -> None:
+        notify.reloading()
+        for pid in self.children:
             os.kill(pid, signal.SIGHUP)
-
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, on_hup)
-    while stop["code"] < 0:
-        pid, _status = os.waitpid(-1, os.WNOHANG)
-        if pid:
-            print(f"portguard: worker {pid} exited unexpectedly", file=sys.stderr)
-            children.remove(pid)
-            return 1
-        time.sleep(0.2)
-    return 0
+        notify.ready(f"reload sent to {len(self.children)} workers")
 
 
 def _stop_children(children: list[int]) -> None:

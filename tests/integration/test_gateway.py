@@ -233,3 +233,23 @@ def test_a_second_daemon_on_the_same_queue_refuses_and_leaves_the_first_alone(
     assert "queue 0 is already bound" in second.stderr
     assert lab.send_mail("sub", a.MX.v4, 25, timeout=3).outcome == "refused"
     assert lab.send_mail("sub", a.SMARTHOST.v4, 25).outcome == "delivered"
+
+
+def test_hook_cli_install_twice_status_and_remove(lab: Lab, tmp_path: Path) -> None:
+    config = LabDaemon(lab).config  # a config only; this daemon is never started
+
+    def cli(action: str) -> subprocess.CompletedProcess[str]:
+        argv = lab.python("portguard", "hook", action, "--config", str(config))
+        return lab.run("gw", argv, capture_output=True, text=True, timeout=30)
+
+    try:
+        assert cli("install").returncode == 0
+        again = cli("install")
+        assert again.returncode == 0 and "rule sets: 1" in again.stdout, again.stdout
+        status = cli("status")
+        assert status.returncode == 0 and "installed: yes; complete: yes" in status.stdout
+    finally:
+        removed = cli("remove")
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert not hooks_leftover(lab)
+    assert cli("status").returncode == 3  # nothing installed
