@@ -6,12 +6,13 @@ import selectors
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from portguard.config import Config
+from portguard.control import ControlServer
 from portguard.decisionlog.record import Event, Observer, lifecycle_event
 from portguard.decisionlog.syslog import SyslogSink
 from portguard.decisionlog.writer import EventSink, EventWriter, file_sink, stdout_sink
-from portguard.errors import SourceError
 from portguard.gate import Gate, Outcome, Verdict
 from portguard.io import notify
 from portguard.io.interfaces import WanInterfaces
@@ -19,6 +20,7 @@ from portguard.io.nfqueue import QueueReader
 from portguard.io.queueflags import set_fail_open
 from portguard.io.signals import SignalPipe
 from portguard.policy import RuleSet, load_ruleset
+from portguard.policyload import LoadResult, PolicyLoad, Reply
 
 TICK = 1.0  # seconds between housekeeping rounds (flow expiry, counters)
 INTERFACE_REFRESH = 30.0  # seconds between forgetting cached interface names
@@ -45,8 +47,16 @@ def make_writer(config: Config) -> EventWriter:
 
 
 class Worker:
-    def __init__(self, config: Config, queue_num: int, ruleset: RuleSet, observer: Observer):
+    def __init__(
+        self,
+        config: Config,
+        queue_num: int,
+        ruleset: RuleSet,
+        observer: Observer,
+        control: Path | None = None,
+    ) -> None:
         self.config = config
+        self.control = control
         self.queue_num = queue_num
         self.observer = observer
         self.fail_open = config.queue.fail_mode == "open"
@@ -59,6 +69,7 @@ class Worker:
         """Bind the queue, call `on_bound`, decide packets until SIGTERM, then clean up."""
         writer = self.writer = make_writer(self.config)
         signals = SignalPipe()
+        self.loads = PolicyLoad(lambda: load_ruleset(self.config.rules.paths), signals.wake)
         fallback = Verdict.ACCEPT if self.fail_open else Verdict.DROP
         reader = QueueReader(
             self.queue_num, self.config.queue.max_len, self.decide, writer.submit, fallback
@@ -95,42 +106,90 @@ class Worker:
     def decide(self, data: bytes, indev: int, outdev: int) -> Outcome:
         return self.gate.handle(data, self.wan.is_wan(indev), self.wan.is_wan(outdev), time.time())
 
-    def reload(self) -> bool:
-        """Load the rule files aside and swap them in; a bad policy keeps the old one."""
-        notify.reloading()
-        try:
-            ruleset = load_ruleset(self.config.rules.paths)
-        except SourceError as error:
+    def on_control(self, request: dict[str, Any], reply: Reply) -> None:
+        """A control-socket request: `reload` answers once the new policy is in (or refused)."""
+        command = request["command"]
+        if command == "reload":
+            self.loads.request(reply, reason="control")
+        elif command == "ping":
+            reply({"ok": True, "policy_version": self.gate.ruleset.version})
+        else:
+            reply({"ok": False, "errors": [f"unknown command {command!r}"]})
+
+    def apply_load(self, result: LoadResult) -> None:
+        """Swap in a freshly built policy, or keep the old one and say why."""
+        old = self.gate.ruleset
+        if result.ruleset is None:
             self._log(
                 "reload-failed",
                 "reload failed; the previous policy stays in force",
-                errors=error.messages,
-                policy_version=self.gate.ruleset.version,
+                errors=result.errors,
+                policy_version=old.version,
+                trigger=result.reason,
             )
-            notify.ready(f"reload failed; policy {self.gate.ruleset.version} kept")
-            return False
-        self.gate.ruleset = ruleset
-        self._log("reload", "policy reloaded", policy_version=ruleset.version)
-        notify.ready(f"policy {ruleset.version}")
-        return True
+            notify.ready(f"reload failed; policy {old.version} kept")
+            answer: dict[str, Any] = {
+                "ok": False,
+                "errors": result.errors,
+                "policy_version": old.version,
+            }
+        else:
+            self.gate.ruleset = result.ruleset
+            self._log(
+                "reload",
+                "policy reloaded",
+                policy_version=result.ruleset.version,
+                previous_version=old.version,
+                trigger=result.reason,
+            )
+            notify.ready(f"policy {result.ruleset.version}")
+            answer = {
+                "ok": True,
+                "policy_version": result.ruleset.version,
+                "rules": len(result.ruleset.rules),
+            }
+        for reply in result.replies:
+            reply(answer)
 
     def _loop(self, reader: QueueReader, signals: SignalPipe) -> None:
         with selectors.DefaultSelector() as selector:
             selector.register(reader.fileno(), selectors.EVENT_READ, reader.read)
             selector.register(signals.fileno(), selectors.EVENT_READ, signals.drain)
-            next_tick = time.monotonic() + TICK
-            next_refresh = time.monotonic() + INTERFACE_REFRESH
-            while not signals.stop:
-                for key, _ in selector.select(timeout=TICK):
-                    key.data()
-                if signals.take_reload():
-                    self.reload()
-                if time.monotonic() >= next_tick:
-                    next_tick = time.monotonic() + TICK
-                    self._housekeeping(reader)
-                if time.monotonic() >= next_refresh:
-                    next_refresh = time.monotonic() + INTERFACE_REFRESH
-                    self.wan.forget()
+            control = self._control_server(selector)
+            due = {"tick": time.monotonic() + TICK, "refresh": time.monotonic() + INTERFACE_REFRESH}
+            try:
+                while not signals.stop:
+                    for key, _ in selector.select(timeout=TICK):
+                        key.data()
+                    self._between_packets(signals, reader, due)
+            finally:
+                if control is not None:
+                    control.close()
+
+    def _between_packets(
+        self, signals: SignalPipe, reader: QueueReader, due: dict[str, float]
+    ) -> None:
+        """Reloads, results of background loads, and the periodic housekeeping."""
+        if signals.take_reload():
+            notify.reloading()
+            self.loads.request(reason="sighup")
+        loaded = self.loads.collect()
+        if loaded is not None:
+            self.apply_load(loaded)
+        now = time.monotonic()
+        if now >= due["tick"]:
+            due["tick"] = now + TICK
+            self._housekeeping(reader)
+        if now >= due["refresh"]:
+            due["refresh"] = now + INTERFACE_REFRESH
+            self.wan.forget()
+
+    def _control_server(self, selector: selectors.BaseSelector) -> ControlServer | None:
+        if self.control is None:
+            return None
+        server = ControlServer(self.control, self.on_control)
+        server.register(selector)
+        return server
 
     def _housekeeping(self, reader: QueueReader) -> None:
         self.gate.flows.expire(time.time())

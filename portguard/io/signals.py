@@ -31,6 +31,13 @@ class SignalPipe:
         except BlockingIOError:
             return
 
+    def wake(self) -> None:
+        """Wake the select loop from another thread (a finished background job)."""
+        try:
+            self._write.send(b"\0")
+        except (BlockingIOError, OSError):
+            return  # already awake, or closing
+
     def take_reload(self) -> bool:
         wanted, self.reload = self.reload, False
         return wanted

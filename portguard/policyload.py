@@ -1,0 +1,89 @@
+"""Building a new rule set aside, in a thread, while the packet loop keeps deciding.
+
+A reload (SIGHUP, `portguard reload`, a DNS refresh) asks for a load; the thread reads and
+compiles the rule files; the loop collects the result and swaps it in with one assignment,
+or keeps the old policy when the files have errors. Requests that arrive while a load runs
+are answered by the next load, so an edit made during a reload is never missed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from portguard.errors import SourceError
+from portguard.policy import RuleSet
+
+Reply = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class LoadResult:
+    ruleset: RuleSet | None
+    errors: list[str]
+    replies: list[Reply] = field(default_factory=list)
+    reason: str = "reload"
+
+
+class PolicyLoad:
+    """One load at a time in a background thread; `collect()` from the loop."""
+
+    def __init__(self, load: Callable[[], RuleSet], wake: Callable[[], None]) -> None:
+        self._load = load
+        self._wake = wake
+        self._lock = threading.Lock()
+        self._running = False
+        self._done: LoadResult | None = None
+        self._waiting: list[Reply] = []
+        self._waiting_reason: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def request(self, reply: Reply | None = None, reason: str = "reload") -> None:
+        """Ask for a load; `reply` gets the answer of the load that reads the files after now."""
+        with self._lock:
+            if reply is not None:
+                self._waiting.append(reply)
+            self._waiting_reason = self._waiting_reason or reason
+            if not self._running and self._done is None:
+                self._start_waiting()
+
+    def collect(self) -> LoadResult | None:
+        """The finished load, if any (then the next waiting one starts)."""
+        with self._lock:
+            result, self._done = self._done, None
+            if result is not None and self._waiting_reason is not None:
+                self._start_waiting()
+        return result
+
+    def join(self, timeout: float) -> None:
+        thread = getattr(self, "_thread", None)
+        if thread is not None:
+            thread.join(timeout)
+
+    def _start_waiting(self) -> None:
+        replies, self._waiting = self._waiting, []
+        reason, self._waiting_reason = self._waiting_reason or "reload", None
+        self._running = True
+        self._thread = threading.Thread(
+            target=self._run, args=(replies, reason), name="portguard-load", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, replies: list[Reply], reason: str) -> None:
+        try:
+            result = LoadResult(self._load(), [], replies, reason)
+        except SourceError as error:
+            result = LoadResult(None, list(error.messages), replies, reason)
+        except Exception as error:  # a bug must not kill the daemon: keep the old policy
+            result = LoadResult(
+                None, [f"unexpected error while loading: {error!r}"], replies, reason
+            )
+        with self._lock:
+            self._done = result
+            self._running = False
+        self._wake()

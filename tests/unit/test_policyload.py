@@ -1,0 +1,71 @@
+"""Loading a policy aside: results, errors, coalesced requests, the loop's wake-up."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from portguard.errors import SourceError
+from portguard.policy import RuleSet, load_ruleset
+from portguard.policyload import LoadResult, PolicyLoad
+
+GOOD = '[[rule]]\nid = "r"\naction = "allow"\n'
+
+
+def wait(load: PolicyLoad, woken: threading.Event) -> LoadResult:
+    assert woken.wait(10), "the loop was never woken"
+    woken.clear()
+    result = load.collect()
+    assert result is not None
+    return result
+
+
+def test_a_good_load_and_a_bad_one(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(GOOD)
+    woken = threading.Event()
+    load = PolicyLoad(lambda: load_ruleset([rules]), woken.set)
+    answers: list[dict[str, Any]] = []
+    load.request(answers.append)
+    result = wait(load, woken)
+    assert isinstance(result.ruleset, RuleSet) and result.errors == []
+    assert result.replies == [answers.append]
+    rules.write_text('[[rule]]\nid = "r"\naction = "maybe"\n')
+    load.request()
+    bad = wait(load, woken)
+    assert bad.ruleset is None and any(f"{rules}:3:" in e for e in bad.errors)
+    assert load.collect() is None
+
+
+def test_requests_during_a_load_get_the_next_load() -> None:
+    gate = threading.Event()
+    calls: list[int] = []
+
+    def slow() -> RuleSet:
+        calls.append(1)
+        gate.wait(10)
+        raise SourceError(["x:1: nope"])
+
+    woken = threading.Event()
+    load = PolicyLoad(slow, woken.set)
+    first: list[dict[str, Any]] = []
+    second: list[dict[str, Any]] = []
+    load.request(first.append)
+    load.request(second.append)  # arrives while the first load runs
+    gate.set()
+    one = wait(load, woken)
+    assert one.replies == [first.append]
+    two = wait(load, woken)
+    assert two.replies == [second.append] and len(calls) == 2
+
+
+def test_an_unexpected_exception_keeps_the_old_policy() -> None:
+    def broken() -> RuleSet:
+        raise KeyError("bug")
+
+    woken = threading.Event()
+    load = PolicyLoad(broken, woken.set)
+    load.request()
+    result = wait(load, woken)
+    assert result.ruleset is None and "unexpected error" in result.errors[0]
