@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("run", "run the daemon in the foreground"),
         ("check", "validate the config and every rule file"),
+        ("reload", "make the running daemon load the rule files (prints the check result)"),
     ):
         _with_config(commands.add_parser(name, help=text))
     explain = _with_config(commands.add_parser("explain", help="which rule decides a connection"))
@@ -60,6 +61,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run(config)
     if args.command == "check":
         return commands.check(config)
+    if args.command == "reload":
+        return commands.reload(config)
     if args.command == "explain":
         return commands.explain(config, args.src, args.dst, args.dport, args.direction)
     return commands.hook(config, args.action)

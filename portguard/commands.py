@@ -29,6 +29,26 @@ def check(config: Config) -> int:
     return 0
 
 
+def reload(config: Config) -> int:
+    """Ask the running daemon to reload: 0 reloaded, 1 refused (errors), 3 no daemon."""
+    from portguard.control import request
+
+    path = config.daemon.control_socket
+    try:
+        answer = request(path, "reload")
+    except (FileNotFoundError, ConnectionRefusedError):
+        print(f"portguard: no daemon listens on {path}", file=sys.stderr)
+        return 3
+    if answer.get("ok"):
+        print(f"reloaded: policy {answer.get('policy_version')}, {answer.get('rules')} rules")
+        return 0
+    for message in answer.get("errors", []):
+        print(message, file=sys.stderr)
+    print(f"portguard: reload refused; policy {answer.get('policy_version')} stays in force",
+          file=sys.stderr)  # fmt: skip
+    return 1
+
+
 def explain(config: Config, src: Address, dst: Address, dport: int, direction: str) -> int:
     if src.version != dst.version:
         print("--src and --dst must be the same IP version")

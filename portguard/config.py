@@ -40,6 +40,7 @@ Chain = Literal["forward", "output"]
 OutputType = Literal["stdout", "file", "syslog"]
 
 DEFAULT_RULES_PATH = Path("/etc/portguard/rules.d")
+DEFAULT_CONTROL_SOCKET = Path("/run/portguard/control.sock")
 MAX_WORKERS = 64
 MAX_QUEUE_NUM = 65535
 _SYSLOG_ADDRESS = re.compile(
@@ -81,6 +82,12 @@ class HookConfig:
 @dataclass(frozen=True, slots=True)
 class RulesConfig:
     paths: tuple[Path, ...] = (DEFAULT_RULES_PATH,)
+    reevaluate: bool = False  # after a reload, end allowed connections the new policy denies
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    control_socket: Path = DEFAULT_CONTROL_SOCKET  # `portguard reload` talks to the daemon here
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +120,7 @@ class Config:
     hook: HookConfig = field(default_factory=HookConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
 
 # --- the file's shape ----------------------------------------------------------------------
@@ -160,6 +168,11 @@ class RulesSpec(Spec):
     paths: list[Annotated[str, AfterValidator(_not_blank)]] = Field(
         default=[str(DEFAULT_RULES_PATH)]
     )
+    reevaluate: bool = False
+
+
+class DaemonSpec(Spec):
+    control_socket: Annotated[str, AfterValidator(_not_blank)] = str(DEFAULT_CONTROL_SOCKET)
 
 
 class OutputSpec(Spec):
@@ -178,6 +191,7 @@ class ConfigSpec(Spec):
     hook: HookSpec = HookSpec()
     rules: RulesSpec = RulesSpec()
     log: LogSpec = LogSpec()
+    daemon: DaemonSpec = DaemonSpec()
 
 
 # --- checks across values (on the raw data, so they run even when other keys are wrong) -----
@@ -302,8 +316,11 @@ def _build(spec: ConfigSpec, path: Path) -> Config:
         ),
         network=NetworkConfig(tuple(spec.network.wan)),
         hook=HookConfig(spec.hook.backend, tuple(spec.hook.ports), tuple(spec.hook.chains)),
-        rules=RulesConfig(tuple(_resolve(base, p) for p in spec.rules.paths)),
+        rules=RulesConfig(
+            tuple(_resolve(base, p) for p in spec.rules.paths), spec.rules.reevaluate
+        ),
         log=LogConfig(outputs),
+        daemon=DaemonConfig(_resolve(base, spec.daemon.control_socket)),
     )
 
 

@@ -42,9 +42,7 @@ class ControlServer:
         self.path = path
         self.handler = handler
         path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(path.stat().st_mode):
-                path.unlink()  # a stale socket of a previous run
+        _remove_stale(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(str(path))
         os.chmod(path, mode)
@@ -110,6 +108,22 @@ class ControlServer:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(conn)
         conn.close()
+
+
+def _remove_stale(path: Path) -> None:
+    """Remove the socket a crashed run left; refuse when a live daemon still answers on it."""
+    try:
+        if not stat.S_ISSOCK(path.stat().st_mode):
+            raise OSError(f"{path} exists and is not a socket")
+    except FileNotFoundError:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()
+            return
+    raise OSError(f"another daemon listens on the control socket {path}")
 
 
 def _replier(conn: socket.socket) -> Reply:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import ctypes
 import os
+import selectors
 import signal
 import socket
 import sys
 import time
+from typing import Any
 
 from portguard import __version__
 from portguard.config import Config
+from portguard.control import ControlServer
 from portguard.decisionlog.record import Observer, lifecycle_event
 from portguard.decisionlog.writer import EventWriter
 from portguard.errors import SourceError
@@ -29,6 +32,8 @@ from portguard.io.hook import (
     select_backend,
 )
 from portguard.io.queuestats import bound_queues
+from portguard.io.signals import SignalPipe
+from portguard.policyload import Reply
 from portguard.worker import Worker, make_writer
 
 PR_SET_PDEATHSIG = 1
@@ -64,7 +69,8 @@ class Daemon:
             raise OSError(f"queue {taken[0]} is already bound by another process")
         cleanup_leftovers()
         if self.config.queue.workers == 1:
-            worker = Worker(self.config, self.config.queue.num, ruleset, self.observer)
+            worker = Worker(self.config, self.config.queue.num, ruleset, self.observer,
+                            control=self.config.daemon.control_socket)  # fmt: skip
             return worker.run(on_bound=self._install_hooks, on_stop=self._remove_hooks)
         return self._run_forked(ruleset)
 
@@ -85,7 +91,7 @@ class Daemon:
         from portguard.policy import RuleSet
 
         assert isinstance(ruleset, RuleSet)
-        supervisor = Supervisor()  # handlers first: no signal may hit the default action
+        supervisor = Supervisor(self.config)  # handlers first: no signal may hit the default
         ready_r, ready_w = os.pipe()
         for index in range(self.config.queue.workers):
             supervisor.children.append(self._fork_worker(index, ruleset, ready_w))
@@ -143,29 +149,56 @@ def _await_ready(ready_r: int, count: int, timeout: float = 15.0) -> None:
 
 
 class Supervisor:
-    """The parent of forked workers: forwards SIGHUP, stops on SIGTERM/SIGINT or a dead worker."""
+    """The parent of forked workers: forwards reloads, stops on SIGTERM/SIGINT or a dead worker.
 
-    def __init__(self) -> None:
+    It serves the control socket itself: a `reload` request is checked here first (the parent
+    loads the rule files aside); only a valid policy is passed on to the workers (SIGHUP).
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
         self.children: list[int] = []
-        self.stopping = False
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_hup)
+        self.signals = SignalPipe()
 
     def wait(self) -> int:
-        while not self.stopping:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.signals.fileno(), selectors.EVENT_READ, self.signals.drain)
+            control = ControlServer(self.config.daemon.control_socket, self.on_control)
+            control.register(selector)
+            try:
+                return self._watch(selector)
+            finally:
+                control.close()
+                self.signals.close()
+
+    def _watch(self, selector: selectors.BaseSelector) -> int:
+        while not self.signals.stop:
+            for key, _ in selector.select(timeout=0.2):
+                key.data()
+            if self.signals.take_reload():
+                self._forward_reload()
             pid, _status = os.waitpid(-1, os.WNOHANG)
             if pid:
                 print(f"portguard: worker {pid} exited unexpectedly", file=sys.stderr)
                 self.children.remove(pid)
                 return 1
-            time.sleep(0.2)
         return 0
 
-    def _on_stop(self, _sig: int, _frame: object) -> None:
-        self.stopping = True
+    def on_control(self, request: dict[str, Any], reply: Reply) -> None:
+        if request["command"] != "reload":
+            reply({"ok": False, "errors": [f"unknown command {request['command']!r}"]})
+            return
+        from portguard.policy import load_ruleset
 
-    def _on_hup(self, _sig: int, _frame: object) -> None:
+        try:
+            ruleset = load_ruleset(self.config.rules.paths)
+        except SourceError as error:
+            reply({"ok": False, "errors": list(error.messages)})
+            return
+        self._forward_reload()
+        reply({"ok": True, "policy_version": ruleset.version, "rules": len(ruleset.rules)})
+
+    def _forward_reload(self) -> None:
         notify.reloading()
         for pid in self.children:
             os.kill(pid, signal.SIGHUP)

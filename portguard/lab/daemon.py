@@ -41,6 +41,7 @@ def render_config(
     backend: str = "auto",
     fail_mode: str = "closed",
     workers: int = 1,
+    control: Path | None = None,
 ) -> str:
     """The daemon config for the lab: WAN = gw-wan, forward chain, stdout and file outputs."""
     paths = ", ".join(toml_string(str(path)) for path in rules)
@@ -52,6 +53,7 @@ def render_config(
         f"[rules]\npaths = [{paths}]\n\n"
         f'[log]\noutputs = [{{ type = "stdout" }}, '
         f'{{ type = "file", path = {toml_string(str(events))} }}]\n'
+        f"\n[daemon]\ncontrol_socket = {toml_string(str(control or events.parent / 'control.sock'))}\n"
     )
 
 

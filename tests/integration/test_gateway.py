@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -253,3 +254,41 @@ def test_hook_cli_install_twice_status_and_remove(lab: Lab, tmp_path: Path) -> N
     assert removed.returncode == 0, removed.stdout + removed.stderr
     assert not hooks_leftover(lab)
     assert cli("status").returncode == 3  # nothing installed
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_portguard_reload_answers_with_the_check_result(
+    lab: Lab, tmp_path: Path, workers: int
+) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rule]]\nid = "all-25"\ndport = [25]\naction = "reject"\n')
+    running = LabDaemon(lab, rules=[rules], workers=workers)
+    running.start()
+
+    def reload() -> subprocess.CompletedProcess[str]:
+        argv = lab.python("portguard", "reload", "--config", str(running.config))
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+    try:
+        assert lab.send_mail("biz", a.MX.v4, 25, timeout=3).outcome == "refused"
+        rules.write_text('[[rule]]\nid = "all-25"\ndport = [25]\naction = "allow"\n')
+        done = reload()
+        assert done.returncode == 0, done.stderr
+        assert "reloaded: policy" in done.stdout
+        time.sleep(0.3)  # forked workers reload on the SIGHUP their parent sends
+        assert lab.send_mail("biz", a.MX.v4, 25).outcome == "delivered"
+        rules.write_text('[[rule]]\nid = "all-25"\naction = "nope"\n')
+        refused = reload()
+        assert refused.returncode == 1
+        assert f"{rules}:3:" in refused.stderr and "stays in force" in refused.stderr
+        assert lab.send_mail("biz", a.MX.v6, 25).outcome == "delivered"
+    finally:
+        assert running.stop() == 0
+
+
+def test_reload_without_a_daemon_says_so(tmp_path: Path) -> None:
+    config = tmp_path / "portguard.toml"
+    config.write_text(f'[daemon]\ncontrol_socket = "{tmp_path / "none.sock"}"\n')
+    argv = [sys.executable, "-m", "portguard", "reload", "--config", str(config)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3 and "no daemon" in done.stderr
