@@ -16,8 +16,9 @@ def notify(*fields: str) -> bool:
         address = "\0" + address[1:]  # the abstract namespace
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)  # a manager that does not read must never stop the daemon
             sock.sendto("\n".join(fields).encode(), address)
-    except OSError:
+    except OSError:  # includes BlockingIOError: its queue is full, the message is dropped
         return False
     return True
 

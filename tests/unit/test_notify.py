@@ -46,3 +46,11 @@ def test_no_manager(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert not notify.ready("x")
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "absent.sock"))
     assert not notify.stopping()
+
+
+def test_a_manager_that_never_reads_does_not_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with listen(tmp_path, monkeypatch):
+        sent = [notify.notify(f"STATUS={n}") for n in range(200)]  # nobody reads
+        assert sent[0] and not all(sent)  # the queue filled up; later messages were dropped
