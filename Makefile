@@ -27,6 +27,9 @@ system-deps:
 	fi
 
 $(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	  echo "portguard needs Python 3.11 or newer; $(PYTHON) is older."; \
+	  echo "Use Debian 12, Ubuntu 24.04 or newer, or: make PYTHON=python3.11 ..."; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | system-deps $(BIN)/python

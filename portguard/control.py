@@ -59,7 +59,8 @@ class ControlServer:
         for conn in list(self._buffers):
             self._drop(conn)
         if self._selector is not None:
-            self._selector.unregister(self.sock)
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(self.sock)
         self.sock.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()

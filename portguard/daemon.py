@@ -8,6 +8,7 @@ crashed daemon never leaves a bound queue behind.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import selectors
@@ -34,7 +35,7 @@ from portguard.io.hook import (
 from portguard.io.queuestats import bound_queues
 from portguard.io.signals import SignalPipe
 from portguard.policyload import Reply
-from portguard.worker import Worker, make_writer
+from portguard.worker import StartupError, Worker, make_writer
 
 PR_SET_PDEATHSIG = 1
 
@@ -66,7 +67,7 @@ class Daemon:
         if taken:
             # another portguard (or any NFQUEUE program) is running here: cleaning "leftovers"
             # would tear down its hooks
-            raise OSError(f"queue {taken[0]} is already bound by another process")
+            raise StartupError(f"queue {taken[0]} is already bound by another process")
         cleanup_leftovers()
         if self.config.queue.workers == 1:
             worker = Worker(self.config, self.config.queue.num, ruleset, self.observer,
@@ -97,14 +98,17 @@ class Daemon:
             supervisor.children.append(self._fork_worker(index, ruleset, ready_w))
         os.close(ready_w)
         writer = make_writer(self.config)
+        deciding = False
         try:
             _await_ready(ready_r, len(supervisor.children))
             self._install_hooks(writer)
             notify.ready(f"deciding on {len(supervisor.children)} queues")
+            deciding = True
             return supervisor.wait()
         finally:
             os.close(ready_r)
-            self._remove_hooks(writer)
+            if supervisor.signals.stop or not deciding:  # a dead worker leaves the fail mode on
+                self._remove_hooks(writer)
             _stop_children(supervisor.children)
             writer.close()
 
@@ -112,23 +116,35 @@ class Daemon:
         from portguard.policy import RuleSet
 
         assert isinstance(ruleset, RuleSet)
+        parent = os.getpid()
         pid = os.fork()
         if pid:
             return pid
         code = 1
         try:
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's own handlers
-            _die_with_parent()
-            os.environ.pop("NOTIFY_SOCKET", None)  # only the parent speaks to systemd
+            _become_worker(parent)
             worker = Worker(self.config, self.config.queue.num + index, ruleset, self.observer)
-            code = worker.run(on_bound=lambda _w: os.write(ready_w, b"."), on_stop=None)
+            code = worker.run(on_bound=lambda _w: _signal_ready(ready_w), on_stop=None)
         finally:
             os._exit(code)
 
 
-def _die_with_parent() -> None:
+def _become_worker(parent: int) -> None:
+    """In a fresh child: default signal handling until the worker's own, die with the parent."""
+    signal.set_wakeup_fd(-1)  # the parent's wake-up socket is not ours
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+    os.environ.pop("NOTIFY_SOCKET", None)  # only the parent speaks to systemd
+
+
+def _signal_ready(ready_w: int) -> None:
+    os.write(ready_w, b".")
+    os.close(ready_w)  # so the parent sees EOF when every worker has either bound or died
 
 
 def _await_ready(ready_r: int, count: int, timeout: float = 15.0) -> None:
@@ -137,14 +153,16 @@ def _await_ready(ready_r: int, count: int, timeout: float = 15.0) -> None:
     os.set_blocking(ready_r, False)
     while seen < count:
         if time.monotonic() > deadline:
-            raise RuntimeError("workers did not bind their queues in time")
+            raise StartupError("workers did not bind their queues in time")
         try:
             chunk = os.read(ready_r, 64)
         except BlockingIOError:
             time.sleep(0.02)
             continue
         if not chunk:
-            raise RuntimeError("a worker exited before binding its queue")
+            if seen < count:
+                raise StartupError("a worker exited before binding its queue")
+            return
         seen += len(chunk)
 
 
@@ -178,7 +196,7 @@ class Supervisor:
             if self.signals.take_reload():
                 self._forward_reload()
             pid, _status = os.waitpid(-1, os.WNOHANG)
-            if pid:
+            if pid and not self.signals.stop:
                 print(f"portguard: worker {pid} exited unexpectedly", file=sys.stderr)
                 self.children.remove(pid)
                 return 1
@@ -205,17 +223,23 @@ class Supervisor:
         notify.ready(f"reload sent to {len(self.children)} workers")
 
 
-def _stop_children(children: list[int]) -> None:
+def _stop_children(children: list[int], grace: float = 10.0) -> None:
+    """SIGTERM the workers, wait up to `grace` seconds, then SIGKILL what is left."""
     for pid in children:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-    for pid in children:
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            continue
+    deadline = time.monotonic() + grace
+    waiting = set(children)
+    while waiting and time.monotonic() < deadline:
+        for pid in list(waiting):
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    continue
+            waiting.discard(pid)
+        time.sleep(0.05)
+    for pid in waiting:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def run(config: Config) -> int:
@@ -228,6 +252,6 @@ def run(config: Config) -> int:
     except HookError as error:
         print(f"portguard: installing the hooks failed: {error}", file=sys.stderr)
         return 1
-    except OSError as error:  # binding the queue: no privilege, or the queue is taken
-        print(f"portguard: cannot bind the kernel queue: {error}", file=sys.stderr)
+    except StartupError as error:
+        print(f"portguard: {error}", file=sys.stderr)
         return 1

@@ -13,6 +13,7 @@ from portguard.control import ControlServer
 from portguard.decisionlog.record import Event, Observer, lifecycle_event
 from portguard.decisionlog.syslog import SyslogSink
 from portguard.decisionlog.writer import EventSink, EventWriter, file_sink, stdout_sink
+from portguard.flow.table import FlowTable
 from portguard.gate import Gate, Outcome, Verdict
 from portguard.io import notify
 from portguard.io.interfaces import WanInterfaces
@@ -26,6 +27,10 @@ TICK = 1.0  # seconds between housekeeping rounds (flow expiry, counters)
 INTERFACE_REFRESH = 30.0  # seconds between forgetting cached interface names
 
 Hook = Callable[[EventWriter], object] | None
+
+
+class StartupError(Exception):
+    """The daemon could not start (a queue or socket it needs): the message says which."""
 
 
 def make_sinks(config: Config) -> list[EventSink]:
@@ -60,13 +65,19 @@ class Worker:
         self.queue_num = queue_num
         self.observer = observer
         self.fail_open = config.queue.fail_mode == "open"
-        self.gate = Gate(ruleset, observer, self.fail_open)
+        flows = FlowTable(id_prefix=f"{queue_num}-{int(time.time()):x}-")  # unique across restarts
+        self.gate = Gate(ruleset, observer, self.fail_open, flows)
         self.wan = WanInterfaces(config.network.wan)
         self.writer: EventWriter | None = None
         self._reported = {"dropped": 0, "errors": 0}
 
     def run(self, on_bound: Hook, on_stop: Hook) -> int:
-        """Bind the queue, call `on_bound`, decide packets until SIGTERM, then clean up."""
+        """Bind the queue, call `on_bound`, decide packets until SIGTERM, then clean up.
+
+        `on_stop` (removing the hooks) runs on an orderly stop, or when start-up failed. When
+        the loop dies of an error the hooks stay: the kernel then applies the fail mode, as it
+        would after a crash, and the next start cleans up.
+        """
         writer = self.writer = make_writer(self.config)
         signals = SignalPipe()
         self.loads = PolicyLoad(lambda: load_ruleset(self.config.rules.paths), signals.wake)
@@ -74,34 +85,53 @@ class Worker:
         reader = QueueReader(
             self.queue_num, self.config.queue.max_len, self.decide, writer.submit, fallback
         )
+        control: ControlServer | None = None
+        deciding = False
+        try:
+            control = self._open_control()
+            self._bind(reader)
+            if on_bound is not None:
+                on_bound(writer)
+            self._log("start", f"portguard started on queue {self.queue_num}",
+                      policy_version=self.gate.ruleset.version)  # fmt: skip
+            notify.ready(f"deciding on queue {self.queue_num}")
+            deciding = True
+            self._loop(reader, signals, control)
+        finally:
+            notify.stopping()
+            orderly = signals.stop or not deciding
+            self._shut_down(reader, on_stop if orderly else None)
+            for closing in (control, signals):
+                if closing is not None:
+                    closing.close()
+            self._log("stop", "portguard stopped" if orderly else "portguard failed; hooks kept",
+                      events_dropped=writer.dropped, packets=reader.packets)  # fmt: skip
+            writer.close()
+        return 0
+
+    def _open_control(self) -> ControlServer | None:
+        if self.control is None:
+            return None
+        try:
+            return ControlServer(self.control, self.on_control)
+        except OSError as error:
+            raise StartupError(f"cannot open the control socket {self.control}: {error}") from None
+
+    def _bind(self, reader: QueueReader) -> None:
         try:
             reader.open()
             set_fail_open(reader.fileno(), self.queue_num, self.fail_open)
-            if on_bound is not None:
-                on_bound(writer)
-            self._log(
-                "start",
-                f"portguard started on queue {self.queue_num}",
-                policy_version=self.gate.ruleset.version,
-            )
-            notify.ready(f"deciding on queue {self.queue_num}")
-            self._loop(reader, signals)
+        except OSError as error:
+            raise StartupError(f"cannot bind kernel queue {self.queue_num}: {error}") from None
+
+    def _shut_down(self, reader: QueueReader, on_stop: Hook) -> None:
+        """Remove the hooks (orderly stop), answer what is still queued, unbind."""
+        try:
+            if on_stop is not None and self.writer is not None:
+                on_stop(self.writer)
+                reader.read()  # SYNs queued before the hooks went get their verdicts
         finally:
-            notify.stopping()
-            try:
-                if on_stop is not None:
-                    on_stop(writer)
-            finally:
-                reader.close()
-                signals.close()
-                self._log(
-                    "stop",
-                    "portguard stopped",
-                    events_dropped=writer.dropped,
-                    packets=reader.packets,
-                )
-                writer.close()
-        return 0
+            reader.close()
 
     def decide(self, data: bytes, indev: int, outdev: int) -> Outcome:
         return self.gate.handle(data, self.wan.is_wan(indev), self.wan.is_wan(outdev), time.time())
@@ -151,20 +181,19 @@ class Worker:
         for reply in result.replies:
             reply(answer)
 
-    def _loop(self, reader: QueueReader, signals: SignalPipe) -> None:
+    def _loop(
+        self, reader: QueueReader, signals: SignalPipe, control: ControlServer | None
+    ) -> None:
         with selectors.DefaultSelector() as selector:
             selector.register(reader.fileno(), selectors.EVENT_READ, reader.read)
             selector.register(signals.fileno(), selectors.EVENT_READ, signals.drain)
-            control = self._control_server(selector)
+            if control is not None:
+                control.register(selector)
             due = {"tick": time.monotonic() + TICK, "refresh": time.monotonic() + INTERFACE_REFRESH}
-            try:
-                while not signals.stop:
-                    for key, _ in selector.select(timeout=TICK):
-                        key.data()
-                    self._between_packets(signals, reader, due)
-            finally:
-                if control is not None:
-                    control.close()
+            while not signals.stop:
+                for key, _ in selector.select(timeout=TICK):
+                    key.data()
+                self._between_packets(signals, reader, due)
 
     def _between_packets(
         self, signals: SignalPipe, reader: QueueReader, due: dict[str, float]
@@ -183,13 +212,6 @@ class Worker:
         if now >= due["refresh"]:
             due["refresh"] = now + INTERFACE_REFRESH
             self.wan.forget()
-
-    def _control_server(self, selector: selectors.BaseSelector) -> ControlServer | None:
-        if self.control is None:
-            return None
-        server = ControlServer(self.control, self.on_control)
-        server.register(selector)
-        return server
 
     def _housekeeping(self, reader: QueueReader) -> None:
         self.gate.flows.expire(time.time())

@@ -110,22 +110,35 @@ def malformed_event(
     }
 
 
+# ECS category and type for each lifecycle action (types allowed for those categories)
+LIFECYCLE_KINDS: dict[str, tuple[str, str]] = {
+    "start": ("process", "start"),
+    "stop": ("process", "end"),
+    "reload": ("configuration", "change"),
+    "reload-failed": ("configuration", "change"),
+    "hook-installed": ("configuration", "creation"),
+    "hook-removed": ("configuration", "deletion"),
+}
+FAILURES = frozenset({"reload-failed", "packet-error"})
+
+
 def lifecycle_event(
     action: str, message: str, observer: Observer, now: float, **extra: Any
 ) -> Event:
     """Daemon lifecycle (start, reload, reload-failed, hook, stop) as an ECS event."""
-    level = "error" if action.endswith("failed") or action == "error" else "info"
+    category, kind = LIFECYCLE_KINDS.get(action, ("process", "info"))
+    failed = action in FAILURES
     return {
         "@timestamp": timestamp(now),
         "ecs": {"version": ECS_VERSION},
-        "log": {"level": level},
+        "log": {"level": "error" if failed else "info"},
         "message": message,
         "event": {
             "kind": "event",
-            "category": ["process"],
-            "type": ["info"] if level == "info" else ["error"],
+            "category": [category],
+            "type": [kind],
             "action": action,
-            "outcome": "failure" if level == "error" else "success",
+            "outcome": "failure" if failed else "success",
             "dataset": "portguard.lifecycle",
         },
         "observer": observer.fields(),

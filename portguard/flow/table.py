@@ -53,6 +53,7 @@ class Flow:
     packets: int = 1
     syn_retransmits: int = 0
     midstream: bool = False  # first seen without the initiator's SYN
+    isn: int = 0  # the initiator's initial sequence number (tells a new SYN from a resend)
     fin_from: set[bool] = field(default_factory=set)  # True = initiator sent FIN
     decision: Decision | None = None
 
@@ -87,10 +88,13 @@ def is_initial_syn(packet: Packet) -> bool:
 class FlowTable:
     """Bounded flow table; least recently seen flows are evicted first."""
 
-    def __init__(self, capacity: int = 65536, timeouts: Timeouts | None = None) -> None:
+    def __init__(
+        self, capacity: int = 65536, timeouts: Timeouts | None = None, id_prefix: str = ""
+    ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
+        self.id_prefix = id_prefix  # makes flow ids unique across workers and restarts
         self.timeouts = timeouts or Timeouts()
         self._flows: OrderedDict[FlowKey, Flow] = OrderedDict()
         self._next_id = 0
@@ -135,15 +139,17 @@ class FlowTable:
         state = TcpState.ESTABLISHED if midstream else TcpState.SYN_SENT
         if packet.flags & RST:
             state = TcpState.RESET
-        flow = Flow(key, f"{self._next_id:x}", state, now, now, midstream=midstream)
+        flow_id = f"{self.id_prefix}{self._next_id:x}"
+        flow = Flow(key, flow_id, state, now, now, midstream=midstream, isn=packet.seq)
         self._flows[key] = flow
         return flow
 
     def _advance(self, flow: Flow, packet: Packet, now: float, from_initiator: bool) -> Observation:
-        if from_initiator and is_initial_syn(packet) and flow.state in _REUSABLE:
+        syn = from_initiator and is_initial_syn(packet)
+        if syn and (flow.state in _REUSABLE or packet.seq != flow.isn):
             del self._flows[flow.key]  # the port pair is reused for a new connection
             return Observation(self._open(flow.key, packet, now), True, True, False)
-        retransmit = from_initiator and is_initial_syn(packet) and flow.state is TcpState.SYN_SENT
+        retransmit = syn and flow.state is TcpState.SYN_SENT
         flow.packets += 1
         flow.syn_retransmits += retransmit
         flow.last_seen = now

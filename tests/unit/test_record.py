@@ -89,6 +89,11 @@ def test_lifecycle_levels() -> None:
     assert ok["log"]["level"] == "info" and ok["portguard"] == {"policy_version": "x"}
     assert bad["log"]["level"] == "error" and bad["event"]["outcome"] == "failure"
     assert bad["portguard"]["errors"] == ["a:1: b"]
+    assert ok["event"]["category"] == ["configuration"] and ok["event"]["type"] == ["change"]
+    start = lifecycle_event("start", "up", OBSERVER, NOW)
+    assert (start["event"]["category"], start["event"]["type"]) == (["process"], ["start"])
+    removed = lifecycle_event("hook-removed", "gone", OBSERVER, NOW)
+    assert removed["event"]["type"] == ["deletion"]
 
 
 def test_malformed_event_counts() -> None:

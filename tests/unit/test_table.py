@@ -11,9 +11,14 @@ CLIENT, SERVER = 0x64400A0A, 0xC6336419  # 100.64.10.10, 198.51.100.25
 
 
 def tcp(
-    flags: int, src: int = CLIENT, dst: int = SERVER, sport: int = 40312, dport: int = 25
+    flags: int,
+    src: int = CLIENT,
+    dst: int = SERVER,
+    sport: int = 40312,
+    dport: int = 25,
+    seq: int = 1,
 ) -> Packet:
-    return Packet(4, src, dst, sport, dport, flags, 1, 0, 64240, 64, 60)
+    return Packet(4, src, dst, sport, dport, flags, seq, 0, 64240, 64, 60)
 
 
 def reply(flags: int, sport: int = 40312) -> Packet:
@@ -45,6 +50,16 @@ def test_retransmitted_syn_is_the_same_flow() -> None:
     again = table.observe(tcp(SYN), 1.0)
     assert not again.new and again.retransmit and again.flow is first.flow
     assert again.flow.syn_retransmits == 1
+
+
+def test_a_new_syn_on_the_same_ports_is_a_new_connection() -> None:
+    table = FlowTable(id_prefix="w0-")
+    old = table.observe(tcp(SYN, seq=1000), 0.0).flow
+    resent = table.observe(tcp(SYN, seq=1000), 1.0)
+    assert resent.retransmit and resent.flow is old
+    fresh = table.observe(tcp(SYN, seq=999_999), 2.0)  # the client reused its port at once
+    assert fresh.new and not fresh.retransmit and fresh.flow is not old
+    assert (old.flow_id, fresh.flow.flow_id) == ("w0-1", "w0-2")
 
 
 def test_syn_after_close_opens_a_new_flow() -> None:
