@@ -42,18 +42,21 @@ def render_config(
     fail_mode: str = "closed",
     workers: int = 1,
     control: Path | None = None,
+    max_len: int = 4096,
 ) -> str:
     """The daemon config for the lab: WAN = gw-wan, forward chain, stdout and file outputs."""
     paths = ", ".join(toml_string(str(path)) for path in rules)
+    socket_path = toml_string(str(control or events.parent / "control.sock"))
     return (
-        f"[queue]\nnum = {queue_num}\nworkers = {workers}\nfail_mode = {toml_string(fail_mode)}\n\n"
+        f"[queue]\nnum = {queue_num}\nworkers = {workers}\nfail_mode = {toml_string(fail_mode)}\n"
+        f"max_len = {max_len}\n\n"
         f'[network]\nwan = ["{a.GW_WAN_IF}"]\n\n'
         f"[hook]\nbackend = {toml_string(backend)}\n"
         f'ports = [{", ".join(str(p) for p in HOOK_PORTS)}]\nchains = ["forward"]\n\n'
         f"[rules]\npaths = [{paths}]\n\n"
         f'[log]\noutputs = [{{ type = "stdout" }}, '
         f'{{ type = "file", path = {toml_string(str(events))} }}]\n'
-        f"\n[daemon]\ncontrol_socket = {toml_string(str(control or events.parent / 'control.sock'))}\n"
+        f"\n[daemon]\ncontrol_socket = {socket_path}\n"
     )
 
 
@@ -92,6 +95,7 @@ class LabDaemon:
         command: Sequence[str] = (),
         fail_mode: str = "closed",
         workers: int = 1,
+        max_len: int = 4096,
     ) -> None:
         """`command` replaces `python -m portguard` (it gets `run --config CFG` appended)."""
         self.lab = lab
@@ -103,7 +107,14 @@ class LabDaemon:
         self.stdout_path = self.dir / "stdout.log"
         self.stderr_path = self.dir / "stderr.log"
         self.config.write_text(
-            render_config(rules, self.events_path, queue_num, fail_mode=fail_mode, workers=workers)
+            render_config(
+                rules,
+                self.events_path,
+                queue_num,
+                fail_mode=fail_mode,
+                workers=workers,
+                max_len=max_len,
+            )
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self._notify = self._notify_socket()

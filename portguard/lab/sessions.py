@@ -45,7 +45,7 @@ def main() -> None:
     threads = [
         threading.Thread(
             target=session, args=(args.to, args.port, args.seconds, args.interval, results)
-        )  # fmt: skip
+        )
         for _ in range(args.count)
     ]
     for thread in threads:

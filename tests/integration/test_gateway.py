@@ -20,7 +20,7 @@ import pytest
 
 from portguard.lab import Lab
 from portguard.lab import addresses as a
-from portguard.lab.daemon import SHIPPED_RULES, LabDaemon, hooks_leftover
+from portguard.lab.daemon import LabDaemon, hooks_leftover
 
 VERSIONS = pytest.mark.parametrize("version", [4, 6], ids=["ipv4", "ipv6"])
 
@@ -185,17 +185,25 @@ def hook_status(lab: Lab, config: Path) -> subprocess.CompletedProcess[str]:
                    capture_output=True, text=True, timeout=30)  # fmt: skip
 
 
-@pytest.mark.parametrize("fail_mode", ["closed", "open"])
-def test_kill_9_fails_by_fail_mode_and_a_restart_cleans_up(lab: Lab, fail_mode: str) -> None:
-    running = LabDaemon(lab, fail_mode=fail_mode)
+@pytest.mark.parametrize(
+    ("fail_mode", "workers"), [("closed", 1), ("open", 1), ("closed", 2), ("open", 2)]
+)
+def test_kill_9_fails_by_fail_mode_and_a_restart_cleans_up(
+    lab: Lab, fail_mode: str, workers: int
+) -> None:
+    running = LabDaemon(lab, fail_mode=fail_mode, workers=workers)
     running.start()
     assert running.proc is not None
     os.kill(running.proc.pid, signal.SIGKILL)
     running.proc.wait(10)
+    deadline = time.monotonic() + 5  # forked workers die with their parent (PDEATHSIG)
+    while any(lab.queue_stats(n) for n in range(workers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(lab.queue_stats(n) for n in range(workers)), "a worker outlived the daemon"
     after_crash = lab.send_mail("sub", a.SMARTHOST.v4, 25, timeout=2)
     expected = "timeout" if fail_mode == "closed" else "delivered"
     assert after_crash.outcome == expected, after_crash
-    restarted = LabDaemon(lab, fail_mode=fail_mode)
+    restarted = LabDaemon(lab, fail_mode=fail_mode, workers=workers)
     restarted.start()
     try:
         assert lab.send_mail("sub", a.MX.v4, 25, timeout=3).outcome == "refused"
@@ -212,17 +220,18 @@ def test_two_workers_share_the_load(lab: Lab) -> None:
     running = LabDaemon(lab, workers=2)
     running.start()
     try:
-        for _ in range(6):
-            assert lab.send_mail("sub", a.MX.v4, 25, timeout=3).outcome == "refused"
-            assert lab.send_mail("sub", a.SMARTHOST.v6, 25).outcome == "delivered"
-        assert lab.queue_stats(1) is not None  # the second worker's queue is bound too
+        # the kernel spreads by address pair (not ports), so use many pairs
+        for version in (4, 6):
+            for server in (a.MX, a.SMARTHOST, a.SUBMISSION):
+                assert lab.send_mail("biz", server.family(version), 25).outcome == "delivered"
+                expected = "delivered" if server is a.SMARTHOST else "refused"
+                result = lab.send_mail("sub", server.family(version), 25, timeout=3)
+                assert result.outcome == expected, result
+        stats = [lab.queue_stats(n) for n in (0, 1)]
+        assert all(s is not None and s["id_sequence"] > 0 for s in stats), stats  # both decided
     finally:
         assert running.stop() == 0
     assert not hooks_leftover(lab)
-
-
-def test_shipped_rules_are_what_the_daemon_loads() -> None:
-    assert (SHIPPED_RULES / "10-isp.toml").is_file()
 
 
 def test_a_second_daemon_on_the_same_queue_refuses_and_leaves_the_first_alone(
@@ -292,3 +301,31 @@ def test_reload_without_a_daemon_says_so(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "portguard", "reload", "--config", str(config)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert done.returncode == 3 and "no daemon" in done.stderr
+
+
+@pytest.mark.parametrize("fail_mode", ["closed", "open"])
+def test_a_full_queue_follows_the_fail_mode(lab: Lab, fail_mode: str) -> None:
+    """A daemon that stops reading (SIGSTOP) lets the queue fill: fail-open passes new
+    connections (the queue flag the daemon sets), fail-closed drops them."""
+    running = LabDaemon(lab, fail_mode=fail_mode, max_len=2)
+    running.start()
+    assert running.proc is not None
+    pids = [int(p) for p in lab.run("gw", ["pgrep", "-f", str(running.config)],
+                                    capture_output=True, text=True).stdout.split()]  # fmt: skip
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        for _ in range(2):  # fill the queue: these SYNs wait for a verdict
+            lab.send_mail("sub", a.SMARTHOST.v4, 25, timeout=0.5, connect_only=True)
+        result = lab.send_mail("sub", a.SMARTHOST.v4, 25, timeout=2)
+        stats = lab.queue_stats()
+        assert stats is not None
+        if fail_mode == "open":
+            assert result.outcome == "delivered", result
+        else:
+            assert result.outcome == "timeout", result
+            assert stats["queue_dropped"] > 0
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+        assert running.stop() == 0
