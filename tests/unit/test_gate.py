@@ -13,7 +13,7 @@ from portguard.flow.table import FlowTable
 from portguard.gate import Gate, Verdict, direction_of, verdict_for
 from portguard.packet.model import ACK, SYN
 from portguard.policy import RuleSet, load_ruleset
-from portguard.policy.model import Action, Direction
+from portguard.policy.model import Action, Connection, Direction
 from portguard.shipped import RULES_DIR
 from tests.strategies import PacketSpec, packet_specs, tcp_packets
 
@@ -60,12 +60,16 @@ def test_smarthost_allowed_and_inbound_denied() -> None:
     assert inbound.event is not None and inbound.event["rule"]["id"] == "inbound-25-subscribers"
 
 
-def test_a_reply_packet_is_judged_as_its_initiators_connection() -> None:
+def test_a_flow_first_seen_mid_stream_is_judged_from_its_first_packet() -> None:
     g = gate()
-    # first seen from the responder (mid-stream): interfaces are swapped back
+    # the hook queues only SYNs; should anything else arrive first, its sender is the source
     reply = g.handle(syn(MX, SUBSCRIBER, 40312, sport=25, flags=SYN | ACK), True, False, 0.0)
     assert reply.event is not None
-    assert reply.event["source"]["ip"] == "198.51.100.25"  # the first packet's sender
+    assert reply.event["source"]["ip"] == "198.51.100.25"
+    assert reply.event["network"]["direction"] == "inbound"
+    # its answer, from the other side, belongs to the same flow: no second decision
+    back = g.handle(syn(SUBSCRIBER, MX, 25, sport=40312, flags=ACK), False, True, 0.1)
+    assert back.event is None and back.verdict is reply.verdict
 
 
 def test_reload_changes_new_decisions_only(tmp_path: Path) -> None:
@@ -137,3 +141,35 @@ def test_100k_random_and_mutated_packets_all_get_a_verdict(
 
 
 PROPERTY_GATE = Gate(SHIPPED, OBSERVER, False, FlowTable(capacity=512))
+
+
+POOLS = {
+    4: ["100.64.10.10", "100.127.255.254", "203.0.113.10", "198.51.100.26", "198.51.100.25",
+        "192.0.2.2", "8.8.8.8"],
+    6: ["2001:db8:64:10::10", "2001:db8:64:ffff::1", "2001:db8:b12::10", "2001:db8:25::26",
+        "2001:db8:25::25", "2001:db8:ffff::2", "2001:db8:9::1"],
+}  # fmt: skip
+WAN_FLAGS = {
+    Direction.OUTBOUND: (False, True),
+    Direction.INBOUND: (True, False),
+    Direction.INTERNAL: (False, False),
+    Direction.EXTERNAL: (True, True),
+}
+
+
+def test_explain_and_the_gate_agree_on_1000_random_connections() -> None:
+    import ipaddress
+
+    rng = random.Random(1234)
+    g = gate()
+    for n in range(1000):
+        version = rng.choice((4, 6))
+        src, dst = (ipaddress.ip_address(rng.choice(POOLS[version])) for _ in range(2))
+        dport = rng.choice((25, 465, 587, 2525))
+        direction = rng.choice(list(WAN_FLAGS))
+        spec = PacketSpec(version, int(src), int(dst), 1024 + n, dport, SYN, 1, 0, 64240, 64)
+        outcome = g.handle(spec.to_bytes(), *WAN_FLAGS[direction], float(n))
+        explained = SHIPPED.explain(Connection(version, int(src), int(dst), dport, direction))
+        assert outcome.event is not None
+        assert outcome.event["rule"]["id"] == explained.decision.rule_id, (src, dst, dport)
+        assert outcome.event["event"]["action"] == explained.decision.action.value
