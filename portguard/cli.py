@@ -21,15 +21,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("run", "run the daemon in the foreground"),
-        ("check", "validate the config and every rule file"),
         ("reload", "make the running daemon load the rule files (prints the check result)"),
     ):
         _with_config(commands.add_parser(name, help=text))
+    check = _with_config(commands.add_parser("check", help="validate the config and rules"))
+    check.add_argument("--format", choices=("text", "json"), default="text", dest="output_format")
+    check.add_argument("--strict", action="store_true", help="exit 2 when there are warnings")
     explain = _with_config(commands.add_parser("explain", help="which rule decides a connection"))
     explain.add_argument("--src", required=True, type=ipaddress.ip_address)
     explain.add_argument("--dst", required=True, type=ipaddress.ip_address)
     explain.add_argument("--dport", required=True, type=int)
     explain.add_argument("--direction", default="outbound", choices=DIRECTIONS)
+    explain.add_argument("--all", action="store_true", dest="every", help="every matching rule")
     hook = _with_config(commands.add_parser("hook", help="install, remove or show the hooks"))
     hook.add_argument("action", choices=("install", "remove", "status"))
     return parser
@@ -54,17 +57,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     from portguard import commands
     from portguard.config import load_config
 
+    if args.command == "check":  # loads the config itself: its errors in --format json too
+        return commands.check(args.config, args.output_format, args.strict)
     config = load_config(args.config)
     if args.command == "run":
         from portguard.daemon import run
 
         return run(config)
-    if args.command == "check":
-        return commands.check(config)
     if args.command == "reload":
         return commands.reload(config)
     if args.command == "explain":
-        return commands.explain(config, args.src, args.dst, args.dport, args.direction)
+        return commands.explain(config, args.src, args.dst, args.dport, args.direction, args.every)
     return commands.hook(config, args.action)
 
 

@@ -3,30 +3,42 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import sys
+from pathlib import Path
 
 from portguard.config import Config
+from portguard.errors import SourceError
 from portguard.io.hook import HookBackend, HookError, cleanup_leftovers, select_backend
 from portguard.policy import format_explanation, load_ruleset
 from portguard.policy.model import Connection, Direction
+from portguard.policy.report import CheckReport
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def check(config: Config) -> int:
-    """Exit 0 when the config and every rule file load; errors raise SourceError (exit 1)."""
-    ruleset = load_ruleset(config.rules.paths)
-    for rule in ruleset.unhooked(config.hook.ports):
-        print(
-            f"warning: rule '{rule.id}' ({rule.ruleset}) names no hooked port "
-            f"({', '.join(map(str, config.hook.ports))}): it can never match"
-        )
-    files = ", ".join(str(path) for path in ruleset.sources)
-    print(
-        f"{config.path}: ok; {len(ruleset.rules)} rules from {files}; "
-        f"policy version {ruleset.version}"
-    )
-    return 0
+def check(config_path: Path, output_format: str = "text", strict: bool = False) -> int:
+    """Validate the config and every rule file; print every error, or the warnings and a
+    summary. Exit 0 valid, 1 errors, 2 warnings under ``strict``."""
+    from portguard.config import load_config
+    from portguard.policy.lint import lint
+
+    try:
+        config = load_config(config_path)
+        ruleset = load_ruleset(config.rules.paths)
+    except SourceError as error:
+        report = CheckReport.failed(config_path, error)
+    else:
+        report = CheckReport.loaded(config_path, ruleset, lint(ruleset, config.hook.ports))
+    if output_format == "json":
+        print(json.dumps(report.as_json(strict), indent=2))
+    else:
+        out, err = report.text()
+        for line in out:
+            print(line)
+        for line in err:
+            print(line, file=sys.stderr)
+    return report.exit_code(strict)
 
 
 def reload(config: Config) -> int:
@@ -49,13 +61,15 @@ def reload(config: Config) -> int:
     return 1
 
 
-def explain(config: Config, src: Address, dst: Address, dport: int, direction: str) -> int:
+def explain(
+    config: Config, src: Address, dst: Address, dport: int, direction: str, every: bool = False
+) -> int:
     if src.version != dst.version:
         print("--src and --dst must be the same IP version")
         return 2
     ruleset = load_ruleset(config.rules.paths)
     connection = Connection(src.version, int(src), int(dst), dport, Direction(direction))
-    print(format_explanation(ruleset.explain(connection)))
+    print(format_explanation(ruleset.explain(connection, every), ruleset.resolved))
     return 0
 
 

@@ -40,6 +40,8 @@ Chain = Literal["forward", "output"]
 OutputType = Literal["stdout", "file", "syslog"]
 
 DEFAULT_RULES_PATH = Path("/etc/portguard/rules.d")
+DEFAULT_RESOLVE_INTERVAL = 300
+MAX_RESOLVE_INTERVAL = 7 * 86400
 DEFAULT_CONTROL_SOCKET = Path("/run/portguard/control.sock")
 MAX_WORKERS = 64
 MAX_QUEUE_NUM = 65535
@@ -83,6 +85,8 @@ class HookConfig:
 class RulesConfig:
     paths: tuple[Path, ...] = (DEFAULT_RULES_PATH,)
     reevaluate: bool = False  # after a reload, end allowed connections the new policy denies
+    resolve_interval: int = DEFAULT_RESOLVE_INTERVAL  # seconds between reloads that re-resolve
+    # the host names of the rule files (only when some set names hosts); 0 = never
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +173,9 @@ class RulesSpec(Spec):
         default=[str(DEFAULT_RULES_PATH)]
     )
     reevaluate: bool = False
+    resolve_interval: Annotated[int, AfterValidator(_within(0, MAX_RESOLVE_INTERVAL))] = (
+        DEFAULT_RESOLVE_INTERVAL
+    )
 
 
 class DaemonSpec(Spec):
@@ -317,7 +324,9 @@ def _build(spec: ConfigSpec, path: Path) -> Config:
         network=NetworkConfig(tuple(spec.network.wan)),
         hook=HookConfig(spec.hook.backend, tuple(spec.hook.ports), tuple(spec.hook.chains)),
         rules=RulesConfig(
-            tuple(_resolve(base, p) for p in spec.rules.paths), spec.rules.reevaluate
+            tuple(_resolve(base, p) for p in spec.rules.paths),
+            spec.rules.reevaluate,
+            spec.rules.resolve_interval,
         ),
         log=LogConfig(outputs),
         daemon=DaemonConfig(_resolve(base, spec.daemon.control_socket)),

@@ -123,7 +123,8 @@ class Daemon:
         code = 1
         try:
             _become_worker(parent)
-            worker = Worker(self.config, self.config.queue.num + index, ruleset, self.observer)
+            worker = Worker(self.config, self.config.queue.num + index, ruleset, self.observer,
+                            reevaluates=index == 0)  # fmt: skip
             code = worker.run(on_bound=lambda _w: _signal_ready(ready_w), on_stop=None)
         finally:
             os._exit(code)

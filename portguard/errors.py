@@ -31,6 +31,10 @@ class Problem:
     def sort_key(self) -> tuple[str, int, int, str]:
         return (str(self.path), self.line or 0, self.col or 0, self.message)
 
+    def as_dict(self) -> dict[str, str | int | None]:
+        """For ``portguard check --format json``."""
+        return {"path": str(self.path), "line": self.line, "col": self.col, "message": self.message}
+
 
 class SourceError(Exception):
     """The files hold errors; ``messages`` lists every one as ``path:line: message``."""
@@ -39,8 +43,8 @@ class SourceError(Exception):
         items = list(problems)
         located = sorted((p for p in items if isinstance(p, Problem)), key=Problem.sort_key)
         self.problems: tuple[Problem, ...] = tuple(located)
-        self.messages: list[str] = [p.format() for p in located]
-        self.messages += [p for p in items if isinstance(p, str)]
+        self.plain: tuple[str, ...] = tuple(p for p in items if isinstance(p, str))
+        self.messages: list[str] = [p.format() for p in located] + list(self.plain)
         super().__init__("\n".join(self.messages))
 
 

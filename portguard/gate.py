@@ -20,6 +20,7 @@ from portguard.flow.table import FlowTable
 from portguard.packet.decode import decode
 from portguard.packet.model import DecodeError
 from portguard.policy import RuleSet
+from portguard.policy.limits import Limiter
 from portguard.policy.model import Action, Connection, Decision, Direction
 
 
@@ -36,6 +37,7 @@ class Verdict(StrEnum):
 class Outcome:
     verdict: Verdict
     event: Event | None  # the decision event to log, None when nothing new was decided
+    direction: Direction | None = None  # the connection's, for the mark the kernel keeps
 
 
 MALFORMED_LOG_INTERVAL = 1.0  # seconds between two events about malformed packets
@@ -66,6 +68,7 @@ class Gate:
         self.ruleset = ruleset
         self.observer = observer
         self.flows = flows if flows is not None else FlowTable()
+        self.limiter = Limiter()  # token buckets outlive reloads
         self.malformed_action = Action.ALLOW if fail_open else Action.DROP
         self.malformed = 0
         self._malformed_unlogged = 0
@@ -79,18 +82,26 @@ class Gate:
         seen = self.flows.observe(packet, now)
         flow = seen.flow
         if flow.decision is not None:  # a retransmitted SYN: same verdict, no second event
-            return Outcome(verdict_for(flow.decision.action), None)
+            return Outcome(verdict_for(flow.decision.action), None, flow.direction)
         if not seen.from_initiator:
             arrives_on_wan, leaves_on_wan = leaves_on_wan, arrives_on_wan
         direction = direction_of(arrives_on_wan, leaves_on_wan)
-        decision = self.decide(flow.key, direction)
-        flow.decision = decision
+        decision = self.decide(flow.key, direction, now)
+        flow.decision, flow.direction = decision, direction
+        verdict = verdict_for(decision.action)
+        if not decision.log:  # the rule says `log = false`
+            return Outcome(verdict, None, direction)
         event = decision_event(decision, flow, direction, self.ruleset.version, self.observer, now)
-        return Outcome(verdict_for(decision.action), event)
+        return Outcome(verdict, event, direction)
 
-    def decide(self, key: tuple[int, int, int, int, int], direction: Direction) -> Decision:
+    def decide(
+        self, key: tuple[int, int, int, int, int], direction: Direction, now: float
+    ) -> Decision:
+        """The rule set's decision, with the deciding rule's rate limit applied."""
         version, src, dst, _sport, dport = key
-        return self.ruleset.decide(Connection(version, src, dst, dport, direction))
+        return self.limiter.decide(
+            self.ruleset, Connection(version, src, dst, dport, direction), now
+        )
 
     def _malformed(self, reason: str, now: float) -> Outcome:
         self.malformed += 1

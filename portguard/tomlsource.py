@@ -47,8 +47,9 @@ class TomlSource:
         return SourceMap.scan(self.text)
 
     def problem(self, key: KeyPath, message: str) -> Problem:
-        """A Problem on the line of ``key`` (or of its nearest written parent)."""
-        return Problem(self.path, self.positions.line(key), message)
+        """A Problem at the line and column of ``key`` (or of its nearest written parent)."""
+        line, col = self.positions.locate(key)
+        return Problem(self.path, line, message, col)
 
     def where(self, key: KeyPath) -> str:
         """``path:line`` of ``key``, to point at an earlier definition."""

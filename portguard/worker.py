@@ -22,6 +22,7 @@ from portguard.io.queueflags import set_fail_open
 from portguard.io.signals import SignalPipe
 from portguard.policy import RuleSet, load_ruleset
 from portguard.policyload import LoadResult, PolicyLoad, Reply
+from portguard.reevaluate import Reevaluator
 
 TICK = 1.0  # seconds between housekeeping rounds (flow expiry, counters)
 INTERFACE_REFRESH = 30.0  # seconds between forgetting cached interface names
@@ -59,9 +60,13 @@ class Worker:
         ruleset: RuleSet,
         observer: Observer,
         control: Path | None = None,
+        reevaluates: bool = True,
     ) -> None:
         self.config = config
         self.control = control
+        # with several workers only the first re-evaluates: the conntrack table is shared
+        self.reevaluates = reevaluates and config.rules.reevaluate
+        self.reevaluator: Reevaluator | None = None
         self.queue_num = queue_num
         self.observer = observer
         self.fail_open = config.queue.fail_mode == "open"
@@ -79,6 +84,8 @@ class Worker:
         would after a crash, and the next start cleans up.
         """
         writer = self.writer = make_writer(self.config)
+        if self.reevaluates:
+            self.reevaluator = Reevaluator(writer.submit, self.observer)
         signals = SignalPipe()
         self.loads = PolicyLoad(lambda: load_ruleset(self.config.rules.paths), signals.wake)
         fallback = Verdict.ACCEPT if self.fail_open else Verdict.DROP
@@ -173,6 +180,8 @@ class Worker:
                 trigger=result.reason,
             )
             notify.ready(f"policy {result.ruleset.version}")
+            if self.reevaluator is not None:
+                self.reevaluator.request(result.ruleset)
             answer = {
                 "ok": True,
                 "policy_version": result.ruleset.version,

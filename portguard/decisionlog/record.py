@@ -53,7 +53,44 @@ def decision_event(
     now: float,
 ) -> Event:
     """One connection's decision as an ECS event (DESIGN.md, "Decision event")."""
-    version, src, dst, sport, dport = flow.key
+    extra = {"flow_id": flow.flow_id}
+    return connection_event(decision, flow.key, direction, policy_version, observer, now, extra)
+
+
+def ended_event(
+    decision: Decision,
+    key: tuple[int, int, int, int, int],
+    direction: Direction,
+    policy_version: str,
+    observer: Observer,
+    now: float,
+) -> Event:
+    """An allowed connection ended because a reloaded policy denies it (`reevaluate`)."""
+    event = connection_event(
+        decision, key, direction, policy_version, observer, now, {"reevaluated": True}
+    )
+    event["event"]["type"].append("end")
+    event["portguard"]["reason"] = f"ended after a reload: {decision.reason}"
+    return event
+
+
+def connection_event(
+    decision: Decision,
+    key: tuple[int, int, int, int, int],
+    direction: Direction,
+    policy_version: str,
+    observer: Observer,
+    now: float,
+    extra: dict[str, Any],
+) -> Event:
+    version, src, dst, sport, dport = key
+    details: dict[str, Any] = {
+        **extra,
+        "reason": decision.reason,
+        "policy_version": policy_version,
+    }
+    if decision.limit is not None:
+        details["limit"] = decision.limit.fields()
     return {
         "@timestamp": timestamp(now),
         "ecs": {"version": ECS_VERSION},
@@ -68,11 +105,7 @@ def decision_event(
             "direction": direction.value,
         },
         "observer": observer.fields(),
-        "portguard": {
-            "flow_id": flow.flow_id,
-            "reason": decision.reason,
-            "policy_version": policy_version,
-        },
+        "portguard": details,
     }
 
 
@@ -116,10 +149,12 @@ LIFECYCLE_KINDS: dict[str, tuple[str, str]] = {
     "stop": ("process", "end"),
     "reload": ("configuration", "change"),
     "reload-failed": ("configuration", "change"),
+    "reevaluated": ("configuration", "change"),
+    "reevaluate-failed": ("configuration", "change"),
     "hook-installed": ("configuration", "creation"),
     "hook-removed": ("configuration", "deletion"),
 }
-FAILURES = frozenset({"reload-failed", "packet-error"})
+FAILURES = frozenset({"reload-failed", "packet-error", "reevaluate-failed"})
 
 
 def lifecycle_event(

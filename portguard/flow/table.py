@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from portguard.packet.model import ACK, FIN, RST, SYN, Packet
-from portguard.policy.model import Decision
+from portguard.policy.model import Decision, Direction
 
 # (ip version, initiator address, responder address, initiator port, responder port)
 FlowKey = tuple[int, int, int, int, int]
@@ -56,6 +56,7 @@ class Flow:
     isn: int = 0  # the initiator's initial sequence number (tells a new SYN from a resend)
     fin_from: set[bool] = field(default_factory=set)  # True = initiator sent FIN
     decision: Decision | None = None
+    direction: Direction | None = None  # set with the decision (the connmark records it)
 
     @property
     def initiator_port(self) -> int:

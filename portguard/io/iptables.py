@@ -16,8 +16,10 @@ from portguard.io.hook import (
     CHAINS,
     COMMAND_NOT_FOUND,
     MARK_ALLOW,
+    MARK_DROP,
     MARK_MASK,
     MARK_REJECT,
+    VERDICT_MASK,
     HookSpec,
     HookStatus,
     Runner,
@@ -34,8 +36,13 @@ _JUMP: Final = f"-p tcp -j {CHAIN}"
 _JUMP_TARGET: Final = re.compile(rf"\s-[jg] {CHAIN}(\s|$)")
 
 
-def _mark(value: int) -> str:
-    return f"{value:#x}/{MARK_MASK:#x}"
+def _mark(value: int, mask: int = MARK_MASK) -> str:
+    return f"{value:#x}/{mask:#x}"
+
+
+def _verdict(value: int) -> str:
+    """Any mark with this verdict, whatever direction it records."""
+    return _mark(value, VERDICT_MASK)
 
 
 def _builtin(chain: str) -> str:
@@ -67,10 +74,15 @@ def _queue_target(spec: HookSpec) -> str:
 def chain_rules(spec: HookSpec) -> tuple[str, ...]:
     """The rules of chain PORTGUARD, in order, as ``iptables -S PORTGUARD`` prints them."""
     queue = f"-m conntrack --ctstate NEW -m mark --mark {_mark(0)} {_queue_target(spec)}"
-    allow = _mark(MARK_ALLOW)
+    allow, reset = _verdict(MARK_ALLOW), "-j REJECT --reject-with tcp-reset"
+    save = f"-j CONNMARK --save-mark --nfmask {MARK_MASK:#x} --ctmask {MARK_MASK:#x}"
     return (
-        f"-A {CHAIN} -p tcp -m mark --mark {_mark(MARK_REJECT)} -j REJECT --reject-with tcp-reset",
-        f"-A {CHAIN} -m mark --mark {allow} -j CONNMARK --set-xmark {allow}",
+        # Ended connections first. A reset of our own (OUTPUT) carries the connmark: let it out.
+        f"-A {CHAIN} -p tcp -m tcp ! --tcp-flags RST RST"
+        f" -m connmark --mark {_verdict(MARK_REJECT)} {reset}",
+        f"-A {CHAIN} -m connmark --mark {_verdict(MARK_DROP)} -j DROP",
+        f"-A {CHAIN} -p tcp -m mark --mark {_verdict(MARK_REJECT)} {reset}",
+        f"-A {CHAIN} -m mark --mark {allow} {save}",
         f"-A {CHAIN} -m mark --mark {allow} -j RETURN",
         f"-A {CHAIN} -m connmark --mark {allow} -j RETURN",
         *(f"-A {CHAIN} {ports} {queue}" for ports in _port_matches(spec.sorted_ports)),

@@ -13,20 +13,25 @@ from netfilterqueue import COPY_PACKET, NetfilterQueue
 
 from portguard.decisionlog.record import Event
 from portguard.gate import Outcome, Verdict
-from portguard.io.hook import MARK_ALLOW, MARK_MASK, MARK_REJECT
+from portguard.io.hook import MARK_ALLOW, MARK_REJECT, mark_bits, with_mark_bits
+from portguard.policy.model import Direction
 
 COPY_RANGE = 512  # headers only: IPv6 extension headers and TCP options fit; payload is never read
 
 Decider = Callable[[bytes, int, int], Outcome]  # (packet bytes, indev, outdev) -> outcome
 
 
-def apply_verdict(packet: Any, verdict: Verdict) -> None:
-    """Tell the kernel what to do with `packet` (a netfilterqueue.Packet)."""
+def apply_verdict(packet: Any, verdict: Verdict, direction: Direction | None = None) -> None:
+    """Tell the kernel what to do with `packet` (a netfilterqueue.Packet).
+
+    Allow and reject mark the packet with the verdict and the connection's `direction` (None:
+    internal); allow's mark, direction included, is saved to the connmark by the hook's chain.
+    """
     if verdict is Verdict.ALLOW:
-        packet.set_mark((packet.get_mark() & ~MARK_MASK) | MARK_ALLOW)
+        packet.set_mark(with_mark_bits(packet.get_mark(), mark_bits(MARK_ALLOW, direction)))
         packet.repeat()  # the hook's chain sees the mark, saves it to the connmark, returns
     elif verdict is Verdict.REJECT:
-        packet.set_mark((packet.get_mark() & ~MARK_MASK) | MARK_REJECT)
+        packet.set_mark(with_mark_bits(packet.get_mark(), mark_bits(MARK_REJECT, direction)))
         packet.repeat()  # the hook's chain sees the mark and rejects with a TCP RST
     elif verdict is Verdict.ACCEPT:
         packet.accept()
@@ -88,13 +93,17 @@ class QueueReader:
             self.errors += 1
             self.last_error = error
         finally:
-            self._give_verdict(packet, outcome.verdict)
+            self._give_verdict(packet, outcome)
         if outcome.event is not None:
-            self.on_event(outcome.event)
+            try:
+                self.on_event(outcome.event)
+            except Exception as error:  # logging must never stop the packet loop
+                self.errors += 1
+                self.last_error = error
 
-    def _give_verdict(self, packet: Any, verdict: Verdict) -> None:
+    def _give_verdict(self, packet: Any, outcome: Outcome) -> None:
         try:
-            apply_verdict(packet, verdict)
+            apply_verdict(packet, outcome.verdict, outcome.direction)
         except Exception as error:  # never let an exception into the C loop
             self.verdict_errors += 1
             self.last_error = error

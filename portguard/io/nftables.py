@@ -14,9 +14,12 @@ from typing import Final
 
 from portguard.io.hook import (
     COMMAND_NOT_FOUND,
+    DIRECTION_BITS,
     MARK_ALLOW,
+    MARK_DROP,
     MARK_MASK,
     MARK_REJECT,
+    VERDICT_MASK,
     HookSpec,
     HookStatus,
     Runner,
@@ -56,17 +59,31 @@ def queue_statement(spec: HookSpec) -> str:
     return f"queue num {queues}" + (" bypass" if spec.fail_open else "")
 
 
+def save_rules() -> tuple[str, ...]:
+    """Allowed: copy the mark's bits (verdict and direction) to the connmark, keep its others.
+
+    nft 1.0 takes only a constant on the right of ``|`` (not ``meta mark & MASK``), so there is
+    one rule per direction, each with its value as a constant.
+    """
+    mark, keep = f"meta mark & {_hex(MARK_MASK)}", _hex(~MARK_MASK & 0xFFFFFFFF)
+    values = [_hex(MARK_ALLOW | bits) for bits in sorted(DIRECTION_BITS.values())]
+    return tuple(f"{mark} == {v} ct mark set ct mark & {keep} | {v} accept" for v in values)
+
+
 def chain_rules(spec: HookSpec) -> tuple[str, ...]:
     """The rules of each base chain, in order."""
-    mark, keep = f"meta mark & {_hex(MARK_MASK)}", _hex(~MARK_MASK & 0xFFFFFFFF)
+    verdict, ct_verdict = f"meta mark & {_hex(VERDICT_MASK)}", f"ct mark & {_hex(VERDICT_MASK)}"
     ports = ", ".join(map(str, spec.sorted_ports))
     syn_only = "tcp flags & (fin | syn | rst | ack) == syn"
+    new_unmarked = f"ct state new meta mark & {_hex(MARK_MASK)} == {_hex(0)}"
     return (
-        f"{mark} == {_hex(MARK_REJECT)} counter reject with tcp reset",
-        f"{mark} == {_hex(MARK_ALLOW)} ct mark set ct mark & {keep} | {_hex(MARK_ALLOW)} accept",
-        f"ct mark & {_hex(MARK_MASK)} == {_hex(MARK_ALLOW)} accept",
-        f"{syn_only} tcp dport {{ {ports} }} ct state new {mark} == {_hex(0)}"
-        f" counter {queue_statement(spec)}",
+        # Ended connections first. A reset of our own (output) carries the connmark: let it out.
+        f"tcp flags & rst == 0 {ct_verdict} == {_hex(MARK_REJECT)} counter reject with tcp reset",
+        f"{ct_verdict} == {_hex(MARK_DROP)} counter drop",
+        f"{verdict} == {_hex(MARK_REJECT)} counter reject with tcp reset",
+        *save_rules(),
+        f"{ct_verdict} == {_hex(MARK_ALLOW)} accept",
+        f"{syn_only} tcp dport {{ {ports} }} {new_unmarked} counter {queue_statement(spec)}",
     )
 
 
@@ -120,12 +137,16 @@ def table_problems(table: Table, spec: HookSpec | None) -> list[str]:
         problems += [f"chain {c} is not hooked by the config" for c in unwanted]
     elif not table.chains:
         problems.append("no chains")
-    for chain in table.chains:
+    for chain, (_hook, rules) in table.chains.items():
         queue_rules = table.queue_rules(chain)
         if len(queue_rules) != 1:
             problems.append(f"chain {chain} has {len(queue_rules)} queue rules")
         elif spec and ("bypass" in queue_rules[0]) != spec.fail_open:
             problems.append(f"chain {chain}: queue bypass differs from the fail mode")
+        if spec and len(rules) != len(chain_rules(spec)):  # nft prints rules its own way
+            problems.append(
+                f"chain {chain} has {len(rules)} rules, {len(chain_rules(spec))} expected"
+            )
     return problems
 
 

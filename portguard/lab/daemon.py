@@ -43,6 +43,7 @@ def render_config(
     workers: int = 1,
     control: Path | None = None,
     max_len: int = 4096,
+    reevaluate: bool = False,
 ) -> str:
     """The daemon config for the lab: WAN = gw-wan, forward chain, stdout and file outputs."""
     paths = ", ".join(toml_string(str(path)) for path in rules)
@@ -53,7 +54,7 @@ def render_config(
         f'[network]\nwan = ["{a.GW_WAN_IF}"]\n\n'
         f"[hook]\nbackend = {toml_string(backend)}\n"
         f'ports = [{", ".join(str(p) for p in HOOK_PORTS)}]\nchains = ["forward"]\n\n'
-        f"[rules]\npaths = [{paths}]\n\n"
+        f"[rules]\npaths = [{paths}]\nreevaluate = {str(reevaluate).lower()}\n\n"
         f'[log]\noutputs = [{{ type = "stdout" }}, '
         f'{{ type = "file", path = {toml_string(str(events))} }}]\n'
         f"\n[daemon]\ncontrol_socket = {socket_path}\n"
@@ -96,6 +97,7 @@ class LabDaemon:
         fail_mode: str = "closed",
         workers: int = 1,
         max_len: int = 4096,
+        reevaluate: bool = False,
     ) -> None:
         """`command` replaces `python -m portguard` (it gets `run --config CFG` appended)."""
         self.lab = lab
@@ -114,6 +116,7 @@ class LabDaemon:
                 fail_mode=fail_mode,
                 workers=workers,
                 max_len=max_len,
+                reevaluate=reevaluate,
             )
         )
         self.proc: subprocess.Popen[bytes] | None = None

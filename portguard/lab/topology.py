@@ -286,9 +286,11 @@ class Lab:
         size: int = 1000,
         timeout: float = 5.0,
         connect_only: bool = False,
+        source: str | None = None,
     ) -> SendResult:
-        """Send one message from `from_ns` (bound to its client address) and report the result."""
-        source = client_address(from_ns, to_addr)
+        """Send one message from `from_ns` (bound to its client address, or `source`) and
+        report the result."""
+        source = source or client_address(from_ns, to_addr)
         argv = smtpc_argv(to_addr, port, mode, size, timeout, connect_only, source)
         limit = timeout * 4 + 30 + size / 1e6
         proc = self.run(

@@ -1,22 +1,30 @@
-"""Address sets: CIDRs compiled to merged, sorted integer intervals with a bisect lookup.
+"""Address sets: CIDRs kept as hash sets of network numbers, one per prefix length.
 
-A lookup costs O(log n) in the number of intervals, so a set of 100,000 CIDRs answers about as
-fast as a set of ten. Parsing of addresses and of list files (one address or CIDR a line) lives
-here too, with messages written for the operator.
+``address >> (bits - prefix) in networks`` answers a lookup with one hash probe per prefix length
+that the set holds, whatever the number of CIDRs: a set of a million /32s and /24s costs two
+probes, like a set of ten. (A binary search over sorted intervals costs ~3.6 µs at 500,000
+entries here against ~0.14 µs for a hash probe: the cache misses grow with the set.)
+
+Parsing of addresses and of list files (one address or CIDR a line) lives here too, with
+messages written for the operator. List files take a fast path (inet_pton, int.from_bytes, no
+object per line) that falls back to the full parser only to word the message of a bad line.
 """
 
 from __future__ import annotations
 
-import bisect
+import functools
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass
+from itertools import repeat
 
 from portguard.packet.model import to_address
 
-Interval = tuple[int, int]  # first and last address, inclusive
+Table = tuple[tuple[int, Set[int]], ...]  # (shift, network numbers), largest first
+ListError = tuple[int, int, str]  # line, column, message
 
 _FAMILIES = ((4, socket.AF_INET, 32), (6, socket.AF_INET6, 128))
+_from_bytes = functools.partial(int.from_bytes, byteorder="big")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,11 +50,7 @@ class Network:
 
 
 def parse_network(text: str) -> Network:
-    """An address or ``address/prefix``; a CIDR with host bits set is an error (a likely typo).
-
-    Parsed with inet_pton: about ten times faster than ipaddress.ip_network, which matters for
-    list files of 100,000 entries.
-    """
+    """An address or ``address/prefix``; a CIDR with host bits set is an error (a likely typo)."""
     address, slash, length = text.partition("/")
     for version, family, bits in _FAMILIES:
         try:
@@ -69,37 +73,93 @@ def _block(text: str, network: Network) -> Network:
     return network
 
 
-def parse_address_list(text: str) -> tuple[list[Network], list[tuple[int, str]]]:
+class AddressTable:
+    """A set under construction: per family, shift (host bits) -> network numbers."""
+
+    __slots__ = ("v4", "v6")
+
+    def __init__(self) -> None:
+        self.v4: dict[int, set[int]] = {}
+        self.v6: dict[int, set[int]] = {}
+
+    def add(self, network: Network) -> None:
+        shift = network.bits - network.prefixlen
+        table = self.v4 if network.version == 4 else self.v6
+        table.setdefault(shift, set()).add(network.first >> shift)
+
+    def update(self, other: AddressSet) -> None:
+        for mine, theirs in ((self.v4, other.v4), (self.v6, other.v6)):
+            for shift, networks in theirs:
+                mine.setdefault(shift, set()).update(networks)
+
+    def freeze(self, label: str) -> AddressSet:
+        return AddressSet(label, _ordered(self.v4), _ordered(self.v6))
+
+
+def _ordered(table: dict[int, set[int]]) -> Table:
+    """Largest first: a lookup that hits stops early."""
+    return tuple(sorted(table.items(), key=lambda item: (-len(item[1]), -item[0])))
+
+
+def parse_address_list(text: str, label: str = "list") -> tuple[AddressSet, list[ListError]]:
     """A list file: one address or CIDR a line, ``#`` comments, blank lines.
 
-    Returns the networks and the errors as (line number, message).
+    Returns the set and the errors as (line, column, message). The fast path converts the
+    entries in bulk, grouped by family and prefix length; on any bad entry the line-by-line
+    parser runs to find and word every error.
     """
-    networks: list[Network] = []
-    errors: list[tuple[int, str]] = []
+    table = _bulk_table(text)
+    if table is not None:
+        return table.freeze(label), []
+    table, errors = parse_lines(text)
+    return table.freeze(label), errors
+
+
+def _bulk_table(text: str) -> AddressTable | None:
+    """The table of a list file without errors, or None when some entry is bad."""
+    groups: dict[tuple[bool, str], list[str]] = {}
+    for raw in text.splitlines():
+        entry = (raw.partition("#")[0] if "#" in raw else raw).strip()
+        if entry:
+            address, slash, length = entry.partition("/")
+            groups.setdefault((":" in address, slash + length), []).append(address)
+    table = AddressTable()
+    for (six, suffix), addresses in groups.items():
+        family, bits = (socket.AF_INET6, 128) if six else (socket.AF_INET, 32)
+        length = suffix[1:]
+        if suffix and not (length.isascii() and length.isdigit() and int(length) <= bits):
+            return None
+        shift = bits - int(length) if suffix else 0
+        try:
+            packed = map(socket.inet_pton, repeat(family), addresses)
+            values = list(map(_from_bytes, packed))
+        except (OSError, ValueError):
+            return None
+        mask = (1 << shift) - 1
+        if mask and any(value & mask for value in values):
+            return None
+        members = (table.v6 if six else table.v4).setdefault(shift, set())
+        members.update({value >> shift for value in values} if shift else values)
+    return table
+
+
+def parse_lines(text: str) -> tuple[AddressTable, list[ListError]]:
+    """A list file line by line: the reference parser, and the one that words the errors."""
+    table = AddressTable()
+    errors: list[ListError] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         entry = raw.split("#", 1)[0].strip()
         if not entry:
             continue
-        if " " in entry or "\t" in entry:
-            errors.append((number, f'"{entry}": write one address or CIDR a line'))
+        column = len(raw) - len(raw.lstrip()) + 1
+        if any(char.isspace() for char in entry):
+            errors.append((number, column, f'"{entry}": write one address or CIDR a line'))
             continue
         try:
-            networks.append(parse_network(entry))
+            table.add(parse_network(entry))
         except ValueError as error:
-            errors.append((number, str(error)))
-    return networks, errors
-
-
-def merge_intervals(intervals: Iterable[Interval]) -> list[Interval]:
-    """Sort and merge overlapping or adjacent intervals."""
-    merged: list[Interval] = []
-    for start, end in sorted(intervals):
-        if merged and start <= merged[-1][1] + 1:
-            if end > merged[-1][1]:
-                merged[-1] = (merged[-1][0], end)
-        else:
-            merged.append((start, end))
-    return merged
+            errors.append((number, column, str(error)))
+    return table, errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,48 +167,51 @@ class AddressSet:
     """A read-only set of IPv4 and IPv6 addresses; ``label`` names it in reasons."""
 
     label: str
-    starts4: tuple[int, ...] = ()
-    ends4: tuple[int, ...] = ()
-    starts6: tuple[int, ...] = ()
-    ends6: tuple[int, ...] = ()
+    v4: Table = ()
+    v6: Table = ()
 
     @classmethod
     def from_networks(cls, label: str, networks: Iterable[Network]) -> AddressSet:
-        v4: list[Interval] = []
-        v6: list[Interval] = []
+        table = AddressTable()
         for network in networks:
-            (v4 if network.version == 4 else v6).append((network.first, network.last))
-        return cls.from_intervals(label, v4, v6)
-
-    @classmethod
-    def from_intervals(
-        cls, label: str, v4: Iterable[Interval], v6: Iterable[Interval]
-    ) -> AddressSet:
-        merged4, merged6 = merge_intervals(v4), merge_intervals(v6)
-        return cls(
-            label,
-            tuple(s for s, _ in merged4),
-            tuple(e for _, e in merged4),
-            tuple(s for s, _ in merged6),
-            tuple(e for _, e in merged6),
-        )
+            table.add(network)
+        return table.freeze(label)
 
     @classmethod
     def union(cls, label: str, sets: Sequence[AddressSet]) -> AddressSet:
-        return cls.from_intervals(
-            label,
-            (i for s in sets for i in zip(s.starts4, s.ends4, strict=True)),
-            (i for s in sets for i in zip(s.starts6, s.ends6, strict=True)),
-        )
+        filled = [member for member in sets if not member.empty]
+        if len(filled) <= 1:  # share the members: a set of a million entries is not copied
+            return cls(label, *((filled[0].v4, filled[0].v6) if filled else ((), ())))
+        table = AddressTable()
+        for member in filled:
+            table.update(member)
+        return table.freeze(label)
 
     def contains(self, version: int, address: int) -> bool:
-        if version == 4:
-            starts, ends = self.starts4, self.ends4
-        else:
-            starts, ends = self.starts6, self.ends6
-        index = bisect.bisect_right(starts, address) - 1
-        return index >= 0 and address <= ends[index]
+        for shift, networks in self.v4 if version == 4 else self.v6:
+            if address >> shift in networks:
+                return True
+        return False
+
+    def covers(self, other: AddressSet) -> bool:
+        """Whether every address of ``other`` is in this set (block by block: a block that only
+        several of this set's blocks cover together counts as not covered)."""
+        return _covers(self.v4, other.v4) and _covers(self.v6, other.v6)
 
     @property
-    def interval_count(self) -> int:
-        return len(self.starts4) + len(self.starts6)
+    def size(self) -> int:
+        """The number of distinct CIDRs (before any merging)."""
+        return sum(len(networks) for _, networks in self.v4 + self.v6)
+
+    @property
+    def empty(self) -> bool:
+        return not self.v4 and not self.v6
+
+
+def _covers(mine: Table, theirs: Table) -> bool:
+    for shift, networks in theirs:
+        wider = [(s - shift, n) for s, n in mine if s >= shift]
+        for network in networks:
+            if not any(network >> up in members for up, members in wider):
+                return False
+    return True

@@ -1,63 +1,72 @@
 """Rule files (text) -> a compiled RuleSet, or every problem in all the files at once.
 
-Pure: the caller hands in the rule files' text and a function that reads a list file. Steps:
-parse each file (TOML), validate its shape (pydantic), check what spans files (set names, rule
-ids, [default], set references) on the raw data so that these checks run even in a file with
-other errors, read the list files, and only when nothing is wrong build the RuleSet.
+Pure: the caller hands in the rule files' text, a function that reads a list file and one that
+resolves a host name. Steps: parse each file (TOML), validate its shape (pydantic), check what
+spans files (set names, unions and their cycles, rule ids, [default], set references, limits) on
+the raw data so that these checks run even in a file with other errors, read the list files,
+resolve the host names, and only when nothing is wrong build the RuleSet.
+
+A previous RuleSet (the policy in force) can be passed in: list files whose text did not change
+are not parsed again, and a host name that does not resolve keeps its previous addresses (with a
+warning) instead of failing the load. On a first load it is an error.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from portguard.errors import PolicyError, Problem
-from portguard.policy.addresses import AddressSet, Network, parse_address_list
-from portguard.policy.model import Action, Decision, Direction
+from portguard.policy.addresses import AddressSet, parse_address_list, parse_network
+from portguard.policy.checks import cross_file_problems, raw_sets, set_entries
+from portguard.policy.hosts import Resolver, host_name_problem, resolve_problem
+from portguard.policy.model import Action, Decision, Direction, Limit
 from portguard.policy.ports import PortSet
-from portguard.policy.ruleset import CompiledRule, RuleSet, match_summary
-from portguard.policy.schema import (
-    SET_NAME,
-    AddressRef,
-    RuleFileSpec,
-    RuleSpec,
-    SetRef,
-    looks_like_address,
-)
+from portguard.policy.ruleset import CompiledRule, ListFile, RuleSet, match_summary
+from portguard.policy.schema import AddressRef, LimitSpec, RuleFileSpec, RuleSpec, SetRef
+from portguard.policy.sets import build_sets
 from portguard.sourcemap import KeyPath
 from portguard.tomlsource import TomlSource, parse_toml, validate
 
 ListReader = Callable[[Path], str]  # reads a list file; raises OSError
 
 
+def no_resolver(name: str) -> Sequence[str]:
+    raise OSError(f"no resolver to look up {name}")
+
+
 @dataclass
 class _Unit:
     """Everything learned about the policy so far."""
 
+    previous: RuleSet | None
     sources: list[TomlSource] = field(default_factory=list)
     specs: list[RuleFileSpec] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
     complete: bool = True  # every rule file parsed as TOML
-    lists: dict[Path, list[Network]] = field(default_factory=dict)
-    list_texts: dict[Path, str] = field(default_factory=dict)
+    lists: dict[Path, ListFile] = field(default_factory=dict)
+    resolved: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def compile_ruleset(
     files: Sequence[tuple[Path, str]],
     read_list: ListReader,
     problems: Sequence[Problem] = (),
+    *,
+    resolve: Resolver = no_resolver,
+    previous: RuleSet | None = None,
 ) -> RuleSet:
     """Compile rule files given as (path, text), in rule order. Raises PolicyError."""
-    unit = _Unit(problems=list(problems))
+    unit = _Unit(previous, problems=list(problems))
     for path, text in files:
         _add_file(unit, path, text)
-    unit.problems += _cross_file_problems(unit)
+    unit.problems += cross_file_problems(unit.sources, unit.complete)
     _read_lists(unit, read_list)
+    _resolve_hosts(unit, resolve)
     if unit.problems:
         raise PolicyError(unit.problems)
     return _build(unit, files)
@@ -77,99 +86,14 @@ def _add_file(unit: _Unit, path: Path, text: str) -> None:
         unit.specs.append(spec)
 
 
-# --- checks across files (on the raw data) -------------------------------------------------
-
-
-def _raw_sets(source: TomlSource) -> dict[str, Any]:
-    sets = source.data.get("sets")
-    return sets if isinstance(sets, dict) else {}
-
-
-def _raw_rules(source: TomlSource) -> Iterator[tuple[int, dict[str, Any]]]:
-    rules = source.data.get("rule")
-    for index, rule in enumerate(rules if isinstance(rules, list) else []):
-        if isinstance(rule, dict):
-            yield index, rule
-
-
-def _cross_file_problems(unit: _Unit) -> list[Problem]:
-    problems: list[Problem] = []
-    set_names: dict[str, str] = {}
-    rule_ids: dict[str, str] = {}
-    default_at: str | None = None
-    for source in unit.sources:
-        problems += _set_problems(source, set_names)
-        problems += _id_problems(source, rule_ids)
-        if "default" in source.data:
-            if default_at is not None:
-                message = f"[default] is already set at {default_at}"
-                problems.append(source.problem(("default",), message))
-            default_at = default_at or source.where(("default",))
-    if unit.complete:
-        for source in unit.sources:
-            problems += _reference_problems(source, set_names)
-    return problems
-
-
-def _set_problems(source: TomlSource, seen: dict[str, str]) -> Iterator[Problem]:
-    for name, body in _raw_sets(source).items():
-        key: KeyPath = ("sets", name)
-        if not SET_NAME.match(name):
-            yield source.problem(
-                key,
-                f'set name "{name}" must start with a letter or "_" '
-                'and hold only letters, digits, "_" and "-"',
-            )
-        if name in seen:
-            yield source.problem(key, f"set '{name}' is already defined at {seen[name]}")
-        seen.setdefault(name, source.where(key))
-        if isinstance(body, dict) and set(body) <= {"cidrs", "files"} and not any(body.values()):
-            yield source.problem(key, f"set '{name}' is empty: give it 'cidrs' or 'files'")
-
-
-def _id_problems(source: TomlSource, seen: dict[str, str]) -> Iterator[Problem]:
-    for index, rule in _raw_rules(source):
-        rule_id = rule.get("id")
-        if not isinstance(rule_id, str):
-            continue
-        key: KeyPath = ("rule", index, "id")
-        if rule_id in seen:
-            yield source.problem(
-                key, f"duplicate rule id '{rule_id}' (first defined at {seen[rule_id]})"
-            )
-        seen.setdefault(rule_id, source.where(key))
-
-
-def _reference_problems(source: TomlSource, known: Mapping[str, str]) -> Iterator[Problem]:
-    for index, rule in _raw_rules(source):
-        for name in ("src", "dst"):
-            for key, value in _raw_refs(rule.get(name), ("rule", index, name)):
-                if looks_like_address(value) or not SET_NAME.match(value) or value in known:
-                    continue
-                close = difflib.get_close_matches(value, list(known), n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                yield source.problem(key, f"{name}: unknown set '{value}'{hint}")
-
-
-def _raw_refs(value: object, key: KeyPath) -> Iterator[tuple[KeyPath, str]]:
-    if isinstance(value, str):
-        yield key, value
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            if isinstance(item, str):
-                yield (*key, index), item
-
-
 # --- list files ----------------------------------------------------------------------------
 
 
 def _read_lists(unit: _Unit, read_list: ListReader) -> None:
     for source in unit.sources:
-        for name, body in _raw_sets(source).items():
-            files = body.get("files") if isinstance(body, dict) else None
-            for index, entry in enumerate(files if isinstance(files, list) else []):
-                if isinstance(entry, str) and entry.strip():
-                    key: KeyPath = ("sets", name, "files", index)
+        for name in raw_sets(source):
+            for key, entry in set_entries(source, name, "files"):
+                if entry.strip():
                     _read_list(unit, source, key, entry, read_list)
 
 
@@ -184,32 +108,81 @@ def _read_list(
     except (OSError, UnicodeDecodeError) as error:
         unit.problems.append(source.problem(key, f'files: list file "{entry}" {_why(path, error)}'))
         return
-    networks, errors = parse_address_list(text)
-    unit.lists[path] = networks
-    unit.list_texts[path] = text
-    unit.problems += [Problem(path, line, message) for line, message in errors]
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    before = unit.previous.lists.get(path) if unit.previous else None
+    if before is not None and before.digest == digest:
+        unit.lists[path] = before
+        return
+    addresses, errors = parse_address_list(text, str(path))
+    unit.lists[path] = ListFile(digest, addresses)
+    unit.problems += [Problem(path, line, message, col) for line, col, message in errors]
 
 
 def _why(path: Path, error: Exception) -> str:
     if isinstance(error, FileNotFoundError):
         return f"not found (looked for {path.absolute()})"
+    if isinstance(error, IsADirectoryError):
+        return "is a directory, not a list file"
     if isinstance(error, OSError):
         return f"cannot be read ({(error.strerror or str(error)).lower()})"
     return "is not UTF-8 text"
+
+
+# --- host names ----------------------------------------------------------------------------
+
+
+def _resolve_hosts(unit: _Unit, resolve: Resolver) -> None:
+    for source in unit.sources:
+        for name in raw_sets(source):
+            for key, host in set_entries(source, name, "hosts"):
+                if host not in unit.resolved and host_name_problem(host) is None:
+                    _resolve_host(unit, source, key, host, resolve)
+
+
+def _resolve_host(
+    unit: _Unit, source: TomlSource, key: KeyPath, host: str, resolve: Resolver
+) -> None:
+    try:
+        addresses = _valid_addresses(resolve(host))
+        reason = "resolves to no IP address"
+    except OSError as error:
+        addresses, reason = (), resolve_problem(error)
+    if addresses:
+        unit.resolved[host] = addresses
+        return
+    kept = unit.previous.resolved.get(host) if unit.previous else None
+    if kept:
+        unit.resolved[host] = kept
+        message = f'hosts: "{host}" did not resolve ({reason}); kept {", ".join(kept)}'
+        unit.warnings.append(source.problem(key, message))
+        return
+    unit.problems.append(source.problem(key, f'hosts: "{host}" does not resolve ({reason})'))
+
+
+def _valid_addresses(addresses: Sequence[str]) -> tuple[str, ...]:
+    valid = []
+    for address in addresses:
+        try:
+            valid.append(str(parse_network(address)))
+        except ValueError:
+            continue
+    return tuple(dict.fromkeys(valid))
 
 
 # --- building the RuleSet ------------------------------------------------------------------
 
 
 def _build(unit: _Unit, files: Sequence[tuple[Path, str]]) -> RuleSet:
-    sets = _build_sets(unit)
+    lists = {path: entry.addresses for path, entry in unit.lists.items()}
+    set_specs = [(src.path, spec.sets) for src, spec in zip(unit.sources, unit.specs, strict=True)]
+    sets = build_sets(set_specs, lists, unit.resolved)
     rules: list[CompiledRule] = []
     disabled: list[str] = []
     default = Action.ALLOW
     for source, spec in zip(unit.sources, unit.specs, strict=True):
-        for rule in spec.rule:
+        for index, rule in enumerate(spec.rule):
             if rule.enabled:
-                rules.append(_compile_rule(rule, source.path.name, sets))
+                rules.append(_compile_rule(rule, source.path, index, sets))
             else:
                 disabled.append(rule.id)
         if spec.default is not None:
@@ -217,35 +190,55 @@ def _build(unit: _Unit, files: Sequence[tuple[Path, str]]) -> RuleSet:
     decision = Decision(
         default, "default", "default", "no rule matched", "no rule matched; default action"
     )
-    sources = [path for path, _ in files] + list(unit.lists)
-    return RuleSet(rules, decision, _version(files, unit.list_texts), sources, disabled)
+    return RuleSet(
+        rules,
+        decision,
+        _version(files, unit),
+        [path for path, _ in files] + list(unit.lists),
+        disabled,
+        resolved=unit.resolved,
+        lists=unit.lists,
+        warnings=unit.warnings,
+        texts=dict(files),
+    )
 
 
-def _build_sets(unit: _Unit) -> dict[str, AddressSet]:
-    sets = {}
-    for source, spec in zip(unit.sources, unit.specs, strict=True):
-        for name, body in spec.sets.items():
-            networks = list(body.cidrs)
-            for entry in body.files:
-                networks += unit.lists[source.path.parent / entry]
-            sets[name] = AddressSet.from_networks(f"set '{name}'", networks)
-    return sets
-
-
-def _compile_rule(spec: RuleSpec, ruleset: str, sets: Mapping[str, AddressSet]) -> CompiledRule:
+def _compile_rule(
+    spec: RuleSpec, path: Path, index: int, sets: Mapping[str, AddressSet]
+) -> CompiledRule:
     rule = CompiledRule(
         id=spec.id,
-        ruleset=ruleset,
+        ruleset=path.name,
         description=spec.description,
         action=Action(spec.action),
         direction=None if spec.direction == "any" else Direction(spec.direction),
         dport=PortSet.from_ranges(spec.dport) if spec.dport is not None else None,
         src=_address_match(spec.src, sets),
         dst=_address_match(spec.dst, sets),
-        decision=Decision(Action(spec.action), spec.id, ruleset, spec.description, ""),
+        decision=Decision(Action(spec.action), spec.id, path.name, spec.description, ""),
+        limit=compile_limit(spec.limit),
+        log=spec.log,
+        path=path,
+        index=index,
     )
     reason = f"matched rule '{spec.id}': {match_summary(rule)}"
-    return dataclasses.replace(rule, decision=dataclasses.replace(rule.decision, reason=reason))
+    decision = Decision(rule.action, rule.id, rule.ruleset, rule.description, reason, rule.log)
+    return dataclasses.replace(rule, decision=decision)
+
+
+def compile_limit(spec: LimitSpec | None) -> Limit | None:
+    """The frozen limit of a rule; per src is prefix 32/128, per rule prefix 0/0."""
+    if spec is None:
+        return None
+    prefixes = {"src": (32, 128), "rule": (0, 0)}.get(spec.per)
+    if prefixes is None:
+        prefixes = (
+            24 if spec.prefix4 is None else spec.prefix4,
+            64 if spec.prefix6 is None else spec.prefix6,
+        )
+    burst = spec.rate.number if spec.burst is None else spec.burst
+    exceed = Action(spec.exceed)
+    return Limit(spec.rate.text, spec.rate.per_second, burst, spec.per, *prefixes, exceed)
 
 
 def _address_match(
@@ -262,9 +255,14 @@ def _address_match(
     return AddressSet.union(" or ".join(part.label for part in parts), parts)
 
 
-def _version(files: Sequence[tuple[Path, str]], lists: Mapping[Path, str]) -> str:
-    """A short digest of every file the policy was built from (names and contents)."""
+def _version(files: Sequence[tuple[Path, str]], unit: _Unit) -> str:
+    """A short digest of every file the policy was built from (names and contents) and of
+    the addresses the host names resolved to."""
     digest = hashlib.sha256()
-    for path, text in [*files, *lists.items()]:
+    for path, text in files:
         digest.update(path.name.encode() + b"\0" + text.encode() + b"\0")
+    for path, entry in unit.lists.items():
+        digest.update(path.name.encode() + b"\0" + entry.digest.encode() + b"\0")
+    for host in sorted(unit.resolved):
+        digest.update(f"{host}={','.join(sorted(unit.resolved[host]))}\0".encode())
     return digest.hexdigest()[:12]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from portguard.errors import PolicyError, Problem
 from portguard.policy.compiler import compile_ruleset
+from portguard.policy.hosts import Resolver, resolve_host
 from portguard.policy.ruleset import RuleSet
 
 
@@ -47,8 +48,15 @@ def read_text(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def load_ruleset(paths: Sequence[Path]) -> RuleSet:
-    """Load and compile the rule files under ``paths``. Raises PolicyError with every problem."""
+def load_ruleset(
+    paths: Sequence[Path], *, resolve: Resolver | None = None, previous: RuleSet | None = None
+) -> RuleSet:
+    """Load and compile the rule files under ``paths``. Raises PolicyError with every problem.
+
+    Host names resolve through ``resolve`` (default: the system resolver). ``previous``, the
+    policy in force, lets a reload skip unchanged list files and keep the addresses of a host
+    name that does not resolve this time (see compile_ruleset).
+    """
     if not paths:
         raise PolicyError(["no rule paths given"])
     files, problems = rule_files(paths)
@@ -61,4 +69,6 @@ def load_ruleset(paths: Sequence[Path]) -> RuleSet:
             problems.append(Problem(path, None, f"cannot read rule file: {reason}"))
         except UnicodeDecodeError:
             problems.append(Problem(path, None, "cannot read rule file: not UTF-8 text"))
-    return compile_ruleset(texts, read_text, problems)
+    return compile_ruleset(
+        texts, read_text, problems, resolve=resolve or resolve_host, previous=previous
+    )

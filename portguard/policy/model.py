@@ -1,9 +1,12 @@
-"""What the policy works on and what it returns: connections, actions, decisions."""
+"""What the policy works on and what it returns: connections, actions, limits, decisions."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
+
+LimitPer = Literal["src", "prefix", "rule"]
 
 
 class Action(StrEnum):
@@ -38,6 +41,55 @@ class Connection:
 
 
 @dataclass(frozen=True, slots=True)
+class Limit:
+    """A rule's rate limit: a token bucket of ``burst`` tokens refilled at ``rate`` a second.
+
+    Buckets are kept per source address (``per = "src"``), per source prefix (``"prefix"``:
+    ``prefix4`` bits of an IPv4 source, ``prefix6`` bits of an IPv6 one) or one for the whole
+    rule (``"rule"``). A connection takes one token; without one it gets ``exceed``.
+    """
+
+    rate: str  # as written: "30/minute"
+    per_second: float
+    burst: int
+    per: LimitPer
+    prefix4: int  # bits of an IPv4 source that name its bucket (32 per src, 0 per rule)
+    prefix6: int  # the same for IPv6 (128 per src, 0 per rule)
+    exceed: Action
+
+    @property
+    def per_text(self) -> str:
+        if self.per == "prefix":
+            return f"src prefix (/{self.prefix4}, /{self.prefix6})"
+        return self.per
+
+    def describe(self) -> str:
+        """``5/minute per src, burst 5, exceed reject``."""
+        return f"{self.rate} per {self.per_text}, burst {self.burst}, exceed {self.exceed}"
+
+
+@dataclass(frozen=True, slots=True)
+class LimitResult:
+    """One connection's turn at a rule's limit: the bucket it used and what was left in it."""
+
+    allowed: bool  # a token was taken
+    key: str  # the bucket: the source address, "203.0.113.0/24" per prefix, or "rule"
+    tokens: float  # tokens left in the bucket after this connection
+    limit: Limit
+
+    def fields(self) -> dict[str, object]:
+        """For the decision event (``portguard.limit``)."""
+        return {
+            "rate": self.limit.rate,
+            "burst": self.limit.burst,
+            "per": self.limit.per,
+            "key": self.key,
+            "tokens": round(self.tokens, 3),
+            "exceeded": not self.allowed,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """The policy's answer for one connection."""
 
@@ -46,3 +98,5 @@ class Decision:
     ruleset: str  # file name of the rule (or "default")
     description: str
     reason: str
+    log: bool = True  # False: the rule says `log = false`, the decision is not logged
+    limit: LimitResult | None = None  # set when the deciding rule has a limit

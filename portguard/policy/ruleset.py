@@ -7,15 +7,17 @@ to that rule.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from portguard.errors import Problem
 from portguard.packet.model import to_address
 from portguard.policy.addresses import AddressSet
-from portguard.policy.model import Action, Connection, Decision, Direction
+from portguard.policy.model import Action, Connection, Decision, Direction, Limit
 from portguard.policy.ports import PortSet
+from portguard.sourcemap import SourceMap
 
 
 class Condition(StrEnum):
@@ -40,6 +42,10 @@ class CompiledRule:
     src: AddressSet | None
     dst: AddressSet | None
     decision: Decision  # built once: what decide() returns when this rule matches
+    limit: Limit | None = None  # a rate limit: see portguard.policy.limits
+    log: bool = True  # False: `log = false`, its decisions are not logged
+    path: Path | None = None  # the rule file
+    index: int = 0  # the rule's place among the [[rule]] tables of its file
 
 
 def first_mismatch(rule: CompiledRule, conn: Connection) -> Condition | None:
@@ -92,6 +98,7 @@ class RuleCheck:
     matched: bool
     reason: str
     condition: Condition | None  # the failed condition; None when the rule matched
+    limit: Limit | None = None  # the matched rule's limit, if it has one
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +109,37 @@ class Explanation:
     checks: tuple[RuleCheck, ...]
     decision: Decision
     disabled: tuple[str, ...] = ()  # ids of rules with enabled = false (never tried)
+    every: bool = False  # all rules were tried (explain --all), not only up to the decision
+
+    @property
+    def matches(self) -> tuple[RuleCheck, ...]:
+        return tuple(check for check in self.checks if check.matched)
+
+
+@dataclass(frozen=True, slots=True)
+class ListFile:
+    """A parsed list file kept for the next load: unchanged text (same digest) is not parsed
+    again."""
+
+    digest: str
+    addresses: AddressSet
 
 
 class RuleSet:
     """A compiled policy: first matching rule wins, else the default. Read-only."""
 
-    __slots__ = ("default", "disabled", "rules", "sources", "version")
+    __slots__ = (
+        "_positions",
+        "default",
+        "disabled",
+        "lists",
+        "resolved",
+        "rules",
+        "sources",
+        "texts",
+        "version",
+        "warnings",
+    )
 
     def __init__(
         self,
@@ -116,29 +148,61 @@ class RuleSet:
         version: str,
         sources: Sequence[Path],
         disabled: Sequence[str] = (),
+        *,
+        resolved: Mapping[str, Sequence[str]] | None = None,
+        lists: Mapping[Path, ListFile] | None = None,
+        warnings: Sequence[Problem] = (),
+        texts: Mapping[Path, str] | None = None,
     ) -> None:
         self.rules: tuple[CompiledRule, ...] = tuple(rules)
         self.default = default
         self.version = version
         self.sources: tuple[Path, ...] = tuple(sources)
         self.disabled: tuple[str, ...] = tuple(disabled)
+        self.resolved: dict[str, tuple[str, ...]] = {
+            name: tuple(addresses) for name, addresses in (resolved or {}).items()
+        }
+        self.lists: dict[Path, ListFile] = dict(lists or {})
+        self.warnings: tuple[Problem, ...] = tuple(warnings)  # e.g. a host kept from before
+        self.texts: dict[Path, str] = dict(texts or {})  # rule files, to locate rules
+        self._positions: dict[Path, SourceMap] = {}
+
+    @property
+    def has_hosts(self) -> bool:
+        """Whether some set names hosts: the daemon then reloads every resolve_interval."""
+        return bool(self.resolved)
+
+    def match(self, conn: Connection) -> CompiledRule | None:
+        """The first rule that ``conn`` matches (limits aside), or None."""
+        for rule in self.rules:
+            if first_mismatch(rule, conn) is None:
+                return rule
+        return None
 
     def decide(self, conn: Connection) -> Decision:
+        """The deciding rule's decision, without its limit (see Limiter.decide for that)."""
         for rule in self.rules:
             if first_mismatch(rule, conn) is None:
                 return rule.decision
         return self.default
 
-    def explain(self, conn: Connection) -> Explanation:
+    def explain(self, conn: Connection, every: bool = False) -> Explanation:
+        """Each rule tried, up to the deciding one; with ``every``, all of them."""
         checks = []
+        decision: Decision | None = None
         for rule in self.rules:
             condition = first_mismatch(rule, conn)
-            if condition is None:
-                checks.append(RuleCheck(rule.id, rule.ruleset, True, match_summary(rule), None))
-                return Explanation(conn, tuple(checks), rule.decision, self.disabled)
-            reason = mismatch_reason(rule, conn, condition)
-            checks.append(RuleCheck(rule.id, rule.ruleset, False, reason, condition))
-        return Explanation(conn, tuple(checks), self.default, self.disabled)
+            if condition is not None:
+                reason = mismatch_reason(rule, conn, condition)
+                checks.append(RuleCheck(rule.id, rule.ruleset, False, reason, condition))
+                continue
+            summary = match_summary(rule)
+            checks.append(RuleCheck(rule.id, rule.ruleset, True, summary, None, rule.limit))
+            if decision is None:
+                decision = rule.decision
+            if not every:
+                break
+        return Explanation(conn, tuple(checks), decision or self.default, self.disabled, every)
 
     def unhooked(self, hooked_ports: Collection[int]) -> tuple[CompiledRule, ...]:
         """Rules whose dport names none of the hooked ports: they can never match."""
@@ -147,6 +211,16 @@ class RuleSet:
             for rule in self.rules
             if rule.dport is not None and not any(rule.dport.contains(p) for p in hooked_ports)
         )
+
+    def where(self, rule: CompiledRule) -> tuple[Path, int | None, int | None]:
+        """The rule file, line and column of ``rule`` (its [[rule]] header)."""
+        if rule.path is None or rule.path not in self.texts:
+            return Path(rule.ruleset), None, None
+        positions = self._positions.get(rule.path)
+        if positions is None:
+            positions = self._positions[rule.path] = SourceMap.scan(self.texts[rule.path])
+        line, col = positions.locate(("rule", rule.index))
+        return rule.path, line, col
 
     def __repr__(self) -> str:
         return f"<RuleSet version={self.version} rules={len(self.rules)}>"

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator
 
 from portguard.policy.addresses import Network, parse_network
+from portguard.policy.hosts import host_name_problem
 from portguard.policy.ports import PortRange, parse_port_entry
 from portguard.tomlsource import Spec, toml_type, toml_value
 
@@ -21,7 +22,13 @@ RULE_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
 SET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 ActionName = Literal["allow", "drop", "reject", "log"]
-DirectionName = Literal["outbound", "inbound", "any"]
+DirectionName = Literal["outbound", "inbound", "internal", "external", "any"]
+ExceedName = Literal["reject", "drop", "log"]
+PerName = Literal["src", "prefix", "rule"]
+
+MAX_BURST = 1_000_000
+_RATE = re.compile(r"^\s*([0-9]+)\s*/\s*([a-z]+)\s*$")
+_UNITS = {"second": 1, "minute": 60, "hour": 3600}
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +60,52 @@ def _network_entry(value: object) -> Network:
     if not isinstance(value, str):
         raise ValueError(_not_a(value, "an address or a CIDR (in quotes)"))
     return parse_network(value)
+
+
+class Rate(NamedTuple):
+    """``"30/minute"``: 30 connections (tokens) a minute."""
+
+    number: int
+    seconds: int  # the unit
+    text: str
+
+    @property
+    def per_second(self) -> float:
+        return self.number / self.seconds
+
+
+def parse_rate(value: object) -> Rate:
+    if not isinstance(value, str):
+        raise ValueError(_not_a(value, 'a rate "N/second", "N/minute" or "N/hour"'))
+    match = _RATE.match(value)
+    if match is None or match[2] not in _UNITS:
+        raise ValueError(f'"{value}" is not a rate "N/second", "N/minute" or "N/hour"')
+    count = int(match[1])
+    if not 1 <= count <= MAX_BURST:
+        raise ValueError(f'"{value}": the count must be from 1 to {MAX_BURST}')
+    return Rate(count, _UNITS[match[2]], f"{count}/{match[2]}")
+
+
+def _host_name(value: str) -> str:
+    problem = host_name_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _set_name(value: str) -> str:
+    if not SET_NAME.match(value):
+        raise ValueError(f'"{value}" is not a set name')
+    return value
+
+
+def _within(low: int, high: int) -> AfterValidator:
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"{value} is out of range {low}-{high}")
+        return value
+
+    return AfterValidator(check)
 
 
 def _not_a(value: object, wanted: str) -> str:
@@ -99,6 +152,17 @@ PortList = Annotated[
 class SetSpec(Spec):
     cidrs: list[Annotated[Network, PlainValidator(_network_entry)]] = Field(default=[])
     files: list[Annotated[str, AfterValidator(_not_blank)]] = Field(default=[])
+    sets: list[Annotated[str, AfterValidator(_set_name)]] = Field(default=[])
+    hosts: list[Annotated[str, AfterValidator(_host_name)]] = Field(default=[])
+
+
+class LimitSpec(Spec):
+    rate: Annotated[Rate, PlainValidator(parse_rate)]
+    burst: Annotated[int, _within(1, MAX_BURST)] | None = None  # default: the rate's count
+    per: PerName = "src"
+    prefix4: Annotated[int, _within(0, 32)] | None = None  # default 24, with per = "prefix"
+    prefix6: Annotated[int, _within(0, 128)] | None = None  # default 64, with per = "prefix"
+    exceed: ExceedName = "reject"
 
 
 class RuleSpec(Spec):
@@ -110,6 +174,8 @@ class RuleSpec(Spec):
     direction: DirectionName = "any"
     action: ActionName
     enabled: bool = True
+    log: bool = True
+    limit: LimitSpec | None = None
 
 
 class DefaultSpec(Spec):

@@ -329,3 +329,37 @@ def test_a_full_queue_follows_the_fail_mode(lab: Lab, fail_mode: str) -> None:
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
         assert running.stop() == 0
+
+
+LIMITED = """
+[[rule]]
+id = "business-25"
+src = "203.0.113.0/24"
+dport = [25]
+direction = "outbound"
+action = "allow"
+limit = { rate = "5/minute", burst = 5, per = "src", exceed = "reject" }
+"""
+
+
+def test_rate_limit_rejects_the_sixth_connection_of_one_customer_only(
+    lab: Lab, tmp_path: Path
+) -> None:
+    rules = tmp_path / "limits.toml"
+    rules.write_text(LIMITED)
+    other = "203.0.113.11"
+    lab.run("biz", ["ip", "addr", "add", f"{other}/24", "dev", "biz0"], check=True)
+    running = LabDaemon(lab, rules=[rules])
+    running.start()
+    try:
+        outcomes = [lab.send_mail("biz", a.MX.v4, 25, timeout=3).outcome for _ in range(6)]
+        assert outcomes == ["delivered"] * 5 + ["refused"], outcomes
+        event = decision_for(running, a.BUSINESS.v4, a.MX.v4, 25)
+        assert (event["event"]["action"], event["rule"]["id"]) == ("reject", "business-25")
+        assert event["portguard"]["limit"]["exceeded"] is True
+        assert event["portguard"]["limit"]["key"] == a.BUSINESS.v4
+        assert "5/minute" in event["portguard"]["reason"]
+        assert lab.send_mail("biz", a.MX.v4, 25, source=other).outcome == "delivered"
+    finally:
+        assert running.stop() == 0
+        lab.run("biz", ["ip", "addr", "del", f"{other}/24", "dev", "biz0"])

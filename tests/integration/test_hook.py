@@ -122,7 +122,7 @@ def test_nft_status_reads_a_real_listing(netns: Netns) -> None:
     netns.run("nft", "-f", "-", stdin=text)
     status = NftablesBackend(netns.runner).status(BOTH)
     assert status.installed and not status.complete
-    assert "forward (hook forward, 4 rules), output (hook output, 4 rules)" in status.detail
+    assert "forward (hook forward, 9 rules), output (hook output, 9 rules)" in status.detail
     assert "chain forward has 0 queue rules" in status.detail
     NftablesBackend(netns.runner).remove()
     NftablesBackend(netns.runner).remove()

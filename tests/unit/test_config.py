@@ -23,39 +23,40 @@ from portguard.shipped import CONFIG_PATH
 
 BROKEN = Path(__file__).resolve().parents[1] / "data" / "broken" / "config"
 
-# fixture name -> "line" (or "line:column") and message
+# fixture name -> "line:column" and message
 CASES: dict[str, tuple[str, str]] = {
     "syntax-error": ("3:11", "TOML syntax error: Invalid value"),
-    "unknown-queue-key": ("3", "unknown key 'threads' (known keys: num, workers, fail_mode,"),
-    "unknown-table": ("2", "unknown key 'rule' (did you mean 'rules'?)"),
-    "port-zero": ("2", "ports: 0 is out of range 1-65535"),
-    "port-too-high": ("4", "ports: 65536 is out of range 1-65535"),
-    "port-duplicate": ("2", "ports: 25 is listed twice"),
-    "port-string": ("2", "ports: entry must be an integer, not a string"),
-    "workers-zero": ("2", "workers: 0 is out of range 1-64"),
-    "workers-too-many": ("2", "workers: 65 is out of range 1-64"),
-    "queue-num-negative": ("2", "num: -1 is out of range 0-65535"),
-    "queue-range-overflow": ("3", "workers: queues 65530-65537 go past the last queue number"),
-    "max-len-zero": ("2", "max_len: 0 is out of range 1-4294967295"),
-    "fail-mode": ("2", "fail_mode: must be 'open' or 'closed', not \"bypass\""),
-    "backend": ("2", "backend: must be 'auto', 'nftables' or 'iptables', not \"ebpf\""),
-    "chains-unknown": ("2", "chains: entry must be 'forward' or 'output', not \"input\""),
-    "chains-empty": ("2", "chains: needs at least one entry"),
-    "wan-empty": ("2", "wan: needs at least one entry"),
-    "wan-bad-name": ("2", 'wan: "br-lan/1" is not an interface name'),
-    "wan-too-long": ("2", 'wan: "a-very-long-interface" is not an interface name'),
-    "rules-paths-string": ("2", "paths: must be an array, not a string"),
-    "file-output-without-path": ("2", "outputs: type \"file\" needs 'path'"),
+    "unknown-queue-key": ("3:1", "unknown key 'threads' (known keys: num, workers, fail_mode,"),
+    "unknown-table": ("2:1", "unknown key 'rule' (did you mean 'rules'?)"),
+    "port-zero": ("2:10", "ports: 0 is out of range 1-65535"),
+    "port-too-high": ("4:3", "ports: 65536 is out of range 1-65535"),
+    "port-duplicate": ("2:24", "ports: 25 is listed twice"),
+    "port-string": ("2:10", "ports: entry must be an integer, not a string"),
+    "workers-zero": ("2:1", "workers: 0 is out of range 1-64"),
+    "workers-too-many": ("2:1", "workers: 65 is out of range 1-64"),
+    "queue-num-negative": ("2:1", "num: -1 is out of range 0-65535"),
+    "queue-range-overflow": ("3:1", "workers: queues 65530-65537 go past the last queue number"),
+    "max-len-zero": ("2:1", "max_len: 0 is out of range 1-4294967295"),
+    "fail-mode": ("2:1", "fail_mode: must be 'open' or 'closed', not \"bypass\""),
+    "backend": ("2:1", "backend: must be 'auto', 'nftables' or 'iptables', not \"ebpf\""),
+    "chains-unknown": ("2:22", "chains: entry must be 'forward' or 'output', not \"input\""),
+    "chains-empty": ("2:1", "chains: needs at least one entry"),
+    "wan-empty": ("2:1", "wan: needs at least one entry"),
+    "wan-bad-name": ("2:16", 'wan: "br-lan/1" is not an interface name'),
+    "wan-too-long": ("2:8", 'wan: "a-very-long-interface" is not an interface name'),
+    "rules-paths-string": ("2:1", "paths: must be an array, not a string"),
+    "file-output-without-path": ("2:33", "outputs: type \"file\" needs 'path'"),
     "syslog-address-no-scheme": (
-        "3",
+        "3:22",
         'address: "collector.example:514" is not of the form udp://host:port or tcp://host:port',
     ),
-    "syslog-address-bad-port": ("2", "address: port 70000 is out of range 1-65535"),
-    "syslog-without-address": ("2", "outputs: type \"syslog\" needs 'address'"),
-    "stdout-with-address": ("2", "outputs: 'address' does not apply to type \"stdout\""),
-    "output-unknown-key": ("2", "unknown key 'rotate' (known keys: type, path, address)"),
-    "output-unknown-type": ("2", "type: must be 'stdout', 'file' or 'syslog', not \"kafka\""),
-    "outputs-empty": ("2", "outputs: needs at least one entry"),
+    "syslog-address-bad-port": ("2:31", "address: port 70000 is out of range 1-65535"),
+    "syslog-without-address": ("2:12", "outputs: type \"syslog\" needs 'address'"),
+    "stdout-with-address": ("2:31", "outputs: 'address' does not apply to type \"stdout\""),
+    "output-unknown-key": ("2:54", "unknown key 'rotate' (known keys: type, path, address)"),
+    "output-unknown-type": ("2:14", "type: must be 'stdout', 'file' or 'syslog', not \"kafka\""),
+    "outputs-empty": ("2:1", "outputs: needs at least one entry"),
+    "resolve-interval-negative": ("2:1", "resolve_interval: -1 is out of range 0-604800"),
 }
 
 
@@ -80,7 +81,7 @@ def test_empty_file_gives_the_documented_defaults() -> None:
         queue=QueueConfig(num=0, workers=1, fail_mode="closed", max_len=4096),
         network=NetworkConfig(wan=("eth0",)),
         hook=HookConfig(backend="auto", ports=(25, 465, 587), chains=("forward",)),
-        rules=RulesConfig(paths=(Path("/etc/portguard/rules.d"),)),
+        rules=RulesConfig(paths=(Path("/etc/portguard/rules.d"),), resolve_interval=300),
         log=LogConfig(outputs=(Output("stdout"),)),
     )
 
@@ -107,6 +108,7 @@ chains = ["forward", "output"]
 
 [rules]
 paths = ["rules.d", "/srv/extra.toml", "~/more"]
+resolve_interval = 60
 
 [log]
 outputs = [
@@ -123,6 +125,7 @@ def test_full_config_is_read_and_relative_paths_follow_the_file() -> None:
     assert list(config.queue.numbers) == [10, 11, 12, 13]
     assert config.network.wan == ("wan0", "ppp0")
     assert config.hook == HookConfig("iptables", (25, 2525), ("forward", "output"))
+    assert config.rules.resolve_interval == 60
     assert config.rules.paths == (
         Path("/etc/portguard/rules.d"),
         Path("/srv/extra.toml"),

@@ -173,3 +173,32 @@ def test_explain_and_the_gate_agree_on_1000_random_connections() -> None:
         assert outcome.event is not None
         assert outcome.event["rule"]["id"] == explained.decision.rule_id, (src, dst, dport)
         assert outcome.event["event"]["action"] == explained.decision.action.value
+
+
+def test_the_outcome_carries_the_direction_for_the_connmark() -> None:
+    g = gate()
+    first = g.handle(syn(SUBSCRIBER, SMARTHOST, 25, sport=7), False, True, 0.0)
+    again = g.handle(syn(SUBSCRIBER, SMARTHOST, 25, sport=7), False, True, 1.0)
+    assert first.direction is again.direction is Direction.OUTBOUND
+
+
+def test_rate_limit_and_log_false(tmp_path: Path) -> None:
+    rules = tmp_path / "limits.toml"
+    rules.write_text(
+        '[[rule]]\nid = "biz"\nsrc = "203.0.113.0/24"\ndport = [25]\naction = "allow"\n'
+        'limit = { rate = "5/minute", burst = 5, per = "src", exceed = "reject" }\n'
+        '[[rule]]\nid = "quiet"\ndport = [587]\naction = "allow"\nlog = false\n'
+    )
+    g = Gate(load_ruleset([rules]), OBSERVER, False, FlowTable())
+    customer, other = 0xCB00710A, 0xCB00710B  # 203.0.113.10 and .11
+    verdicts = [g.handle(syn(customer, MX, 25, sport=p), False, True, 0.1 * p) for p in range(6)]
+    assert [o.verdict for o in verdicts] == [Verdict.ALLOW] * 5 + [Verdict.REJECT]
+    sixth = verdicts[5].event
+    assert sixth is not None and sixth["rule"]["id"] == "biz"
+    assert sixth["portguard"]["limit"]["exceeded"] is True
+    assert sixth["portguard"]["limit"]["rate"] == "5/minute"
+    assert g.handle(syn(other, MX, 25), False, True, 1.0).verdict is Verdict.ALLOW
+    later = g.handle(syn(customer, MX, 25, sport=99), False, True, 13.0)  # a token refilled
+    assert later.verdict is Verdict.ALLOW
+    quiet = g.handle(syn(customer, MX, 587, sport=100), False, True, 14.0)
+    assert quiet.verdict is Verdict.ALLOW and quiet.event is None

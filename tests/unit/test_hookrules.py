@@ -8,16 +8,23 @@ import pytest
 
 from portguard.io.hook import (
     COMMAND_NOT_FOUND,
+    DIRECTION_BITS,
+    DIRECTION_MASK,
     MARK_ALLOW,
+    MARK_DROP,
     MARK_MASK,
     MARK_REJECT,
+    VERDICT_MASK,
     CommandResult,
     HookError,
     HookSpec,
     checked,
     cleanup_leftovers,
+    direction_of_mark,
+    mark_bits,
     run_command,
     select_backend,
+    with_mark_bits,
 )
 from portguard.io.iptables import (
     IptablesBackend,
@@ -26,6 +33,7 @@ from portguard.io.iptables import (
     parse_filter_table,
 )
 from portguard.io.nftables import PROBE_RULESET, NftablesBackend, parse_table, queue_supported
+from portguard.policy.model import Direction
 
 DEFAULT = HookSpec(
     queue_num=0, workers=1, ports=(25, 465, 587), chains=("forward",), fail_open=False
@@ -60,9 +68,42 @@ class FakeRunner:
 # --- marks and spec --------------------------------------------------------------------------
 
 
-def test_marks_lie_inside_the_mask_and_differ() -> None:
-    assert MARK_ALLOW & ~MARK_MASK == 0 and MARK_REJECT & ~MARK_MASK == 0
-    assert MARK_ALLOW != MARK_REJECT and MARK_ALLOW and MARK_REJECT
+def test_verdict_and_direction_bits_split_the_mask() -> None:
+    assert VERDICT_MASK | DIRECTION_MASK == MARK_MASK and VERDICT_MASK & DIRECTION_MASK == 0
+    verdicts = (MARK_ALLOW, MARK_REJECT, MARK_DROP)
+    assert all(v & ~VERDICT_MASK == 0 and v for v in verdicts) and len(set(verdicts)) == 3
+    assert set(DIRECTION_BITS) == set(Direction)
+    assert all(bits & ~DIRECTION_MASK == 0 for bits in DIRECTION_BITS.values())
+    assert len(set(DIRECTION_BITS.values())) == 4
+
+
+@pytest.mark.parametrize("direction", list(Direction))
+@pytest.mark.parametrize("verdict", [MARK_ALLOW, MARK_REJECT, MARK_DROP])
+def test_a_mark_gives_back_its_verdict_and_direction(verdict: int, direction: Direction) -> None:
+    mark = with_mark_bits(0xF0000042, mark_bits(verdict, direction))
+    assert mark & ~MARK_MASK == 0xF0000042  # other bits kept
+    assert mark & VERDICT_MASK == verdict
+    assert direction_of_mark(mark) is direction
+
+
+def test_mark_bits_examples() -> None:
+    assert mark_bits(MARK_ALLOW, Direction.OUTBOUND) == 0x05000000
+    assert mark_bits(MARK_REJECT, Direction.INBOUND) == 0x0A000000
+    assert mark_bits(MARK_DROP, Direction.EXTERNAL) == 0x0F000000
+    assert mark_bits(MARK_ALLOW) == mark_bits(MARK_ALLOW, Direction.INTERNAL) == MARK_ALLOW
+    assert with_mark_bits(0xFFFFFFFF, 0x05000000) == 0xF5FFFFFF
+
+
+@pytest.mark.parametrize("bits", [0, 0x04000000, 0x01000001, 0x10000000])
+def test_mark_bits_refuses_what_is_not_a_verdict(bits: int) -> None:
+    with pytest.raises(ValueError, match="not one of portguard's verdicts"):
+        mark_bits(bits, Direction.OUTBOUND)
+
+
+def test_a_mark_without_verdict_has_no_direction() -> None:
+    assert direction_of_mark(0) is None
+    assert direction_of_mark(0x0C000000) is None  # direction bits alone: not portguard's mark
+    assert direction_of_mark(0xF0FFFFFF) is None
 
 
 @pytest.mark.parametrize(
@@ -98,9 +139,14 @@ delete table inet portguard
 table inet portguard {
 \tchain forward {
 \t\ttype filter hook forward priority filter; policy accept;
-\t\tmeta mark & 0x0f000000 == 0x02000000 counter reject with tcp reset
+\t\ttcp flags & rst == 0 ct mark & 0x03000000 == 0x02000000 counter reject with tcp reset
+\t\tct mark & 0x03000000 == 0x03000000 counter drop
+\t\tmeta mark & 0x03000000 == 0x02000000 counter reject with tcp reset
 \t\tmeta mark & 0x0f000000 == 0x01000000 ct mark set ct mark & 0xf0ffffff | 0x01000000 accept
-\t\tct mark & 0x0f000000 == 0x01000000 accept
+\t\tmeta mark & 0x0f000000 == 0x05000000 ct mark set ct mark & 0xf0ffffff | 0x05000000 accept
+\t\tmeta mark & 0x0f000000 == 0x09000000 ct mark set ct mark & 0xf0ffffff | 0x09000000 accept
+\t\tmeta mark & 0x0f000000 == 0x0d000000 ct mark set ct mark & 0xf0ffffff | 0x0d000000 accept
+\t\tct mark & 0x03000000 == 0x01000000 accept
 \t\ttcp flags & (fin | syn | rst | ack) == syn tcp dport { 25, 465, 587 } ct state new \
 meta mark & 0x0f000000 == 0x00000000 counter queue num 0
 \t}
@@ -145,10 +191,16 @@ NFT_LISTING = """\
 table inet portguard {
 \tchain forward {
 \t\ttype filter hook forward priority filter; policy accept;
-\t\tmeta l4proto tcp meta mark & 0x0f000000 == 0x02000000 counter packets 0 bytes 0 \
+\t\ttcp flags ! rst ct mark & 0x03000000 == 0x02000000 counter packets 0 bytes 0 \
+reject with tcp reset
+\t\tct mark & 0x03000000 == 0x03000000 counter packets 0 bytes 0 drop
+\t\tmeta l4proto tcp meta mark & 0x03000000 == 0x02000000 counter packets 0 bytes 0 \
 reject with tcp reset
 \t\tmeta mark & 0x0f000000 == 0x01000000 ct mark set ct mark & 0xf1ffffff | 0x01000000 accept
-\t\tct mark & 0x0f000000 == 0x01000000 accept
+\t\tmeta mark & 0x0f000000 == 0x05000000 ct mark set ct mark & 0xf5ffffff | 0x05000000 accept
+\t\tmeta mark & 0x0f000000 == 0x09000000 ct mark set ct mark & 0xf9ffffff | 0x09000000 accept
+\t\tmeta mark & 0x0f000000 == 0x0d000000 ct mark set ct mark & 0xfdffffff | 0x0d000000 accept
+\t\tct mark & 0x03000000 == 0x01000000 accept
 \t\ttcp flags syn / fin,syn,rst,ack tcp dport { 25, 465, 587 } ct state new \
 meta mark & 0x0f000000 == 0x00000000 counter packets 3 bytes 180 queue flags bypass to 0
 \t}
@@ -160,7 +212,7 @@ def test_nft_parse_listing() -> None:
     table = parse_table(NFT_LISTING)
     assert list(table.chains) == ["forward"]
     hook, rules = table.chains["forward"]
-    assert hook == "forward" and len(rules) == 4
+    assert hook == "forward" and len(rules) == 9
     assert len(table.queue_rules("forward")) == 1
 
 
@@ -168,7 +220,7 @@ def test_nft_status_complete_when_listing_matches_spec() -> None:
     runner = FakeRunner({("nft", "list"): (0, NFT_LISTING, "")})
     status = NftablesBackend(runner).status(spec(fail_open=True))
     assert (status.installed, status.complete, status.rule_sets) == (True, True, 1)
-    assert "forward (hook forward, 4 rules)" in status.detail
+    assert "forward (hook forward, 9 rules)" in status.detail
 
 
 def test_nft_status_names_what_differs_from_spec() -> None:
@@ -177,6 +229,17 @@ def test_nft_status_names_what_differs_from_spec() -> None:
     assert status.installed and not status.complete
     assert "no chain output" in status.detail
     assert "queue bypass differs from the fail mode" in status.detail
+
+
+def test_nft_status_finds_a_table_of_an_older_layout() -> None:
+    old = "\n".join(
+        line for line in NFT_LISTING.splitlines() if "0x05000000" not in line and "drop" not in line
+    )
+    status = NftablesBackend(FakeRunner({("nft", "list"): (0, old, "")})).status(
+        spec(fail_open=True)
+    )
+    assert status.installed and not status.complete
+    assert "chain forward has 7 rules, 9 expected" in status.detail
 
 
 def test_nft_status_absent_table() -> None:
@@ -206,10 +269,14 @@ def test_nft_remove_is_idempotent_text_and_tolerates_missing_nft() -> None:
 # --- iptables text ---------------------------------------------------------------------------
 
 IPT_DEFAULT_CHAIN = (
-    "-A PORTGUARD -p tcp -m mark --mark 0x2000000/0xf000000 -j REJECT --reject-with tcp-reset",
-    "-A PORTGUARD -m mark --mark 0x1000000/0xf000000 -j CONNMARK --set-xmark 0x1000000/0xf000000",
-    "-A PORTGUARD -m mark --mark 0x1000000/0xf000000 -j RETURN",
-    "-A PORTGUARD -m connmark --mark 0x1000000/0xf000000 -j RETURN",
+    "-A PORTGUARD -p tcp -m tcp ! --tcp-flags RST RST -m connmark --mark 0x2000000/0x3000000"
+    " -j REJECT --reject-with tcp-reset",
+    "-A PORTGUARD -m connmark --mark 0x3000000/0x3000000 -j DROP",
+    "-A PORTGUARD -p tcp -m mark --mark 0x2000000/0x3000000 -j REJECT --reject-with tcp-reset",
+    "-A PORTGUARD -m mark --mark 0x1000000/0x3000000"
+    " -j CONNMARK --save-mark --nfmask 0xf000000 --ctmask 0xf000000",
+    "-A PORTGUARD -m mark --mark 0x1000000/0x3000000 -j RETURN",
+    "-A PORTGUARD -m connmark --mark 0x1000000/0x3000000 -j RETURN",
     "-A PORTGUARD -p tcp -m multiport --dports 25,465,587 -m tcp --tcp-flags FIN,SYN,RST,ACK SYN"
     " -m conntrack --ctstate NEW -m mark --mark 0x0/0xf000000 -j NFQUEUE --queue-num 0",
 )
@@ -238,7 +305,7 @@ def test_iptables_queue_target_for_workers_and_fail_open() -> None:
 def test_iptables_single_port_and_multiport_limit() -> None:
     one = chain_rules(spec(ports=(587,)))[-1]
     assert "-p tcp -m tcp --dport 587 --tcp-flags FIN,SYN,RST,ACK SYN" in one
-    many = chain_rules(spec(ports=tuple(range(1000, 1017))))[4:]
+    many = [rule for rule in chain_rules(spec(ports=tuple(range(1000, 1017)))) if "NFQUEUE" in rule]
     assert len(many) == 2  # 15 ports + 2 ports
     assert "--dports " + ",".join(map(str, range(1000, 1015))) + " " in many[0]
     assert "--dports 1015,1016 " in many[1]

@@ -6,9 +6,12 @@ netfilterqueue.Packet checks the calls the edge makes on each path.
 
 from __future__ import annotations
 
+import pytest
+
 from portguard.gate import Outcome, Verdict
-from portguard.io.hook import MARK_ALLOW, MARK_MASK, MARK_REJECT
+from portguard.io.hook import MARK_ALLOW, MARK_MASK, MARK_REJECT, direction_of_mark
 from portguard.io.nfqueue import QueueReader, apply_verdict
+from portguard.policy.model import Direction
 
 
 class RecordingPacket:
@@ -55,9 +58,26 @@ def test_verdicts_map_to_marks_and_calls() -> None:
         apply_verdict(packet, verdict)
         assert packet.calls == calls
         if verdict in (Verdict.ALLOW, Verdict.REJECT):
-            assert packet.mark == 0x1234 | mark_bits  # other mark bits are kept
+            assert packet.mark == 0x1234 | mark_bits  # other mark bits kept, direction internal
         else:
             assert packet.mark == 0x1234 | MARK_MASK
+
+
+@pytest.mark.parametrize(
+    ("direction", "bits"),
+    [
+        (Direction.INTERNAL, 0x00000000),
+        (Direction.OUTBOUND, 0x04000000),
+        (Direction.INBOUND, 0x08000000),
+        (Direction.EXTERNAL, 0x0C000000),
+    ],
+)
+def test_allow_and_reject_marks_carry_the_direction(direction: Direction, bits: int) -> None:
+    for verdict, verdict_bits in ((Verdict.ALLOW, MARK_ALLOW), (Verdict.REJECT, MARK_REJECT)):
+        packet = RecordingPacket(mark=0xF0000001 | MARK_MASK)
+        apply_verdict(packet, verdict, direction)
+        assert packet.mark == 0xF0000001 | verdict_bits | bits
+        assert direction_of_mark(packet.mark) is direction and packet.calls == ["repeat"]
 
 
 def reader(decide: object, events: list[object], fallback: Verdict = Verdict.DROP) -> QueueReader:
@@ -94,3 +114,14 @@ def test_a_failing_verdict_call_never_escapes() -> None:
     queue = reader(lambda *_: Outcome(Verdict.DROP, None), [])
     queue._on_packet(packet)
     assert packet.calls == ["drop"] and queue.verdict_errors == 1
+
+
+def test_a_failing_event_sink_never_escapes() -> None:
+    def broken_sink(event: object) -> None:
+        raise RuntimeError("sink broke")
+
+    packet = RecordingPacket()
+    queue = QueueReader(0, 16, lambda *_: Outcome(Verdict.DROP, {"e": 1}), broken_sink,
+                        Verdict.DROP)  # fmt: skip
+    queue._on_packet(packet)
+    assert packet.calls == ["drop"] and queue.errors == 1

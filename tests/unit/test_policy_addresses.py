@@ -1,4 +1,4 @@
-"""Address parsing, list files, and interval sets with bisect lookup."""
+"""Address parsing, list files (fast path and line parser), and hashed prefix sets."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from portguard.policy.addresses import (
     AddressSet,
     Network,
-    merge_intervals,
     parse_address_list,
+    parse_lines,
     parse_network,
 )
 
@@ -58,22 +58,77 @@ def test_parse_network_errors(text: str, message: str) -> None:
     assert message in str(caught.value)
 
 
-def test_address_list_skips_comments_and_reports_lines() -> None:
-    text = "# header\n\n203.0.113.0/24   # acme\n  2001:db8:b12::/48\nbogus\n1.2.3.4 5.6.7.8\n"
-    networks, errors = parse_address_list(text)
-    assert [str(n) for n in networks] == ["203.0.113.0/24", "2001:db8:b12::/48"]
+def test_address_list_skips_comments_and_reports_lines_and_columns() -> None:
+    text = "# header\n\n203.0.113.0/24   # acme\n  2001:db8:b12::/48\nbogus\n  1.2.3.4 5.6.7.8\n"
+    addresses, errors = parse_address_list(text)
     assert errors == [
-        (5, '"bogus" is not a valid IP address or CIDR'),
-        (6, '"1.2.3.4 5.6.7.8": write one address or CIDR a line'),
+        (5, 1, '"bogus" is not a valid IP address or CIDR'),
+        (6, 3, '"1.2.3.4 5.6.7.8": write one address or CIDR a line'),
     ]
+    assert addresses.contains(4, ip("203.0.113.9")) and addresses.contains(6, ip("2001:db8:b12::1"))
+    assert addresses.size == 2
 
 
-def test_merge_intervals_joins_overlapping_and_adjacent() -> None:
-    assert merge_intervals([(10, 20), (0, 5), (6, 8), (15, 30), (40, 40)]) == [
-        (0, 8),
-        (10, 30),
-        (40, 40),
-    ]
+def test_address_list_fast_path() -> None:
+    text = "192.0.2.1\n192.0.2.2 # two\n198.51.100.0/24\n2001:db8::/48\n2001:db8:1::1\n\n"
+    addresses, errors = parse_address_list(text, "list")
+    assert errors == []
+    assert addresses.size == 5
+    assert [len(networks) for _, networks in addresses.v4] == [2, 1]  # largest table first
+    assert addresses.contains(4, ip("198.51.100.200")) and not addresses.contains(
+        4, ip("192.0.2.3")
+    )
+    assert addresses.contains(6, ip("2001:db8:0:ffff::1")) and addresses.contains(
+        6, ip("2001:db8:1::1")
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("10.0.0.1/8", '"10.0.0.1/8" has host bits set (the network is 10.0.0.0/8)'),
+        ("10.0.0.0/33", '"10.0.0.0/33": the prefix length must be a number from 0 to 32'),
+        ("10.0.0.0/", '"10.0.0.0/": the prefix length must be a number from 0 to 32'),
+        ("2001:db8::/129", '"2001:db8::/129": the prefix length must be a number from 0 to 128'),
+        ("2001:db8::g", '"2001:db8::g" is not a valid IP address or CIDR'),
+        ("192.0.2.1:25", '"192.0.2.1:25" is not a valid IP address or CIDR'),
+        ("192.0.2.0/٢٤", "the prefix length must be a number from 0 to 32"),
+    ],
+)
+def test_a_bad_line_among_good_ones_is_found_by_line(line: str, message: str) -> None:
+    addresses, errors = parse_address_list(f"192.0.2.0/24\n{line}\n2001:db8::/32\n")
+    assert len(errors) == 1
+    assert errors[0][:2] == (2, 1) and message in errors[0][2]
+
+
+entries = st.one_of(
+    st.builds(
+        lambda a, n: f"{ipaddress.IPv4Address(a)}/{n}",
+        st.integers(0, 2**32 - 1),
+        st.integers(0, 32),
+    ),
+    st.builds(lambda a: str(ipaddress.IPv4Address(a)), st.integers(0, 2**32 - 1)),
+    st.builds(
+        lambda a, n: f"{ipaddress.IPv6Address(a)}/{n}",
+        st.integers(0, 2**128 - 1),
+        st.integers(0, 128),
+    ),
+    st.sampled_from(["# note", "", "  ", "bogus", "1.2.3.4 # x", "::/0", "0.0.0.0/0", "10.0.0.0/"]),
+)
+
+
+@given(st.lists(entries, max_size=20), st.lists(st.integers(0, 2**32 - 1), max_size=10))
+def test_fast_path_and_line_parser_agree(lines: list[str], probes: list[int]) -> None:
+    text = "\n".join(lines)
+    fast, fast_errors = parse_address_list(text)
+    table, errors = parse_lines(text)
+    assert fast_errors == errors
+    if not errors:
+        slow = table.freeze("list")
+        assert fast.size == slow.size
+        for probe in probes:
+            assert fast.contains(4, probe) == slow.contains(4, probe)
+            assert fast.contains(6, probe << 96) == slow.contains(6, probe << 96)
 
 
 def test_address_set_lookup_by_version() -> None:
@@ -90,13 +145,35 @@ def test_address_set_lookup_by_version() -> None:
     assert not addresses.contains(6, ip("100.64.0.1"))
 
 
-def test_union_merges_members() -> None:
+def test_union_merges_members_and_shares_a_single_one() -> None:
     a = AddressSet.from_networks("a", [parse_network("10.0.0.0/25")])
     b = AddressSet.from_networks("b", [parse_network("10.0.0.128/25"), parse_network("::1")])
     both = AddressSet.union("a or b", [a, b])
     assert both.label == "a or b"
-    assert both.interval_count == 2  # 10.0.0.0/24 and ::1
+    assert both.size == 3
     assert both.contains(4, ip("10.0.0.200")) and both.contains(6, 1)
+    alone = AddressSet.union("just a", [a, AddressSet("nothing")])
+    assert alone.label == "just a" and alone.v4 is a.v4  # not copied
+    assert AddressSet.union("none", []).empty
+
+
+def test_covers_block_by_block() -> None:
+    wide = AddressSet.from_networks(
+        "w", [parse_network("10.0.0.0/8"), parse_network("2001:db8::/32")]
+    )
+    narrow = AddressSet.from_networks(
+        "n", [parse_network("10.1.0.0/16"), parse_network("10.2.3.4")]
+    )
+    assert wide.covers(narrow) and not narrow.covers(wide)
+    assert wide.covers(AddressSet("empty"))
+    assert not wide.covers(AddressSet.from_networks("x", [parse_network("11.0.0.0/16")]))
+    assert not narrow.covers(AddressSet.from_networks("6", [parse_network("2001:db8::1")]))
+    halves = AddressSet.from_networks(
+        "h", [parse_network("10.0.0.0/9"), parse_network("10.128.0.0/9")]
+    )
+    assert not halves.covers(
+        AddressSet.from_networks("8", [parse_network("10.0.0.0/8")])
+    )  # by design
 
 
 networks4 = st.builds(
@@ -116,3 +193,12 @@ def test_lookup_agrees_with_ipaddress(
     for probe in probes:
         expected = any(ipaddress.IPv4Address(probe) in n for n in networks)
         assert addresses.contains(4, probe) == expected
+
+
+@given(st.lists(networks4, min_size=1, max_size=8), networks4)
+def test_covers_agrees_with_ipaddress(
+    networks: list[ipaddress.IPv4Network], other: ipaddress.IPv4Network
+) -> None:
+    mine = AddressSet.from_networks("m", [parse_network(str(n)) for n in networks])
+    theirs = AddressSet.from_networks("t", [parse_network(str(other))])
+    assert mine.covers(theirs) == any(other.subnet_of(n) for n in networks)

@@ -159,10 +159,10 @@ def test_every_error_at_once_and_nothing_partial() -> None:
     with pytest.raises(PolicyError) as caught:
         compile_texts({"10-rules.toml": text})
     assert caught.value.messages == [
-        "/r/10-rules.toml:4: src: unknown set 'business'",
-        "/r/10-rules.toml:12: src: unknown set 'subscribers'",
-        "/r/10-rules.toml:15: action: must be 'allow', 'drop', 'reject' or 'log', not \"deny\"",
-        "/r/10-rules.toml:18: duplicate rule id 'business-25'"
+        "/r/10-rules.toml:4:1: src: unknown set 'business'",
+        "/r/10-rules.toml:12:8: src: unknown set 'subscribers'",
+        "/r/10-rules.toml:15:1: action: must be 'allow', 'drop', 'reject' or 'log', not \"deny\"",
+        "/r/10-rules.toml:18:1: duplicate rule id 'business-25'"
         " (first defined at /r/10-rules.toml:3)",
-        "/r/10-rules.toml:19: action: must be 'allow', 'drop', 'reject' or 'log', not 1",
+        "/r/10-rules.toml:19:1: action: must be 'allow', 'drop', 'reject' or 'log', not 1",
     ]

@@ -74,25 +74,25 @@ def test_each_kind_of_error_in_words() -> None:
         "colour = 2\n"
     )
     assert problems(text) == [
-        "f.toml:1: mode: must be 'a' or 'b', not \"c\"",
-        "f.toml:2: flag: must be true or false, not a string",
-        "f.toml:5: size: 0 is not positive",
-        "f.toml:6: missing required key 'name'",
-        "f.toml:10: unknown key 'nmae' (did you mean 'name'?)",
-        "f.toml:11: unknown key 'colour' (known keys: name, size)",
+        "f.toml:1:1: mode: must be 'a' or 'b', not \"c\"",
+        "f.toml:2:1: flag: must be true or false, not a string",
+        "f.toml:5:1: size: 0 is not positive",
+        "f.toml:6:1: missing required key 'name'",
+        "f.toml:10:1: unknown key 'nmae' (did you mean 'name'?)",
+        "f.toml:11:1: unknown key 'colour' (known keys: name, size)",
     ]
 
 
 def test_wrong_container_types() -> None:
     assert problems("items = 3\ntable = [1]\n") == [
-        "f.toml:1: items: must be an array, not an integer",
-        "f.toml:2: table: must be a table, not an array",
+        "f.toml:1:1: items: must be an array, not an integer",
+        "f.toml:2:1: table: must be a table, not an array",
     ]
 
 
 def test_single_table_where_an_array_of_tables_belongs() -> None:
     assert problems('[items]\nname = "x"\n') == [
-        "f.toml:1: items: must be an array of tables (write [[items]]), not a table"
+        "f.toml:1:1: items: must be an array of tables (write [[items]]), not a table"
     ]
 
 
@@ -126,4 +126,12 @@ def test_positions_are_scanned_only_when_asked() -> None:
     assert isinstance(source, TomlSource)
     assert "positions" not in source.__dict__
     assert source.where(("b",)) == "f.toml:3"
-    assert source.problem(("b", "c"), "m").format() == "f.toml:3: m"
+    assert source.problem(("b", "c"), "m").format() == "f.toml:3:1: m"
+
+
+def test_problems_carry_the_column_of_the_key_or_element() -> None:
+    text = 'mode = "a"\nitems = [{ name = "x", size = -1 }]\n[table]\n  name = 5\n'
+    assert problems(text) == [
+        "f.toml:2:24: size: -1 is not positive",
+        "f.toml:4:3: name: must be a string, not an integer",
+    ]

@@ -1,0 +1,55 @@
+"""Named sets, built once the files are known to be valid: each set's own CIDRs, list files and
+resolved host names, then the unions (``sets = [...]``) in dependency order."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from portguard.policy.addresses import AddressSet, AddressTable, parse_network
+from portguard.policy.schema import SetSpec
+
+SetSpecs = Sequence[tuple[Path, Mapping[str, SetSpec]]]  # (rule file, its [sets.*]) in order
+
+
+def build_sets(
+    specs: SetSpecs,
+    lists: Mapping[Path, AddressSet],
+    resolved: Mapping[str, Sequence[str]],
+) -> dict[str, AddressSet]:
+    """Every named set. ``lists`` holds the parsed list files by path, ``resolved`` the
+    addresses of every host name. The union graph has no cycle (checked before)."""
+    own: dict[str, AddressSet] = {}
+    members: dict[str, list[str]] = {}
+    for path, sets in specs:
+        for name, body in sets.items():
+            own[name] = _own(name, body, path.parent, lists, resolved)
+            members[name] = list(body.sets)
+    built: dict[str, AddressSet] = {}
+
+    def build(name: str) -> AddressSet:
+        if name not in built:
+            parts = [own[name], *(build(member) for member in members[name])]
+            built[name] = AddressSet.union(own[name].label, parts)
+        return built[name]
+
+    for name in own:
+        build(name)
+    return built
+
+
+def _own(
+    name: str,
+    body: SetSpec,
+    base: Path,
+    lists: Mapping[Path, AddressSet],
+    resolved: Mapping[str, Sequence[str]],
+) -> AddressSet:
+    table = AddressTable()
+    for network in body.cidrs:
+        table.add(network)
+    for host in body.hosts:
+        for address in resolved[host]:
+            table.add(parse_network(address))
+    label = f"set '{name}'"
+    return AddressSet.union(label, [table.freeze(label), *(lists[base / f] for f in body.files)])

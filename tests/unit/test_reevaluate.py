@@ -1,0 +1,42 @@
+"""Which allowed connections a new policy ends (the pure part of `reevaluate`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from portguard.io.conntrack import TrackedConnection
+from portguard.policy import load_ruleset
+from portguard.policy.model import Direction
+from portguard.reevaluate import denied
+
+RULES = """
+[[rule]]
+id = "relay"
+dst = "198.51.100.26"
+dport = [25]
+action = "allow"
+
+[[rule]]
+id = "inbound-ok"
+direction = "inbound"
+action = "allow"
+
+[[rule]]
+id = "direct-closed"
+dport = [25]
+action = "drop"
+"""
+
+
+def tracked(dst: int, direction: Direction = Direction.OUTBOUND) -> TrackedConnection:
+    return TrackedConnection(4, 0x64400A0A, dst, 4000, 25, direction, 0x05000000, 7)
+
+
+def test_only_connections_the_policy_now_denies(tmp_path: Path) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text(RULES)
+    ruleset = load_ruleset([path])
+    mx, relay = tracked(0xC6336419), tracked(0xC633641A)
+    inbound = tracked(0xC6336419, Direction.INBOUND)  # the direction the connmark recorded
+    chosen = denied(ruleset, [mx, relay, inbound])
+    assert [(c, d.rule_id, d.action.value) for c, d in chosen] == [(mx, "direct-closed", "drop")]
