@@ -102,6 +102,7 @@ class FilterTable:
     chain_exists: bool = False
     chain_rules: tuple[str, ...] = ()
     jumps: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # chain -> its jumps
+    heads: Mapping[str, str] = field(default_factory=dict)  # chain -> its first rule
 
     @property
     def installed(self) -> bool:
@@ -115,14 +116,18 @@ def parse_filter_table(listing: str) -> FilterTable:
     """Find chain PORTGUARD, its rules and every rule jumping to it in ``iptables -S`` output."""
     lines = listing.splitlines()
     jumps: dict[str, list[str]] = {}
+    heads: dict[str, str] = {}
     for line in lines:
         parts = line.split(maxsplit=2)
+        if len(parts) == 3 and parts[0] == "-A":
+            heads.setdefault(parts[1], line)
         if len(parts) == 3 and parts[0] == "-A" and parts[1] != CHAIN and _JUMP_TARGET.search(line):
             jumps.setdefault(parts[1], []).append(line)
     return FilterTable(
         chain_exists=f"-N {CHAIN}" in lines,
         chain_rules=tuple(line for line in lines if line.startswith(f"-A {CHAIN} ")),
         jumps={chain: tuple(found) for chain, found in jumps.items()},
+        heads=heads,
     )
 
 
@@ -132,10 +137,15 @@ def jump_edits(spec: HookSpec, table: FilterTable) -> list[str]:
     for chain in CHAINS:
         surplus = list(table.jumps.get(_builtin(chain), ()))
         if chain in spec.chains:
-            if jump_rule(chain) in surplus:
+            # keep our jump only where it is the chain's first rule: a rule above it (another
+            # tool's ACCEPT) would let connections bypass the policy
+            if table.heads.get(_builtin(chain)) == jump_rule(chain):
                 surplus.remove(jump_rule(chain))
-            else:
-                edits.append(f"-I {_builtin(chain)} 1 {_JUMP}")
+                edits.extend("-D" + line[2:] for line in surplus)
+                continue
+            edits.extend("-D" + line[2:] for line in surplus)  # deletes first: same rule text
+            edits.append(f"-I {_builtin(chain)} 1 {_JUMP}")
+            continue
         edits.extend("-D" + line[2:] for line in surplus)
     return edits
 

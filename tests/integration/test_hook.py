@@ -166,3 +166,16 @@ def test_nft_install_twice_and_remove(netns: Netns) -> None:
     assert netns.run("nft", "list", "tables").count("portguard") == 1
     backend.remove()
     assert "portguard" not in netns.run("nft", "list", "ruleset")
+
+
+def test_iptables_install_puts_the_jump_back_on_top(iptables_ns: Netns) -> None:
+    backend = IptablesBackend(iptables_ns.runner)
+    backend.install(DEFAULT)
+    for family in FAMILIES:  # another tool inserts an ACCEPT above portguard's jump
+        iptables_ns.run(family, "-w", "-I", "FORWARD", "1", "-p", "tcp", "-j", "ACCEPT")
+    backend.install(DEFAULT)
+    for family in FAMILIES:
+        rules = [line for line in iptables_ns.run(family, "-w", "-S", "FORWARD").splitlines()
+                 if line.startswith("-A")]  # fmt: skip
+        assert rules == ["-A FORWARD -p tcp -j PORTGUARD", "-A FORWARD -p tcp -j ACCEPT"]
+    backend.remove()

@@ -343,16 +343,27 @@ def test_iptables_parse_finds_every_jump() -> None:
     assert table.jumps["operator"] == ("-A operator -i eth1 -g PORTGUARD",)
 
 
-def test_iptables_jump_edits_keep_one_canonical_jump_per_hooked_chain() -> None:
+def test_iptables_jump_edits_move_our_jump_to_the_top() -> None:
+    # in IPT_LISTING the operator's "-j operator" stands above our two jumps
     edits = jump_edits(DEFAULT, parse_filter_table(IPT_LISTING))
-    assert edits == ["-D FORWARD -p tcp -j PORTGUARD", "-D OUTPUT -p tcp -j PORTGUARD"]
+    assert edits == [
+        "-D FORWARD -p tcp -j PORTGUARD",
+        "-D FORWARD -p tcp -j PORTGUARD",
+        "-I FORWARD 1 -p tcp -j PORTGUARD",  # after the deletes: they match the same text
+        "-D OUTPUT -p tcp -j PORTGUARD",
+    ]
+
+
+def test_iptables_jump_edits_keep_one_first_jump_per_hooked_chain() -> None:
+    listing = "-N PORTGUARD\n-A FORWARD -p tcp -j PORTGUARD\n-A FORWARD -p tcp -j PORTGUARD\n"
+    assert jump_edits(DEFAULT, parse_filter_table(listing)) == ["-D FORWARD -p tcp -j PORTGUARD"]
 
 
 def test_iptables_jump_edits_replace_a_foreign_jump() -> None:
     table = parse_filter_table("-N PORTGUARD\n-A FORWARD -i eth0 -j PORTGUARD\n")
     assert jump_edits(DEFAULT, table) == [
-        "-I FORWARD 1 -p tcp -j PORTGUARD",
         "-D FORWARD -i eth0 -j PORTGUARD",
+        "-I FORWARD 1 -p tcp -j PORTGUARD",
     ]
 
 
@@ -391,7 +402,7 @@ def test_iptables_install_sends_one_restore_per_family() -> None:
     IptablesBackend(runner).install(DEFAULT)
     v4, v6 = runner.stdin_of("iptables-restore"), runner.stdin_of("ip6tables-restore")
     assert v4 == [IptablesBackend().render(DEFAULT).split("\n", 1)[1]]
-    assert "-I FORWARD" not in v6[0] and v6[0].count("-D ") == 2
+    assert v6[0].count("-I FORWARD 1") == 1 and v6[0].count("-D ") == 3
 
 
 def test_iptables_remove_deletes_every_jump_then_the_chain() -> None:
