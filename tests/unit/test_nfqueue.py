@@ -125,3 +125,38 @@ def test_a_failing_event_sink_never_escapes() -> None:
                         Verdict.DROP)  # fmt: skip
     queue._on_packet(packet)
     assert packet.calls == ["drop"] and queue.errors == 1
+
+
+def test_every_packet_through_the_edge_gets_exactly_one_verdict() -> None:
+    """Random and mutated packets through QueueReader with the real gate and shipped policy."""
+    import random
+
+    from portguard.decisionlog.record import Observer
+    from portguard.gate import Gate
+    from portguard.policy import load_ruleset
+    from portguard.shipped import RULES_DIR
+    from tests.strategies import PacketSpec
+
+    gate = Gate(load_ruleset([RULES_DIR]), Observer("gw", "0"), fail_open=False)
+    events: list[object] = []
+    queue = QueueReader(0, 16, lambda d, i, o: gate.handle(d, i == 2, o == 2, 0.0),
+                        events.append, Verdict.DROP)  # fmt: skip
+    rng = random.Random(7)
+    base = PacketSpec(4, 0x64400A0A, 0xC6336419, 40000, 25, 0x02, 1, 0, 64240, 64).to_bytes()
+    for n in range(5000):
+        data = bytearray(base if n % 2 else rng.randbytes(rng.randint(0, 80)))
+        if data and n % 3:
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        packet = PayloadPacket(bytes(data), indev=rng.choice((0, 2)), outdev=rng.choice((0, 2)))
+        queue._on_packet(packet)
+        assert len(packet.calls) == 1, packet.calls
+    assert queue.packets == 5000 and queue.verdict_errors == 0
+
+
+class PayloadPacket(RecordingPacket):
+    def __init__(self, payload: bytes, indev: int, outdev: int) -> None:
+        super().__init__()
+        self.payload, self.indev, self.outdev = payload, indev, outdev
+
+    def get_payload(self) -> bytes:
+        return self.payload
