@@ -26,6 +26,7 @@ from portguard.reevaluate import Reevaluator
 
 TICK = 1.0  # seconds between housekeeping rounds (flow expiry, counters)
 INTERFACE_REFRESH = 30.0  # seconds between forgetting cached interface names
+LIMITER_PRUNE = 60.0  # seconds between dropping full rate-limit buckets
 
 Hook = Callable[[EventWriter], object] | None
 
@@ -170,6 +171,9 @@ class Worker:
                 "errors": result.errors,
                 "policy_version": old.version,
             }
+        elif result.reason == "resolve" and _same_policy(old, result.ruleset):
+            self.gate.ruleset = result.ruleset  # host names still resolve alike: nothing to say
+            answer = {"ok": True, "policy_version": old.version}
         else:
             self.gate.ruleset = result.ruleset
             self._log(
@@ -198,7 +202,13 @@ class Worker:
             selector.register(signals.fileno(), selectors.EVENT_READ, signals.drain)
             if control is not None:
                 control.register(selector)
-            due = {"tick": time.monotonic() + TICK, "refresh": time.monotonic() + INTERFACE_REFRESH}
+            start = time.monotonic()
+            due = {
+                "tick": start + TICK,
+                "refresh": start + INTERFACE_REFRESH,
+                "resolve": start + self.config.rules.resolve_interval,
+                "prune": start + LIMITER_PRUNE,
+            }
             while not signals.stop:
                 for key, _ in selector.select(timeout=TICK):
                     key.data()
@@ -221,6 +231,14 @@ class Worker:
         if now >= due["refresh"]:
             due["refresh"] = now + INTERFACE_REFRESH
             self.wan.forget()
+        if now >= due["prune"]:
+            due["prune"] = now + LIMITER_PRUNE
+            self.gate.limiter.prune(time.time())  # give back buckets that refilled
+        interval = self.config.rules.resolve_interval
+        if interval and now >= due["resolve"]:
+            due["resolve"] = now + interval
+            if self.gate.ruleset.has_hosts:  # re-resolve the host names of the sets
+                self.loads.request(reason="resolve")
 
     def _housekeeping(self, reader: QueueReader) -> None:
         self.gate.flows.expire(time.time())
@@ -247,3 +265,7 @@ class Worker:
                 action, message, self.observer, time.time(), queue=self.queue_num, **extra
             )
             self.writer.submit(event)
+
+
+def _same_policy(old: RuleSet, new: RuleSet) -> bool:
+    return old.version == new.version and old.resolved == new.resolved
