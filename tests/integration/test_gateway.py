@@ -363,3 +363,33 @@ def test_rate_limit_rejects_the_sixth_connection_of_one_customer_only(
     finally:
         assert running.stop() == 0
         lab.run("biz", ["ip", "addr", "del", f"{other}/24", "dev", "biz0"])
+
+
+def test_the_daemon_and_explain_agree_on_real_connections(lab: Lab, daemon: LabDaemon) -> None:
+    import ipaddress
+
+    from portguard.lab.daemon import SHIPPED_RULES
+    from portguard.policy import load_ruleset
+    from portguard.policy.model import Connection, Direction
+
+    ruleset = load_ruleset([SHIPPED_RULES])
+    cases = [
+        (ns, host, server, port, Direction.OUTBOUND)
+        for ns, host in (("sub", a.SUBSCRIBER), ("biz", a.BUSINESS))
+        for server in (a.MX, a.SMARTHOST, a.SUBMISSION)
+        for port in (25, 465, 587)
+    ] + [
+        ("net", a.INTERNET, target, 25, Direction.INBOUND) for target in (a.SUBSCRIBER, a.BUSINESS)
+    ]
+    for ns, host, server, port, direction in cases:
+        for version in (4, 6):
+            src, dst = host.family(version), server.family(version)
+            mode = {465: "implicit", 587: "starttls"}.get(port, "plain")
+            lab.send_mail(ns, dst, port, mode=mode, connect_only=True, timeout=2)
+            event = decision_for(daemon, src, dst, port)
+            conn = Connection(version, int(ipaddress.ip_address(src)),
+                              int(ipaddress.ip_address(dst)), port, direction)  # fmt: skip
+            explained = ruleset.explain(conn).decision
+            assert event["network"]["direction"] == direction.value
+            assert (event["rule"]["id"], event["event"]["action"]) == (
+                explained.rule_id, explained.action.value), (src, dst, port)  # fmt: skip
