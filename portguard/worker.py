@@ -88,7 +88,7 @@ class Worker:
         if self.reevaluates:
             self.reevaluator = Reevaluator(writer.submit, self.observer)
         signals = SignalPipe()
-        self.loads = PolicyLoad(lambda: load_ruleset(self.config.rules.paths), signals.wake)
+        self.loads = PolicyLoad(self._load, signals.wake)
         fallback = Verdict.ACCEPT if self.fail_open else Verdict.DROP
         reader = QueueReader(
             self.queue_num, self.config.queue.max_len, self.decide, writer.submit, fallback
@@ -144,6 +144,11 @@ class Worker:
     def decide(self, data: bytes, indev: int, outdev: int) -> Outcome:
         return self.gate.handle(data, self.wan.is_wan(indev), self.wan.is_wan(outdev), time.time())
 
+    def _load(self) -> RuleSet:
+        """Runs in the load thread: unchanged list files and failing host names reuse what
+        the policy in force has (it is read-only, so sharing it is safe)."""
+        return load_ruleset(self.config.rules.paths, previous=self.gate.ruleset)
+
     def on_control(self, request: dict[str, Any], reply: Reply) -> None:
         """A control-socket request: `reload` answers once the new policy is in (or refused)."""
         command = request["command"]
@@ -176,6 +181,8 @@ class Worker:
             answer = {"ok": True, "policy_version": old.version}
         else:
             self.gate.ruleset = result.ruleset
+            for warning in result.ruleset.warnings:  # e.g. a host name kept from before
+                self._log("reload-warning", warning.format(), policy_version=result.ruleset.version)
             self._log(
                 "reload",
                 "policy reloaded",

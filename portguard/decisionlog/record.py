@@ -149,6 +149,7 @@ LIFECYCLE_KINDS: dict[str, tuple[str, str]] = {
     "stop": ("process", "end"),
     "reload": ("configuration", "change"),
     "reload-failed": ("configuration", "change"),
+    "reload-warning": ("configuration", "change"),
     "reevaluated": ("configuration", "change"),
     "reevaluate-failed": ("configuration", "change"),
     "hook-installed": ("configuration", "creation"),
@@ -166,7 +167,7 @@ def lifecycle_event(
     return {
         "@timestamp": timestamp(now),
         "ecs": {"version": ECS_VERSION},
-        "log": {"level": "error" if failed else "info"},
+        "log": {"level": "error" if failed else "warning" if "warning" in action else "info"},
         "message": message,
         "event": {
             "kind": "event",

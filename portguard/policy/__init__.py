@@ -3,8 +3,9 @@
 from portguard.errors import PolicyError
 from portguard.policy.compiler import compile_ruleset
 from portguard.policy.explain import format_explanation
+from portguard.policy.limits import Limiter
 from portguard.policy.loader import load_ruleset
-from portguard.policy.model import Action, Connection, Decision, Direction
+from portguard.policy.model import Action, Connection, Decision, Direction, Limit, LimitResult
 from portguard.policy.ruleset import (
     CompiledRule,
     Condition,
@@ -22,6 +23,9 @@ __all__ = [
     "Decision",
     "Direction",
     "Explanation",
+    "Limit",
+    "LimitResult",
+    "Limiter",
     "PolicyError",
     "RuleCheck",
     "RuleSet",

@@ -1,6 +1,6 @@
 """Checks that span rule files, run on the raw TOML data so that they also run in a file with
 other errors: set names and their definitions, unions of sets and their cycles, rule ids,
-references to sets, a single [default], and the rules' limits."""
+references to sets, a single [default], and what a rule's keys say together (limit, log)."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def cross_file_problems(sources: Sequence[TomlSource], complete: bool) -> list[P
         problems += _set_problems(source, seen.sets)
         problems += _id_problems(source, seen.rules)
         problems += _default_problems(source, seen)
-        problems += _limit_problems(source)
+        problems += _rule_problems(source)
     if complete:
         for source in sources:
             problems += _reference_problems(source, seen.sets)
@@ -110,8 +110,11 @@ def _default_problems(source: TomlSource, seen: _Seen) -> Iterator[Problem]:
     seen.default = seen.default or source.where(("default",))
 
 
-def _limit_problems(source: TomlSource) -> Iterator[Problem]:
+def _rule_problems(source: TomlSource) -> Iterator[Problem]:
     for index, rule in raw_rules(source):
+        if rule.get("log") is False and rule.get("action") == "log":
+            message = 'log: a rule with action "log" is always logged (use action "allow")'
+            yield source.problem(("rule", index, "log"), message)
         limit = rule.get("limit")
         if not isinstance(limit, dict):
             continue

@@ -53,8 +53,8 @@ def _decision_lines(explanation: Explanation) -> list[str]:
     limit = explanation.matches[0].limit
     if limit is not None:
         lines.append(
-            f"  subject to limit {limit.describe()}: past it, {limit.exceed} "
-            "(the daemon's buckets decide; explain does not take tokens)"
+            f"  past its limit the rule gives {limit.exceed} "
+            "(explain takes no token: the daemon's buckets decide)"
         )
     if decision.description:
         lines.append(f"  {decision.description}")

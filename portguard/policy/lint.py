@@ -24,8 +24,9 @@ def lint(ruleset: RuleSet, hooked_ports: Collection[int]) -> list[Problem]:
     """Every warning, located at the rule it is about."""
     hooked = sorted(set(hooked_ports))
     warnings = list(ruleset.warnings)
+    cache: _Cache = {}  # a big set is compared with another once, not once per rule pair
     for position, rule in enumerate(ruleset.rules):
-        message = _never_matches(rule, hooked) or _shadowed(ruleset, position, hooked)
+        message = _never_matches(rule, hooked) or _shadowed(ruleset, position, hooked, cache)
         if message:
             path, line, col = ruleset.where(rule)
             warnings.append(Problem(path, line, f"rule '{rule.id}' {message}", col))
@@ -42,11 +43,11 @@ def _never_matches(rule: CompiledRule, hooked: Sequence[int]) -> str | None:
     return None
 
 
-def _shadowed(ruleset: RuleSet, position: int, hooked: Sequence[int]) -> str | None:
+def _shadowed(ruleset: RuleSet, position: int, hooked: Sequence[int], cache: _Cache) -> str | None:
     rule = ruleset.rules[position]
     ports = _ports(rule, hooked)
     for earlier in ruleset.rules[:position]:
-        if covers(earlier, rule, ports):
+        if covers(earlier, rule, ports, cache):
             path, line, _ = ruleset.where(earlier)
             where = f"{path}:{line}" if line is not None else str(path)
             return (
@@ -61,20 +62,40 @@ def _ports(rule: CompiledRule, hooked: Sequence[int]) -> list[int]:
     return [port for port in hooked if rule.dport is None or rule.dport.contains(port)]
 
 
-def covers(earlier: CompiledRule, later: CompiledRule, ports: Collection[int]) -> bool:
+_Cache = dict[tuple[int, int], bool]  # (id of the earlier set, id of the later one) -> covers
+
+
+def covers(
+    earlier: CompiledRule,
+    later: CompiledRule,
+    ports: Collection[int],
+    cache: _Cache | None = None,
+) -> bool:
     """Whether every connection to ``ports`` that matches ``later`` matches ``earlier``."""
     if earlier.direction is not None and earlier.direction != later.direction:
         return False
     if earlier.dport is not None and not all(earlier.dport.contains(p) for p in ports):
         return False
-    return _addresses_cover(earlier.src, later.src) and _addresses_cover(earlier.dst, later.dst)
+    pairs = sorted(((earlier.src, later.src), (earlier.dst, later.dst)), key=_cost)
+    return all(_addresses_cover(a, b, {} if cache is None else cache) for a, b in pairs)
 
 
-def _addresses_cover(earlier: AddressSet | None, later: AddressSet | None) -> bool:
+def _cost(pair: tuple[AddressSet | None, AddressSet | None]) -> int:
+    """Check the cheap address condition first: a big set's check may not be needed."""
+    earlier, later = pair
+    if earlier is None or later is None:
+        return 0
+    return later.size
+
+
+def _addresses_cover(earlier: AddressSet | None, later: AddressSet | None, cache: _Cache) -> bool:
     if earlier is None or earlier is later:
         return True
     if later is None:
         return False
     if earlier.v4 is later.v4 and earlier.v6 is later.v6:
         return True
-    return earlier.covers(later)
+    key = (id(earlier), id(later))
+    if key not in cache:
+        cache[key] = earlier.covers(later)
+    return cache[key]

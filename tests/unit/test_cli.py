@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
 from portguard.cli import main
+from portguard.policy import loader
 from portguard.shipped import CONFIG_PATH, RULES_DIR
+from tests.unit.test_policy_loader import fake_dns
 
 BROKEN = Path(__file__).resolve().parents[1] / "data" / "broken"
 LOCATED = re.compile(r"^(?P<path>/\S+?)(:(?P<line>\d+)(:\d+)?)?: \S.*$")
+
+
+@pytest.fixture(autouse=True)
+def no_real_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Host names in the fixtures resolve through fake_dns, never the network."""
+    monkeypatch.setattr(loader, "resolve_host", fake_dns)
 
 
 def config_for(tmp_path: Path, rules: Path) -> Path:
@@ -67,8 +76,76 @@ def test_broken_configs_exit_1_with_located_errors(
     assert_located_errors(capsys.readouterr().err, case.parent)
 
 
-def test_at_least_twenty_broken_files() -> None:
-    assert len(RULE_CASES) + len(CONFIG_CASES) >= 20
+def test_at_least_sixty_broken_rule_and_list_files() -> None:
+    assert len(RULE_CASES) >= 60 and len(CONFIG_CASES) >= 20
+
+
+SHADOWED = """
+[[rule]]
+id = "all-25"
+dport = 25
+action = "reject"
+
+[[rule]]
+id = "some-25"
+src = "192.0.2.0/24"
+dport = 25
+action = "allow"
+"""
+
+
+def rules_dir(tmp_path: Path, text: str) -> Path:
+    rules = tmp_path / "rules.d"
+    rules.mkdir()
+    (rules / "10-a.toml").write_text(text)
+    return rules
+
+
+def test_warnings_pass_unless_strict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = str(config_for(tmp_path, rules_dir(tmp_path, SHADOWED)))
+    assert main(["check", "--config", config]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path}/rules.d/10-a.toml:7:1: warning: rule 'some-25' can never match" in out
+    assert "ok; 2 rules" in out and "1 warnings" in out
+    assert main(["check", "--strict", "--config", config]) == 2
+
+
+def test_check_json_of_a_valid_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = str(config_for(tmp_path, rules_dir(tmp_path, SHADOWED)))
+    assert main(["check", "--format", "json", "--config", config]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and report["errors"] == [] and report["rules"] == 2
+    assert [(w["line"], w["col"]) for w in report["warnings"]] == [(7, 1)]
+    assert len(report["policy_version"]) == 12
+    assert main(["check", "--format", "json", "--strict", "--config", config]) == 2
+    assert json.loads(capsys.readouterr().out)["ok"] is False
+
+
+def test_check_json_of_broken_rules_and_of_a_broken_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    case = BROKEN / "rules" / "set-cycle-two"
+    assert main(["check", "--format", "json", "--config", str(config_for(tmp_path, case))]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and report["policy_version"] is None
+    assert report["errors"] == [
+        {
+            "path": str(case / "10-a.toml"),
+            "line": 7,
+            "col": 9,
+            "message": f"sets: cycle between sets: a -> b -> a (also at {case / '10-a.toml'}:4)",
+        }
+    ]
+    broken_config = BROKEN / "config" / "port-zero.toml"
+    assert main(["check", "--format", "json", "--config", str(broken_config)]) == 1
+    errors = json.loads(capsys.readouterr().out)["errors"]
+    assert [(e["path"], e["line"], e["col"]) for e in errors] == [(str(broken_config), 2, 10)]
+
+
+def test_check_shows_resolved_hosts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = rules_dir(tmp_path, '[sets.relay]\nhosts = ["smtp.example.net"]\n')
+    assert main(["check", "--config", str(config_for(tmp_path, rules))]) == 0
+    assert "host smtp.example.net: 198.51.100.26, 2001:db8:25::26" in capsys.readouterr().out
 
 
 def test_explain_names_the_deciding_rule_and_why_earlier_ones_failed(
@@ -82,6 +159,19 @@ def test_explain_names_the_deciding_rule_and_why_earlier_ones_failed(
     assert "block-25" in out and "reject" in out
     assert "smarthosts" in out  # why the smarthost rule did not match
     assert "submission" in out
+
+
+def test_explain_all_lists_every_matching_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(config_for(tmp_path, RULES_DIR))
+    argv = ["explain", "--config", config, "--src", "100.64.10.10", "--dst", "198.51.100.26",
+            "--dport", "25", "--all"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"4\. block-25 +match .*not reached: an earlier rule decides", out)
+    assert re.search(r"5\. inbound-25-subscribers +no match", out)
+    assert "decision: allow by rule 'smarthost'" in out
 
 
 def test_explain_refuses_mixed_families(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

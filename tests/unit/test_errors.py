@@ -55,3 +55,15 @@ def test_toml_syntax_problem_takes_tomllib_position(text: str, expected: str) ->
 def test_toml_syntax_problem_without_position() -> None:
     problem = toml_syntax_problem(Path("x.toml"), "", ValueError("odd"))
     assert problem.format() == "x.toml: TOML syntax error: odd"
+
+
+def test_problem_as_dict_and_plain_messages() -> None:
+    assert Problem(Path("a.toml"), 3, "bad", 7).as_dict() == {
+        "path": "a.toml",
+        "line": 3,
+        "col": 7,
+        "message": "bad",
+    }
+    error = PolicyError([Problem(Path("a.toml"), None, "gone"), "no rule paths given"])
+    assert error.plain == ("no rule paths given",)
+    assert error.problems == (Problem(Path("a.toml"), None, "gone"),)

@@ -96,7 +96,7 @@ def test_address_list_fast_path() -> None:
     ],
 )
 def test_a_bad_line_among_good_ones_is_found_by_line(line: str, message: str) -> None:
-    addresses, errors = parse_address_list(f"192.0.2.0/24\n{line}\n2001:db8::/32\n")
+    _, errors = parse_address_list(f"192.0.2.0/24\n{line}\n2001:db8::/32\n")
     assert len(errors) == 1
     assert errors[0][:2] == (2, 1) and message in errors[0][2]
 

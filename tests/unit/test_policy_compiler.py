@@ -9,7 +9,7 @@ import pytest
 
 from portguard.errors import PolicyError
 from portguard.policy.compiler import compile_ruleset
-from portguard.policy.model import Action, Connection, Direction
+from portguard.policy.model import Action, Connection, Direction, Limit
 from portguard.policy.ruleset import RuleSet
 
 SETS = """
@@ -166,3 +166,80 @@ def test_every_error_at_once_and_nothing_partial() -> None:
         " (first defined at /r/10-rules.toml:3)",
         "/r/10-rules.toml:19:1: action: must be 'allow', 'drop', 'reject' or 'log', not 1",
     ]
+
+
+def test_a_reload_reuses_unchanged_list_files_and_parses_changed_ones() -> None:
+    text = '[sets.b]\nfiles = ["b.txt"]\n[[rule]]\nid = "b"\nsrc = "b"\naction = "allow"\n'
+    files = [(Path("/r/10-a.toml"), text)]
+    first = compile_ruleset(files, reader({Path("/r/b.txt"): "192.0.2.0/24\n"}))
+    again = compile_ruleset(files, reader({Path("/r/b.txt"): "192.0.2.0/24\n"}), previous=first)
+    assert again.lists[Path("/r/b.txt")] is first.lists[Path("/r/b.txt")]
+    assert again.version == first.version
+    changed = compile_ruleset(
+        files, reader({Path("/r/b.txt"): "198.51.100.0/24\n"}), previous=first
+    )
+    assert changed.lists[Path("/r/b.txt")] is not first.lists[Path("/r/b.txt")]
+    assert changed.decide(conn("198.51.100.1", "192.0.2.9", 25)).rule_id == "b"
+    assert changed.decide(conn("192.0.2.1", "192.0.2.9", 25)).rule_id == "default"
+
+
+HOSTS = (
+    '[sets.relay]\nhosts = ["smtp.example.net"]\n'
+    '[[rule]]\nid = "r"\ndst = "relay"\naction = "allow"\n'
+)
+
+
+def test_a_host_that_stops_resolving_keeps_its_addresses_on_a_reload() -> None:
+    files = [(Path("/r/10-a.toml"), HOSTS)]
+    first = compile_ruleset(files, reader({}), resolve=lambda name: ["198.51.100.26"])
+
+    def down(name: str) -> list[str]:
+        raise OSError(-3, "Temporary failure in name resolution")
+
+    with pytest.raises(PolicyError, match="does not resolve"):
+        compile_ruleset(files, reader({}), resolve=down)  # a first load fails
+    again = compile_ruleset(files, reader({}), resolve=down, previous=first)
+    assert again.resolved == {"smtp.example.net": ("198.51.100.26",)}
+    assert [w.format() for w in again.warnings] == [
+        '/r/10-a.toml:2:10: hosts: "smtp.example.net" did not resolve'
+        " (Temporary failure in name resolution); kept 198.51.100.26"
+    ]
+    assert again.decide(conn("192.0.2.1", "198.51.100.26", 25)).rule_id == "r"
+
+
+def test_the_version_follows_the_resolved_addresses() -> None:
+    files = [(Path("/r/10-a.toml"), HOSTS)]
+    one = compile_ruleset(files, reader({}), resolve=lambda name: ["198.51.100.26"])
+    same = compile_ruleset(files, reader({}), resolve=lambda name: ["198.51.100.26"])
+    moved = compile_ruleset(files, reader({}), resolve=lambda name: ["198.51.100.27"])
+    assert one.version == same.version != moved.version
+    assert moved.decide(conn("192.0.2.1", "198.51.100.27", 25)).rule_id == "r"
+
+
+def test_limits_compile_with_their_defaults() -> None:
+    text = (
+        '[[rule]]\nid = "a"\naction = "allow"\nlimit = { rate = "30/minute" }\n'
+        '[[rule]]\nid = "b"\naction = "log"\n'
+        'limit = { rate = "2/second", burst = 7, per = "prefix", prefix6 = 48, exceed = "drop" }\n'
+        '[[rule]]\nid = "c"\naction = "allow"\nlimit = { rate = "100/hour", per = "rule" }\n'
+    )
+    a, b, c = (rule.limit for rule in compile_texts({"10-a.toml": text}).rules)
+    assert a == Limit("30/minute", 0.5, 30, "src", 32, 128, Action.REJECT)
+    assert b == Limit("2/second", 2.0, 7, "prefix", 24, 48, Action.DROP)
+    assert c is not None and (c.per, c.prefix4, c.prefix6, c.burst) == ("rule", 0, 0, 100)
+    assert a.describe() == "30/minute per src, burst 30, exceed reject"
+    assert b.describe() == "2/second per src prefix (/24, /48), burst 7, exceed drop"
+
+
+def test_log_false_and_every_direction() -> None:
+    text = (
+        '[[rule]]\nid = "quiet"\ndirection = "internal"\naction = "allow"\nlog = false\n'
+        '[[rule]]\nid = "transit"\ndirection = "external"\naction = "drop"\n'
+    )
+    ruleset = compile_texts({"10-a.toml": text})
+    quiet = ruleset.decide(conn("192.0.2.1", "192.0.2.2", 25, "internal"))
+    assert (quiet.rule_id, quiet.log) == ("quiet", False)
+    transit = ruleset.decide(conn("192.0.2.1", "192.0.2.2", 25, "external"))
+    assert (transit.rule_id, transit.log) == ("transit", True)
+    assert ruleset.decide(conn("192.0.2.1", "192.0.2.2", 25, "outbound")).rule_id == "default"
+    assert ruleset.rules[0].index == 0 and ruleset.rules[1].path == Path("/r/10-a.toml")

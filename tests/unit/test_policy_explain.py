@@ -5,9 +5,9 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from portguard.policy import Connection, Direction, format_explanation, load_ruleset
+from portguard.policy import Connection, Direction, RuleSet, format_explanation, load_ruleset
 from portguard.policy.compiler import compile_ruleset
-from portguard.policy.explain import format_connection
+from portguard.policy.explain import format_connection, format_resolved
 from portguard.shipped import RULES_DIR
 
 
@@ -48,3 +48,54 @@ def test_explanation_of_the_default_and_disabled_rules() -> None:
         "decision: allow (the policy has no rules; default action)",
         "disabled rules, not tried: off",
     ]
+
+
+LIMITED = """
+[sets.relays]
+hosts = ["smtp.example.net"]
+
+[[rule]]
+id = "relay"
+description = "through the relays, 5 a minute"
+dst = "relays"
+dport = 25
+action = "allow"
+log = false
+limit = { rate = "5/minute", burst = 5 }
+
+[[rule]]
+id = "block-25"
+dport = 25
+action = "reject"
+"""
+
+
+def limited() -> RuleSet:
+    return compile_ruleset(
+        [(Path("/r/10-a.toml"), LIMITED)], lambda p: "", resolve=lambda n: ["198.51.100.26"]
+    )
+
+
+def test_explain_shows_the_limit_logging_and_resolved_hosts() -> None:
+    ruleset = limited()
+    explanation = ruleset.explain(conn("192.0.2.1", "198.51.100.26", 25))
+    assert format_explanation(explanation, ruleset.resolved).splitlines() == [
+        "connection: 192.0.2.1 -> 198.51.100.26:25 (ipv4, outbound)",
+        "    1. relay  match     dst in set 'relays', dport 25; subject to limit 5/minute per src,"
+        " burst 5, exceed reject  [10-a.toml]",
+        "decision: allow by rule 'relay' (10-a.toml)",
+        "  past its limit the rule gives reject"
+        " (explain takes no token: the daemon's buckets decide)",
+        "  through the relays, 5 a minute",
+        "  not logged (log = false)",
+        "host smtp.example.net: 198.51.100.26",
+    ]
+
+
+def test_explain_all_marks_matches_that_an_earlier_rule_decides() -> None:
+    ruleset = limited()
+    text = format_explanation(ruleset.explain(conn("192.0.2.1", "198.51.100.26", 25), True))
+    assert text.splitlines()[2] == (
+        "    2. block-25  match     dport 25 (not reached: an earlier rule decides)  [10-a.toml]"
+    )
+    assert format_resolved({}) == []

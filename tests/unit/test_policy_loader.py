@@ -46,7 +46,8 @@ CASES: dict[str, tuple[str, str | None, str]] = {
     "bad-set-name": (
         "10-a.toml",
         "1:1",
-        'set name "1st-customers" must start with a letter or "_" and hold only letters, digits, "_" and "-"',
+        'set name "1st-customers" must start with a letter or "_"'
+        ' and hold only letters, digits, "_" and "-"',
     ),
     "cidrs-not-array": ("10-a.toml", "2:1", "cidrs: must be an array, not a string"),
     "default-bad-action": (
@@ -59,7 +60,8 @@ CASES: dict[str, tuple[str, str | None, str]] = {
     "direction-in-wrong-case": (
         "10-a.toml",
         "3:1",
-        "direction: must be 'outbound', 'inbound', 'internal', 'external' or 'any', not \"Outbound\"",
+        "direction: must be 'outbound', 'inbound', 'internal', 'external' or 'any',"
+        ' not "Outbound"',
     ),
     "disabled-rule-with-error": ("10-a.toml", "5:1", "src: unknown set 'formercustomers'"),
     "dns-name-in-dst": (
@@ -137,7 +139,8 @@ CASES: dict[str, tuple[str, str | None, str]] = {
     "limit-on-reject-rule": (
         "10-a.toml",
         "6:1",
-        'limit: only a rule that allows (action "allow" or "log") can have a limit, not action "reject"',
+        'limit: only a rule that allows (action "allow" or "log") can have a limit,'
+        ' not action "reject"',
     ),
     "limit-prefix-without-per-prefix": (
         "10-a.toml",
@@ -191,6 +194,11 @@ CASES: dict[str, tuple[str, str | None, str]] = {
         "2:10",
         'files: list file "business.txt" is not UTF-8 text',
     ),
+    "log-false-on-log-action": (
+        "10-a.toml",
+        "6:1",
+        'log: a rule with action "log" is always logged (use action "allow")',
+    ),
     "log-string": ("10-a.toml", "5:1", "log: must be true or false, not a string"),
     "missing-action": ("10-a.toml", "1:1", "missing required key 'action'"),
     "missing-id": ("10-a.toml", "1:1", "missing required key 'id'"),
@@ -221,7 +229,8 @@ CASES: dict[str, tuple[str, str | None, str]] = {
     "set-cycle-across-files": (
         "20-b.toml",
         "6:9",
-        "sets: cycle between sets: all -> staff -> lab -> all (also at {case}/10-a.toml:2, {case}/20-b.toml:3)",
+        "sets: cycle between sets: all -> staff -> lab -> all"
+        " (also at {case}/10-a.toml:2, {case}/20-b.toml:3)",
     ),
     "set-cycle-two": (
         "10-a.toml",

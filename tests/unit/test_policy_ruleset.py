@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from functools import cache
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -149,3 +150,41 @@ def test_unhooked_rules_never_match() -> None:
         "block-25",
         "inbound-25-subscribers",
     ]
+
+
+@given(connections)
+def test_explain_all_lists_every_matching_rule_and_agrees_with_decide(
+    connection: Connection,
+) -> None:
+    ruleset = shipped()
+    everything = ruleset.explain(connection, every=True)
+    assert len(everything.checks) == len(ruleset.rules) and everything.every
+    matching = [rule.id for rule in ruleset.rules if first_mismatch(rule, connection) is None]
+    assert [check.rule_id for check in everything.matches] == matching
+    assert everything.decision == ruleset.decide(connection)
+    first = ruleset.explain(connection)
+    assert everything.checks[: len(first.checks)] == first.checks
+    rule = ruleset.match(connection)
+    assert (rule.decision if rule else ruleset.default) == ruleset.decide(connection)
+
+
+def test_explain_all_on_a_connection_that_two_rules_match() -> None:
+    explanation = shipped().explain(conn("100.64.10.10", "198.51.100.26", 25), every=True)
+    assert [check.rule_id for check in explanation.matches] == ["smarthost", "block-25"]
+    assert explanation.decision.rule_id == "smarthost"
+    explanation = shipped().explain(conn("2001:db8:64::1", "2001:db8::25", 25), every=True)
+    assert [(c.rule_id, c.matched) for c in explanation.checks] == [
+        ("submission", False),
+        ("smarthost", False),
+        ("business-25", False),
+        ("block-25", True),
+        ("inbound-25-subscribers", False),
+    ]
+
+
+def test_where_locates_each_rule_in_its_file() -> None:
+    ruleset = shipped()
+    lines = [ruleset.where(rule) for rule in ruleset.rules]
+    assert lines == [(RULES_DIR / "10-isp.toml", line, 1) for line in (29, 36, 45, 53, 61)]
+    loose = rule()  # built by hand: no file to point at
+    assert ruleset.where(loose) == (Path("f.toml"), None, None)

@@ -1,12 +1,21 @@
-"""The rule-file shape: references, lists of one, and the reserved id."""
+"""The rule-file shape: references, lists of one, the reserved id, rates and limits."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 from pydantic import ValidationError
 
 from portguard.policy.addresses import parse_network
-from portguard.policy.schema import RuleSpec, SetRef, looks_like_address, parse_address_ref
+from portguard.policy.schema import (
+    Rate,
+    RuleSpec,
+    SetRef,
+    looks_like_address,
+    parse_address_ref,
+    parse_rate,
+)
 
 
 @pytest.mark.parametrize(
@@ -46,3 +55,43 @@ def test_reserved_and_malformed_ids() -> None:
         with pytest.raises(ValidationError):
             RuleSpec.model_validate({"id": bad, "action": "allow"})
     assert RuleSpec.model_validate({"id": "A-b_c.9", "action": "allow"}).id == "A-b_c.9"
+
+
+@pytest.mark.parametrize(
+    ("text", "rate"),
+    [
+        ("30/minute", Rate(30, 60, "30/minute")),
+        (" 5 / second ", Rate(5, 1, "5/second")),
+        ("100/hour", Rate(100, 3600, "100/hour")),
+    ],
+)
+def test_parse_rate(text: str, rate: Rate) -> None:
+    assert parse_rate(text) == rate
+    assert rate.per_second == rate.number / rate.seconds
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("30/fortnight", 'is not a rate "N/second", "N/minute" or "N/hour"'),
+        ("30/minutes", "is not a rate"),
+        ("30", "is not a rate"),
+        ("-1/second", "is not a rate"),
+        ("0/second", '"0/second": the count must be from 1 to 1000000'),
+        ("1000001/hour", "the count must be from 1 to 1000000"),
+        (30, '30 is an integer, not a rate "N/second"'),
+    ],
+)
+def test_bad_rates(value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_rate(value)
+
+
+def test_limit_and_log_keys() -> None:
+    rule = RuleSpec.model_validate(
+        {"id": "a", "action": "allow", "log": False, "limit": {"rate": "5/minute"}}
+    )
+    assert rule.log is False
+    assert rule.limit is not None
+    assert (rule.limit.burst, rule.limit.per, rule.limit.exceed) == (None, "src", "reject")
+    assert RuleSpec.model_validate({"id": "a", "action": "allow"}).limit is None
