@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import selectors
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ from portguard.reevaluate import Reevaluator
 
 TICK = 1.0  # seconds between housekeeping rounds (flow expiry, counters)
 INTERFACE_REFRESH = 30.0  # seconds between forgetting cached interface names
+GIL_SWITCH_INTERVAL = 0.0005  # seconds (Python's default is 0.005)
 LIMITER_PRUNE = 60.0  # seconds between dropping full rate-limit buckets
 
 Hook = Callable[[EventWriter], object] | None
@@ -84,6 +86,8 @@ class Worker:
         the loop dies of an error the hooks stay: the kernel then applies the fail mode, as it
         would after a crash, and the next start cleans up.
         """
+        # background threads (loads, log) hand the GIL back to the packet loop often
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         writer = self.writer = make_writer(self.config)
         if self.reevaluates:
             self.reevaluator = Reevaluator(writer.submit, self.observer)

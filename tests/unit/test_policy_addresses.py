@@ -202,3 +202,16 @@ def test_covers_agrees_with_ipaddress(
     mine = AddressSet.from_networks("m", [parse_network(str(n)) for n in networks])
     theirs = AddressSet.from_networks("t", [parse_network(str(other))])
     assert mine.covers(theirs) == any(other.subnet_of(n) for n in networks)
+
+
+def test_block_wise_line_splitting_matches_splitlines() -> None:
+    from portguard.policy import addresses
+
+    text = "".join(f"192.0.2.{n % 256}/32\r\n" if n % 3 else f"# {n}\n" for n in range(5000))
+    original = addresses.LINES_BLOCK
+    addresses.LINES_BLOCK = 97  # many blocks, boundaries inside lines
+    try:
+        assert list(addresses._lines(text)) == text.splitlines()
+        assert list(addresses._lines(text + "no newline")) == (text + "no newline").splitlines()
+    finally:
+        addresses.LINES_BLOCK = original
