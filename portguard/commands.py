@@ -51,6 +51,9 @@ def reload(config: Config) -> int:
     except (FileNotFoundError, ConnectionRefusedError):
         print(f"portguard: no daemon listens on {path}", file=sys.stderr)
         return 3
+    except (OSError, ValueError) as error:  # permission, timeout, a garbled answer
+        print(f"portguard: talking to the daemon on {path} failed: {error}", file=sys.stderr)
+        return 3
     if answer.get("ok"):
         print(f"reloaded: policy {answer.get('policy_version')}, {answer.get('rules')} rules")
         return 0

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 MAX_REQUEST = 4096  # bytes; a longer line is refused
+MAX_CLIENTS = 16  # connections waiting for their request line; more are closed at once
 Reply = Callable[[dict[str, Any]], None]
 Handler = Callable[[dict[str, Any], Reply], None]
 
@@ -69,6 +70,9 @@ class ControlServer:
         try:
             conn, _ = self.sock.accept()
         except BlockingIOError:
+            return
+        if len(self._buffers) >= MAX_CLIENTS:
+            conn.close()  # idle clients must not eat the daemon's file descriptors
             return
         conn.setblocking(False)
         self._buffers[conn] = b""

@@ -34,8 +34,9 @@ from portguard.io.hook import (
 )
 from portguard.io.queuestats import bound_queues
 from portguard.io.signals import SignalPipe
+from portguard.policy import RuleSet
 from portguard.policyload import Reply
-from portguard.worker import StartupError, Worker, make_writer
+from portguard.worker import StartupError, Worker, capped, make_writer
 
 PR_SET_PDEATHSIG = 1
 
@@ -92,7 +93,8 @@ class Daemon:
         from portguard.policy import RuleSet
 
         assert isinstance(ruleset, RuleSet)
-        supervisor = Supervisor(self.config)  # handlers first: no signal may hit the default
+        # handlers and the control socket first: before any worker, before any hook
+        supervisor = Supervisor(self.config, ruleset)
         ready_r, ready_w = os.pipe()
         for index in range(self.config.queue.workers):
             supervisor.children.append(self._fork_worker(index, ruleset, ready_w))
@@ -174,20 +176,25 @@ class Supervisor:
     loads the rule files aside); only a valid policy is passed on to the workers (SIGHUP).
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, ruleset: RuleSet) -> None:
         self.config = config
+        self.policy = ruleset  # the last policy validated here: `previous` for the next load
         self.children: list[int] = []
+        path = config.daemon.control_socket
+        try:
+            self.control = ControlServer(path, self.on_control)
+        except OSError as error:
+            raise StartupError(f"cannot open the control socket {path}: {error}") from None
         self.signals = SignalPipe()
 
     def wait(self) -> int:
         with selectors.DefaultSelector() as selector:
             selector.register(self.signals.fileno(), selectors.EVENT_READ, self.signals.drain)
-            control = ControlServer(self.config.daemon.control_socket, self.on_control)
-            control.register(selector)
+            self.control.register(selector)
             try:
                 return self._watch(selector)
             finally:
-                control.close()
+                self.control.close()
                 self.signals.close()
 
     def _watch(self, selector: selectors.BaseSelector) -> int:
@@ -210,10 +217,11 @@ class Supervisor:
         from portguard.policy import load_ruleset
 
         try:
-            ruleset = load_ruleset(self.config.rules.paths)
+            ruleset = load_ruleset(self.config.rules.paths, previous=self.policy)
         except SourceError as error:
-            reply({"ok": False, "errors": list(error.messages)})
+            reply({"ok": False, "errors": capped(list(error.messages))})
             return
+        self.policy = ruleset
         self._forward_reload()
         reply({"ok": True, "policy_version": ruleset.version, "rules": len(ruleset.rules)})
 

@@ -48,7 +48,8 @@ class PolicyLoad:
         with self._lock:
             if reply is not None:
                 self._waiting.append(reply)
-            self._waiting_reason = self._waiting_reason or reason
+            if self._waiting_reason in (None, "resolve"):  # an operator's request wins
+                self._waiting_reason = reason
             if not self._running and self._done is None:
                 self._start_waiting()
 

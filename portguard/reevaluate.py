@@ -56,8 +56,13 @@ class Reevaluator:
             self._wanted.wait()
             self._wanted.clear()
             ruleset = self._newest
-            if ruleset is not None:
+            if ruleset is None:
+                continue
+            try:
                 self.once(ruleset)
+            except Exception as error:  # the thread must outlive any surprise
+                self._log("reevaluate-failed", f"re-evaluating connections failed: {error!r}",
+                          ruleset)  # fmt: skip
 
     def once(self, ruleset: RuleSet) -> int:
         """One pass over the table; the number of connections ended."""

@@ -165,43 +165,18 @@ class Worker:
 
     def apply_load(self, result: LoadResult) -> None:
         """Swap in a freshly built policy, or keep the old one and say why."""
-        old = self.gate.ruleset
-        if result.ruleset is None:
-            self._log(
-                "reload-failed",
-                "reload failed; the previous policy stays in force",
-                errors=result.errors,
-                policy_version=old.version,
-                trigger=result.reason,
-            )
-            notify.ready(f"reload failed; policy {old.version} kept")
-            answer: dict[str, Any] = {
-                "ok": False,
-                "errors": result.errors,
-                "policy_version": old.version,
-            }
-        elif result.reason == "resolve" and _same_policy(old, result.ruleset):
-            self.gate.ruleset = result.ruleset  # host names still resolve alike: nothing to say
-            answer = {"ok": True, "policy_version": old.version}
+        old, new = self.gate.ruleset, result.ruleset
+        if new is None:
+            answer = self._refuse(old, result)
         else:
-            self.gate.ruleset = result.ruleset
-            for warning in result.ruleset.warnings:  # e.g. a host name kept from before
-                self._log("reload-warning", warning.format(), policy_version=result.ruleset.version)
-            self._log(
-                "reload",
-                "policy reloaded",
-                policy_version=result.ruleset.version,
-                previous_version=old.version,
-                trigger=result.reason,
-            )
-            notify.ready(f"policy {result.ruleset.version}")
-            if self.reevaluator is not None:
-                self.reevaluator.request(result.ruleset)
-            answer = {
-                "ok": True,
-                "policy_version": result.ruleset.version,
-                "rules": len(result.ruleset.rules),
-            }
+            for warning in new.warnings:  # e.g. a host name that failed keeps its addresses
+                self._log("reload-warning", warning.format(), policy_version=new.version)
+            if result.reason == "resolve":
+                self._apply_resolved(old, new)
+                answer = {"ok": True, "policy_version": self.gate.ruleset.version}
+            else:
+                self._swap(old, new, result.reason)
+                answer = {"ok": True, "policy_version": new.version, "rules": len(new.rules)}
         for reply in result.replies:
             reply(answer)
 
@@ -251,6 +226,32 @@ class Worker:
             if self.gate.ruleset.has_hosts:  # re-resolve the host names of the sets
                 self.loads.request(reason="resolve")
 
+    def _refuse(self, old: RuleSet, result: LoadResult) -> dict[str, Any]:
+        errors = capped(result.errors)
+        self._log("reload-failed", "reload failed; the previous policy stays in force",
+                  errors=errors, policy_version=old.version, trigger=result.reason)  # fmt: skip
+        notify.ready(f"reload failed; policy {old.version} kept")
+        return {"ok": False, "errors": errors, "policy_version": old.version}
+
+    def _apply_resolved(self, old: RuleSet, new: RuleSet) -> None:
+        """A timed re-resolution applies only new addresses, never unreviewed file edits."""
+        if not _same_files(old, new):
+            self._log("reload-warning", "rule files changed on disk since the last reload; "
+                      "host names are re-resolved once `portguard reload` takes them",
+                      policy_version=old.version)  # fmt: skip
+        elif _same_resolution(old, new):
+            self.gate.ruleset = new  # nothing changed that a rule could see
+        else:
+            self._swap(old, new, "resolve")
+
+    def _swap(self, old: RuleSet, new: RuleSet, trigger: str) -> None:
+        self.gate.ruleset = new
+        self._log("reload", "policy reloaded", policy_version=new.version,
+                  previous_version=old.version, trigger=trigger)  # fmt: skip
+        notify.ready(f"policy {new.version}")
+        if self.reevaluator is not None:
+            self.reevaluator.request(new)
+
     def _housekeeping(self, reader: QueueReader) -> None:
         self.gate.flows.expire(time.time())
         assert self.writer is not None
@@ -278,5 +279,24 @@ class Worker:
             self.writer.submit(event)
 
 
-def _same_policy(old: RuleSet, new: RuleSet) -> bool:
-    return old.version == new.version and old.resolved == new.resolved
+MAX_REPORTED_ERRORS = 100
+
+
+def capped(errors: list[str]) -> list[str]:
+    """At most MAX_REPORTED_ERRORS messages (a million bad lines must not become one event)."""
+    if len(errors) <= MAX_REPORTED_ERRORS:
+        return errors
+    return [*errors[:MAX_REPORTED_ERRORS], f"... and {len(errors) - MAX_REPORTED_ERRORS} more"]
+
+
+def _same_files(old: RuleSet, new: RuleSet) -> bool:
+    """Built from the same rule and list file contents."""
+    digests = [{path: entry.digest for path, entry in rs.lists.items()} for rs in (old, new)]
+    return old.texts == new.texts and digests[0] == digests[1]
+
+
+def _same_resolution(old: RuleSet, new: RuleSet) -> bool:
+    """Host names resolved to the same addresses (in any order: round-robin DNS)."""
+    return {h: sorted(a) for h, a in old.resolved.items()} == {
+        h: sorted(a) for h, a in new.resolved.items()
+    }

@@ -95,3 +95,17 @@ def test_stale_socket_is_replaced_live_one_refused(tmp_path: Path) -> None:
         ControlServer(path, lambda req, reply: reply({"ok": True}))
     first.close()
     assert not path.exists()
+
+
+def test_idle_clients_are_capped(loop: Loop) -> None:
+    from portguard.control import MAX_CLIENTS
+
+    idle = [socket.socket(socket.AF_UNIX) for _ in range(MAX_CLIENTS + 4)]
+    try:
+        for sock in idle:
+            sock.connect(str(loop.server.path))
+        threading.Event().wait(0.3)
+        assert len(loop.server._buffers) == MAX_CLIENTS
+    finally:
+        for sock in idle:
+            sock.close()

@@ -69,3 +69,20 @@ def test_an_unexpected_exception_keeps_the_old_policy() -> None:
     load.request()
     result = wait(load, woken)
     assert result.ruleset is None and "unexpected error" in result.errors[0]
+
+
+def test_an_operator_request_overrides_a_waiting_resolve() -> None:
+    gate = threading.Event()
+
+    def slow() -> RuleSet:
+        gate.wait(10)
+        raise SourceError(["x:1: nope"])
+
+    woken = threading.Event()
+    load = PolicyLoad(slow, woken.set)
+    load.request(reason="resolve")
+    load.request(reason="resolve")  # waits
+    load.request(reason="control")  # joins the waiting load and names it
+    gate.set()
+    assert wait(load, woken).reason == "resolve"
+    assert wait(load, woken).reason == "control"

@@ -1,0 +1,79 @@
+"""The worker's reload decisions (no kernel: apply_load on results built from real files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from portguard.config import parse_config
+from portguard.decisionlog.record import Observer
+from portguard.policy import RuleSet, load_ruleset
+from portguard.policyload import LoadResult
+from portguard.worker import MAX_REPORTED_ERRORS, Worker, capped
+
+RULES = '[sets.relays]\nhosts = ["relay.example"]\n[[rule]]\nid = "relay"\ndst = "relays"\naction = "allow"\n'
+
+
+class Events:
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    def submit(self, event: dict[str, Any]) -> bool:
+        self.seen.append(event)
+        return True
+
+    def actions(self) -> list[str]:
+        return [e["event"]["action"] for e in self.seen]
+
+
+def load(path: Path, *addresses: str) -> RuleSet:
+    return load_ruleset([path], resolve=lambda name: list(addresses))
+
+
+def worker(tmp_path: Path, ruleset: RuleSet) -> tuple[Worker, Events]:
+    config = parse_config(f'[rules]\npaths = ["{tmp_path}"]\n', tmp_path / "portguard.toml")
+    running = Worker(config, 0, ruleset, Observer("gw", "0"))
+    events = Events()
+    running.writer = events  # type: ignore[assignment]
+    return running, events
+
+
+def test_a_timed_resolve_applies_new_addresses_only(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(RULES)
+    first = load(rules, "192.0.2.1", "192.0.2.2")
+    running, events = worker(tmp_path, first)
+    reordered = load(rules, "192.0.2.2", "192.0.2.1")  # round-robin DNS: same addresses
+    running.apply_load(LoadResult(reordered, [], [], "resolve"))
+    assert running.gate.ruleset is reordered and events.actions() == []
+    moved = load(rules, "192.0.2.9")
+    running.apply_load(LoadResult(moved, [], [], "resolve"))
+    assert running.gate.ruleset is moved and events.actions() == ["reload"]
+
+
+def test_a_timed_resolve_never_applies_unreviewed_edits(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(RULES)
+    first = load(rules, "192.0.2.1")
+    running, events = worker(tmp_path, first)
+    rules.write_text(RULES.replace('"allow"', '"reject"'))  # edited, not yet reloaded
+    edited = load(rules, "192.0.2.1")
+    running.apply_load(LoadResult(edited, [], [], "resolve"))
+    assert running.gate.ruleset is first and events.actions() == ["reload-warning"]
+    answers: list[dict[str, Any]] = []
+    running.apply_load(LoadResult(edited, [], [answers.append], "control"))  # the operator's
+    assert running.gate.ruleset is edited and answers[0]["ok"] is True
+
+
+def test_a_failed_load_keeps_the_policy_and_caps_the_errors(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(RULES)
+    first = load(rules, "192.0.2.1")
+    running, events = worker(tmp_path, first)
+    answers: list[dict[str, Any]] = []
+    errors = [f"x:{n}:1: bad" for n in range(1, 5001)]
+    running.apply_load(LoadResult(None, errors, [answers.append], "control"))
+    assert running.gate.ruleset is first
+    assert answers[0]["ok"] is False and len(answers[0]["errors"]) == MAX_REPORTED_ERRORS + 1
+    assert events.seen[0]["portguard"]["errors"][-1] == "... and 4900 more"
+    assert capped(["a"]) == ["a"]
