@@ -11,7 +11,10 @@ from portguard.policy import RuleSet, load_ruleset
 from portguard.policyload import LoadResult
 from portguard.worker import MAX_REPORTED_ERRORS, Worker, capped
 
-RULES = '[sets.relays]\nhosts = ["relay.example"]\n[[rule]]\nid = "relay"\ndst = "relays"\naction = "allow"\n'
+RULES = (
+    '[sets.relays]\nhosts = ["relay.example"]\n'
+    '[[rule]]\nid = "relay"\ndst = "relays"\naction = "allow"\n'
+)
 
 
 class Events:
