@@ -22,7 +22,7 @@ from pathlib import Path
 from portguard.errors import PolicyError, Problem
 from portguard.policy.addresses import AddressSet, parse_address_list, parse_network
 from portguard.policy.checks import cross_file_problems, raw_sets, set_entries
-from portguard.policy.hosts import Resolver, host_name_problem, resolve_problem
+from portguard.policy.hosts import Resolver, host_name_problem, is_transient, resolve_problem
 from portguard.policy.model import Action, Decision, Direction, Limit
 from portguard.policy.ports import PortSet
 from portguard.policy.ruleset import CompiledRule, ListFile, RuleSet, match_summary
@@ -142,15 +142,18 @@ def _resolve_hosts(unit: _Unit, resolve: Resolver) -> None:
 def _resolve_host(
     unit: _Unit, source: TomlSource, key: KeyPath, host: str, resolve: Resolver
 ) -> None:
+    transient = False
     try:
         addresses = _valid_addresses(resolve(host))
         reason = "resolves to no IP address"
     except OSError as error:
-        addresses, reason = (), resolve_problem(error)
+        addresses, reason, transient = (), resolve_problem(error), is_transient(error)
     if addresses:
         unit.resolved[host] = addresses
         return
-    kept = unit.previous.resolved.get(host) if unit.previous else None
+    # only a transient failure keeps the addresses in force; a definite "no such name" must
+    # not leave a decommissioned host's (maybe reassigned) addresses allowed for ever
+    kept = unit.previous.resolved.get(host) if unit.previous and transient else None
     if kept:
         unit.resolved[host] = kept
         message = f'hosts: "{host}" did not resolve ({reason}); kept {", ".join(kept)}'

@@ -39,3 +39,12 @@ def resolve_host(name: str) -> tuple[str, ...]:
 def resolve_problem(error: OSError) -> str:
     """The resolver's reason in a few words: "Name or service not known"."""
     return error.strerror or str(error) or type(error).__name__
+
+
+DEFINITE = frozenset({socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)})
+
+
+def is_transient(error: OSError) -> bool:
+    """A failure worth riding out with the addresses in force (timeout, SERVFAIL, no answer);
+    not a definite answer that the name does not exist (NXDOMAIN, no address records)."""
+    return not (isinstance(error, socket.gaierror) and error.errno in DEFINITE)

@@ -61,3 +61,31 @@ def test_resolve_problem_words() -> None:
     )
     assert resolve_problem(OSError("timed out")) == "timed out"
     assert resolve_problem(OSError()) == "OSError"
+
+
+def test_nxdomain_is_definite_timeouts_are_transient(tmp_path: Any) -> None:
+    from pathlib import Path
+
+    from portguard.errors import SourceError
+    from portguard.policy import load_ruleset
+    from portguard.policy.hosts import is_transient
+
+    assert not is_transient(socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
+    assert is_transient(socket.gaierror(socket.EAI_AGAIN, "Temporary failure"))
+    assert is_transient(TimeoutError("timed out"))
+    rules = Path(tmp_path) / "r.toml"
+    rules.write_text('[sets.relays]\nhosts = ["relay.example"]\n'
+                     '[[rule]]\nid = "r"\ndst = "relays"\naction = "allow"\n')  # fmt: skip
+    first = load_ruleset([rules], resolve=lambda name: ["192.0.2.1"])
+
+    def outage(name: str) -> list[str]:
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    kept = load_ruleset([rules], resolve=outage, previous=first)
+    assert kept.resolved == {"relay.example": ("192.0.2.1",)} and kept.warnings
+
+    def gone(name: str) -> list[str]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    with pytest.raises(SourceError, match="does not resolve"):
+        load_ruleset([rules], resolve=gone, previous=first)
