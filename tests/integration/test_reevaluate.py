@@ -45,14 +45,17 @@ def report(proc: subprocess.Popen[str]) -> dict[str, Any]:
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
-def test_a_denied_session_ends_within_a_second_others_survive(lab: Lab, tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [4, 6], ids=["ipv4", "ipv6"])
+def test_a_denied_session_ends_within_a_second_others_survive(
+    lab: Lab, tmp_path: Path, version: int
+) -> None:
     rules = tmp_path / "rules.toml"
     rules.write_text(BOTH)
     daemon = LabDaemon(lab, rules=[rules], reevaluate=True)
     daemon.start()
     try:
-        kept = sessions(lab, a.SMARTHOST.v4)
-        doomed = sessions(lab, a.MX.v4)
+        kept = sessions(lab, a.SMARTHOST.family(version))
+        doomed = sessions(lab, a.MX.family(version))
         started = time.monotonic()
         time.sleep(1)
         rules.write_text(ONLY_RELAY)
@@ -68,7 +71,7 @@ def test_a_denied_session_ends_within_a_second_others_survive(lab: Lab, tmp_path
         events = [e for e in daemon.events() if "end" in e["event"].get("type", [])]
         assert len(events) == 3
         assert {e["rule"]["id"] for e in events} == {"direct-closed"}
-        assert all(e["destination"]["ip"] == a.MX.v4 for e in events)
+        assert all(e["destination"]["ip"] == a.MX.family(version) for e in events)
         assert all(e["network"]["direction"] == "outbound" for e in events)
     finally:
         assert daemon.stop() == 0
