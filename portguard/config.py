@@ -114,6 +114,7 @@ class Output:
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     outputs: tuple[Output, ...] = (Output("stdout"),)
+    flood_window: float = 60.0  # seconds identical denies are counted, not logged (0 = off)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +191,7 @@ class OutputSpec(Spec):
 
 class LogSpec(Spec):
     outputs: list[OutputSpec] = Field(default=[OutputSpec(type="stdout")])
+    flood_window: Annotated[int, AfterValidator(_within(0, 86400))] = 60
 
 
 class ConfigSpec(Spec):
@@ -328,7 +330,7 @@ def _build(spec: ConfigSpec, path: Path) -> Config:
             spec.rules.reevaluate,
             spec.rules.resolve_interval,
         ),
-        log=LogConfig(outputs),
+        log=LogConfig(outputs, float(spec.log.flood_window)),
         daemon=DaemonConfig(_resolve(base, spec.daemon.control_socket)),
     )
 

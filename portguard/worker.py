@@ -11,6 +11,7 @@ from typing import Any
 
 from portguard.config import Config
 from portguard.control import ControlServer
+from portguard.decisionlog.flood import DenyAggregator
 from portguard.decisionlog.record import Event, Observer, lifecycle_event
 from portguard.decisionlog.syslog import SyslogSink
 from portguard.decisionlog.writer import EventSink, EventWriter, file_sink, stdout_sink
@@ -77,6 +78,9 @@ class Worker:
         self.gate = Gate(ruleset, observer, self.fail_open, flows)
         self.wan = WanInterfaces(config.network.wan)
         self.writer: EventWriter | None = None
+        # a bot's 10,000 identical denies become a few lines (window 0: every deny is logged)
+        window = config.log.flood_window
+        self.floods: DenyAggregator | None = DenyAggregator(window) if window > 0 else None
         self._reported = {"dropped": 0, "errors": 0}
 
     def run(self, on_bound: Hook, on_stop: Hook) -> int:
@@ -95,7 +99,7 @@ class Worker:
         self.loads = PolicyLoad(self._load, signals.wake)
         fallback = Verdict.ACCEPT if self.fail_open else Verdict.DROP
         reader = QueueReader(
-            self.queue_num, self.config.queue.max_len, self.decide, writer.submit, fallback
+            self.queue_num, self.config.queue.max_len, self.decide, self._submit, fallback
         )
         control: ControlServer | None = None
         deciding = False
@@ -111,6 +115,8 @@ class Worker:
             self._loop(reader, signals, control)
         finally:
             notify.stopping()
+            for line in self.floods.flush_all() if self.floods else ():  # before the stop event
+                writer.submit(line)
             orderly = signals.stop or not deciding
             self._shut_down(reader, on_stop if orderly else None)
             for closing in (control, signals):
@@ -144,6 +150,15 @@ class Worker:
                 reader.read()  # SYNs queued before the hooks went get their verdicts
         finally:
             reader.close()
+
+    def _submit(self, event: Event) -> None:
+        """Decision events go through flood control on their way to the writer."""
+        assert self.writer is not None
+        if self.floods is None:
+            self.writer.submit(event)
+            return
+        for line in self.floods.admit(event, time.time()):
+            self.writer.submit(line)
 
     def decide(self, data: bytes, indev: int, outdev: int) -> Outcome:
         return self.gate.handle(data, self.wan.is_wan(indev), self.wan.is_wan(outdev), time.time())
@@ -255,6 +270,8 @@ class Worker:
     def _housekeeping(self, reader: QueueReader) -> None:
         self.gate.flows.expire(time.time())
         assert self.writer is not None
+        for line in self.floods.flush(time.time()) if self.floods else ():
+            self.writer.submit(line)
         if self.writer.dropped != self._reported["dropped"]:
             self._reported["dropped"] = self.writer.dropped
             self._log(

@@ -44,6 +44,7 @@ def render_config(
     control: Path | None = None,
     max_len: int = 4096,
     reevaluate: bool = False,
+    flood_window: int = 60,
 ) -> str:
     """The daemon config for the lab: WAN = gw-wan, forward chain, stdout and file outputs."""
     paths = ", ".join(toml_string(str(path)) for path in rules)
@@ -57,6 +58,7 @@ def render_config(
         f"[rules]\npaths = [{paths}]\nreevaluate = {str(reevaluate).lower()}\n\n"
         f'[log]\noutputs = [{{ type = "stdout" }}, '
         f'{{ type = "file", path = {toml_string(str(events))} }}]\n'
+        f"flood_window = {flood_window}\n"
         f"\n[daemon]\ncontrol_socket = {socket_path}\n"
     )
 
@@ -98,6 +100,7 @@ class LabDaemon:
         workers: int = 1,
         max_len: int = 4096,
         reevaluate: bool = False,
+        flood_window: int = 60,
     ) -> None:
         """`command` replaces `python -m portguard` (it gets `run --config CFG` appended)."""
         self.lab = lab
@@ -117,6 +120,7 @@ class LabDaemon:
                 workers=workers,
                 max_len=max_len,
                 reevaluate=reevaluate,
+                flood_window=flood_window,
             )
         )
         self.proc: subprocess.Popen[bytes] | None = None

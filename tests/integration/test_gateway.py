@@ -365,7 +365,21 @@ def test_rate_limit_rejects_the_sixth_connection_of_one_customer_only(
         lab.run("biz", ["ip", "addr", "del", f"{other}/24", "dev", "biz0"])
 
 
-def test_the_daemon_and_explain_agree_on_real_connections(lab: Lab, daemon: LabDaemon) -> None:
+@pytest.fixture
+def every_deny_daemon(lab: Lab) -> Iterator[LabDaemon]:
+    """The shipped rules with flood control off: every decision has its own event."""
+    running = LabDaemon(lab, flood_window=0)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_the_daemon_and_explain_agree_on_real_connections(
+    lab: Lab, every_deny_daemon: LabDaemon
+) -> None:
+    daemon = every_deny_daemon
     import ipaddress
 
     from portguard.lab.daemon import SHIPPED_RULES
@@ -393,3 +407,35 @@ def test_the_daemon_and_explain_agree_on_real_connections(lab: Lab, daemon: LabD
             assert event["network"]["direction"] == direction.value
             assert (event["rule"]["id"], event["event"]["action"]) == (
                 explained.rule_id, explained.action.value), (src, dst, port)  # fmt: skip
+
+
+BOT = """
+import socket, sys
+refused = 0
+for _ in range(int(sys.argv[3])):
+    try:
+        socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()
+    except ConnectionRefusedError:
+        refused += 1
+print(refused)
+"""
+
+
+def test_a_retrying_bot_makes_a_few_lines_whose_counts_add_up(lab: Lab) -> None:
+    from portguard.decisionlog.flood import represented
+
+    running = LabDaemon(lab)  # flood control on, 60 s window
+    running.start()
+    try:
+        bot = lab.run("sub", [sys.executable, "-c", BOT, a.MX.v4, "25", "2000"],
+                      capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert bot.stdout.strip() == "2000", bot.stderr
+    finally:
+        assert running.stop() == 0  # the summary is written at stop
+    lines = [e for e in running.events() if e["event"].get("dataset") == "portguard.decision"
+             and e["source"]["ip"] == a.SUBSCRIBER.v4]  # fmt: skip
+    assert len(lines) <= 5, len(lines)
+    assert sum(represented(e) for e in lines) == 2000
+    summary = lines[-1]
+    assert summary["portguard"]["aggregate"]["count"] == 2000
+    assert summary["rule"]["id"] == "block-25" and summary["event"]["action"] == "reject"
