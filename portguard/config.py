@@ -38,6 +38,7 @@ FailMode = Literal["open", "closed"]
 Backend = Literal["auto", "nftables", "iptables"]
 Chain = Literal["forward", "output"]
 OutputType = Literal["stdout", "file", "syslog"]
+LogFormat = Literal["ecs", "ocsf", "cef"]  # decisionlog/formats.py
 
 DEFAULT_RULES_PATH = Path("/etc/portguard/rules.d")
 DEFAULT_RESOLVE_INTERVAL = 300
@@ -101,6 +102,7 @@ class Output:
     type: OutputType
     path: Path | None = None
     address: str | None = None  # "udp://host:port" or "tcp://host:port"
+    format: LogFormat = "ecs"  # how its events are written: ECS JSON, OCSF JSON or CEF
 
     @property
     def endpoint(self) -> tuple[str, str, int]:
@@ -187,6 +189,7 @@ class OutputSpec(Spec):
     type: OutputType
     path: Annotated[str, AfterValidator(_not_blank)] | None = None
     address: str | None = None
+    format: LogFormat = "ecs"
 
 
 class LogSpec(Spec):
@@ -315,7 +318,7 @@ def _resolve(base: Path, text: str) -> Path:
 def _build(spec: ConfigSpec, path: Path) -> Config:
     base = path.absolute().parent
     outputs = tuple(
-        Output(o.type, _resolve(base, o.path) if o.path else None, o.address)
+        Output(o.type, _resolve(base, o.path) if o.path else None, o.address, o.format)
         for o in spec.log.outputs
     )
     return Config(

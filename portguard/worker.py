@@ -42,11 +42,11 @@ def make_sinks(config: Config) -> list[EventSink]:
     sinks: list[EventSink] = []
     for output in config.log.outputs:
         if output.type == "stdout":
-            sinks.append(stdout_sink())
+            sinks.append(stdout_sink(output.format))
         elif output.type == "file" and output.path is not None:
-            sinks.append(file_sink(Path(output.path)))
+            sinks.append(file_sink(Path(output.path), output.format))
         elif output.type == "syslog" and output.address is not None:
-            sinks.append(SyslogSink(output.address))
+            sinks.append(SyslogSink(output.address, output.format))
     return sinks
 
 

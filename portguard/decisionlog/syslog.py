@@ -14,9 +14,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
-
-from portguard.decisionlog.writer import add_community_id
+from portguard.decisionlog.formats import render
 
 FACILITY_DAEMON = 3
 SEVERITY = {"error": 3, "warning": 4, "info": 6}
@@ -25,12 +23,12 @@ BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 Clock = Callable[[], float]
 
 
-def syslog_frame(event: dict[str, Any], hostname: str, pid: int) -> bytes:
+def syslog_frame(event: dict[str, Any], hostname: str, pid: int, fmt: str = "ecs") -> bytes:
     """One RFC 5424 message: header, no structured data, the JSON event as MSG."""
     level = event.get("log", {}).get("level", "info")
     pri = FACILITY_DAEMON * 8 + SEVERITY.get(level, 6)
     stamp = event.get("@timestamp", "-")
-    body = orjson.dumps(add_community_id(None, "msg", event))
+    body = render(event, fmt)
     header = f"<{pri}>1 {stamp} {hostname} portguard {pid} - - "
     return header.encode() + body
 
@@ -42,7 +40,7 @@ def octet_count(message: bytes) -> bytes:
 class SyslogStream:
     """A write-only binary stream to a syslog collector (what a Sink writes to)."""
 
-    def __init__(self, address: str, clock: Clock = time.monotonic) -> None:
+    def __init__(self, address: str, clock: Clock = time.monotonic, fmt: str = "ecs") -> None:
         parts = urlsplit(address)
         if parts.scheme not in ("udp", "tcp") or not parts.hostname or not parts.port:
             raise ValueError(
@@ -50,6 +48,7 @@ class SyslogStream:
             )
         self.scheme, self.target = parts.scheme, (parts.hostname, parts.port)
         self.hostname = socket.gethostname()
+        self.fmt = fmt
         self.pid = os.getpid()
         self._clock = clock
         self._sock: socket.socket | None = None
@@ -57,7 +56,7 @@ class SyslogStream:
         self._retry_at = 0.0
 
     def send(self, event: dict[str, Any]) -> None:
-        message = syslog_frame(event, self.hostname, self.pid)
+        message = syslog_frame(event, self.hostname, self.pid, self.fmt)
         sock = self._connected()
         try:
             if self.scheme == "udp":
@@ -103,10 +102,10 @@ class SyslogStream:
 class SyslogSink:
     """An event sink that sends each event to a syslog collector."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, fmt: str = "ecs") -> None:
         self.name = f"syslog:{address}"
         self.errors = 0
-        self.stream = SyslogStream(address)
+        self.stream = SyslogStream(address, fmt=fmt)
 
     def write(self, event: dict[str, Any]) -> None:
         try:

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO, Protocol
 import orjson
 import structlog
 
-from portguard.decisionlog.communityid import community_id
+from portguard.decisionlog import formats
 from portguard.decisionlog.record import Event
 
 _STOP = object()
@@ -27,12 +27,7 @@ def add_community_id(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """structlog processor: network.community_id for decision events (Community ID v1)."""
-    network, src, dst = (event_dict.get(k) for k in ("network", "source", "destination"))
-    if network is None or src is None or dst is None:
-        return event_dict
-    flow_hash = community_id(src["ip"], dst["ip"], src["port"], dst["port"])
-    event_dict["network"] = {**network, "community_id": flow_hash}
-    return event_dict
+    return formats.with_community_id(dict(event_dict))
 
 
 LEADING_FIELDS = ("@timestamp", "ecs", "log", "message", "event")
@@ -48,7 +43,7 @@ def order_fields(
 
 def render_line(event: Event) -> bytes:
     """The exact bytes a sink writes for one event (without the newline); used by tests."""
-    return orjson.dumps(add_community_id(None, "msg", dict(event)))
+    return formats.render(event, "ecs")
 
 
 class EventSink(Protocol):
@@ -60,11 +55,25 @@ class EventSink(Protocol):
     def close(self) -> None: ...
 
 
-class Sink:
-    """One output: a binary stream written one JSON line per event."""
+def renderer(fmt: str) -> Callable[[Any, str, MutableMapping[str, Any]], str | bytes]:
+    """structlog processor: the last of a sink's chain, rendering its format (formats.py)."""
+    if fmt not in formats.FORMATS:
+        raise ValueError(f"unknown log format {fmt!r} (known: {', '.join(formats.FORMATS)})")
+    if fmt == "ecs":
+        return structlog.processors.JSONRenderer(orjson.dumps)
 
-    def __init__(self, name: str, stream: BinaryIO, owned: bool) -> None:
+    def render(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> bytes:
+        return formats.render(dict(event_dict), fmt)
+
+    return render
+
+
+class Sink:
+    """One output: a binary stream written one line per event, in the sink's format."""
+
+    def __init__(self, name: str, stream: BinaryIO, owned: bool, fmt: str = "ecs") -> None:
         self.name = name
+        self.format = fmt
         self.stream = stream
         self.owned = owned
         self.errors = 0
@@ -73,7 +82,7 @@ class Sink:
             processors=[
                 order_fields,
                 add_community_id,
-                structlog.processors.JSONRenderer(orjson.dumps),
+                renderer(fmt),
             ],
         )
 
@@ -88,13 +97,13 @@ class Sink:
             self.stream.close()
 
 
-def stdout_sink() -> Sink:
-    return Sink("stdout", sys.stdout.buffer, owned=False)
+def stdout_sink(fmt: str = "ecs") -> Sink:
+    return Sink("stdout", sys.stdout.buffer, owned=False, fmt=fmt)
 
 
-def file_sink(path: Path) -> Sink:
+def file_sink(path: Path, fmt: str = "ecs") -> Sink:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return Sink(f"file:{path}", open(path, "ab"), owned=True)
+    return Sink(f"file:{path}", open(path, "ab"), owned=True, fmt=fmt)
 
 
 class EventWriter:

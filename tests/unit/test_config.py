@@ -53,9 +53,13 @@ CASES: dict[str, tuple[str, str]] = {
     "syslog-address-bad-port": ("2:31", "address: port 70000 is out of range 1-65535"),
     "syslog-without-address": ("2:12", "outputs: type \"syslog\" needs 'address'"),
     "stdout-with-address": ("2:31", "outputs: 'address' does not apply to type \"stdout\""),
-    "output-unknown-key": ("2:54", "unknown key 'rotate' (known keys: type, path, address)"),
+    "output-unknown-key": (
+        "2:54",
+        "unknown key 'rotate' (known keys: type, path, address, format)",
+    ),
     "output-unknown-type": ("2:14", "type: must be 'stdout', 'file' or 'syslog', not \"kafka\""),
     "outputs-empty": ("2:1", "outputs: needs at least one entry"),
+    "output-format-unknown": ("2:53", "format: must be 'ecs', 'ocsf' or 'cef', not \"leef\""),
     "resolve-interval-negative": ("2:1", "resolve_interval: -1 is out of range 0-604800"),
 }
 
@@ -133,6 +137,17 @@ def test_full_config_is_read_and_relative_paths_follow_the_file() -> None:
     )
     assert config.log.outputs[1] == Output("file", Path("/etc/portguard/log/decisions.json"))
     assert config.log.outputs[2].endpoint == ("tcp", "2001:db8::514", 6514)
+
+
+def test_each_output_has_its_own_format_and_ecs_is_the_default() -> None:
+    text = """[log]
+outputs = [{ type = "stdout" },
+           { type = "file", path = "/var/log/pg.ocsf", format = "ocsf" },
+           { type = "syslog", address = "udp://192.0.2.1:514", format = "cef" }]
+"""
+    outputs = parse_config(text, Path("/etc/portguard/portguard.toml")).log.outputs
+    assert [o.format for o in outputs] == ["ecs", "ocsf", "cef"]
+    assert outputs[1] == Output("file", Path("/var/log/pg.ocsf"), format="ocsf")
 
 
 def test_relative_config_path_anchors_to_its_directory(

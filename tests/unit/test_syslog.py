@@ -66,3 +66,20 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def test_a_syslog_sink_can_carry_cef() -> None:
+    event = {
+        "@timestamp": "2026-11-27T17:00:00.000000Z",
+        "event": {"kind": "event", "category": ["network"], "type": ["connection", "denied"],
+                  "action": "reject", "outcome": "success", "dataset": "portguard.decision"},
+        "rule": {"id": "block-25", "ruleset": "10-isp.toml"},
+        "source": {"ip": "100.64.10.10", "port": 40312},
+        "destination": {"ip": "198.51.100.25", "port": 25},
+        "network": {"transport": "tcp", "type": "ipv4", "direction": "outbound"},
+        "observer": {"product": "portguard", "version": "0.1.0"},
+        "portguard": {"reason": "r", "policy_version": "v"},
+    }  # fmt: skip
+    frame = syslog_frame(event, "gw1", 42, "cef")
+    assert frame.split(b" - - ", 1)[1].startswith(b"CEF:0|portguard|portguard|")
+    assert b"src=100.64.10.10" in frame and b"dpt=25" in frame

@@ -1,0 +1,156 @@
+"""Every event kind conforms to the official ECS field list of the declared ``ecs.version``.
+
+The field list is ``tests/data/ecs/ecs_flat_<version>.json`` (see the README beside it): each
+field of an event must be an ECS field of that version, of a matching type, or live under
+``portguard.``; ``event.kind/category/type/outcome`` must hold allowed ECS values, and each
+category/type pair must be one ECS expects.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from portguard.decisionlog.flood import summary
+from portguard.decisionlog.record import (
+    ECS_VERSION,
+    LIFECYCLE_KINDS,
+    Event,
+    Observer,
+    decision_event,
+    ended_event,
+    lifecycle_event,
+    malformed_event,
+)
+from portguard.decisionlog.writer import render_line
+from portguard.flow.table import Flow, TcpState
+from portguard.policy.model import Action, Decision, Direction, Limit, LimitResult
+
+ECS_DIR = Path(__file__).resolve().parents[1] / "data" / "ecs"
+OBSERVER = Observer("gw1", "0.1.0")
+NOW = 1795798800.123456
+V4 = (4, 0x64400A0A, 0xC6336419, 40312, 25)
+V6 = (6, 0x20010DB8006400100000000000000010, 0x20010DB8002500000000000000000025, 40312, 25)
+CUSTOM = "portguard"
+
+
+@cache
+def schema() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((ECS_DIR / f"ecs_flat_{ECS_VERSION}.json").read_text())
+    return data
+
+
+def flatten(value: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Dotted field names and their leaf values (lists are leaves: ECS arrays)."""
+    for key, item in value.items():
+        name = f"{prefix}{key}"
+        if isinstance(item, dict) and item:
+            yield from flatten(item, f"{name}.")
+        else:
+            yield name, item
+
+
+def limited() -> Decision:
+    limit = Limit("30/minute", 0.5, 10, "src", 32, 128, Action.REJECT)
+    result = LimitResult(False, "100.64.10.10", 0.0, limit)
+    return Decision(Action.REJECT, "business-25", "10-isp.toml", "", "over the limit", True, result)
+
+
+def decisions() -> Iterator[tuple[str, Event]]:
+    for action in Action:
+        plain = Decision(action, "block-25", "10-isp.toml", "no direct mail", "matched")
+        for key in (V4, V6):
+            flow = Flow(key, "2a", TcpState.SYN_SENT, NOW, NOW)
+            event = decision_event(plain, flow, Direction.OUTBOUND, "v1", OBSERVER, NOW)
+            yield f"decision-{action.value}-ipv{key[0]}", event
+    flow = Flow(V4, "2b", TcpState.SYN_SENT, NOW, NOW)
+    yield (
+        "decision-limited",
+        decision_event(limited(), flow, Direction.INBOUND, "v1", OBSERVER, NOW),
+    )
+
+
+def events() -> Iterator[tuple[str, Event]]:
+    yield from decisions()
+    deny = Decision(Action.DROP, "block-25", "10-isp.toml", "", "matched")
+    yield "ended", ended_event(deny, V6, Direction.OUTBOUND, "v2", OBSERVER, NOW)
+    yield "malformed", malformed_event("truncated TCP header", Action.DROP, 3, OBSERVER, NOW)
+    for action in [*LIFECYCLE_KINDS, "packet-error", "events-dropped", "unknown-action"]:
+        yield f"lifecycle-{action}", lifecycle_event(action, "text", OBSERVER, NOW, queue=0)
+    first = dict(decisions())["decision-reject-ipv4"]
+    yield "flood-summary", summary(first, "2026-11-27T16:59:00.000000Z", 12)
+
+
+def rendered(event: Event) -> dict[str, Any]:
+    """The event as a sink writes it (with network.community_id added)."""
+    data: dict[str, Any] = json.loads(render_line(event))
+    return data
+
+
+CASES = dict(events())
+
+
+def test_the_field_list_is_the_declared_version() -> None:
+    assert schema()["ecs_version"] == ECS_VERSION
+    assert len(schema()["fields"]) > 1000  # the whole list, not a hand-picked subset
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_field_is_an_ecs_field_or_custom(name: str) -> None:
+    fields = schema()["fields"]
+    flat = dict(flatten(rendered(CASES[name])))
+    unknown = [f for f in flat if f not in fields and not f.startswith(f"{CUSTOM}.")]
+    assert unknown == []
+    assert flat["ecs.version"] == ECS_VERSION
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_value_has_its_ecs_type(name: str) -> None:
+    fields = schema()["fields"]
+    for field, value in flatten(rendered(CASES[name])):
+        if field in fields:
+            spec = fields[field]
+            values = value if spec.get("array") else [value]
+            assert isinstance(values, list), f"{field} must be an array"
+            assert all(fits(spec["type"], v) for v in values), (field, value)
+
+
+def fits(kind: str, value: Any) -> bool:
+    if kind == "long":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "ip":
+        return isinstance(value, str) and bool(ipaddress.ip_address(value))
+    if kind == "date":
+        return isinstance(value, str) and value.endswith("Z")
+    if kind in {"keyword", "match_only_text", "text", "wildcard", "constant_keyword"}:
+        return isinstance(value, str)
+    return False
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_event_categorization_values_are_allowed(name: str) -> None:
+    allowed = schema()["allowed_values"]
+    fields = CASES[name]["event"]
+    assert fields["kind"] in allowed["event.kind"]
+    assert fields["outcome"] in allowed["event.outcome"]
+    assert fields["category"] and fields["type"]
+    for category in fields["category"]:
+        expected = allowed["event.category"][category]
+        for kind in fields["type"]:
+            assert kind in allowed["event.type"]
+            assert kind in expected, f"type {kind!r} is not expected for category {category!r}"
+
+
+def test_the_checks_can_fail() -> None:
+    bad = {"event": {"kind": "event"}, "source": {"addr": "x"}, CUSTOM: {"free": 1}}
+    flat = dict(flatten(bad))
+    assert "source.addr" not in schema()["fields"]
+    assert "portguard.free" in flat
+    assert "denied" not in schema()["allowed_values"]["event.category"]["process"]
+    assert not fits("long", "6") and not fits("keyword", 6)
