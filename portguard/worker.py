@@ -219,6 +219,8 @@ class Worker:
         self, signals: SignalPipe, reader: QueueReader, due: dict[str, float]
     ) -> None:
         """Reloads, results of background loads, and the periodic housekeeping."""
+        if signals.take_reopen() and self.writer is not None:
+            self.writer.reopen()  # logrotate moved the log files
         if signals.take_reload():
             notify.reloading()
             self.loads.request(reason="sighup")

@@ -21,6 +21,7 @@ from portguard.decisionlog import formats
 from portguard.decisionlog.record import Event
 
 _STOP = object()
+_REOPEN = object()
 
 
 def add_community_id(
@@ -71,20 +72,35 @@ def renderer(fmt: str) -> Callable[[Any, str, MutableMapping[str, Any]], str | b
 class Sink:
     """One output: a binary stream written one line per event, in the sink's format."""
 
-    def __init__(self, name: str, stream: BinaryIO, owned: bool, fmt: str = "ecs") -> None:
+    def __init__(
+        self, name: str, stream: BinaryIO, owned: bool, fmt: str = "ecs", path: Path | None = None
+    ) -> None:
         self.name = name
         self.format = fmt
-        self.stream = stream
         self.owned = owned
+        self.path = path  # a file sink: reopened by name after log rotation
         self.errors = 0
+        self._attach(stream)
+
+    def _attach(self, stream: BinaryIO) -> None:
+        self.stream = stream
         self.logger = structlog.wrap_logger(
             structlog.BytesLogger(stream),
-            processors=[
-                order_fields,
-                add_community_id,
-                renderer(fmt),
-            ],
+            processors=[order_fields, add_community_id, renderer(self.format)],
         )
+
+    def reopen(self) -> None:
+        """After logrotate moved the file: continue in a new file of the same name."""
+        if self.path is None:
+            return
+        try:
+            fresh = open(self.path, "ab")  # noqa: SIM115 - closed by close() or the next reopen
+        except OSError:
+            self.errors += 1
+            return
+        old = self.stream
+        self._attach(fresh)
+        old.close()
 
     def write(self, event: Event) -> None:
         try:
@@ -103,7 +119,7 @@ def stdout_sink(fmt: str = "ecs") -> Sink:
 
 def file_sink(path: Path, fmt: str = "ecs") -> Sink:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return Sink(f"file:{path}", open(path, "ab"), owned=True, fmt=fmt)
+    return Sink(f"file:{path}", open(path, "ab"), owned=True, fmt=fmt, path=path)
 
 
 class EventWriter:
@@ -129,6 +145,13 @@ class EventWriter:
             return False
         return True
 
+    def reopen(self) -> None:
+        """Reopen file sinks (SIGUSR1 after logrotate), in order with the events around it."""
+        try:
+            self._queue.put(_REOPEN, timeout=1.0)
+        except queue.Full:
+            self.dropped += 1
+
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued, then stop the thread and close the sinks."""
         if self._thread.is_alive():
@@ -149,6 +172,10 @@ class EventWriter:
             item = self._queue.get()
             if item is _STOP:
                 return
+            if item is _REOPEN:
+                for sink in self.sinks:
+                    getattr(sink, "reopen", lambda: None)()
+                continue
             assert isinstance(item, dict)
             for sink in self.sinks:
                 sink.write(dict(item))  # each sink's processors may add fields

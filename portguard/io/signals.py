@@ -16,10 +16,12 @@ class SignalPipe:
         self._write.setblocking(False)
         self.stop = False
         self.reload = False
+        self.reopen = False
         self._previous_fd = signal.set_wakeup_fd(self._write.fileno(), warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
+        signal.signal(signal.SIGUSR1, self._on_reopen)
 
     def fileno(self) -> int:
         return self._read.fileno()
@@ -49,6 +51,13 @@ class SignalPipe:
 
     def _on_stop(self, _sig: int, _frame: FrameType | None) -> None:
         self.stop = True
+
+    def take_reopen(self) -> bool:
+        wanted, self.reopen = self.reopen, False
+        return wanted
+
+    def _on_reopen(self, _sig: int, _frame: FrameType | None) -> None:
+        self.reopen = True
 
     def _on_reload(self, _sig: int, _frame: FrameType | None) -> None:
         self.reload = True

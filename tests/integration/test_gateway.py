@@ -439,3 +439,22 @@ def test_a_retrying_bot_makes_a_few_lines_whose_counts_add_up(lab: Lab) -> None:
     summary = lines[-1]
     assert summary["portguard"]["aggregate"]["count"] == 2000
     assert summary["rule"]["id"] == "block-25" and summary["event"]["action"] == "reject"
+
+
+def test_sigusr1_reopens_the_log_file_after_rotation(lab: Lab) -> None:
+    running = LabDaemon(lab, flood_window=0)
+    running.start()
+    rotated = running.events_path.with_suffix(".jsonl.1")
+    try:
+        assert lab.send_mail("sub", a.MX.v4, 25, timeout=3).outcome == "refused"
+        decision_for(running, a.SUBSCRIBER.v4, a.MX.v4, 25)
+        running.events_path.rename(rotated)
+        assert running.proc is not None
+        running.proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.5)
+        assert lab.send_mail("sub", a.MX.v6, 25, timeout=3).outcome == "refused"
+        event = decision_for(running, a.SUBSCRIBER.v6, a.MX.v6, 25)  # in the new file
+        assert event["rule"]["id"] == "block-25"
+    finally:
+        assert running.stop() == 0
+    assert a.MX.v4 in rotated.read_text() and a.MX.v4 not in running.events_path.read_text()

@@ -85,3 +85,20 @@ def test_sink_errors_are_counted() -> None:
     writer.close()
     assert writer.sink_errors == 1
     assert len(good.getvalue().splitlines()) == 1
+
+
+def test_file_sink_reopens_after_rotation_without_losing_a_line(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.json"
+    writer = EventWriter([file_sink(path)])
+    writer.start()
+    for port in range(50):
+        writer.submit({**EVENT, "source": {"ip": "100.64.10.10", "port": port}})
+    path.rename(tmp_path / "decisions.json.1")  # what logrotate does
+    writer.reopen()  # what SIGUSR1 asks for, queued after the 50 events
+    for port in range(50, 100):
+        writer.submit({**EVENT, "source": {"ip": "100.64.10.10", "port": port}})
+    writer.close()
+    old = (tmp_path / "decisions.json.1").read_bytes().splitlines()
+    new = path.read_bytes().splitlines()
+    ports = [orjson.loads(line)["source"]["port"] for line in old + new]
+    assert ports == list(range(100)) and len(old) == 50
