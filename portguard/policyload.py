@@ -61,11 +61,6 @@ class PolicyLoad:
                 self._start_waiting()
         return result
 
-    def join(self, timeout: float) -> None:
-        thread = getattr(self, "_thread", None)
-        if thread is not None:
-            thread.join(timeout)
-
     def _start_waiting(self) -> None:
         replies, self._waiting = self._waiting, []
         reason, self._waiting_reason = self._waiting_reason or "reload", None

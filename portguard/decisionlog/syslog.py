@@ -113,5 +113,8 @@ class SyslogSink:
         except OSError:
             self.errors += 1
 
+    def reopen(self) -> None:
+        """Nothing to reopen: a collector is reached by address, not by file name."""
+
     def close(self) -> None:
         self.stream.close()

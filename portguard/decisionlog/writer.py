@@ -53,6 +53,8 @@ class EventSink(Protocol):
 
     def write(self, event: Event) -> None: ...
 
+    def reopen(self) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -174,9 +176,10 @@ class EventWriter:
                 return
             if item is _REOPEN:
                 for sink in self.sinks:
-                    getattr(sink, "reopen", lambda: None)()
+                    sink.reopen()
                 continue
             assert isinstance(item, dict)
+            event = formats.with_community_id(item)  # once for every sink
             for sink in self.sinks:
-                sink.write(dict(item))  # each sink's processors may add fields
+                sink.write(dict(event))  # each sink's processors may add fields
             self.written += 1
