@@ -39,6 +39,10 @@ Backend = Literal["auto", "nftables", "iptables"]
 Chain = Literal["forward", "output"]
 OutputType = Literal["stdout", "file", "syslog"]
 LogFormat = Literal["ecs", "ocsf", "cef"]  # decisionlog/formats.py
+LogLevel = Literal["debug", "info", "notice", "warning", "error"]  # decisionlog/sinks.py
+Prefix = Literal["auto", "always", "never"]
+DEFAULT_BUFFER = 65536  # events waiting for one output
+MAX_BUFFER = 10_000_000
 
 DEFAULT_RULES_PATH = Path("/etc/portguard/rules.d")
 DEFAULT_RESOLVE_INTERVAL = 300
@@ -47,7 +51,7 @@ DEFAULT_CONTROL_SOCKET = Path("/run/portguard/control.sock")
 MAX_WORKERS = 64
 MAX_QUEUE_NUM = 65535
 _SYSLOG_ADDRESS = re.compile(
-    r"^(?P<proto>udp|tcp)://(?P<host>\[[^\]]*\]|[^:/\[\]]+):(?P<port>\d+)$"
+    r"^(?P<proto>udp|tcp|tls)://(?P<host>\[[^\]]*\]|[^:/\[\]]+):(?P<port>\d+)$"
 )
 _HOSTNAME = re.compile(
     r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?$"
@@ -101,8 +105,15 @@ class Output:
 
     type: OutputType
     path: Path | None = None
-    address: str | None = None  # "udp://host:port" or "tcp://host:port"
+    address: str | None = None  # "udp://host:port", "tcp://host:port" or "tls://host:port"
     format: LogFormat = "ecs"  # how its events are written: ECS JSON, OCSF JSON or CEF
+    level: LogLevel = "info"  # the least severe event it takes
+    buffer: int = DEFAULT_BUFFER  # events that may wait for it; beyond: dropped and counted
+    prefix: Prefix = "auto"  # stdout: journald's <N> priority prefix ("auto": under journald)
+    ca: Path | None = None  # tls: CA bundle that verifies the collector (default: the system's)
+    cert: Path | None = None  # tls: client certificate (mutual TLS), with key
+    key: Path | None = None
+    server_name: str | None = None  # tls: name checked in the certificate (default: host)
 
     @property
     def endpoint(self) -> tuple[str, str, int]:
@@ -117,6 +128,7 @@ class Output:
 class LogConfig:
     outputs: tuple[Output, ...] = (Output("stdout"),)
     flood_window: float = 60.0  # seconds identical denies are counted, not logged (0 = off)
+    flow_end: bool = True  # a flow-end event (duration, packets, bytes) per allowed connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,11 +202,19 @@ class OutputSpec(Spec):
     path: Annotated[str, AfterValidator(_not_blank)] | None = None
     address: str | None = None
     format: LogFormat = "ecs"
+    level: LogLevel = "info"
+    buffer: Annotated[int, AfterValidator(_within(1, MAX_BUFFER))] = DEFAULT_BUFFER
+    prefix: Prefix = "auto"
+    ca: Annotated[str, AfterValidator(_not_blank)] | None = None
+    cert: Annotated[str, AfterValidator(_not_blank)] | None = None
+    key: Annotated[str, AfterValidator(_not_blank)] | None = None
+    server_name: Annotated[str, AfterValidator(_not_blank)] | None = None
 
 
 class LogSpec(Spec):
     outputs: list[OutputSpec] = Field(default=[OutputSpec(type="stdout")])
     flood_window: Annotated[int, AfterValidator(_within(0, 86400))] = 60
+    flow_end: bool = True
 
 
 class ConfigSpec(Spec):
@@ -268,16 +288,33 @@ def _check_output(index: int, output: object) -> Iterator[tuple[KeyPath, str]]:
         problem = syslog_address_problem(address)
         if problem:
             yield (*key, "address"), f"address: {problem}"
+    yield from _check_output_options(key, kind, output)
+
+
+def _check_output_options(
+    key: KeyPath, kind: str, output: dict[str, Any]
+) -> Iterator[tuple[KeyPath, str]]:
+    """Options that only some outputs take: prefix (stdout), TLS files (tls:// syslog)."""
+    if "prefix" in output and kind != "stdout":
+        yield (*key, "prefix"), f"outputs: 'prefix' does not apply to type \"{kind}\""
+    address = output.get("address")
+    tls = kind == "syslog" and isinstance(address, str) and address.startswith("tls://")
+    for name in _TLS_KEYS:
+        if name in output and not tls:
+            yield (*key, name), f"outputs: '{name}' applies only to a tls:// syslog address"
+    if tls and ("cert" in output) != ("key" in output):
+        yield key, "outputs: a client certificate needs both 'cert' and 'key'"
 
 
 _OUTPUT_KEYS: dict[str, tuple[str, ...]] = {"stdout": (), "file": ("path",), "syslog": ("address",)}
+_TLS_KEYS = ("ca", "cert", "key", "server_name")
 
 
 def syslog_address_problem(address: str) -> str | None:
-    """Why ``address`` is not ``udp://host:port`` or ``tcp://host:port``; None when it is."""
+    """Why ``address`` is not ``udp|tcp|tls://host:port``; None when it is."""
     match = _SYSLOG_ADDRESS.match(address)
     if match is None:
-        return f'"{address}" is not of the form udp://host:port or tcp://host:port'
+        return f'"{address}" is not of the form udp://, tcp:// or tls://host:port'
     host, port = match["host"], int(match["port"])
     if host.startswith("["):
         try:
@@ -317,10 +354,7 @@ def _resolve(base: Path, text: str) -> Path:
 
 def _build(spec: ConfigSpec, path: Path) -> Config:
     base = path.absolute().parent
-    outputs = tuple(
-        Output(o.type, _resolve(base, o.path) if o.path else None, o.address, o.format)
-        for o in spec.log.outputs
-    )
+    outputs = tuple(_output(o, base) for o in spec.log.outputs)
     return Config(
         path=path,
         queue=QueueConfig(
@@ -333,9 +367,19 @@ def _build(spec: ConfigSpec, path: Path) -> Config:
             spec.rules.reevaluate,
             spec.rules.resolve_interval,
         ),
-        log=LogConfig(outputs, float(spec.log.flood_window)),
+        log=LogConfig(outputs, float(spec.log.flood_window), spec.log.flow_end),
         daemon=DaemonConfig(_resolve(base, spec.daemon.control_socket)),
     )
+
+
+def _output(spec: OutputSpec, base: Path) -> Output:
+    def resolved(text: str | None) -> Path | None:
+        return _resolve(base, text) if text else None
+
+    return Output(
+        spec.type, resolved(spec.path), spec.address, spec.format, spec.level, spec.buffer,
+        spec.prefix, resolved(spec.ca), resolved(spec.cert), resolved(spec.key), spec.server_name,
+    )  # fmt: skip
 
 
 def parse_config(text: str, path: Path) -> Config:

@@ -32,6 +32,7 @@ from portguard.io.hook import (
     cleanup_leftovers,
     select_backend,
 )
+from portguard.io.hookwatch import HookWatch
 from portguard.io.queuestats import bound_queues
 from portguard.io.signals import SignalPipe
 from portguard.policy import RuleSet
@@ -39,6 +40,7 @@ from portguard.policyload import Reply
 from portguard.worker import StartupError, Worker, capped, make_writer
 
 PR_SET_PDEATHSIG = 1
+HOOK_CHECK_INTERVAL = 2.0  # seconds: a removed or bypassed hook is back within about this
 
 
 def hook_spec(config: Config) -> HookSpec:
@@ -59,6 +61,7 @@ class Daemon:
         self.observer = Observer(socket.gethostname(), __version__)
         self.backend: HookBackend = select_backend(config.hook.backend)
         self.spec = hook_spec(config)
+        self.hook_watch: HookWatch | None = None  # puts the hooks back while they are installed
 
     def run(self) -> int:
         from portguard.policy import load_ruleset
@@ -73,20 +76,44 @@ class Daemon:
         if self.config.queue.workers == 1:
             worker = Worker(self.config, self.config.queue.num, ruleset, self.observer,
                             control=self.config.daemon.control_socket)  # fmt: skip
-            return worker.run(on_bound=self._install_hooks, on_stop=self._remove_hooks)
+            try:
+                return worker.run(on_bound=self._install_hooks, on_stop=self._remove_hooks)
+            finally:
+                self._stop_hook_watch()  # the loop died: the hooks stay, unwatched
         return self._run_forked(ruleset)
 
     def _install_hooks(self, writer: EventWriter) -> None:
         self.backend.install(self.spec)
         writer.submit(self._lifecycle("hook-installed", f"{self.backend.name} hooks installed"))
+        self._start_hook_watch(writer)
 
     def _remove_hooks(self, writer: EventWriter) -> None:
+        self._stop_hook_watch()  # first: a check still running would put the hooks back
         self.backend.remove()
         writer.submit(self._lifecycle("hook-removed", f"{self.backend.name} hooks removed"))
 
-    def _lifecycle(self, action: str, message: str) -> dict[str, object]:
+    def _start_hook_watch(self, writer: EventWriter) -> None:
+        name = self.backend.name
+
+        def repaired(problem: str) -> None:
+            message = f"{name} hooks reinstalled; they were {problem}"
+            writer.submit(self._lifecycle("hook-repaired", message, problem=problem))
+
+        def failed(problem: str) -> None:
+            message = f"checking or repairing the {name} hooks failed: {problem}"
+            writer.submit(self._lifecycle("hook-repair-failed", message, problem=problem))
+
+        self.hook_watch = HookWatch(self.backend, self.spec, repaired, HOOK_CHECK_INTERVAL, failed)
+        self.hook_watch.start()
+
+    def _stop_hook_watch(self) -> None:
+        if self.hook_watch is not None:
+            self.hook_watch.stop()
+            self.hook_watch = None
+
+    def _lifecycle(self, action: str, message: str, **extra: object) -> dict[str, object]:
         return lifecycle_event(
-            action, message, self.observer, time.time(), backend=self.backend.name
+            action, message, self.observer, time.time(), backend=self.backend.name, **extra
         )
 
     def _run_forked(self, ruleset: object) -> int:
@@ -99,7 +126,7 @@ class Daemon:
         for index in range(self.config.queue.workers):
             supervisor.children.append(self._fork_worker(index, ruleset, ready_w))
         os.close(ready_w)
-        writer = make_writer(self.config)
+        writer = make_writer(self.config, self.observer, role="supervisor")
         deciding = False
         try:
             _await_ready(ready_r, len(supervisor.children))
@@ -109,6 +136,7 @@ class Daemon:
             return supervisor.wait()
         finally:
             os.close(ready_r)
+            self._stop_hook_watch()  # before any removal; a dead worker leaves the hooks unwatched
             if supervisor.signals.stop or not deciding:  # a dead worker leaves the fail mode on
                 self._remove_hooks(writer)
             _stop_children(supervisor.children)

@@ -9,12 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from portguard.config import Config
+from portguard.config import Config, Output
 from portguard.control import ControlServer
+from portguard.decisionlog import syslog
 from portguard.decisionlog.flood import DenyAggregator
 from portguard.decisionlog.record import Event, Observer, lifecycle_event
-from portguard.decisionlog.syslog import SyslogSink
-from portguard.decisionlog.writer import EventSink, EventWriter, file_sink, stdout_sink
+from portguard.decisionlog.sinks import EventSink, file_sink, stdout_sink
+from portguard.decisionlog.writer import Channel, EventWriter
 from portguard.flow.table import FlowTable
 from portguard.gate import Gate, Outcome, Verdict
 from portguard.io import notify
@@ -38,22 +39,52 @@ class StartupError(Exception):
     """The daemon could not start (a queue or socket it needs): the message says which."""
 
 
-def make_sinks(config: Config) -> list[EventSink]:
-    sinks: list[EventSink] = []
-    for output in config.log.outputs:
-        if output.type == "stdout":
-            sinks.append(stdout_sink(output.format))
-        elif output.type == "file" and output.path is not None:
-            sinks.append(file_sink(Path(output.path), output.format))
-        elif output.type == "syslog" and output.address is not None:
-            sinks.append(SyslogSink(output.address, output.format))
-    return sinks
+def make_sink(output: Output) -> EventSink:
+    if output.type == "file" and output.path is not None:
+        return file_sink(Path(output.path), output.format)
+    if output.type == "syslog" and output.address is not None:
+        return syslog.SyslogSink(output.address, output.format, tls_settings(output))
+    return stdout_sink(output.format, output.prefix)
 
 
-def make_writer(config: Config) -> EventWriter:
-    writer = EventWriter(make_sinks(config))
+def tls_settings(output: Output) -> syslog.TlsSettings | None:
+    if output.address is None or not output.address.startswith("tls://"):
+        return None
+    return syslog.TlsSettings(output.ca, output.cert, output.key, output.server_name)
+
+
+def make_writer(config: Config, observer: Observer | None = None, **extra: object) -> EventWriter:
+    """The writer for the configured outputs; with an observer, a sink going down or coming
+    back is itself logged (into every sink: the one that was down gets it once it is back)."""
+    try:
+        sinks = [make_sink(output) for output in config.log.outputs]
+    except (OSError, ValueError) as error:  # a file that cannot be opened, a bad CA file
+        raise StartupError(f"cannot open a log output: {error}") from None
+    writer = EventWriter(
+        [Channel(s, o.buffer, o.level) for s, o in zip(sinks, config.log.outputs, strict=True)]
+    )
+    if observer is not None:
+        writer.on_sink_state = sink_state_logger(writer, observer, extra)
     writer.start()
     return writer
+
+
+def sink_state_logger(
+    writer: EventWriter, observer: Observer, extra: dict[str, object]
+) -> Callable[[str, bool, str], None]:
+    def logged(name: str, up: bool, reason: str) -> None:
+        stats = {s.name: s.fields() for s in writer.stats()}.get(name, {})
+        if up:
+            message = f"log output {name} works again"
+            event = lifecycle_event("sink-recovered", message, observer, time.time(),
+                                    sink=stats, **extra)  # fmt: skip
+        else:
+            message = f"log output {name} failed: {reason}"
+            event = lifecycle_event("sink-error", message, observer, time.time(),
+                                    sink=stats, error=reason, **extra)  # fmt: skip
+        writer.submit(event)
+
+    return logged
 
 
 class Worker:
@@ -92,7 +123,7 @@ class Worker:
         """
         # background threads (loads, log) hand the GIL back to the packet loop often
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
-        writer = self.writer = make_writer(self.config)
+        writer = self.writer = make_writer(self.config, self.observer, queue=self.queue_num)
         if self.reevaluates:
             self.reevaluator = Reevaluator(writer.submit, self.observer)
         signals = SignalPipe()
@@ -123,7 +154,8 @@ class Worker:
                 if closing is not None:
                     closing.close()
             self._log("stop", "portguard stopped" if orderly else "portguard failed; hooks kept",
-                      events_dropped=writer.dropped, packets=reader.packets)  # fmt: skip
+                      events_dropped=writer.dropped, packets=reader.packets,
+                      sinks=[s.fields() for s in writer.stats()])  # fmt: skip
             writer.close()
         return 0
 
@@ -274,13 +306,7 @@ class Worker:
         assert self.writer is not None
         for line in self.floods.flush(time.time()) if self.floods else ():
             self.writer.submit(line)
-        if self.writer.dropped != self._reported["dropped"]:
-            self._reported["dropped"] = self.writer.dropped
-            self._log(
-                "events-dropped",
-                "the event queue was full; events were dropped",
-                events_dropped=self.writer.dropped,
-            )
+        self._report_drops(self.writer)
         errors = reader.errors + reader.verdict_errors
         if errors != self._reported["errors"]:
             self._reported["errors"] = errors
@@ -289,6 +315,18 @@ class Worker:
                 f"deciding a packet failed: {reader.last_error!r}",
                 packet_errors=errors,
             )
+
+    def _report_drops(self, writer: EventWriter) -> None:
+        """Once a tick at most: how many events the outputs dropped since the start."""
+        dropped = writer.dropped
+        if dropped == self._reported["dropped"]:
+            return
+        since = dropped - self._reported["dropped"]
+        self._reported["dropped"] = dropped
+        stats = [s.fields() for s in writer.stats() if s.dropped]
+        names = ", ".join(str(s["name"]) for s in stats)
+        self._log("events-dropped", f"{since} events dropped by {names} (slow or down)",
+                  events_dropped=dropped, sinks=stats)  # fmt: skip
 
     def _log(self, action: str, message: str, **extra: object) -> None:
         if self.writer is not None:

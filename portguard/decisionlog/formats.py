@@ -93,7 +93,7 @@ _OCSF_DIRECTIONS = {
 # lifecycle event.action -> Application Lifecycle (6002) activity_id
 _LIFECYCLE_ACTIVITIES = {"start": (3, "Start"), "stop": (4, "Stop")}
 _LIFECYCLE_ACTIVITIES |= {"hook-installed": (6, "Enable"), "hook-removed": (7, "Disable")}
-_LOG_SEVERITIES = {"info": 1, "warning": 3, "error": 4}
+_LOG_SEVERITIES = {"debug": 1, "info": 1, "notice": 2, "warning": 3, "error": 4}
 
 
 def ocsf_record(event: Event) -> dict[str, Any]:
@@ -229,7 +229,7 @@ _CEF_VERBS = {
     "drop": "dropped",
 }
 _CEF_VERDICT_SEVERITY = {"allow": 1, "log": 3, "reject": 5, "drop": 5}
-_CEF_LOG_SEVERITY = {"info": 1, "warning": 5, "error": 7}
+_CEF_LOG_SEVERITY = {"debug": 0, "info": 1, "notice": 3, "warning": 5, "error": 7}
 _CEF_DIRECTIONS = {"inbound": 0, "outbound": 1}
 _HEADER_ESCAPES = str.maketrans({"\\": "\\\\", "|": "\\|", "\r": " ", "\n": " "})
 _VALUE_ESCAPES = str.maketrans({"\\": "\\\\", "=": "\\=", "\r": "\\r", "\n": "\\n"})

@@ -94,6 +94,7 @@ def connection_event(
     return {
         "@timestamp": timestamp(now),
         "ecs": {"version": ECS_VERSION},
+        "log": {"level": verdict_level(decision.action)},
         "event": _verdict_fields(decision.action),
         "rule": _rule_fields(decision),
         "source": {"ip": address_text(version, src), "port": sport},
@@ -107,6 +108,14 @@ def connection_event(
         "observer": observer.fields(),
         "portguard": details,
     }
+
+
+def verdict_level(action: Action) -> str:
+    """log.level of a decision: allowed connections are info, flagged ones notice, denied
+    ones warning (so a sink with `level = "warning"` carries exactly the denies)."""
+    if action is Action.LOG:
+        return "notice"
+    return "info" if action.allows else "warning"
 
 
 def _verdict_fields(action: Action) -> dict[str, Any]:
@@ -135,6 +144,7 @@ def malformed_event(
     return {
         "@timestamp": timestamp(now),
         "ecs": {"version": ECS_VERSION},
+        "log": {"level": "warning"},
         "event": _verdict_fields(action),
         "rule": {"id": "malformed-packet", "ruleset": "builtin"},
         "network": {"transport": "tcp", "iana_number": "6"},
@@ -143,31 +153,40 @@ def malformed_event(
     }
 
 
-# ECS category and type for each lifecycle action (types allowed for those categories)
-LIFECYCLE_KINDS: dict[str, tuple[str, str]] = {
-    "start": ("process", "start"),
-    "stop": ("process", "end"),
-    "reload": ("configuration", "change"),
-    "reload-failed": ("configuration", "change"),
-    "reload-warning": ("configuration", "change"),
-    "reevaluated": ("configuration", "change"),
-    "reevaluate-failed": ("configuration", "change"),
-    "hook-installed": ("configuration", "creation"),
-    "hook-removed": ("configuration", "deletion"),
+# ECS category, type and log.level of each lifecycle action (types allowed for the category)
+LIFECYCLE_KINDS: dict[str, tuple[str, str, str]] = {
+    "start": ("process", "start", "notice"),
+    "stop": ("process", "end", "notice"),
+    "reload": ("configuration", "change", "notice"),
+    "reload-failed": ("configuration", "change", "error"),
+    "reload-warning": ("configuration", "change", "warning"),
+    "reevaluated": ("configuration", "change", "notice"),
+    "reevaluate-failed": ("configuration", "change", "error"),
+    "hook-installed": ("configuration", "creation", "notice"),
+    "hook-removed": ("configuration", "deletion", "notice"),
+    "hook-repaired": ("configuration", "change", "warning"),
+    "hook-repair-failed": ("configuration", "change", "error"),
+    "sink-error": ("process", "info", "error"),
+    "sink-recovered": ("process", "info", "notice"),
+    "events-dropped": ("process", "info", "warning"),
+    "packet-error": ("process", "info", "error"),
+    "flow-end-lost": ("process", "info", "warning"),
 }
-FAILURES = frozenset({"reload-failed", "packet-error", "reevaluate-failed"})
+FAILURES = frozenset(
+    {"reload-failed", "packet-error", "reevaluate-failed", "hook-repair-failed", "sink-error"}
+)
 
 
 def lifecycle_event(
     action: str, message: str, observer: Observer, now: float, **extra: Any
 ) -> Event:
     """Daemon lifecycle (start, reload, reload-failed, hook, stop) as an ECS event."""
-    category, kind = LIFECYCLE_KINDS.get(action, ("process", "info"))
+    category, kind, level = LIFECYCLE_KINDS.get(action, ("process", "info", "info"))
     failed = action in FAILURES
     return {
         "@timestamp": timestamp(now),
         "ecs": {"version": ECS_VERSION},
-        "log": {"level": "error" if failed else "warning" if "warning" in action else "info"},
+        "log": {"level": level},
         "message": message,
         "event": {
             "kind": "event",

@@ -1,185 +1,204 @@
-"""The event writer: a bounded queue in front of the sinks, drained by one thread.
+"""The event writer: a bounded queue and a thread for every sink.
 
-The packet loop only calls `submit`, which never blocks: when the queue is full the event is
-dropped and counted, so a slow or broken sink can never delay a verdict. The writer thread
-renders events through a structlog processor chain (community ID, orjson) into each sink.
+The packet loop only calls `submit`, which never blocks: each sink whose minimum level the
+event reaches gets it in its own queue; a full queue drops the event and counts it for that
+sink. A sink that is slow or down (a collector restarting) therefore fills its own queue only,
+never delays a verdict and never holds up the other sinks. Every event a sink was given is
+either written or counted as dropped: `submitted == written + dropped` once the writer closed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
-import sys
 import threading
-from collections.abc import Callable, MutableMapping, Sequence
-from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-import orjson
-import structlog
-
-from portguard.decisionlog import formats
 from portguard.decisionlog.record import Event
+from portguard.decisionlog.sinks import LEVELS, EventSink, severity
 
+DEFAULT_BUFFER = 65536  # events a sink may have waiting
 _STOP = object()
 _REOPEN = object()
 
-
-def add_community_id(
-    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    """structlog processor: network.community_id for decision events (Community ID v1)."""
-    return formats.with_community_id(dict(event_dict))
+# (sink name, up, reason): a sink went down (up False) or came back
+SinkStateCallback = Callable[[str, bool, str], None]
 
 
-LEADING_FIELDS = ("@timestamp", "ecs", "log", "message", "event")
+@dataclass(frozen=True, slots=True)
+class SinkStats:
+    """One sink's counters: events given to it, written by it, dropped on its way."""
 
-
-def order_fields(
-    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    """structlog processor: @timestamp, ecs, log, message and event first, as people read them."""
-    leading = {key: event_dict[key] for key in LEADING_FIELDS if key in event_dict}
-    return leading | {k: v for k, v in event_dict.items() if k not in leading}
-
-
-def render_line(event: Event) -> bytes:
-    """The exact bytes a sink writes for one event (without the newline); used by tests."""
-    return formats.render(event, "ecs")
-
-
-class EventSink(Protocol):
     name: str
-    errors: int
+    submitted: int
+    written: int
+    dropped: int
 
-    def write(self, event: Event) -> None: ...
-
-    def reopen(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-def renderer(fmt: str) -> Callable[[Any, str, MutableMapping[str, Any]], str | bytes]:
-    """structlog processor: the last of a sink's chain, rendering its format (formats.py)."""
-    if fmt not in formats.FORMATS:
-        raise ValueError(f"unknown log format {fmt!r} (known: {', '.join(formats.FORMATS)})")
-    if fmt == "ecs":
-        return structlog.processors.JSONRenderer(orjson.dumps)
-
-    def render(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> bytes:
-        return formats.render(dict(event_dict), fmt)
-
-    return render
+    def fields(self) -> dict[str, object]:
+        return {"name": self.name, "submitted": self.submitted, "written": self.written,
+                "dropped": self.dropped}  # fmt: skip
 
 
-class Sink:
-    """One output: a binary stream written one line per event, in the sink's format."""
+class Channel:
+    """One sink, its bounded queue, its minimum level and the thread that writes to it."""
 
-    def __init__(
-        self, name: str, stream: BinaryIO, owned: bool, fmt: str = "ecs", path: Path | None = None
-    ) -> None:
-        self.name = name
-        self.format = fmt
-        self.owned = owned
-        self.path = path  # a file sink: reopened by name after log rotation
-        self.errors = 0
-        self._attach(stream)
+    def __init__(self, sink: EventSink, buffer: int = DEFAULT_BUFFER, level: str = "debug") -> None:
+        self.sink = sink
+        self.max_severity = LEVELS[level]  # events of a higher number (less severe) are skipped
+        self.submitted = self.written = self.dropped = 0
+        self.up = True
+        self.on_state: SinkStateCallback | None = None
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=buffer)
+        self._lock = threading.Lock()  # counters are bumped from several threads
+        self._closing = threading.Event()
+        self._abandoned = False
+        self._thread = threading.Thread(target=self._drain, name=f"log-{sink.name}", daemon=True)
+        if hasattr(sink, "on_state"):
+            sink.on_state = self._state
 
-    def _attach(self, stream: BinaryIO) -> None:
-        self.stream = stream
-        self.logger = structlog.wrap_logger(
-            structlog.BytesLogger(stream),
-            processors=[order_fields, add_community_id, renderer(self.format)],
-        )
-
-    def reopen(self) -> None:
-        """After logrotate moved the file: continue in a new file of the same name."""
-        if self.path is None:
-            return
-        try:
-            fresh = open(self.path, "ab")  # noqa: SIM115 - closed by close() or the next reopen
-        except OSError:
-            self.errors += 1
-            return
-        old = self.stream
-        self._attach(fresh)
-        old.close()
-
-    def write(self, event: Event) -> None:
-        try:
-            self.logger.msg(**event)
-        except (OSError, ValueError):
-            self.errors += 1
-
-    def close(self) -> None:
-        if self.owned:
-            self.stream.close()
-
-
-def stdout_sink(fmt: str = "ecs") -> Sink:
-    return Sink("stdout", sys.stdout.buffer, owned=False, fmt=fmt)
-
-
-def file_sink(path: Path, fmt: str = "ecs") -> Sink:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return Sink(f"file:{path}", open(path, "ab"), owned=True, fmt=fmt, path=path)
-
-
-class EventWriter:
-    """Bounded, non-blocking event queue with a writer thread."""
-
-    def __init__(self, sinks: Sequence[EventSink], capacity: int = 65536) -> None:
-        self.sinks: list[EventSink] = list(sinks)
-        self.dropped = 0
-        self.written = 0
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=capacity)
-        self._thread = threading.Thread(target=self._drain, name="portguard-log", daemon=True)
-        self.on_error: Callable[[BaseException], None] | None = None
+    @property
+    def name(self) -> str:
+        return self.sink.name
 
     def start(self) -> None:
         self._thread.start()
 
     def submit(self, event: Event) -> bool:
-        """Queue an event for the sinks; never blocks. False when it was dropped."""
+        """Queue the event if it reaches this sink's level; never blocks."""
+        if severity(event) > self.max_severity:
+            return True
         try:
             self._queue.put_nowait(event)
         except queue.Full:
-            self.dropped += 1
+            self._count(dropped=1)
             return False
+        finally:
+            self._count(submitted=1)
         return True
 
     def reopen(self) -> None:
-        """Reopen file sinks (SIGUSR1 after logrotate), in order with the events around it."""
-        try:
+        with contextlib.suppress(queue.Full):  # a stuck sink reopens nothing
             self._queue.put(_REOPEN, timeout=1.0)
-        except queue.Full:
-            self.dropped += 1
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Write what is queued, then stop the thread and close the sinks."""
+    def stats(self) -> SinkStats:
+        with self._lock:
+            return SinkStats(self.name, self.submitted, self.written, self.dropped)
+
+    def begin_close(self) -> None:
+        """Ask the thread to stop once it has written what is queued."""
+        self._closing.set()
+        with contextlib.suppress(queue.Full):  # else it stops once the queue is empty
+            self._queue.put_nowait(_STOP)
+
+    def finish_close(self, deadline: float) -> None:
+        """Wait until `deadline` (monotonic); what a stuck sink still holds then is dropped."""
+        self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
-            try:
-                self._queue.put(_STOP, timeout=timeout)
-            except queue.Full:
-                self.dropped += 1
-            self._thread.join(timeout)
-        for sink in self.sinks:
-            sink.close()
+            self._abandoned = True
+            self.sink.interrupt()
+            self._thread.join(1.0)
+        self._count(dropped=self._queue.qsize() - (1 if self._has_stop() else 0))
+        self.sink.close()
 
-    @property
-    def sink_errors(self) -> int:
-        return sum(sink.errors for sink in self.sinks)
+    def _has_stop(self) -> bool:
+        return _STOP in list(self._queue.queue)
+
+    def _count(self, submitted: int = 0, written: int = 0, dropped: int = 0) -> None:
+        with self._lock:
+            self.submitted += submitted
+            self.written += written
+            self.dropped += dropped
 
     def _drain(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                if self._closing.is_set():
+                    return
+                continue
             if item is _STOP:
                 return
             if item is _REOPEN:
-                for sink in self.sinks:
-                    sink.reopen()
-                continue
-            assert isinstance(item, dict)
-            event = formats.with_community_id(item)  # once for every sink
-            for sink in self.sinks:
-                sink.write(dict(event))  # each sink's processors may add fields
-            self.written += 1
+                self._attempt(self.sink.reopen)
+            elif self._abandoned:
+                self._count(dropped=1)
+            else:
+                assert isinstance(item, dict)
+                written = self._attempt(self.sink.write, item)
+                self._count(written=int(written), dropped=int(not written))
+
+    def _attempt(self, action: Callable[..., None], *args: object) -> bool:
+        try:
+            action(*args)
+        except OSError as error:
+            self._state(False, str(error) or type(error).__name__)
+            return False
+        if not self.up:
+            self._state(True, "")
+        return True
+
+    def _state(self, up: bool, reason: str) -> None:
+        """Report a change (down once per outage, then up again) to the writer's owner."""
+        if up == self.up:
+            return
+        self.up = up
+        if self.on_state is not None:
+            self.on_state(self.name, up, reason)
+
+
+class EventWriter:
+    """Bounded, non-blocking event queues, one writer thread per sink."""
+
+    def __init__(
+        self, sinks: Sequence[EventSink | Channel], capacity: int = DEFAULT_BUFFER
+    ) -> None:
+        self.channels = [s if isinstance(s, Channel) else Channel(s, capacity) for s in sinks]
+
+    @property
+    def on_sink_state(self) -> SinkStateCallback | None:
+        return self.channels[0].on_state if self.channels else None
+
+    @on_sink_state.setter
+    def on_sink_state(self, callback: SinkStateCallback | None) -> None:
+        for channel in self.channels:
+            channel.on_state = callback
+
+    def start(self) -> None:
+        for channel in self.channels:
+            channel.start()
+
+    def submit(self, event: Event) -> bool:
+        """Queue an event for every sink that takes its level; never blocks. False when some
+        sink had to drop it."""
+        accepted = True
+        for channel in self.channels:
+            accepted = channel.submit(event) and accepted
+        return accepted
+
+    def reopen(self) -> None:
+        """Reopen file sinks (SIGUSR1 after logrotate), in order with the events around them."""
+        for channel in self.channels:
+            channel.reopen()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued (each sink gets `timeout`), then stop the threads."""
+        deadline = time.monotonic() + timeout
+        for channel in self.channels:
+            channel.begin_close()
+        for channel in self.channels:
+            channel.finish_close(deadline)
+
+    def stats(self) -> list[SinkStats]:
+        return [channel.stats() for channel in self.channels]
+
+    @property
+    def dropped(self) -> int:
+        """Events some sink dropped (each sink counts its own)."""
+        return sum(channel.dropped for channel in self.channels)
+
+    @property
+    def written(self) -> int:
+        return sum(channel.written for channel in self.channels)

@@ -171,6 +171,9 @@ def family_problems(family: str, table: FilterTable, spec: HookSpec | None) -> l
         count, builtin = table.jump_count(chain), _builtin(chain)
         if chain in hooked and count != 1:
             problems.append(f"{family}: {count} jumps from {builtin}, one expected")
+        elif chain in hooked and table.heads.get(builtin) != jump_rule(chain):
+            # a rule above the jump (another tool's ACCEPT) lets connections bypass the policy
+            problems.append(f"{family}: {builtin} does not begin with the jump to {CHAIN}")
         elif chain not in hooked and count:
             problems.append(f"{family}: jump from {builtin}, which the config does not hook")
     if spec and table.chain_rules != chain_rules(spec):

@@ -45,8 +45,18 @@ def render_config(
     max_len: int = 4096,
     reevaluate: bool = False,
     flood_window: int = 60,
+    extra_outputs: Sequence[str] = (),
+    log_options: str = "",
 ) -> str:
-    """The daemon config for the lab: WAN = gw-wan, forward chain, stdout and file outputs."""
+    """The daemon config for the lab: WAN = gw-wan, forward chain, stdout and file outputs.
+
+    `extra_outputs` are more [log] outputs as TOML inline tables (e.g. a syslog collector);
+    `log_options` are more lines for the [log] table.
+    """
+    outputs = ", ".join(
+        ['{ type = "stdout" }', f'{{ type = "file", path = {toml_string(str(events))} }}',
+         *extra_outputs]
+    )  # fmt: skip
     paths = ", ".join(toml_string(str(path)) for path in rules)
     socket_path = toml_string(str(control or events.parent / "control.sock"))
     return (
@@ -56,9 +66,7 @@ def render_config(
         f"[hook]\nbackend = {toml_string(backend)}\n"
         f'ports = [{", ".join(str(p) for p in HOOK_PORTS)}]\nchains = ["forward"]\n\n'
         f"[rules]\npaths = [{paths}]\nreevaluate = {str(reevaluate).lower()}\n\n"
-        f'[log]\noutputs = [{{ type = "stdout" }}, '
-        f'{{ type = "file", path = {toml_string(str(events))} }}]\n'
-        f"flood_window = {flood_window}\n"
+        f"[log]\noutputs = [{outputs}]\nflood_window = {flood_window}\n{log_options}"
         f"\n[daemon]\ncontrol_socket = {socket_path}\n"
     )
 
@@ -101,6 +109,8 @@ class LabDaemon:
         max_len: int = 4096,
         reevaluate: bool = False,
         flood_window: int = 60,
+        extra_outputs: Sequence[str] = (),
+        log_options: str = "",
     ) -> None:
         """`command` replaces `python -m portguard` (it gets `run --config CFG` appended)."""
         self.lab = lab
@@ -121,6 +131,8 @@ class LabDaemon:
                 max_len=max_len,
                 reevaluate=reevaluate,
                 flood_window=flood_window,
+                extra_outputs=extra_outputs,
+                log_options=log_options,
             )
         )
         self.proc: subprocess.Popen[bytes] | None = None

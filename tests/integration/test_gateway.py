@@ -427,17 +427,17 @@ def test_a_retrying_bot_makes_a_few_lines_whose_counts_add_up(lab: Lab) -> None:
     running = LabDaemon(lab)  # flood control on, 60 s window
     running.start()
     try:
-        bot = lab.run("sub", [sys.executable, "-c", BOT, a.MX.v4, "25", "2000"],
+        bot = lab.run("sub", [sys.executable, "-c", BOT, a.MX.v4, "25", "10000"],
                       capture_output=True, text=True, timeout=300)  # fmt: skip
-        assert bot.stdout.strip() == "2000", bot.stderr
+        assert bot.stdout.strip() == "10000", bot.stderr
     finally:
         assert running.stop() == 0  # the summary is written at stop
     lines = [e for e in running.events() if e["event"].get("dataset") == "portguard.decision"
              and e["source"]["ip"] == a.SUBSCRIBER.v4]  # fmt: skip
     assert len(lines) <= 5, len(lines)
-    assert sum(represented(e) for e in lines) == 2000
+    assert sum(represented(e) for e in lines) == 10000
     summary = lines[-1]
-    assert summary["portguard"]["aggregate"]["count"] == 2000
+    assert summary["portguard"]["aggregate"]["count"] == 10000
     assert summary["rule"]["id"] == "block-25" and summary["event"]["action"] == "reject"
 
 

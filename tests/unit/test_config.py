@@ -48,14 +48,15 @@ CASES: dict[str, tuple[str, str]] = {
     "file-output-without-path": ("2:33", "outputs: type \"file\" needs 'path'"),
     "syslog-address-no-scheme": (
         "3:22",
-        'address: "collector.example:514" is not of the form udp://host:port or tcp://host:port',
+        'address: "collector.example:514" is not of the form udp://, tcp:// or tls://host:port',
     ),
     "syslog-address-bad-port": ("2:31", "address: port 70000 is out of range 1-65535"),
     "syslog-without-address": ("2:12", "outputs: type \"syslog\" needs 'address'"),
     "stdout-with-address": ("2:31", "outputs: 'address' does not apply to type \"stdout\""),
     "output-unknown-key": (
         "2:54",
-        "unknown key 'rotate' (known keys: type, path, address, format)",
+        "unknown key 'rotate' (known keys: type, path, address, format, level, buffer, prefix, "
+        "ca, cert, key, server_name)",
     ),
     "output-unknown-type": ("2:14", "type: must be 'stdout', 'file' or 'syslog', not \"kafka\""),
     "outputs-empty": ("2:1", "outputs: needs at least one entry"),
@@ -181,6 +182,7 @@ def test_missing_config_file(tmp_path: Path) -> None:
     [
         ("udp://192.0.2.10:514", None),
         ("tcp://collector.example.net:6514", None),
+        ("tls://collector.example.net:6514", None),
         ("udp://[2001:db8::1]:514", None),
         ("http://192.0.2.10:514", "is not of the form"),
         ("udp://192.0.2.10", "is not of the form"),
@@ -200,3 +202,42 @@ def test_syslog_address(address: str, problem: str | None) -> None:
 def test_endpoint_of_a_non_syslog_output_is_an_error() -> None:
     with pytest.raises(ValueError, match="no syslog address"):
         _ = Output("stdout").endpoint
+
+
+def test_outputs_take_a_level_a_buffer_and_tls_settings(tmp_path: Path) -> None:
+    text = (
+        "[log]\noutputs = [\n"
+        '  { type = "stdout", prefix = "always", level = "warning" },\n'
+        '  { type = "syslog", address = "tls://siem.example.net:6514", ca = "ca.pem", '
+        'cert = "client.pem", key = "client.key", server_name = "siem", buffer = 1000 },\n'
+        "]\nflow_end = false\n"
+    )
+    config = parse_config(text, tmp_path / "portguard.toml")
+    stdout, syslog = config.log.outputs
+    assert (stdout.prefix, stdout.level, stdout.buffer) == ("always", "warning", 65536)
+    assert (syslog.level, syslog.buffer, syslog.server_name) == ("info", 1000, "siem")
+    assert (syslog.ca, syslog.cert, syslog.key) == (
+        tmp_path / "ca.pem",
+        tmp_path / "client.pem",
+        tmp_path / "client.key",
+    )
+    assert config.log.flow_end is False
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ('{ type = "file", path = "x", prefix = "always" }',
+         "2:41: outputs: 'prefix' does not apply to type \"file\""),
+        ('{ type = "syslog", address = "tcp://192.0.2.9:514", ca = "ca.pem" }',
+         "2:64: outputs: 'ca' applies only to a tls:// syslog address"),
+        ('{ type = "syslog", address = "tls://192.0.2.9:6514", cert = "c.pem" }',
+         "2:12: outputs: a client certificate needs both 'cert' and 'key'"),
+        ('{ type = "stdout", level = "loud" }', "level: must be"),
+        ('{ type = "stdout", buffer = 0 }', "buffer: 0 is out of range 1-10000000"),
+    ],
+)  # fmt: skip
+def test_output_option_errors(tmp_path: Path, output: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"[log]\noutputs = [{output}]\n", tmp_path / "p.toml")
+    assert any(message in m for m in caught.value.messages), caught.value.messages

@@ -28,7 +28,7 @@ from portguard.decisionlog.record import (
     lifecycle_event,
     malformed_event,
 )
-from portguard.decisionlog.writer import render_line
+from portguard.decisionlog.sinks import render_line
 from portguard.flow.table import Flow, TcpState
 from portguard.policy.model import Action, Decision, Direction, Limit, LimitResult
 

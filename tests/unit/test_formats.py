@@ -28,7 +28,7 @@ from portguard.decisionlog.record import (
     lifecycle_event,
     malformed_event,
 )
-from portguard.decisionlog.writer import Sink, render_line
+from portguard.decisionlog.sinks import Sink, render_line
 from portguard.flow.table import Flow, TcpState
 from portguard.policy.model import Action, Decision, Direction
 
@@ -177,11 +177,11 @@ def test_ocsf_flood_summary_carries_count_and_times() -> None:
 @pytest.mark.parametrize(
     ("action", "activity", "status_id", "severity_id"),
     [
-        ("start", 3, 1, 1),
-        ("stop", 4, 1, 1),
-        ("hook-installed", 6, 1, 1),
-        ("hook-removed", 7, 1, 1),
-        ("reload", 99, 1, 1),
+        ("start", 3, 1, 2),
+        ("stop", 4, 1, 2),
+        ("hook-installed", 6, 1, 2),
+        ("hook-removed", 7, 1, 2),
+        ("reload", 99, 1, 2),
         ("reload-warning", 99, 1, 3),
         ("reload-failed", 99, 2, 4),
     ],

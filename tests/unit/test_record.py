@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from portguard.decisionlog.record import (
+    LIFECYCLE_KINDS,
     Observer,
     decision_event,
     lifecycle_event,
@@ -86,7 +89,7 @@ def test_lifecycle_levels() -> None:
     ok = lifecycle_event("reload", "policy reloaded", OBSERVER, NOW, policy_version="x")
     bad = lifecycle_event("reload-failed", "kept the old policy", OBSERVER, NOW, errors=["a:1: b"])
     assert ok["event"]["dataset"] == "portguard.lifecycle"
-    assert ok["log"]["level"] == "info" and ok["portguard"] == {"policy_version": "x"}
+    assert ok["log"]["level"] == "notice" and ok["portguard"] == {"policy_version": "x"}
     assert bad["log"]["level"] == "error" and bad["event"]["outcome"] == "failure"
     assert bad["portguard"]["errors"] == ["a:1: b"]
     assert ok["event"]["category"] == ["configuration"] and ok["event"]["type"] == ["change"]
@@ -123,3 +126,21 @@ def test_address_text_matches_ipaddress() -> None:
 
 def test_timestamp_of_a_whole_second_keeps_microseconds() -> None:
     assert timestamp(1795798800.0) == "2026-11-27T17:00:00.000000Z"
+
+
+@pytest.mark.parametrize(
+    ("action", "level"),
+    [(Action.ALLOW, "info"), (Action.LOG, "notice"), (Action.REJECT, "warning"),
+     (Action.DROP, "warning")],
+)  # fmt: skip
+def test_decision_level_follows_the_verdict(action: Action, level: str) -> None:
+    decision = Decision(action, "r", "rules.toml", "", "because")
+    event = decision_event(decision, flow(), Direction.OUTBOUND, "v", OBSERVER, NOW)
+    assert event["log"] == {"level": level}
+
+
+def test_every_lifecycle_kind_has_a_known_level() -> None:
+    for action in LIFECYCLE_KINDS:
+        event = lifecycle_event(action, "m", OBSERVER, NOW)
+        assert event["log"]["level"] in {"info", "notice", "warning", "error"}
+        assert (event["event"]["outcome"] == "failure") == (event["log"]["level"] == "error")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from pathlib import Path
 
 import orjson
 
-from portguard.decisionlog.writer import EventWriter, Sink, file_sink, render_line
+from portguard.decisionlog.sinks import Sink, file_sink, render_line
+from portguard.decisionlog.writer import Channel, EventWriter
 
 EVENT = {
     "@timestamp": "2026-11-27T17:00:00.000000Z",
@@ -83,7 +85,9 @@ def test_sink_errors_are_counted() -> None:
     writer.start()
     writer.submit(dict(EVENT))
     writer.close()
-    assert writer.sink_errors == 1
+    broken, fine = writer.stats()
+    assert (broken.submitted, broken.written, broken.dropped) == (1, 0, 1)
+    assert (fine.submitted, fine.written, fine.dropped) == (1, 1, 0)
     assert len(good.getvalue().splitlines()) == 1
 
 
@@ -102,3 +106,104 @@ def test_file_sink_reopens_after_rotation_without_losing_a_line(tmp_path: Path) 
     new = path.read_bytes().splitlines()
     ports = [orjson.loads(line)["source"]["port"] for line in old + new]
     assert ports == list(range(100)) and len(old) == 50
+
+
+def test_each_sink_takes_events_from_its_minimum_level_up() -> None:
+    everything, denies = io.BytesIO(), io.BytesIO()
+    writer = EventWriter(
+        [Channel(Sink("all", everything, False), level="debug"),
+         Channel(Sink("denies", denies, False), level="warning")]
+    )  # fmt: skip
+    writer.start()
+    for level in ("debug", "info", "notice", "warning", "error"):
+        writer.submit({**EVENT, "log": {"level": level}})
+    writer.submit(dict(EVENT))  # no log.level: info
+    writer.close()
+    levels = [orjson.loads(line).get("log", {}).get("level") for line in denies.getvalue().split()]
+    assert levels == ["warning", "error"]
+    assert len(everything.getvalue().splitlines()) == 6
+    assert [s.submitted for s in writer.stats()] == [6, 2]
+
+
+def test_a_stuck_sink_does_not_hold_up_the_others() -> None:
+    gate, good = threading.Event(), io.BytesIO()
+    writer = EventWriter([Sink("stuck", BlockedStream(gate), False), Sink("good", good, False)],
+                         capacity=5)  # fmt: skip
+    writer.start()
+    for _ in range(3):
+        writer.submit(dict(EVENT))
+    deadline = time.monotonic() + 5
+    while len(good.getvalue().splitlines()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(good.getvalue().splitlines()) == 3  # while "stuck" still holds its first one
+    gate.set()
+    writer.close()
+
+
+class Outage:
+    """A sink that fails its first `failures` writes, then works."""
+
+    name = "outage"
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.lines = failures, 0
+
+    def write(self, event: dict[str, object]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionRefusedError("collector down")
+        self.lines += 1
+
+    def reopen(self) -> None: ...
+
+    def interrupt(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def test_an_outage_is_reported_once_down_and_once_up() -> None:
+    sink = Outage(failures=3)
+    writer = EventWriter([sink])
+    states: list[tuple[str, bool, str]] = []
+    writer.on_sink_state = lambda name, up, reason: states.append((name, up, reason))
+    writer.start()
+    for _ in range(5):
+        writer.submit(dict(EVENT))
+    writer.close()
+    assert states == [("outage", False, "collector down"), ("outage", True, "")]
+    (stats,) = writer.stats()
+    assert (stats.submitted, stats.written, stats.dropped, sink.lines) == (5, 2, 3, 2)
+
+
+class Hanging:
+    """A sink whose write blocks until interrupted (a collector that accepts nothing)."""
+
+    name = "hanging"
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+
+    def write(self, event: dict[str, object]) -> None:
+        if not self.released.wait(30):
+            return
+        raise OSError("interrupted")
+
+    def reopen(self) -> None: ...
+
+    def interrupt(self) -> None:
+        self.released.set()
+
+    def close(self) -> None: ...
+
+
+def test_close_gives_up_on_a_hanging_sink_and_counts_what_it_held() -> None:
+    sink = Hanging()
+    writer = EventWriter([sink], capacity=100)
+    writer.start()
+    for _ in range(50):
+        writer.submit(dict(EVENT))
+    started = time.monotonic()
+    writer.close(timeout=0.5)
+    assert time.monotonic() - started < 3
+    (stats,) = writer.stats()
+    assert (stats.submitted, stats.written, stats.dropped) == (50, 0, 50)

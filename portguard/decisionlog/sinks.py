@@ -1,0 +1,162 @@
+"""Stream sinks (stdout, file) and what every sink shares: levels, the sink contract.
+
+A sink writes one event at a time in its own thread (writer.py gives each sink a bounded
+queue): `write` may block, and raises OSError when that event could not be written.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, MutableMapping
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+import orjson
+import structlog
+
+from portguard.decisionlog import formats
+from portguard.decisionlog.record import Event
+
+# syslog severities (RFC 5424) of the ECS log.level values portguard writes
+LEVELS: dict[str, int] = {"error": 3, "warning": 4, "notice": 5, "info": 6, "debug": 7}
+DEFAULT_SEVERITY = LEVELS["info"]
+LEADING_FIELDS = ("@timestamp", "ecs", "log", "message", "event")
+
+StateCallback = Callable[[bool, str], None]
+
+
+def severity(event: Event) -> int:
+    """The event's syslog severity, from ECS log.level (info when it has none)."""
+    level = event.get("log", {}).get("level")
+    return LEVELS.get(level, DEFAULT_SEVERITY) if isinstance(level, str) else DEFAULT_SEVERITY
+
+
+class EventSink(Protocol):
+    """What the writer drives, one thread per sink."""
+
+    name: str
+
+    def write(self, event: Event) -> None: ...
+
+    def reopen(self) -> None: ...
+
+    def interrupt(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def order_fields(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: @timestamp, ecs, log, message and event first, as people read them."""
+    leading = {key: event_dict[key] for key in LEADING_FIELDS if key in event_dict}
+    return leading | {k: v for k, v in event_dict.items() if k not in leading}
+
+
+def add_community_id(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: network.community_id for connection events (Community ID v1)."""
+    return formats.with_community_id(dict(event_dict))
+
+
+Processor = Callable[[Any, str, MutableMapping[str, Any]], Any]
+
+
+def renderer(fmt: str, prefix: bool = False) -> Processor:
+    """structlog processor, the last of a sink's chain: the line in format `fmt`, optionally
+    behind journald's `<N>` priority prefix (so `journalctl -p warning` works)."""
+    if fmt not in formats.FORMATS:
+        raise ValueError(f"unknown log format {fmt!r} (known: {', '.join(formats.FORMATS)})")
+
+    def render(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> bytes:
+        event = dict(event_dict)
+        line = orjson.dumps(event) if fmt == "ecs" else formats.render(event, fmt)
+        return b"<%d>%s" % (severity(event), line) if prefix else line
+
+    return render
+
+
+def render_line(event: Event) -> bytes:
+    """The exact bytes a sink writes for one ECS event (without the newline); used by tests."""
+    return formats.render(event, "ecs")
+
+
+class Sink:
+    """One output: a binary stream written one line per event, in the sink's format."""
+
+    def __init__(
+        self,
+        name: str,
+        stream: BinaryIO,
+        owned: bool,
+        fmt: str = "ecs",
+        path: Path | None = None,
+        prefix: bool = False,
+    ) -> None:
+        self.name = name
+        self.format = fmt
+        self.owned = owned
+        self.path = path  # a file sink: reopened by name after log rotation
+        self.prefix = prefix
+        self.errors = 0
+        self._attach(stream)
+
+    def _attach(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.logger = structlog.wrap_logger(
+            structlog.BytesLogger(stream),
+            processors=[order_fields, add_community_id, renderer(self.format, self.prefix)],
+        )
+
+    def reopen(self) -> None:
+        """After logrotate moved the file: continue in a new file of the same name."""
+        if self.path is None:
+            return
+        try:
+            fresh = open(self.path, "ab")  # noqa: SIM115 - closed by close() or the next reopen
+        except OSError:
+            self.errors += 1
+            raise
+        old = self.stream
+        self._attach(fresh)
+        old.close()
+
+    def write(self, event: Event) -> None:
+        try:
+            self.logger.msg(**event)
+        except ValueError as error:  # a closed stream
+            self.errors += 1
+            raise OSError(str(error)) from None
+        except OSError:
+            self.errors += 1
+            raise
+
+    def interrupt(self) -> None:
+        """Nothing to interrupt: a write to a local stream returns on its own."""
+
+    def close(self) -> None:
+        if self.owned:
+            self.stream.close()
+
+
+def journald_stdout() -> bool:
+    """Whether stdout is connected to journald (systemd sets JOURNAL_STREAM=dev:inode)."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        info = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return False
+    return expected == f"{info.st_dev}:{info.st_ino}"
+
+
+def stdout_sink(fmt: str = "ecs", prefix: str = "auto") -> Sink:
+    """stdout; `prefix` "auto" adds `<N>` only when stdout goes to journald."""
+    with_prefix = prefix == "always" or (prefix == "auto" and journald_stdout())
+    return Sink("stdout", sys.stdout.buffer, owned=False, fmt=fmt, prefix=with_prefix)
+
+
+def file_sink(path: Path, fmt: str = "ecs") -> Sink:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Sink(f"file:{path}", open(path, "ab"), owned=True, fmt=fmt, path=path)

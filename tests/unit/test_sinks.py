@@ -1,0 +1,94 @@
+"""Stream sinks: levels, journald's priority prefix, errors as OSError."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from portguard.decisionlog.sinks import (
+    Sink,
+    file_sink,
+    journald_stdout,
+    severity,
+    stdout_sink,
+)
+
+EVENT = {"@timestamp": "2026-11-27T17:00:00.000000Z", "event": {"action": "drop"}}
+
+
+@pytest.mark.parametrize(
+    ("level", "number"),
+    [("error", 3), ("warning", 4), ("notice", 5), ("info", 6), ("debug", 7), ("odd", 6)],
+)
+def test_severity_follows_syslog_numbers(level: str, number: int) -> None:
+    assert severity({"log": {"level": level}}) == number
+
+
+def test_an_event_without_a_level_is_info() -> None:
+    assert severity({}) == 6 and severity({"log": {"level": 3}}) == 6
+
+
+def test_the_journald_prefix_carries_the_severity() -> None:
+    stream = io.BytesIO()
+    Sink("stdout", stream, owned=False, prefix=True).write({**EVENT, "log": {"level": "warning"}})
+    line = stream.getvalue()
+    assert line.startswith(b"<4>{") and line.endswith(b"\n")
+    assert orjson.loads(line[3:])["log"] == {"level": "warning"}
+
+
+def test_no_prefix_by_default_and_in_every_format() -> None:
+    for fmt in ("ecs", "ocsf", "cef"):
+        plain, prefixed = io.BytesIO(), io.BytesIO()
+        event = {**EVENT, "log": {"level": "error"}, "message": "m",
+                 "event": {"action": "stop", "dataset": "portguard.lifecycle"}}  # fmt: skip
+        Sink("a", plain, owned=False, fmt=fmt).write(dict(event))
+        Sink("b", prefixed, owned=False, fmt=fmt, prefix=True).write(dict(event))
+        assert prefixed.getvalue() == b"<3>" + plain.getvalue()
+
+
+def test_journald_is_recognised_by_the_stdout_device_and_inode(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with (tmp_path / "out").open("wb") as out:
+        monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out))
+        info = os.fstat(out.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
+        assert journald_stdout()
+        assert stdout_sink(prefix="auto").prefix and not stdout_sink(prefix="never").prefix
+        monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino + 1}")
+        assert not journald_stdout() and not stdout_sink(prefix="auto").prefix
+        assert stdout_sink(prefix="always").prefix
+        monkeypatch.delenv("JOURNAL_STREAM")
+        assert not journald_stdout()
+
+
+def test_a_write_to_a_closed_stream_raises_oserror() -> None:
+    stream = io.BytesIO()
+    sink = Sink("closed", stream, owned=True)
+    sink.close()
+    with pytest.raises(OSError):
+        sink.write(dict(EVENT))
+    assert sink.errors == 1
+
+
+def test_a_reopen_that_fails_raises_and_keeps_the_old_stream(tmp_path: Path) -> None:
+    path = tmp_path / "events.json"
+    sink = file_sink(path)
+    path.rename(tmp_path / "events.json.1")  # logrotate moved it...
+    path.mkdir()  # ...and something else took the name: open() fails, even for root
+    with pytest.raises(IsADirectoryError):
+        sink.reopen()
+    sink.write(dict(EVENT))  # still writes to the old stream
+    sink.close()
+    assert sink.errors == 1
+    assert (tmp_path / "events.json.1").read_bytes().count(b"\n") == 1
+
+
+def test_unknown_format_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown log format"):
+        Sink("x", io.BytesIO(), owned=False, fmt="xml")
