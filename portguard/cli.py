@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +45,9 @@ def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # logrotate's postrotate signals every process of the unit: SIGUSR1 must never kill one
+    # (the daemon handles it once it runs; a `check` or `reload` just ignores it)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)

@@ -22,7 +22,7 @@ from portguard import __version__
 from portguard.config import Config
 from portguard.control import ControlServer
 from portguard.decisionlog.record import Observer, lifecycle_event
-from portguard.decisionlog.writer import EventWriter
+from portguard.decisionlog.writer import EventQueue, EventWriter
 from portguard.errors import SourceError
 from portguard.io import notify
 from portguard.io.hook import (
@@ -82,17 +82,17 @@ class Daemon:
                 self._stop_hook_watch()  # the loop died: the hooks stay, unwatched
         return self._run_forked(ruleset)
 
-    def _install_hooks(self, writer: EventWriter) -> None:
+    def _install_hooks(self, writer: EventQueue) -> None:
         self.backend.install(self.spec)
         writer.submit(self._lifecycle("hook-installed", f"{self.backend.name} hooks installed"))
         self._start_hook_watch(writer)
 
-    def _remove_hooks(self, writer: EventWriter) -> None:
+    def _remove_hooks(self, writer: EventQueue) -> None:
         self._stop_hook_watch()  # first: a check still running would put the hooks back
         self.backend.remove()
         writer.submit(self._lifecycle("hook-removed", f"{self.backend.name} hooks removed"))
 
-    def _start_hook_watch(self, writer: EventWriter) -> None:
+    def _start_hook_watch(self, writer: EventQueue) -> None:
         name = self.backend.name
 
         def repaired(problem: str) -> None:
@@ -126,7 +126,7 @@ class Daemon:
         for index in range(self.config.queue.workers):
             supervisor.children.append(self._fork_worker(index, ruleset, ready_w))
         os.close(ready_w)
-        writer = make_writer(self.config, self.observer, role="supervisor")
+        writer = supervisor.writer = make_writer(self.config, self.observer, role="supervisor")
         deciding = False
         try:
             _await_ready(ready_r, len(supervisor.children))
@@ -214,6 +214,7 @@ class Supervisor:
         except OSError as error:
             raise StartupError(f"cannot open the control socket {path}: {error}") from None
         self.signals = SignalPipe()
+        self.writer: EventWriter | None = None  # the parent's own outputs (hook events)
 
     def wait(self) -> int:
         with selectors.DefaultSelector() as selector:
@@ -231,6 +232,8 @@ class Supervisor:
                 key.data()
             if self.signals.take_reload():
                 self._forward_reload()
+            if self.signals.take_reopen():
+                self._reopen()
             pid, _status = os.waitpid(-1, os.WNOHANG)
             if pid and not self.signals.stop:
                 print(f"portguard: worker {pid} exited unexpectedly", file=sys.stderr)
@@ -252,6 +255,15 @@ class Supervisor:
         self.policy = ruleset
         self._forward_reload()
         reply({"ok": True, "policy_version": ruleset.version, "rules": len(ruleset.rules)})
+
+    def _reopen(self) -> None:
+        """SIGUSR1 (logrotate): reopen the parent's file outputs and pass it on to the workers
+        (which may have got it too: reopening twice is harmless)."""
+        if self.writer is not None:
+            self.writer.reopen()
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR1)
 
     def _forward_reload(self) -> None:
         notify.reloading()

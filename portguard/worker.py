@@ -13,9 +13,10 @@ from portguard.config import Config, Output
 from portguard.control import ControlServer
 from portguard.decisionlog import syslog
 from portguard.decisionlog.flood import DenyAggregator
+from portguard.decisionlog.logprocess import LogProcess
 from portguard.decisionlog.record import Event, Observer, lifecycle_event
 from portguard.decisionlog.sinks import EventSink, file_sink, stdout_sink
-from portguard.decisionlog.writer import Channel, EventWriter
+from portguard.decisionlog.writer import Channel, EventQueue, EventWriter
 from portguard.flow.table import FlowTable
 from portguard.gate import Gate, Outcome, Verdict
 from portguard.io import notify
@@ -32,7 +33,7 @@ INTERFACE_REFRESH = 30.0  # seconds between forgetting cached interface names
 GIL_SWITCH_INTERVAL = 0.0005  # seconds (Python's default is 0.005)
 LIMITER_PRUNE = 60.0  # seconds between dropping full rate-limit buckets
 
-Hook = Callable[[EventWriter], object] | None
+Hook = Callable[[EventQueue], object] | None
 
 
 class StartupError(Exception):
@@ -53,13 +54,17 @@ def tls_settings(output: Output) -> syslog.TlsSettings | None:
     return syslog.TlsSettings(output.ca, output.cert, output.key, output.server_name)
 
 
+def open_sinks(config: Config) -> list[EventSink]:
+    try:
+        return [make_sink(output) for output in config.log.outputs]
+    except (OSError, ValueError) as error:  # a file that cannot be opened, a bad CA file
+        raise StartupError(f"cannot open a log output: {error}") from None
+
+
 def make_writer(config: Config, observer: Observer | None = None, **extra: object) -> EventWriter:
     """The writer for the configured outputs; with an observer, a sink going down or coming
     back is itself logged (into every sink: the one that was down gets it once it is back)."""
-    try:
-        sinks = [make_sink(output) for output in config.log.outputs]
-    except (OSError, ValueError) as error:  # a file that cannot be opened, a bad CA file
-        raise StartupError(f"cannot open a log output: {error}") from None
+    sinks = open_sinks(config)
     writer = EventWriter(
         [Channel(s, o.buffer, o.level) for s, o in zip(sinks, config.log.outputs, strict=True)]
     )
@@ -101,6 +106,7 @@ class Worker:
         self.control = control
         # with several workers only the first re-evaluates: the conntrack table is shared
         self.reevaluates = reevaluates and config.rules.reevaluate
+        self.reports_flow_ends = reevaluates and config.log.flow_end  # likewise, one per netns
         self.reevaluator: Reevaluator | None = None
         self.queue_num = queue_num
         self.observer = observer
@@ -108,7 +114,7 @@ class Worker:
         flows = FlowTable(id_prefix=f"{queue_num}-{int(time.time()):x}-")  # unique across restarts
         self.gate = Gate(ruleset, observer, self.fail_open, flows)
         self.wan = WanInterfaces(config.network.wan)
-        self.writer: EventWriter | None = None
+        self.writer: LogProcess | None = None
         # a bot's 10,000 identical denies become a few lines (window 0: every deny is logged)
         window = config.log.flood_window
         self.floods: DenyAggregator | None = DenyAggregator(window) if window > 0 else None
@@ -123,7 +129,7 @@ class Worker:
         """
         # background threads (loads, log) hand the GIL back to the packet loop often
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
-        writer = self.writer = make_writer(self.config, self.observer, queue=self.queue_num)
+        writer = self.writer = self._start_log_process()
         if self.reevaluates:
             self.reevaluator = Reevaluator(writer.submit, self.observer)
         signals = SignalPipe()
@@ -153,11 +159,20 @@ class Worker:
             for closing in (control, signals):
                 if closing is not None:
                     closing.close()
-            self._log("stop", "portguard stopped" if orderly else "portguard failed; hooks kept",
-                      events_dropped=writer.dropped, packets=reader.packets,
-                      sinks=[s.fields() for s in writer.stats()])  # fmt: skip
-            writer.close()
+            message = "portguard stopped" if orderly else "portguard failed; hooks kept"
+            writer.close(self._event("stop", message, packets=reader.packets))
         return 0
+
+    def _start_log_process(self) -> LogProcess:
+        """The outputs run in a process of their own (before the queue is bound: no packet
+        waits for the fork)."""
+        config, observer, queue_num = self.config, self.observer, self.queue_num
+        for sink in open_sinks(config):  # fail here, with a clear message, on a bad output
+            sink.close()
+        process = LogProcess(lambda: make_writer(config, observer, queue=queue_num), observer,
+                             flow_end=self.reports_flow_ends, queue=queue_num)  # fmt: skip
+        process.start()
+        return process
 
     def _open_control(self) -> ControlServer | None:
         if self.control is None:
@@ -306,7 +321,7 @@ class Worker:
         assert self.writer is not None
         for line in self.floods.flush(time.time()) if self.floods else ():
             self.writer.submit(line)
-        self._report_drops(self.writer)
+        self.writer.report_drops()
         errors = reader.errors + reader.verdict_errors
         if errors != self._reported["errors"]:
             self._reported["errors"] = errors
@@ -316,24 +331,14 @@ class Worker:
                 packet_errors=errors,
             )
 
-    def _report_drops(self, writer: EventWriter) -> None:
-        """Once a tick at most: how many events the outputs dropped since the start."""
-        dropped = writer.dropped
-        if dropped == self._reported["dropped"]:
-            return
-        since = dropped - self._reported["dropped"]
-        self._reported["dropped"] = dropped
-        stats = [s.fields() for s in writer.stats() if s.dropped]
-        names = ", ".join(str(s["name"]) for s in stats)
-        self._log("events-dropped", f"{since} events dropped by {names} (slow or down)",
-                  events_dropped=dropped, sinks=stats)  # fmt: skip
-
     def _log(self, action: str, message: str, **extra: object) -> None:
         if self.writer is not None:
-            event: Event = lifecycle_event(
-                action, message, self.observer, time.time(), queue=self.queue_num, **extra
-            )
-            self.writer.submit(event)
+            self.writer.submit(self._event(action, message, **extra))
+
+    def _event(self, action: str, message: str, **extra: object) -> Event:
+        return lifecycle_event(
+            action, message, self.observer, time.time(), queue=self.queue_num, **extra
+        )
 
 
 MAX_REPORTED_ERRORS = 100

@@ -4,9 +4,13 @@ Every event is built once as an ECS dict (`record`); a sink renders it in its fo
 the bytes of one line without the newline. Pure: no clock, no I/O.
 
 - ``ecs``: the ECS event as JSON (orjson), with ``network.community_id`` added.
-- ``ocsf``: OCSF 1.1.0. Connection events are Network Activity (class 4001) with the
+- ``ocsf``: OCSF 1.1.0. Decisions and flow ends are Network Activity (class 4001) with the
   security_control profile; lifecycle events are Application Lifecycle (class 6002).
 - ``cef``: ``CEF:0|portguard|portguard|version|signature|name|severity|extension``.
+
+The mapping is chosen by ``event.dataset``: ``portguard.decision`` (decisions, flood summaries,
+connections ended after a reload, malformed packets), ``portguard.flow`` (flow ends) and
+``portguard.lifecycle``; an event of any other dataset is rendered like a lifecycle event.
 """
 
 from __future__ import annotations
@@ -23,7 +27,11 @@ Event = dict[str, Any]
 FORMATS: Final = ("ecs", "ocsf", "cef")
 OCSF_VERSION: Final = "1.1.0"
 VENDOR: Final = "portguard"
+DECISION_DATASET: Final = "portguard.decision"
+FLOW_DATASET: Final = "portguard.flow"
+LIFECYCLE_DATASET: Final = "portguard.lifecycle"
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_NS_PER_MS = 1_000_000
 
 
 def render(event: Event, fmt: str) -> bytes:
@@ -49,8 +57,9 @@ def epoch_ms(stamp: str) -> int:
     return (moment - _EPOCH) // dt.timedelta(milliseconds=1)
 
 
-def _is_connection(event: Event) -> bool:
-    return "rule" in event
+def dataset(event: Event) -> str:
+    """The event's ``event.dataset`` ("" when it has none): it selects the OCSF and CEF mapping."""
+    return str((event.get("event") or {}).get("dataset", ""))
 
 
 def _aggregate(event: Event) -> dict[str, Any] | None:
@@ -68,9 +77,10 @@ def ecs_line(event: Event) -> bytes:
 # --- OCSF -----------------------------------------------------------------------------------
 
 # activity_id of Network Activity (4001)
-OCSF_OPEN, OCSF_RESET, OCSF_REFUSE, OCSF_OTHER = 1, 3, 5, 99
+OCSF_OPEN, OCSF_CLOSE, OCSF_RESET, OCSF_REFUSE, OCSF_OTHER = 1, 2, 3, 5, 99
 _ACTIVITY_NAMES = {
     OCSF_OPEN: "Open",
+    OCSF_CLOSE: "Close",
     OCSF_RESET: "Reset",
     OCSF_REFUSE: "Refuse",
     OCSF_OTHER: "Other",
@@ -94,11 +104,14 @@ _OCSF_DIRECTIONS = {
 _LIFECYCLE_ACTIVITIES = {"start": (3, "Start"), "stop": (4, "Stop")}
 _LIFECYCLE_ACTIVITIES |= {"hook-installed": (6, "Enable"), "hook-removed": (7, "Disable")}
 _LOG_SEVERITIES = {"debug": 1, "info": 1, "notice": 2, "warning": 3, "error": 4}
+# OCSF Network Traffic: *_out = from the initiator (ECS source.*), *_in = its replies
+_OCSF_TRAFFIC = {"_out": "source", "_in": "destination", "": "network"}
+FLOW_END_NAME: Final = "connection ended"
 
 
 def ocsf_record(event: Event) -> dict[str, Any]:
-    """The OCSF 1.1.0 object of an ECS event."""
-    return _ocsf_network(event) if _is_connection(event) else _ocsf_lifecycle(event)
+    """The OCSF 1.1.0 object of an ECS event (the mapping of its ``event.dataset``)."""
+    return _OCSF_MAPPINGS.get(dataset(event), _ocsf_lifecycle)(event)
 
 
 def ocsf_line(event: Event) -> bytes:
@@ -115,25 +128,69 @@ def _ocsf_activity(event: Event) -> int:
 
 
 def _ocsf_network(event: Event) -> dict[str, Any]:
-    activity = _ocsf_activity(event)
-    action_id, action, disposition_id, disposition, severity = _OCSF_VERDICTS[
-        event["event"]["action"]
-    ]
-    record: dict[str, Any] = {
+    activity, verdict = _ocsf_activity(event), event["event"]["action"]
+    return {
         **_ocsf_class(4001, "Network Activity", 4, "Network Activity", activity),
         "activity_name": _ACTIVITY_NAMES[activity],
-        **_ocsf_common(event, severity, ["security_control"]),
-        "action_id": action_id,
-        "action": action,
-        "disposition_id": disposition_id,
-        "disposition": disposition,
+        **_ocsf_common(event, _OCSF_VERDICTS[verdict][4], ["security_control"]),
+        **_ocsf_outcome(verdict),
         "firewall_rule": _ocsf_rule(event["rule"]),
         "connection_info": _ocsf_connection(event),
+        **_ocsf_endpoints(event),
+        **_ocsf_count(event),
     }
+
+
+def _ocsf_flow_end(event: Event) -> dict[str, Any]:
+    """An allowed connection that ended: Close, with its traffic and times when known."""
+    rule = event.get("rule")
+    return {
+        **_ocsf_class(4001, "Network Activity", 4, "Network Activity", OCSF_CLOSE),
+        "activity_name": _ACTIVITY_NAMES[OCSF_CLOSE],
+        **_ocsf_common(event, 1, ["security_control"], FLOW_END_NAME),
+        **_ocsf_outcome("allow"),
+        **({} if rule is None else {"firewall_rule": _ocsf_rule(rule)}),
+        "connection_info": _ocsf_connection(event),
+        **_ocsf_endpoints(event),
+        **_ocsf_traffic(event),
+        **_ocsf_times(event["event"]),
+    }
+
+
+def _ocsf_outcome(verdict: str) -> Event:
+    """The security_control profile's action and disposition of a verdict."""
+    keys = ("action_id", "action", "disposition_id", "disposition")
+    return dict(zip(keys, _OCSF_VERDICTS[verdict], strict=False))  # without the severity
+
+
+def _ocsf_endpoints(event: Event) -> Event:
+    endpoints: Event = {}
     for ecs_key, ocsf_key in (("source", "src_endpoint"), ("destination", "dst_endpoint")):
         if ecs_key in event:
-            record[ocsf_key] = {"ip": event[ecs_key]["ip"], "port": event[ecs_key]["port"]}
-    return record | _ocsf_count(event)
+            endpoints[ocsf_key] = {"ip": event[ecs_key]["ip"], "port": event[ecs_key]["port"]}
+    return endpoints
+
+
+def _ocsf_traffic(event: Event) -> Event:
+    """OCSF ``traffic`` (Network Traffic) from the ECS counters, when conntrack counted."""
+    traffic = {
+        f"{field}{suffix}": event[ecs_key][field]
+        for field in ("packets", "bytes")
+        for suffix, ecs_key in _OCSF_TRAFFIC.items()
+        if field in (event.get(ecs_key) or {})
+    }
+    return {"traffic": traffic} if traffic else {}
+
+
+def _ocsf_times(fields: Event) -> Event:
+    """``start_time``/``end_time`` (ms since the epoch) and ``duration`` (ms) of ECS event.*."""
+    times: Event = {}
+    for ocsf_key, ecs_key in (("start_time", "start"), ("end_time", "end")):
+        if ecs_key in fields:
+            times[ocsf_key] = epoch_ms(fields[ecs_key])
+    if "duration" in fields:
+        times["duration"] = fields["duration"] // _NS_PER_MS
+    return times
 
 
 def _ocsf_class(
@@ -149,20 +206,19 @@ def _ocsf_class(
     }
 
 
-def _ocsf_common(event: Event, severity: int, profiles: list[str]) -> Event:
+def _ocsf_common(event: Event, severity: int, profiles: list[str], message: str = "") -> Event:
+    """The attributes of every class; ``message`` when the event has no message or reason."""
     observer = event.get("observer") or {}
-    message = event.get("message") or (event.get("portguard") or {}).get("reason", "")
+    message = event.get("message") or (event.get("portguard") or {}).get("reason", message)
+    metadata = {"version": OCSF_VERSION, "product": _ocsf_product(observer), "profiles": profiles}
+    if dataset(event):
+        metadata["log_name"] = dataset(event)
     return {
         "severity_id": severity,
         "severity": _SEVERITY_NAMES[severity],
         "time": epoch_ms(event["@timestamp"]),
         "message": message,
-        "metadata": {
-            "version": OCSF_VERSION,
-            "product": _ocsf_product(observer),
-            "profiles": profiles,
-            "log_name": event["event"]["dataset"],
-        },
+        "metadata": metadata,
         "device": {"hostname": observer.get("hostname", "")},
         "unmapped": {"portguard": event.get("portguard") or {}},
     }
@@ -220,6 +276,13 @@ def _ocsf_lifecycle(event: Event) -> dict[str, Any]:
     }
 
 
+_OCSF_MAPPINGS: dict[str, Callable[[Event], dict[str, Any]]] = {
+    DECISION_DATASET: _ocsf_network,
+    FLOW_DATASET: _ocsf_flow_end,
+    LIFECYCLE_DATASET: _ocsf_lifecycle,
+}
+
+
 # --- CEF ------------------------------------------------------------------------------------
 
 _CEF_VERBS = {
@@ -231,6 +294,8 @@ _CEF_VERBS = {
 _CEF_VERDICT_SEVERITY = {"allow": 1, "log": 3, "reject": 5, "drop": 5}
 _CEF_LOG_SEVERITY = {"debug": 0, "info": 1, "notice": 3, "warning": 5, "error": 7}
 _CEF_DIRECTIONS = {"inbound": 0, "outbound": 1}
+# CEF in/out are relative to the source: in = source -> destination, out = destination -> source
+_CEF_TRAFFIC = (("in", "source"), ("out", "destination"))
 _HEADER_ESCAPES = str.maketrans({"\\": "\\\\", "|": "\\|", "\r": " ", "\n": " "})
 _VALUE_ESCAPES = str.maketrans({"\\": "\\\\", "=": "\\=", "\r": "\\r", "\n": "\\n"})
 
@@ -248,9 +313,8 @@ def cef_value_escape(text: str) -> str:
 def cef_line(event: Event) -> bytes:
     """The event as one CEF:0 line."""
     observer = event.get("observer") or {}
-    signature, name, severity, extension = (
-        _cef_connection(event) if _is_connection(event) else _cef_lifecycle(event)
-    )
+    mapping = _CEF_MAPPINGS.get(dataset(event), _cef_lifecycle)
+    signature, name, severity, extension = mapping(event)
     header = [VENDOR, VENDOR, observer.get("version", ""), signature, name, str(severity)]
     pairs = [("rt", str(epoch_ms(event["@timestamp"])))]
     if "hostname" in observer:
@@ -261,9 +325,11 @@ def cef_line(event: Event) -> bytes:
     return text.encode()
 
 
-def _cef_connection(event: Event) -> tuple[str, str, int, list[tuple[str, str]]]:
-    fields, rule = event["event"], event["rule"]
-    details, network = event.get("portguard") or {}, event.get("network") or {}
+CefFields = tuple[str, str, int, list[tuple[str, str]]]  # signature, name, severity, extension
+
+
+def _cef_connection(event: Event) -> CefFields:
+    fields, rule, details = event["event"], event["rule"], event.get("portguard") or {}
     verdict = fields["action"]
     name = "malformed packet" if rule["id"] == "malformed-packet" else "SMTP-port connection"
     name += f" {_CEF_VERBS[verdict]}"
@@ -273,18 +339,57 @@ def _cef_connection(event: Event) -> tuple[str, str, int, list[tuple[str, str]]]
         *_cef_endpoints(event),
         ("proto", "TCP"),
         ("act", verdict),
-        ("deviceDirection", str(_CEF_DIRECTIONS.get(network.get("direction", ""), ""))),
-        ("cs1Label", "ruleId"),
-        ("cs1", rule["id"]),
-        ("cs2Label", "ruleset"),
-        ("cs2", rule["ruleset"]),
-        *_cef_labelled("cs3", "communityId", network.get("community_id")),
-        *_cef_labelled("cs4", "policyVersion", details.get("policy_version")),
-        ("externalId", str(details.get("flow_id", ""))),
+        _cef_direction(event),
+        *_cef_origin(event),
         *_cef_count(event),
         ("msg", str(details.get("reason", ""))),
     ]
     return verdict, name, _CEF_VERDICT_SEVERITY[verdict], pairs
+
+
+def _cef_flow_end(event: Event) -> CefFields:
+    """An allowed connection that ended: bytes each way and its times, when known."""
+    pairs = [
+        *_cef_endpoints(event),
+        ("proto", "TCP"),
+        _cef_direction(event),
+        *_cef_traffic(event),
+        *_cef_times(event["event"]),
+        *_cef_origin(event),
+    ]
+    return "flow-end", FLOW_END_NAME, 1, pairs
+
+
+def _cef_direction(event: Event) -> tuple[str, str]:
+    """deviceDirection: 0 inbound, 1 outbound, empty (left out) otherwise."""
+    direction = (event.get("network") or {}).get("direction", "")
+    return ("deviceDirection", str(_CEF_DIRECTIONS.get(direction, "")))
+
+
+def _cef_origin(event: Event) -> list[tuple[str, str]]:
+    """The rule (cs1, cs2), Community ID (cs3), policy version (cs4) and flow id (externalId)."""
+    rule, details = event.get("rule") or {}, event.get("portguard") or {}
+    return [
+        *_cef_labelled("cs1", "ruleId", rule.get("id")),
+        *_cef_labelled("cs2", "ruleset", rule.get("ruleset")),
+        *_cef_labelled("cs3", "communityId", (event.get("network") or {}).get("community_id")),
+        *_cef_labelled("cs4", "policyVersion", details.get("policy_version")),
+        ("externalId", str(details.get("flow_id", ""))),
+    ]
+
+
+def _cef_traffic(event: Event) -> list[tuple[str, str]]:
+    """CEF in (bytes source -> destination) and out (destination -> source), when counted."""
+    return [
+        (key, str(event[ecs_key]["bytes"]))
+        for key, ecs_key in _CEF_TRAFFIC
+        if "bytes" in (event.get(ecs_key) or {})
+    ]
+
+
+def _cef_times(fields: Event) -> list[tuple[str, str]]:
+    """CEF start/end (ms since the epoch) of ECS event.start/event.end."""
+    return [(key, str(epoch_ms(fields[key]))) for key in ("start", "end") if key in fields]
 
 
 def _cef_endpoints(event: Event) -> list[tuple[str, str]]:
@@ -310,7 +415,7 @@ def _cef_count(event: Event) -> list[tuple[str, str]]:
     ]
 
 
-def _cef_lifecycle(event: Event) -> tuple[str, str, int, list[tuple[str, str]]]:
+def _cef_lifecycle(event: Event) -> CefFields:
     fields, details = event["event"], event.get("portguard") or {}
     severity = _CEF_LOG_SEVERITY.get((event.get("log") or {}).get("level", "info"), 1)
     pairs = [
@@ -321,6 +426,11 @@ def _cef_lifecycle(event: Event) -> tuple[str, str, int, list[tuple[str, str]]]:
     return fields["action"], str(event.get("message", fields["action"])), severity, pairs
 
 
+_CEF_MAPPINGS: dict[str, Callable[[Event], CefFields]] = {
+    DECISION_DATASET: _cef_connection,
+    FLOW_DATASET: _cef_flow_end,
+    LIFECYCLE_DATASET: _cef_lifecycle,
+}
 _RENDERERS: dict[str, Callable[[Event], bytes]] = {
     "ecs": ecs_line,
     "ocsf": ocsf_line,

@@ -171,9 +171,18 @@ LIFECYCLE_KINDS: dict[str, tuple[str, str, str]] = {
     "events-dropped": ("process", "info", "warning"),
     "packet-error": ("process", "info", "error"),
     "flow-end-lost": ("process", "info", "warning"),
+    "flow-end-failed": ("process", "info", "error"),
+    "flow-end-degraded": ("process", "info", "warning"),
 }
 FAILURES = frozenset(
-    {"reload-failed", "packet-error", "reevaluate-failed", "hook-repair-failed", "sink-error"}
+    {
+        "reload-failed",
+        "packet-error",
+        "reevaluate-failed",
+        "hook-repair-failed",
+        "sink-error",
+        "flow-end-failed",
+    }
 )
 
 

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from portguard.decisionlog.record import Event
 from portguard.decisionlog.sinks import LEVELS, EventSink, severity
@@ -22,6 +23,13 @@ from portguard.decisionlog.sinks import LEVELS, EventSink, severity
 DEFAULT_BUFFER = 65536  # events a sink may have waiting
 _STOP = object()
 _REOPEN = object()
+
+
+class EventQueue(Protocol):
+    """Where events are handed over: the writer itself, or the log process in front of it."""
+
+    def submit(self, event: Event) -> bool: ...
+
 
 # (sink name, up, reason): a sink went down (up False) or came back
 SinkStateCallback = Callable[[str, bool, str], None]
@@ -85,6 +93,12 @@ class Channel:
     def stats(self) -> SinkStats:
         with self._lock:
             return SinkStats(self.name, self.submitted, self.written, self.dropped)
+
+    @property
+    def settled(self) -> bool:
+        """Every event given to it is written or counted as dropped (nothing in flight)."""
+        with self._lock:
+            return self.submitted == self.written + self.dropped
 
     def begin_close(self) -> None:
         """Ask the thread to stop once it has written what is queued."""
@@ -193,6 +207,16 @@ class EventWriter:
 
     def stats(self) -> list[SinkStats]:
         return [channel.stats() for channel in self.channels]
+
+    def settle(self, timeout: float) -> bool:
+        """Wait (at most `timeout`) until every sink has written or dropped all it was given,
+        so that counters reported next are final for the events so far."""
+        deadline = time.monotonic() + timeout
+        while not all(channel.settled for channel in self.channels):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     @property
     def dropped(self) -> int:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
+
+from portguard.lab.topology import Lab
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -12,3 +15,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.add_marker(pytest.mark.integration)
         if os.geteuid() != 0:
             item.add_marker(pytest.mark.skip(reason="needs root: run `sudo make test`"))
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    """A namespace lab with its SMTP servers, shared by the tests of one module."""
+    with Lab() as built:
+        built.start_smtp_servers()
+        yield built

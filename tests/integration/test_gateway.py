@@ -25,13 +25,6 @@ from portguard.lab.daemon import LabDaemon, hooks_leftover
 VERSIONS = pytest.mark.parametrize("version", [4, 6], ids=["ipv4", "ipv6"])
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with Lab() as built:
-        built.start_smtp_servers()
-        yield built
-
-
 @pytest.fixture
 def daemon(lab: Lab) -> Iterator[LabDaemon]:
     running = LabDaemon(lab)

@@ -53,13 +53,6 @@ print("never", time.monotonic(), through)
 """
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with Lab() as built:
-        built.start_smtp_servers()
-        yield built
-
-
 @pytest.fixture
 def daemon(lab: Lab) -> Iterator[LabDaemon]:
     running = LabDaemon(lab)

@@ -1,4 +1,5 @@
-"""Output formats: ECS JSON, OCSF 1.1.0 JSON and CEF, with exact lines for a decision event."""
+"""Output formats: ECS JSON, OCSF 1.1.0 JSON and CEF, with exact lines for a decision event
+and a flow-end event, and the choice of mapping by event.dataset."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from portguard.decisionlog.flood import summary
+from portguard.decisionlog.flowend import Counters, EndedFlow, FlowOrigin, flow_end_event
 from portguard.decisionlog.formats import (
     cef_header_escape,
     cef_value_escape,
+    dataset,
     epoch_ms,
     ocsf_record,
     render,
@@ -37,12 +40,39 @@ NOW = 1795798800.123456  # 2026-11-27T17:00:00.123456Z
 V4 = (4, 0x64400A0A, 0xC6336419, 40312, 25)  # 100.64.10.10 -> 198.51.100.25:25
 V6 = (6, 0x20010DB8006400100000000000000010, 0x20010DB8002500000000000000000025, 40312, 25)
 COMMUNITY_ID = "1:OdycsWwxvNC2HezuIzlUEha8Xqw="
+START_NS = 1795798740_000001999  # 2026-11-27T16:59:00.000001999Z
+STOP_NS = START_NS + 61_500_999_999  # 61.500999999 s later
+ORIGIN = FlowOrigin("smarthost", "10-isp.toml", flow_id="2a", policy_version="v7")
 
 
 def decided(action: Action = Action.REJECT, key: tuple[int, int, int, int, int] = V4) -> Event:
     decision = Decision(action, "block-25", "10-isp.toml", "no direct mail", "matched rule")
     flow = Flow(key, "2a", TcpState.SYN_SENT, NOW, NOW)
     return decision_event(decision, flow, Direction.OUTBOUND, "v1", OBSERVER, NOW)
+
+
+def flow_end(
+    origin: FlowOrigin | None = ORIGIN,
+    counted: bool = True,
+    start_ns: int | None = START_NS,
+    stop_ns: int | None = STOP_NS,
+    direction: Direction = Direction.OUTBOUND,
+) -> Event:
+    """A flow-end event: the client sent 12 packets / 4321 bytes, the server 9 / 876."""
+    version, src, dst, sport, dport = V4
+    ended = EndedFlow(
+        version=version,
+        src=src,
+        dst=dst,
+        sport=sport,
+        dport=dport,
+        direction=direction,
+        original=Counters(12, 4321) if counted else None,
+        reply=Counters(9, 876) if counted else None,
+        start_ns=start_ns,
+        stop_ns=stop_ns,
+    )
+    return flow_end_event(ended, OBSERVER, NOW, origin)
 
 
 def ocsf(event: Event) -> dict[str, Any]:
@@ -198,6 +228,78 @@ def test_ocsf_lifecycle_is_application_lifecycle(
     assert record["message"] == "text"
 
 
+def test_ocsf_flow_end_exactly() -> None:
+    assert ocsf(flow_end()) == {
+        "class_uid": 4001,
+        "class_name": "Network Activity",
+        "category_uid": 4,
+        "category_name": "Network Activity",
+        "activity_id": 2,
+        "type_uid": 400102,
+        "activity_name": "Close",
+        "severity_id": 1,
+        "severity": "Informational",
+        "time": 1795798800123,
+        "message": "connection ended",
+        "metadata": {
+            "version": "1.1.0",
+            "product": {"name": "portguard", "vendor_name": "portguard", "version": "0.1.0"},
+            "profiles": ["security_control"],
+            "log_name": "portguard.flow",
+        },
+        "device": {"hostname": "gw1"},
+        "unmapped": {"portguard": {"flow_id": "2a", "policy_version": "v7"}},
+        "action_id": 1,
+        "action": "Allowed",
+        "disposition_id": 1,
+        "disposition": "Allowed",
+        "firewall_rule": {"uid": "smarthost", "name": "smarthost", "category": "10-isp.toml"},
+        "connection_info": {
+            "protocol_num": 6,
+            "protocol_name": "tcp",
+            "protocol_ver_id": 4,
+            "direction_id": 2,
+            "direction": "Outbound",
+            "community_uid": COMMUNITY_ID,
+            "uid": "2a",
+        },
+        "src_endpoint": {"ip": "100.64.10.10", "port": 40312},
+        "dst_endpoint": {"ip": "198.51.100.25", "port": 25},
+        "traffic": {
+            "packets_out": 12,
+            "packets_in": 9,
+            "packets": 21,
+            "bytes_out": 4321,
+            "bytes_in": 876,
+            "bytes": 5197,
+        },
+        "start_time": 1795798740000,
+        "end_time": 1795798801501,
+        "duration": 61500,
+    }
+
+
+def test_ocsf_flow_end_without_rule_counters_or_times() -> None:
+    record = ocsf(flow_end(origin=None, counted=False, start_ns=None, stop_ns=None))
+    assert (record["class_uid"], record["type_uid"], record["activity_name"]) == (
+        4001,
+        400102,
+        "Close",
+    )
+    assert (record["action_id"], record["disposition_id"]) == (1, 1)
+    assert record["metadata"]["profiles"] == ["security_control"]
+    assert record["unmapped"] == {"portguard": {}}
+    assert "uid" not in record["connection_info"]
+    absent = {"firewall_rule", "traffic", "start_time", "end_time", "duration", "count"}
+    assert absent & set(record) == set()
+
+
+def test_ocsf_flow_end_with_a_start_but_no_end() -> None:
+    record = ocsf(flow_end(stop_ns=None))
+    assert record["start_time"] == 1795798740000
+    assert "end_time" not in record and "duration" not in record
+
+
 # --- CEF ------------------------------------------------------------------------------------
 
 
@@ -233,6 +335,49 @@ def test_cef_summary_direction_and_ipv6() -> None:
     assert "deviceDirection" not in parse_cef(render(event, "cef").decode())["extension"]
 
 
+def test_cef_flow_end_exactly() -> None:
+    assert render(flow_end(), "cef") == (
+        b"CEF:0|portguard|portguard|0.1.0|flow-end|connection ended|1|"
+        b"rt=1795798800123 dvchost=gw1 src=100.64.10.10 spt=40312 dst=198.51.100.25 dpt=25 "
+        b"proto=TCP deviceDirection=1 in=4321 out=876 start=1795798740000 end=1795798801501 "
+        b"cs1Label=ruleId cs1=smarthost cs2Label=ruleset cs2=10-isp.toml "
+        b"cs3Label=communityId cs3=1:OdycsWwxvNC2HezuIzlUEha8Xqw\\= "
+        b"cs4Label=policyVersion cs4=v7 externalId=2a"
+    )
+
+
+def test_cef_flow_end_without_rule_counters_or_times() -> None:
+    event = flow_end(None, False, None, None, Direction.INBOUND)
+    assert render(event, "cef") == (
+        b"CEF:0|portguard|portguard|0.1.0|flow-end|connection ended|1|"
+        b"rt=1795798800123 dvchost=gw1 src=100.64.10.10 spt=40312 dst=198.51.100.25 dpt=25 "
+        b"proto=TCP deviceDirection=0 cs3Label=communityId cs3=1:OdycsWwxvNC2HezuIzlUEha8Xqw\\="
+    )
+
+
+def test_cef_flow_end_with_a_start_but_no_end_and_no_direction() -> None:
+    extension = parse_cef(render(flow_end(stop_ns=None), "cef").decode())["extension"]
+    assert extension["start"] == "1795798740000" and "end" not in extension
+    extension = parse_cef(render(flow_end(direction=Direction.INTERNAL), "cef").decode())[
+        "extension"
+    ]
+    assert "deviceDirection" not in extension and "cnt" not in extension
+
+
+# CEF's bytesIn ("in") is data flowing from source to destination, bytesOut ("out") from
+# destination to source; Elastic's decode_cef processor (x-pack/filebeat/processors/
+# decode_cef/keys.ecs.go) maps them back to ECS accordingly.
+CEF_TO_ECS = {"in": ("source", "bytes"), "out": ("destination", "bytes")}
+
+
+def test_cef_bytes_in_and_out_map_back_to_the_ecs_counters() -> None:
+    event = flow_end()
+    extension = parse_cef(render(event, "cef").decode())["extension"]
+    for key, (ecs_object, field) in CEF_TO_ECS.items():
+        assert int(extension[key]) == event[ecs_object][field], key
+    assert extension["in"] != extension["out"]
+
+
 def test_cef_value_escapes() -> None:
     assert cef_value_escape("a=b\\c\nd\re|f") == "a\\=b\\\\c\\nd\\re|f"
     assert cef_header_escape("a|b\\c\nd=e") == "a\\|b\\\\c d=e"
@@ -253,7 +398,7 @@ def parse_cef(line: str) -> dict[str, Any]:
     return {"header": parts, "extension": extension}
 
 
-TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)
 
 
 @given(reason=TEXT, description=TEXT.filter(lambda s: "\n" not in s and "\r" not in s))
@@ -273,13 +418,48 @@ def test_cef_escaping_round_trips(reason: str, description: str) -> None:
     assert extension["cs1"] == "block-25"
 
 
+# --- the mapping follows event.dataset -------------------------------------------------------
+
+
+def test_dataset_of_each_event_kind() -> None:
+    assert dataset(decided()) == "portguard.decision"
+    assert dataset(flow_end()) == "portguard.flow"
+    assert dataset(lifecycle_event("start", "started", OBSERVER, NOW)) == "portguard.lifecycle"
+    assert dataset({"event": {"action": "x"}}) == dataset({}) == ""
+
+
+def test_a_rule_does_not_make_an_event_a_decision() -> None:
+    lifecycle = lifecycle_event("reload", "reloaded", OBSERVER, NOW)
+    lifecycle["rule"] = {"id": "block-25", "ruleset": "10-isp.toml"}
+    assert ocsf(lifecycle)["class_uid"] == 6002
+    assert render(lifecycle, "cef").startswith(b"CEF:0|portguard|portguard|0.1.0|reload|")
+    for origin in (ORIGIN, None):  # with or without a rule, a flow end is a Close
+        assert ocsf(flow_end(origin))["activity_id"] == 2
+        assert parse_cef(render(flow_end(origin), "cef").decode())["header"][4] == "flow-end"
+
+
+@pytest.mark.parametrize("name", ["portguard.other", None])
+def test_an_unknown_dataset_is_rendered_like_a_lifecycle_event(name: str | None) -> None:
+    event = lifecycle_event("sink-error", "file sink down", OBSERVER, NOW)
+    if name is None:
+        del event["event"]["dataset"]
+    else:
+        event["event"]["dataset"] = name
+    event["source"] = {"ip": "100.64.10.10", "port": 40312}  # not a decision for all that
+    record = ocsf(event)
+    assert (record["class_uid"], record["activity_name"]) == (6002, "sink-error")
+    assert record["metadata"].get("log_name") == name
+    assert render(event, "cef").startswith(b"CEF:0|portguard|portguard|0.1.0|sink-error|")
+
+
 # --- the sinks ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("kind", ["decision", "flow-end"])
 @pytest.mark.parametrize("fmt", ["ecs", "ocsf", "cef"])
-def test_sink_writes_its_format(fmt: str) -> None:
+def test_sink_writes_its_format(fmt: str, kind: str) -> None:
     stream = io.BytesIO()
-    event = decided()
+    event = decided() if kind == "decision" else flow_end()
     Sink("memory", stream, owned=False, fmt=fmt).write(event)
     written = stream.getvalue()
     assert written.endswith(b"\n") and written.count(b"\n") == 1

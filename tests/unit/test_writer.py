@@ -207,3 +207,17 @@ def test_close_gives_up_on_a_hanging_sink_and_counts_what_it_held() -> None:
     assert time.monotonic() - started < 3
     (stats,) = writer.stats()
     assert (stats.submitted, stats.written, stats.dropped) == (50, 0, 50)
+
+
+def test_settle_waits_until_every_event_is_written_or_dropped() -> None:
+    gate = threading.Event()
+    writer = EventWriter([Sink("slow", BlockedStream(gate), False)], capacity=100)
+    writer.start()
+    for _ in range(20):
+        writer.submit(dict(EVENT))
+    assert not writer.settle(0.1)  # the sink holds them
+    gate.set()
+    assert writer.settle(5.0)
+    (stats,) = writer.stats()
+    assert (stats.submitted, stats.written, stats.dropped) == (20, 20, 0)
+    writer.close()

@@ -1,0 +1,160 @@
+"""The decision log into a real collector (rsyslog from Debian) under load, and through its crash.
+
+The real daemon runs in the lab's gateway with a file output and a syslog output to rsyslogd
+(in the same namespace, on its loopback). A raw-socket generator in the subscriber namespace
+sends distinct SYNs to the MX on port 25, which the shipped rules deny: one decision event
+each (flood control off).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from portguard.lab import addresses as a
+from portguard.lab.collector import Collector
+from portguard.lab.daemon import LabDaemon
+from portguard.lab.topology import Lab
+
+SYSLOG_PORT = 5514
+
+
+@pytest.fixture
+def collector(lab: Lab) -> Iterator[Collector]:
+    workdir = lab.workdir / "rsyslog"
+    workdir.mkdir()
+    with Collector(workdir, lab.argv("gw", []), port=SYSLOG_PORT) as running:
+        yield running
+
+
+def syslog_output(buffer: int = 65536) -> str:
+    return f'{{ type = "syslog", address = "tcp://127.0.0.1:{SYSLOG_PORT}", buffer = {buffer} }}'
+
+
+def flood(lab: Lab, rate: int, seconds: float) -> dict[str, Any]:
+    argv = lab.python("portguard.lab.synflood", "--src", a.SUBSCRIBER.v4, "--dst", a.MX.v4,
+                      "--dport", "25", "--rate", str(rate), "--seconds", str(seconds))  # fmt: skip
+    proc = lab.run("sub", argv, capture_output=True, text=True, timeout=seconds + 60)
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def start_flood(lab: Lab, rate: int, seconds: float) -> Any:
+    argv = lab.python("portguard.lab.synflood", "--src", a.SUBSCRIBER.v4, "--dst", a.MX.v4,
+                      "--dport", "25", "--rate", str(rate), "--seconds", str(seconds))  # fmt: skip
+    return lab.popen("sub", argv, stdout=-1, stderr=-1, text=True)
+
+
+def decisions(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e.get("event", {}).get("dataset") == "portguard.decision"]
+
+
+def lifecycle(events: list[dict[str, Any]], action: str) -> list[dict[str, Any]]:
+    return [e for e in events if e.get("event", {}).get("action") == action
+            and e["event"].get("dataset") == "portguard.lifecycle"]  # fmt: skip
+
+
+def sink_stats(stop: dict[str, Any], prefix: str) -> dict[str, int]:
+    (stats,) = [s for s in stop["portguard"]["sinks"] if s["name"].startswith(prefix)]
+    return stats  # type: ignore[no-any-return]
+
+
+def queue_losses(before: dict[str, int], after: dict[str, int]) -> int:
+    """SYNs the kernel queue dropped before the daemon could decide them."""
+    return sum(after.get(k, 0) - before.get(k, 0) for k in ("queue_dropped", "user_dropped"))
+
+
+def settled_count(collector: Collector, quiet: float = 2.0, limit: float = 120.0) -> int:
+    """The collector's count once it stopped growing for `quiet` seconds."""
+    deadline = time.monotonic() + limit
+    last, since = collector.count(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = collector.count()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return last
+
+
+def test_20k_decisions_a_second_for_30_s_are_all_counted(lab: Lab, collector: Collector) -> None:
+    """Every decision is at the collector, or the daemon's drop counter says exactly which
+    are not: received + dropped == submitted for the syslog output."""
+    daemon = LabDaemon(lab, flood_window=0, extra_outputs=[syslog_output()])
+    daemon.start()
+    before = lab.queue_stats() or {}
+    try:
+        sent = flood(lab, rate=20_000, seconds=30)
+        settled_count(collector)
+        after = lab.queue_stats() or {}
+    finally:
+        assert daemon.stop() == 0
+    file_events = daemon.events()
+    (stop,) = lifecycle(file_events, "stop")
+    syslog, file = sink_stats(stop, "syslog:"), sink_stats(stop, "file:")
+    decided = decisions(file_events)
+    # the file output kept up: it holds every decision, and so the truth
+    assert file["dropped"] == 0 and file["submitted"] == file["written"]
+    received = collector.events()
+    before_stop = [e for e in received if e["event"]["action"] != "stop"]
+    assert syslog["written"] + syslog["dropped"] == syslog["submitted"]
+    assert len(before_stop) + syslog["dropped"] == syslog["submitted"]  # nothing unaccounted
+    assert len(decisions(received)) + syslog["dropped"] >= len(decided)
+    lost_by_queue = queue_losses(before, after)
+    print(f"\nsent {sent['sent']} SYNs at {sent['rate']:.0f}/s; decided {len(decided)}; "
+          f"collector got {len(decisions(received))} decisions; syslog dropped "
+          f"{syslog['dropped']}; kernel queue lost {lost_by_queue}")  # fmt: skip
+    assert len(decided) + lost_by_queue >= sent["sent"] * 0.99  # every SYN reached the queue
+
+
+def test_collector_killed_mid_run_reconnects_and_reports_its_drops(
+    lab: Lab, collector: Collector
+) -> None:
+    """rsyslog SIGKILLed for 5 s under 5,000 decisions a second: the verdicts go on at full
+    speed (the file output has every decision), the syslog output reconnects, the collector
+    gets the outage's sink-error/sink-recovered and the count of what was dropped."""
+    daemon = LabDaemon(lab, flood_window=0, extra_outputs=[syslog_output(buffer=5000)])
+    daemon.start()
+    before = lab.queue_stats() or {}
+    try:
+        generator = start_flood(lab, rate=5000, seconds=14)
+        time.sleep(3)
+        collector.kill()
+        time.sleep(5)
+        collector.start()
+        out, err = generator.communicate(timeout=60)
+        assert generator.returncode == 0, err
+        sent = json.loads(out.strip().splitlines()[-1])
+        settled_count(collector)
+        after = lab.queue_stats() or {}
+    finally:
+        assert daemon.stop() == 0
+    file_events = daemon.events()
+    decided = decisions(file_events)
+    lost_by_queue = sum(
+        after.get(k, 0) - before.get(k, 0) for k in ("queue_dropped", "user_dropped")
+    )
+    assert lost_by_queue == 0 and len(decided) == sent["sent"]  # full speed throughout
+    (stop,) = lifecycle(file_events, "stop")
+    syslog = sink_stats(stop, "syslog:")
+    assert syslog["dropped"] > 0  # a 5,000-event buffer cannot hold 5 s of 5,000/s
+    assert [e["event"]["action"] for e in file_events if e["event"]["action"].startswith("sink-")
+            ] == ["sink-error", "sink-recovered"]  # fmt: skip
+    received = collector.events()
+    actions = [e["event"]["action"] for e in received]
+    assert "sink-recovered" in actions and "sink-error" in actions
+    reported = [e["portguard"]["events_dropped"] for e in lifecycle(received, "events-dropped")]
+    assert reported and max(reported) > 0  # the collector learns how many it missed
+    delivered = [e for e in received if e["event"]["action"] != "stop"]
+    unaccounted = syslog["submitted"] - syslog["dropped"] - len(delivered)
+    # what rsyslog had taken in but not written when it was killed: TCP syslog has no acks
+    print(f"\nsyslog: submitted {syslog['submitted']}, dropped {syslog['dropped']}, "
+          f"received {len(delivered)}, lost in the crash {unaccounted}")  # fmt: skip
+    assert 0 <= unaccounted <= 5000
+    assert len({json.dumps(e, sort_keys=True) for e in received}) == len(received)  # no dupes

@@ -1,0 +1,93 @@
+"""The log process: events cross a socket to a forked process that owns the outputs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import orjson
+
+from portguard.decisionlog.logprocess import LogProcess, Outputs
+from portguard.decisionlog.record import Observer
+from portguard.decisionlog.sinks import file_sink
+from portguard.decisionlog.writer import EventWriter
+
+OBSERVER = Observer("gw1", "0.1.0")
+
+
+def event(port: int, padding: int = 0) -> dict[str, object]:
+    return {"@timestamp": "2026-11-27T17:00:00.000000Z", "event": {"action": "drop"},
+            "source": {"ip": "100.64.10.10", "port": port}, "pad": "x" * padding}  # fmt: skip
+
+
+def writer_factory(path: Path, delay: float = 0.0):  # type: ignore[no-untyped-def]
+    def make() -> EventWriter:
+        time.sleep(delay)  # a log process that is slow to start reading
+        writer = EventWriter([file_sink(path)])
+        writer.start()
+        return writer
+
+    return make
+
+
+def lines(path: Path) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def test_events_arrive_in_order_and_the_stop_event_comes_last(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    process = LogProcess(writer_factory(path), OBSERVER, queue=0)
+    process.start()
+    for port in range(1000):
+        assert process.submit(event(port))
+    process.close({"event": {"action": "stop"}, "portguard": {"packets": 7}})
+    written = lines(path)
+    assert [e["source"]["port"] for e in written[:-1]] == list(range(1000))  # type: ignore[index]
+    stop = written[-1]["portguard"]
+    assert stop["packets"] == 7 and stop["events_dropped"] == 0  # type: ignore[index]
+    assert stop["sinks"] == [  # type: ignore[index]
+        {"name": f"file:{path}", "submitted": 1000, "written": 1000, "dropped": 0}
+    ]
+
+
+def test_a_full_handoff_drops_and_the_count_is_exact(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    process = LogProcess(writer_factory(path, delay=2.0), OBSERVER, queue=0)
+    process.start()
+    accepted = sum(process.submit(event(port, padding=2000)) for port in range(20000))
+    assert process.dropped == 20000 - accepted > 0  # the socket buffer filled; never blocked
+    process.close({"event": {"action": "stop"}})
+    written = lines(path)
+    stop = written[-1]["portguard"]
+    assert len(written) - 1 == accepted
+    assert stop["handoff_dropped"] == process.dropped  # type: ignore[index]
+    assert stop["events_dropped"] == process.dropped  # type: ignore[index]
+
+
+def test_the_log_process_outlives_signals_meant_for_the_service(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    process = LogProcess(writer_factory(path), OBSERVER)
+    process.start()
+    time.sleep(0.2)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGINT):
+        os.kill(process.pid, sig)  # systemd signals the whole unit at stop
+    process.submit(event(1))
+    process.close({"event": {"action": "stop"}})
+    assert [e["event"] for e in lines(path)] == [{"action": "drop"}, {"action": "stop"}]
+
+
+def test_drops_are_reported_once_a_tick_with_the_outputs_counts(tmp_path: Path) -> None:
+    writer = EventWriter([file_sink(tmp_path / "x.log")])
+    writer.start()
+    outputs = Outputs(writer, OBSERVER, {"queue": 3})
+    outputs.handle(b"D5")
+    outputs.report_drops()
+    outputs.report_drops()  # nothing new: no second event
+    outputs.handle(b"D2")  # an older count arriving late never lowers the total
+    outputs.finish(None)
+    reports = [e for e in lines(tmp_path / "x.log") if e["event"]["action"] == "events-dropped"]  # type: ignore[index]
+    assert len(reports) == 1
+    assert reports[0]["portguard"]["events_dropped"] == 5  # type: ignore[index]
+    assert reports[0]["portguard"]["queue"] == 3  # type: ignore[index]
