@@ -21,6 +21,7 @@ import os
 import select
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +38,8 @@ SEND_BUFFER = 8 << 20  # bytes the packet loop may have waiting for the log proc
 READ_SIZE = 1 << 20
 REPORT_INTERVAL = 1.0  # seconds between checks for new drops
 SETTLE = 5.0  # seconds the outputs get to catch up before the stop event is counted
+GATHER = 0.01  # seconds the log process lets events gather in its socket between reads
+SWITCH_INTERVAL = 0.005  # Python's default: fewer thread switches between reader and sinks
 CLOSE_GRACE = 15.0  # seconds the log process gets to finish after the stop event
 
 WriterFactory = Callable[[], EventWriter]
@@ -168,6 +171,7 @@ def run_outputs(sock: socket.socket, make_outputs: Callable[[], Outputs]) -> int
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)  # the worker decides when logging ends
     signal.set_wakeup_fd(-1)
+    sys.setswitchinterval(SWITCH_INTERVAL)  # the worker's short interval suits a packet loop
     outputs = make_outputs()
     buffer = b""
     next_report = time.monotonic() + REPORT_INTERVAL
@@ -180,6 +184,8 @@ def run_outputs(sock: socket.socket, make_outputs: Callable[[], Outputs]) -> int
             *lines, buffer = (buffer + data).split(b"\n")
             for line in lines:
                 outputs.handle(line)
+            if len(data) < READ_SIZE:
+                time.sleep(GATHER)  # let events gather: one wake-up and one flush per batch
         if time.monotonic() >= next_report:
             next_report = time.monotonic() + REPORT_INTERVAL
             outputs.report_drops()

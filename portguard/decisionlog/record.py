@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -31,10 +32,20 @@ class Observer:
         }
 
 
+_SECOND: list[Any] = [None, ""]  # the last second formatted, and its text
+
+
 def timestamp(now: float) -> str:
-    """ECS @timestamp: UTC, microseconds, a trailing Z."""
-    moment = dt.datetime.fromtimestamp(now, dt.UTC).replace(tzinfo=None)
-    return moment.isoformat(timespec="microseconds") + "Z"
+    """ECS @timestamp: UTC, microseconds, a trailing Z. The date and time of day are
+    formatted once a second (a decision's event is built on the packet loop)."""
+    fraction, whole = math.modf(now)  # rounded as datetime.fromtimestamp rounds
+    second, micro = int(whole), round(fraction * 1_000_000)
+    if micro == 1_000_000:
+        second, micro = second + 1, 0
+    if second != _SECOND[0]:
+        moment = dt.datetime.fromtimestamp(second, dt.UTC).replace(tzinfo=None)
+        _SECOND[0], _SECOND[1] = second, moment.isoformat(timespec="seconds")
+    return f"{_SECOND[1]}.{micro:06d}Z"
 
 
 def address_text(version: int, value: int) -> str:

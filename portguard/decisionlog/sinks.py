@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 import orjson
 import structlog
@@ -24,9 +24,10 @@ DEFAULT_SEVERITY = LEVELS["info"]
 LEADING_FIELDS = ("@timestamp", "ecs", "log", "message", "event")
 
 StateCallback = Callable[[bool, str], None]
+Processor = Callable[[Any, str, MutableMapping[str, Any]], Any]  # a structlog processor
 
 
-def severity(event: Event) -> int:
+def severity(event: MutableMapping[str, Any]) -> int:
     """The event's syslog severity, from ECS log.level (info when it has none)."""
     level = event.get("log", {}).get("level")
     return LEVELS.get(level, DEFAULT_SEVERITY) if isinstance(level, str) else DEFAULT_SEVERITY
@@ -38,6 +39,8 @@ class EventSink(Protocol):
     name: str
 
     def write(self, event: Event) -> None: ...
+
+    def flush(self) -> None: ...
 
     def reopen(self) -> None: ...
 
@@ -61,7 +64,16 @@ def add_community_id(
     return formats.with_community_id(dict(event_dict))
 
 
-Processor = Callable[[Any, str, MutableMapping[str, Any]], Any]
+PREPARE: tuple[Processor, ...] = (order_fields, add_community_id)
+
+
+def prepare(event: Event) -> Event:
+    """What every format shares, done once per event (not once per sink): readable field
+    order and the Community ID."""
+    prepared: MutableMapping[str, Any] = event
+    for processor in PREPARE:
+        prepared = processor(None, "msg", prepared)
+    return dict(prepared)
 
 
 def renderer(fmt: str, prefix: bool = False) -> Processor:
@@ -70,17 +82,22 @@ def renderer(fmt: str, prefix: bool = False) -> Processor:
     if fmt not in formats.FORMATS:
         raise ValueError(f"unknown log format {fmt!r} (known: {', '.join(formats.FORMATS)})")
 
-    def render(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> bytes:
-        event = dict(event_dict)
-        line = orjson.dumps(event) if fmt == "ecs" else formats.render(event, fmt)
-        return b"<%d>%s" % (severity(event), line) if prefix else line
+    ecs = structlog.processors.JSONRenderer(orjson.dumps)  # ECS is portguard's own model
+
+    def render(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> bytes:
+        if fmt == "ecs":
+            line = cast(bytes, ecs(logger, method, event_dict))
+        else:
+            line = formats.render(dict(event_dict), fmt)
+        return b"<%d>%s" % (severity(event_dict), line) if prefix else line
 
     return render
 
 
 def render_line(event: Event) -> bytes:
     """The exact bytes a sink writes for one ECS event (without the newline); used by tests."""
-    return formats.render(event, "ecs")
+    line: bytes = renderer("ecs")(None, "msg", prepare(event))
+    return line
 
 
 class Sink:
@@ -105,10 +122,7 @@ class Sink:
 
     def _attach(self, stream: BinaryIO) -> None:
         self.stream = stream
-        self.logger = structlog.wrap_logger(
-            structlog.BytesLogger(stream),
-            processors=[order_fields, add_community_id, renderer(self.format, self.prefix)],
-        )
+        self._render = renderer(self.format, self.prefix)
 
     def reopen(self) -> None:
         """After logrotate moved the file: continue in a new file of the same name."""
@@ -121,11 +135,23 @@ class Sink:
             raise
         old = self.stream
         self._attach(fresh)
-        old.close()
+        old.close()  # flushes what the old file still buffers
 
     def write(self, event: Event) -> None:
+        """One line into the stream's buffer (prepared events: see `prepare`); the writer
+        flushes once its queue is empty, so a burst costs few system calls."""
         try:
-            self.logger.msg(**event)
+            self.stream.write(self._render(None, "msg", event) + b"\n")
+        except ValueError as error:  # a closed stream
+            self.errors += 1
+            raise OSError(str(error)) from None
+        except OSError:
+            self.errors += 1
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
         except ValueError as error:  # a closed stream
             self.errors += 1
             raise OSError(str(error)) from None

@@ -309,6 +309,9 @@ class SyslogSink:
             self.errors += 1
             raise
 
+    def flush(self) -> None:
+        """Nothing buffered: every event was sent as it was written."""
+
     def reopen(self) -> None:
         """Nothing to reopen: a collector is reached by address, not by file name."""
 

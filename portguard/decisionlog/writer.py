@@ -18,11 +18,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from portguard.decisionlog.record import Event
-from portguard.decisionlog.sinks import LEVELS, EventSink, severity
+from portguard.decisionlog.sinks import LEVELS, EventSink, prepare, severity
 
 DEFAULT_BUFFER = 65536  # events a sink may have waiting
+LIFECYCLE_RESERVE = 256  # more places for lifecycle events only
 _STOP = object()
 _REOPEN = object()
+
+
+def _is_lifecycle(event: Event) -> bool:
+    return event.get("event", {}).get("dataset") == "portguard.lifecycle"
 
 
 class EventQueue(Protocol):
@@ -58,7 +63,10 @@ class Channel:
         self.submitted = self.written = self.dropped = 0
         self.up = True
         self.on_state: SinkStateCallback | None = None
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=buffer)
+        self.buffer = buffer
+        # lifecycle events (an outage, drop counts, stop) may use a small reserve beyond the
+        # buffer, so the collector still learns what happened when decisions filled it
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=buffer + LIFECYCLE_RESERVE)
         self._lock = threading.Lock()  # counters are bumped from several threads
         self._closing = threading.Event()
         self._abandoned = False
@@ -78,6 +86,8 @@ class Channel:
         if severity(event) > self.max_severity:
             return True
         try:
+            if self._queue.qsize() >= self.buffer and not _is_lifecycle(event):
+                raise queue.Full
             self._queue.put_nowait(event)
         except queue.Full:
             self._count(dropped=1)
@@ -142,6 +152,8 @@ class Channel:
             else:
                 assert isinstance(item, dict)
                 written = self._attempt(self.sink.write, item)
+                if written and self._queue.empty():  # a burst is over: out with it
+                    written = self._attempt(self.sink.flush)
                 self._count(written=int(written), dropped=int(not written))
 
     def _attempt(self, action: Callable[..., None], *args: object) -> bool:
@@ -188,8 +200,9 @@ class EventWriter:
         """Queue an event for every sink that takes its level; never blocks. False when some
         sink had to drop it."""
         accepted = True
+        prepared = prepare(event)  # community ID and field order once, not once per sink
         for channel in self.channels:
-            accepted = channel.submit(event) and accepted
+            accepted = channel.submit(prepared) and accepted
         return accepted
 
     def reopen(self) -> None:

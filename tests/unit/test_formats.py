@@ -31,7 +31,7 @@ from portguard.decisionlog.record import (
     lifecycle_event,
     malformed_event,
 )
-from portguard.decisionlog.sinks import Sink, render_line
+from portguard.decisionlog.sinks import Sink, prepare, render_line
 from portguard.flow.table import Flow, TcpState
 from portguard.policy.model import Action, Decision, Direction
 
@@ -460,7 +460,7 @@ def test_an_unknown_dataset_is_rendered_like_a_lifecycle_event(name: str | None)
 def test_sink_writes_its_format(fmt: str, kind: str) -> None:
     stream = io.BytesIO()
     event = decided() if kind == "decision" else flow_end()
-    Sink("memory", stream, owned=False, fmt=fmt).write(event)
+    Sink("memory", stream, owned=False, fmt=fmt).write(prepare(event))
     written = stream.getvalue()
     assert written.endswith(b"\n") and written.count(b"\n") == 1
     if fmt == "ecs":

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from portguard.decisionlog.record import (
     LIFECYCLE_KINDS,
@@ -144,3 +148,10 @@ def test_every_lifecycle_kind_has_a_known_level() -> None:
         event = lifecycle_event(action, "m", OBSERVER, NOW)
         assert event["log"]["level"] in {"info", "notice", "warning", "error"}
         assert (event["event"]["outcome"] == "failure") == (event["log"]["level"] == "error")
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_timestamp_matches_datetime_formatting(now: float) -> None:
+    # the once-a-second cache must round exactly as datetime does
+    moment = dt.datetime.fromtimestamp(now, dt.UTC).replace(tzinfo=None)
+    assert timestamp(now) == moment.isoformat(timespec="microseconds") + "Z"

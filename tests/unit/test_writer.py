@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from portguard.decisionlog.sinks import Sink, file_sink, render_line
+from portguard.decisionlog.sinks import Sink, file_sink, prepare, render_line
 from portguard.decisionlog.writer import Channel, EventWriter
 
 EVENT = {
@@ -30,7 +30,9 @@ def test_community_id_matches_the_reference_value() -> None:
 
 def test_sinks_write_the_leading_fields_first() -> None:
     stream = io.BytesIO()
-    Sink("memory", stream, owned=False).write({"source": {}, "event": {"a": 1}, "@timestamp": "t"})
+    Sink("memory", stream, owned=False).write(
+        prepare({"source": {}, "event": {"a": 1}, "@timestamp": "t"})
+    )
     assert list(orjson.loads(stream.getvalue())) == ["@timestamp", "event", "source"]
 
 
@@ -221,3 +223,19 @@ def test_settle_waits_until_every_event_is_written_or_dropped() -> None:
     (stats,) = writer.stats()
     assert (stats.submitted, stats.written, stats.dropped) == (20, 20, 0)
     writer.close()
+
+
+def test_lifecycle_events_get_through_a_full_buffer() -> None:
+    gate = threading.Event()
+    stream = BlockedStream(gate)
+    writer = EventWriter([Sink("stuck", stream, owned=False)], capacity=10)
+    writer.start()
+    for _ in range(50):
+        writer.submit(dict(EVENT))
+    lifecycle = {"event": {"action": "sink-recovered", "dataset": "portguard.lifecycle"}}
+    assert writer.submit(lifecycle)  # the reserve takes it
+    assert not writer.submit(dict(EVENT))  # but not a decision
+    gate.set()
+    writer.close()
+    actions = [orjson.loads(line)["event"]["action"] for line in stream.getvalue().splitlines()]
+    assert actions[-1] == "sink-recovered" and len(actions) == writer.written
