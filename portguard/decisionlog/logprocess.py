@@ -64,6 +64,8 @@ class LogProcess:
         self._sock: socket.socket | None = None
         self._pending = b""  # the rest of a line the socket took only in part
         self._reported = 0
+        self._stats_buffer = b""
+        self.stats: dict[str, Any] = {}  # the log process's last report (see `read_stats`)
 
     def start(self) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -105,6 +107,21 @@ class LogProcess:
         with self._lock:
             if self.dropped != self._reported and self._send(b"D%d\n" % self.dropped):
                 self._reported = self.dropped
+
+    def read_stats(self) -> dict[str, Any]:
+        """The newest counters the log process sent back (once a second): `sinks` (each
+        output's submitted/written/dropped), `events_dropped`, `handoff_dropped`,
+        `flow_end_lost`. Never blocks."""
+        with self._lock:
+            if self._sock is None:
+                return self.stats
+            with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
+                while chunk := self._sock.recv(READ_SIZE):
+                    self._stats_buffer += chunk
+        *lines, self._stats_buffer = self._stats_buffer.split(b"\n")
+        if lines:
+            self.stats = orjson.loads(lines[-1])
+        return self.stats
 
     def close(self, stop_event: Event | None = None, timeout: float = CLOSE_GRACE) -> None:
         """Send the stop event (the log process adds the final counters), wait for the log
@@ -189,8 +206,15 @@ def run_outputs(sock: socket.socket, make_outputs: Callable[[], Outputs]) -> int
         if time.monotonic() >= next_report:
             next_report = time.monotonic() + REPORT_INTERVAL
             outputs.report_drops()
+            _send_stats(sock, outputs.stats())
     outputs.finish(None)
     return 0
+
+
+def _send_stats(sock: socket.socket, stats: dict[str, Any]) -> None:
+    """Counters back to the worker (for `portguard status`); skipped when it is not reading."""
+    with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
+        sock.send(orjson.dumps(stats) + b"\n", socket.MSG_DONTWAIT)
 
 
 class Outputs:
@@ -249,6 +273,15 @@ class Outputs:
         self._log("events-dropped", f"{since} events dropped by {names} (slow or down)",
                   events_dropped=dropped, handoff_dropped=self.handoff_dropped,
                   sinks=stats)  # fmt: skip
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "sinks": [s.fields() for s in self.writer.stats()],
+            "events_dropped": self.dropped,
+            "handoff_dropped": self.handoff_dropped,
+            "flow_end_lost": self.flow_ends.lost if self.flow_ends is not None else 0,
+            "flow_ends": self.flow_ends.reported if self.flow_ends is not None else 0,
+        }
 
     def _report_flow_end_losses(self) -> None:
         lost = self.flow_ends.lost if self.flow_ends is not None else 0

@@ -91,3 +91,22 @@ def test_drops_are_reported_once_a_tick_with_the_outputs_counts(tmp_path: Path) 
     assert len(reports) == 1
     assert reports[0]["portguard"]["events_dropped"] == 5  # type: ignore[index]
     assert reports[0]["portguard"]["queue"] == 3  # type: ignore[index]
+
+
+def test_the_log_process_reports_its_counters_back(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    process = LogProcess(writer_factory(path), OBSERVER)
+    process.start()
+    for port in range(10):
+        process.submit(event(port))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        stats = process.read_stats()
+        if stats.get("sinks") and stats["sinks"][0]["written"] == 10:
+            break
+        time.sleep(0.1)
+    process.close({"event": {"action": "stop"}})
+    assert stats["sinks"] == [
+        {"name": f"file:{path}", "submitted": 10, "written": 10, "dropped": 0}
+    ]
+    assert stats["events_dropped"] == 0 and stats["flow_end_lost"] == 0
