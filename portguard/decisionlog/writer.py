@@ -27,7 +27,7 @@ _REOPEN = object()
 
 
 def _is_lifecycle(event: Event) -> bool:
-    return event.get("event", {}).get("dataset") == "portguard.lifecycle"
+    return bool(event.get("event", {}).get("dataset") == "portguard.lifecycle")
 
 
 class EventQueue(Protocol):
