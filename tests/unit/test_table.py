@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from portguard.flow.table import FlowTable, TcpState, Timeouts, next_state
 from portguard.packet.model import ACK, FIN, RST, SYN, Packet
@@ -107,3 +109,15 @@ def test_next_state_ignores_unexpected_packets() -> None:
     flow = table.observe(tcp(SYN), 0.0).flow
     assert next_state(flow, ACK, from_initiator=True) is TcpState.SYN_SENT
     assert next_state(flow, SYN | ACK, from_initiator=True) is TcpState.SYN_SENT
+
+
+@given(st.lists(st.tuples(st.integers(0, 30), st.sampled_from([SYN, ACK, FIN, RST, SYN | ACK]),
+                          st.floats(0, 200)), max_size=60))  # fmt: skip
+def test_expiry_finds_exactly_what_a_full_scan_finds(steps: list[tuple[int, int, float]]) -> None:
+    table, now = FlowTable(capacity=1000), 1000.0
+    for port, flags, later in steps:
+        now += later
+        table.observe(tcp(flags, sport=40000 + port), now)
+        flows = [table.get(key) for key in list(table._flows)]
+        due = {f.key for f in flows if f and now - f.last_seen > table.timeouts.for_state(f.state)}
+        assert {flow.key for flow in table.expire(now)} == due
