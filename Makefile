@@ -8,6 +8,7 @@ APT_PACKAGES := iptables nftables iproute2 conntrack gcc make python3-dev python
 	libnetfilter-queue-dev openssl swaks procps kmod \
 	rsyslog rsyslog-openssl rsyslog-elasticsearch logrotate python3-yaml
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
+include packaging/packaging.mk
 
 .PHONY: help system-deps venv test unit integration lint demo bench clean
 

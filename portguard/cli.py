@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("reload", "make the running daemon load the rule files (prints the check result)"),
     ):
         _with_config(commands.add_parser(name, help=text))
+    status = _with_config(commands.add_parser("status", help="the running daemon's counters"))
+    status.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
     check = _with_config(commands.add_parser("check", help="validate the config and rules"))
     check.add_argument("--format", choices=("text", "json"), default="text", dest="output_format")
     check.add_argument("--strict", action="store_true", help="exit 2 when there are warnings")
@@ -70,6 +72,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run(config)
     if args.command == "reload":
         return commands.reload(config)
+    if args.command == "status":
+        return commands.status(config, args.as_json)
     if args.command == "explain":
         return commands.explain(config, args.src, args.dst, args.dport, args.direction, args.every)
     return commands.hook(config, args.action)

@@ -1,4 +1,4 @@
-"""The one-shot commands behind the CLI: check, explain, hook."""
+"""The one-shot commands behind the CLI: check, reload, status, explain, hook."""
 
 from __future__ import annotations
 
@@ -62,6 +62,31 @@ def reload(config: Config) -> int:
     print(f"portguard: reload refused; policy {answer.get('policy_version')} stays in force",
           file=sys.stderr)  # fmt: skip
     return 1
+
+
+STATUS_TIMEOUT = 10.0  # seconds: the daemon answers from counters, at once unless it hangs
+
+
+def status(config: Config, as_json: bool = False) -> int:
+    """Print the running daemon's status document: 0 answered, 1 not reachable or refused."""
+    from portguard.control import request
+    from portguard.statustext import format_status
+
+    path = config.daemon.control_socket
+    try:
+        answer = request(path, "status", timeout=STATUS_TIMEOUT)
+    except (FileNotFoundError, ConnectionRefusedError):
+        print(f"portguard: no daemon listens on {path} (is portguard running?)", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as error:  # permission, timeout, a garbled answer
+        print(f"portguard: talking to the daemon on {path} failed: {error}", file=sys.stderr)
+        return 1
+    if not answer.get("ok"):
+        for message in answer.get("errors", ["the daemon refused the status request"]):
+            print(f"portguard: {message}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer, indent=2) if as_json else "\n".join(format_status(answer)))
+    return 0
 
 
 def explain(

@@ -25,10 +25,12 @@ __all__ = [
     "ConfigError",
     "HookConfig",
     "LogConfig",
+    "MetricsConfig",
     "NetworkConfig",
     "Output",
     "QueueConfig",
     "RulesConfig",
+    "listen_address_problem",
     "load_config",
     "parse_config",
     "syslog_address_problem",
@@ -53,6 +55,7 @@ MAX_QUEUE_NUM = 65535
 _SYSLOG_ADDRESS = re.compile(
     r"^(?P<proto>udp|tcp|tls)://(?P<host>\[[^\]]*\]|[^:/\[\]]+):(?P<port>\d+)$"
 )
+_LISTEN_ADDRESS = re.compile(r"^(?P<host>\[[^\]]*\]|[^:\[\]]+):(?P<port>\d+)$")
 _HOSTNAME = re.compile(
     r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?$"
 )
@@ -84,6 +87,7 @@ class HookConfig:
     backend: Backend = "auto"
     ports: tuple[int, ...] = (25, 465, 587)
     chains: tuple[Chain, ...] = ("forward",)
+    keep_on_stop: bool = False  # SIGTERM leaves the hooks (fail_mode "closed" only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +101,21 @@ class RulesConfig:
 @dataclass(frozen=True, slots=True)
 class DaemonConfig:
     control_socket: Path = DEFAULT_CONTROL_SOCKET  # `portguard reload` talks to the daemon here
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """The Prometheus endpoint: ``listen = "127.0.0.1:9477"``; None (no [metrics]) = off."""
+
+    listen: str | None = None
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to listen on, an IPv6 host without brackets; None when off."""
+        match = _LISTEN_ADDRESS.match(self.listen or "")
+        if match is None:
+            return None
+        return match["host"].strip("[]"), int(match["port"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +159,7 @@ class Config:
     rules: RulesConfig = field(default_factory=RulesConfig)
     log: LogConfig = field(default_factory=LogConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 # --- the file's shape ----------------------------------------------------------------------
@@ -181,6 +201,7 @@ class HookSpec(Spec):
     backend: Backend = "auto"
     ports: list[Annotated[int, AfterValidator(_within(1, 65535))]] = Field(default=[25, 465, 587])
     chains: list[Chain] = Field(default=["forward"])
+    keep_on_stop: bool = False
 
 
 class RulesSpec(Spec):
@@ -195,6 +216,17 @@ class RulesSpec(Spec):
 
 class DaemonSpec(Spec):
     control_socket: Annotated[str, AfterValidator(_not_blank)] = str(DEFAULT_CONTROL_SOCKET)
+
+
+def _listen_address(address: str) -> str:
+    problem = listen_address_problem(address)
+    if problem:
+        raise ValueError(problem)
+    return address
+
+
+class MetricsSpec(Spec):
+    listen: Annotated[str, AfterValidator(_listen_address)] | None = None
 
 
 class OutputSpec(Spec):
@@ -224,6 +256,7 @@ class ConfigSpec(Spec):
     rules: RulesSpec = RulesSpec()
     log: LogSpec = LogSpec()
     daemon: DaemonSpec = DaemonSpec()
+    metrics: MetricsSpec = MetricsSpec()
 
 
 # --- checks across values (on the raw data, so they run even when other keys are wrong) -----
@@ -266,6 +299,13 @@ def _check_queue(queue: dict[str, Any]) -> Iterator[tuple[KeyPath, str]]:
     if 0 <= num <= MAX_QUEUE_NUM and 1 <= workers <= MAX_WORKERS and last > MAX_QUEUE_NUM:
         message = f"workers: queues {num}-{last} go past the last queue number {MAX_QUEUE_NUM}"
         yield ("queue", "workers"), message
+
+
+def _check_keep_on_stop(data: dict[str, Any]) -> Iterator[tuple[KeyPath, str]]:
+    fail_mode = _table(data, "queue").get("fail_mode", "closed")
+    if _table(data, "hook").get("keep_on_stop") is True and fail_mode == "open":
+        message = 'keep_on_stop: needs fail_mode = "closed" (with "open" the hooks kept after a '
+        yield ("hook", "keep_on_stop"), message + "stop would let every connection through)"
 
 
 def _is_int(value: object) -> bool:
@@ -328,8 +368,26 @@ def syslog_address_problem(address: str) -> str | None:
     return None
 
 
+def listen_address_problem(address: str) -> str | None:
+    """Why ``address`` is not ``ip:port`` (an IPv6 address in brackets); None when it is."""
+    match = _LISTEN_ADDRESS.match(address)
+    if match is None:
+        return f'"{address}" is not of the form address:port (e.g. "127.0.0.1:9477")'
+    host, port = match["host"], int(match["port"])
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return f'"{host}" is not an IP address (IPv6 in brackets: "[::1]:9477")'
+    if host.startswith("[") and ip.version == 4:
+        return f'"{host}": brackets are for IPv6 addresses only'
+    if not 1 <= port <= 65535:
+        return f"port {port} is out of range 1-65535"
+    return None
+
+
 def _checks(data: dict[str, Any]) -> Iterator[tuple[KeyPath, str]]:
     yield from _check_queue(_table(data, "queue"))
+    yield from _check_keep_on_stop(data)
     for table, key in _LISTS:
         yield from _check_list(data, table, key)
     for index, output in enumerate(_array(_table(data, "log"), "outputs") or []):
@@ -361,7 +419,12 @@ def _build(spec: ConfigSpec, path: Path) -> Config:
             spec.queue.num, spec.queue.workers, spec.queue.fail_mode, spec.queue.max_len
         ),
         network=NetworkConfig(tuple(spec.network.wan)),
-        hook=HookConfig(spec.hook.backend, tuple(spec.hook.ports), tuple(spec.hook.chains)),
+        hook=HookConfig(
+            spec.hook.backend,
+            tuple(spec.hook.ports),
+            tuple(spec.hook.chains),
+            spec.hook.keep_on_stop,
+        ),
         rules=RulesConfig(
             tuple(_resolve(base, p) for p in spec.rules.paths),
             spec.rules.reevaluate,
@@ -369,6 +432,7 @@ def _build(spec: ConfigSpec, path: Path) -> Config:
         ),
         log=LogConfig(outputs, float(spec.log.flood_window), spec.log.flow_end),
         daemon=DaemonConfig(_resolve(base, spec.daemon.control_socket)),
+        metrics=MetricsConfig(spec.metrics.listen),
     )
 
 

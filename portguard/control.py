@@ -1,4 +1,4 @@
-"""The control socket: `portguard reload` (and later `status`) talk to the running daemon.
+"""The control socket: `portguard reload` and `portguard status` talk to the running daemon.
 
 A unix stream socket; one JSON request line in, one JSON answer line out. The server side
 lives in the daemon's select loop and never blocks it: connections are non-blocking, their
@@ -9,6 +9,7 @@ when the new policy has been built aside and swapped in, or refused).
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
 import selectors
 import socket
@@ -21,6 +22,7 @@ import orjson
 
 MAX_REQUEST = 4096  # bytes; a longer line is refused
 MAX_CLIENTS = 16  # connections waiting for their request line; more are closed at once
+SOCKET_GROUP = "portguard"  # members may use the socket (mode 0660), when the group exists
 Reply = Callable[[dict[str, Any]], None]
 Handler = Callable[[dict[str, Any], Reply], None]
 
@@ -47,6 +49,7 @@ class ControlServer:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(str(path))
         os.chmod(path, mode)
+        _give_to_group(path, SOCKET_GROUP)
         self.sock.listen(16)
         self.sock.setblocking(False)
         self._selector: selectors.BaseSelector | None = None
@@ -105,7 +108,10 @@ class ControlServer:
         except ValueError as error:
             reply({"ok": False, "errors": [str(error)]})
             return
-        self.handler(request, reply)
+        try:
+            self.handler(request, reply)
+        except Exception as error:  # one failing request must not take the daemon's loop down
+            reply({"ok": False, "errors": [f"{request['command']} failed: {error!r}"]})
 
     def _drop(self, conn: socket.socket) -> None:
         self._buffers.pop(conn, None)
@@ -129,6 +135,17 @@ def _remove_stale(path: Path) -> None:
             path.unlink()
             return
     raise OSError(f"another daemon listens on the control socket {path}")
+
+
+def _give_to_group(path: Path, group: str) -> None:
+    """Make `group` the socket's group when that group exists and this process may (root, or
+    a member of it); otherwise the socket keeps the process's group."""
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        return
+    with contextlib.suppress(PermissionError):
+        os.chown(path, -1, gid)
 
 
 def _replier(conn: socket.socket) -> Reply:

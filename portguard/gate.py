@@ -71,6 +71,7 @@ class Gate:
         self.limiter = Limiter()  # token buckets outlive reloads
         self.malformed_action = Action.ALLOW if fail_open else Action.DROP
         self.malformed = 0
+        self.hits: dict[tuple[str, Action], int] = {}  # (rule id, action) -> new connections
         self._malformed_unlogged = 0
         self._malformed_logged_at = float("-inf")
 
@@ -88,6 +89,8 @@ class Gate:
         direction = direction_of(arrives_on_wan, leaves_on_wan)
         decision = self.decide(flow.key, direction, now)
         flow.decision, flow.direction = decision, direction
+        hit = (decision.rule_id, decision.action)
+        self.hits[hit] = self.hits.get(hit, 0) + 1
         verdict = verdict_for(decision.action)
         if not decision.log:  # the rule says `log = false`
             return Outcome(verdict, None, direction)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import selectors
 import sys
 import time
@@ -27,6 +28,7 @@ from portguard.io.signals import SignalPipe
 from portguard.policy import RuleSet, load_ruleset
 from portguard.policyload import LoadResult, PolicyLoad, Reply
 from portguard.reevaluate import Reevaluator
+from portguard.status import DaemonFacts, collect, worker_section
 
 TICK = 1.0  # seconds between housekeeping rounds (flow expiry, counters)
 INTERFACE_REFRESH = 30.0  # seconds between forgetting cached interface names
@@ -119,6 +121,14 @@ class Worker:
         window = config.log.flood_window
         self.floods: DenyAggregator | None = DenyAggregator(window) if window > 0 else None
         self._reported = {"dropped": 0, "errors": 0}
+        # systemd's watchdog, fed by the loop (a forked worker beats to its parent instead)
+        self.heartbeat = notify.watchdog()
+        self.policy_loaded = time.time()  # when the policy in force was loaded (status)
+        self.reader: QueueReader | None = None
+        # set by the daemon: with `facts` this worker answers `status` for the whole daemon
+        # (workers = 1); with `private_control` its socket is the parent's line to it (status only)
+        self.facts: DaemonFacts | None = None
+        self.private_control = False
 
     def run(self, on_bound: Hook, on_stop: Hook) -> int:
         """Bind the queue, call `on_bound`, decide packets until SIGTERM, then clean up.
@@ -135,7 +145,7 @@ class Worker:
         signals = SignalPipe()
         self.loads = PolicyLoad(self._load, signals.wake)
         fallback = Verdict.ACCEPT if self.fail_open else Verdict.DROP
-        reader = QueueReader(
+        reader = self.reader = QueueReader(
             self.queue_num, self.config.queue.max_len, self.decide, self._submit, fallback
         )
         control: ControlServer | None = None
@@ -218,12 +228,24 @@ class Worker:
     def on_control(self, request: dict[str, Any], reply: Reply) -> None:
         """A control-socket request: `reload` answers once the new policy is in (or refused)."""
         command = request["command"]
-        if command == "reload":
+        if command == "status":
+            reply(self.status())
+        elif command == "reload" and self.private_control:
+            reply({"ok": False, "errors": ["reload through the daemon's control socket"]})
+        elif command == "reload":
             self.loads.request(reply, reason="control")
         elif command == "ping":
             reply({"ok": True, "policy_version": self.gate.ruleset.version})
         else:
             reply({"ok": False, "errors": [f"unknown command {command!r}"]})
+
+    def status(self) -> dict[str, Any]:
+        """This worker's counters; with `facts`, the whole daemon's status document."""
+        section = worker_section(self.gate, self.queue_num, self.policy_loaded, self.reader,
+                                 self.writer, os.getpid())  # fmt: skip
+        if self.facts is None:
+            return {"ok": True, "worker": section}
+        return collect(self.facts, [section])
 
     def apply_load(self, result: LoadResult) -> None:
         """Swap in a freshly built policy, or keep the old one and say why."""
@@ -258,7 +280,7 @@ class Worker:
                 "prune": start + LIMITER_PRUNE,
             }
             while not signals.stop:
-                for key, _ in selector.select(timeout=TICK):
+                for key, _ in selector.select(self.heartbeat.wait(time.monotonic(), TICK)):
                     key.data()
                 self._between_packets(signals, reader, due)
 
@@ -266,6 +288,7 @@ class Worker:
         self, signals: SignalPipe, reader: QueueReader, due: dict[str, float]
     ) -> None:
         """Reloads, results of background loads, and the periodic housekeeping."""
+        self.heartbeat.beat(time.monotonic())  # only a turning loop gets here
         if signals.take_reopen() and self.writer is not None:
             self.writer.reopen()  # logrotate moved the log files
         if signals.take_reload():
@@ -310,6 +333,7 @@ class Worker:
 
     def _swap(self, old: RuleSet, new: RuleSet, trigger: str) -> None:
         self.gate.ruleset = new
+        self.policy_loaded = time.time()
         self._log("reload", "policy reloaded", policy_version=new.version,
                   previous_version=old.version, trigger=trigger)  # fmt: skip
         notify.ready(f"policy {new.version}")

@@ -47,11 +47,13 @@ def render_config(
     flood_window: int = 60,
     extra_outputs: Sequence[str] = (),
     log_options: str = "",
+    extra_config: str = "",
 ) -> str:
     """The daemon config for the lab: WAN = gw-wan, forward chain, stdout and file outputs.
 
     `extra_outputs` are more [log] outputs as TOML inline tables (e.g. a syslog collector);
-    `log_options` are more lines for the [log] table.
+    `log_options` are more lines for the [log] table; `extra_config` more tables at the end
+    (e.g. `[metrics]`).
     """
     outputs = ", ".join(
         ['{ type = "stdout" }', f'{{ type = "file", path = {toml_string(str(events))} }}',
@@ -67,7 +69,7 @@ def render_config(
         f'ports = [{", ".join(str(p) for p in HOOK_PORTS)}]\nchains = ["forward"]\n\n'
         f"[rules]\npaths = [{paths}]\nreevaluate = {str(reevaluate).lower()}\n\n"
         f"[log]\noutputs = [{outputs}]\nflood_window = {flood_window}\n{log_options}"
-        f"\n[daemon]\ncontrol_socket = {socket_path}\n"
+        f"\n[daemon]\ncontrol_socket = {socket_path}\n{extra_config}"
     )
 
 
@@ -111,6 +113,7 @@ class LabDaemon:
         flood_window: int = 60,
         extra_outputs: Sequence[str] = (),
         log_options: str = "",
+        extra_config: str = "",
     ) -> None:
         """`command` replaces `python -m portguard` (it gets `run --config CFG` appended)."""
         self.lab = lab
@@ -133,6 +136,7 @@ class LabDaemon:
                 flood_window=flood_window,
                 extra_outputs=extra_outputs,
                 log_options=log_options,
+                extra_config=extra_config,
             )
         )
         self.proc: subprocess.Popen[bytes] | None = None
