@@ -140,18 +140,15 @@ class Sink:
     def write(self, event: Event) -> None:
         """One line into the stream's buffer (prepared events: see `prepare`); the writer
         flushes once its queue is empty, so a burst costs few system calls."""
-        try:
-            self.stream.write(self._render(None, "msg", event) + b"\n")
-        except ValueError as error:  # a closed stream
-            self.errors += 1
-            raise OSError(str(error)) from None
-        except OSError:
-            self.errors += 1
-            raise
+        self._guarded(self.stream.write, self._render(None, "msg", event) + b"\n")
 
     def flush(self) -> None:
+        self._guarded(self.stream.flush)
+
+    def _guarded(self, action: Callable[..., object], *args: object) -> None:
+        """Run a stream operation; any failure is counted and raised as OSError."""
         try:
-            self.stream.flush()
+            action(*args)
         except ValueError as error:  # a closed stream
             self.errors += 1
             raise OSError(str(error)) from None

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from portguard.lab.daemon import LabDaemon, hooks_leftover
 from portguard.lab.topology import Lab
 
 
@@ -23,3 +24,16 @@ def lab() -> Iterator[Lab]:
     with Lab() as built:
         built.start_smtp_servers()
         yield built
+
+
+@pytest.fixture
+def daemon(lab: Lab) -> Iterator[LabDaemon]:
+    """The real daemon with the shipped rules in the lab's gateway; stopping it must leave
+    no hook behind."""
+    running = LabDaemon(lab)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+    assert not hooks_leftover(lab), "SIGTERM must remove every hook"

@@ -25,17 +25,6 @@ from portguard.lab.daemon import LabDaemon, hooks_leftover
 VERSIONS = pytest.mark.parametrize("version", [4, 6], ids=["ipv4", "ipv6"])
 
 
-@pytest.fixture
-def daemon(lab: Lab) -> Iterator[LabDaemon]:
-    running = LabDaemon(lab)
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
-    assert not hooks_leftover(lab), "SIGTERM must remove every hook"
-
-
 def queued(lab: Lab) -> int:
     stats = lab.queue_stats()
     assert stats is not None, "the daemon's queue is not bound"

@@ -53,17 +53,6 @@ print("never", time.monotonic(), through)
 """
 
 
-@pytest.fixture
-def daemon(lab: Lab) -> Iterator[LabDaemon]:
-    running = LabDaemon(lab)
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
-    assert not hooks_leftover(lab), "SIGTERM must remove every hook"
-
-
 @pytest.fixture(scope="module", autouse=True)
 def report_repair_times() -> Iterator[None]:
     yield

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from portguard.decisionlog.flood import summary
+from portguard.decisionlog.flowend import Counters, EndedFlow, FlowOrigin, flow_end_event
 from portguard.decisionlog.record import (
     ECS_VERSION,
     LIFECYCLE_KINDS,
@@ -85,6 +86,17 @@ def events() -> Iterator[tuple[str, Event]]:
         yield f"lifecycle-{action}", lifecycle_event(action, "text", OBSERVER, NOW, queue=0)
     first = dict(decisions())["decision-reject-ipv4"]
     yield "flood-summary", summary(first, "2026-11-27T16:59:00.000000Z", 12)
+    yield from flow_ends()
+
+
+def flow_ends() -> Iterator[tuple[str, Event]]:
+    origin = FlowOrigin("smarthost", "10-isp.toml", "2a", "v1")
+    for key in (V4, V6):
+        counted = EndedFlow(*key, Direction.OUTBOUND, Counters(12, 4321), Counters(9, 876),
+                            int(NOW * 1e9) - 10**9, int(NOW * 1e9))  # fmt: skip
+        yield f"flow-end-ipv{key[0]}", flow_end_event(counted, OBSERVER, NOW, origin)
+    bare = EndedFlow(*V4, Direction.INBOUND, None, None, None, None)
+    yield "flow-end-bare", flow_end_event(bare, OBSERVER, NOW)
 
 
 def rendered(event: Event) -> dict[str, Any]:

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from portguard.decisionlog import formats
 from portguard.decisionlog.flowend import (
@@ -145,69 +140,3 @@ def test_the_community_id_joins_the_flow_end_to_its_decision() -> None:
     expected = json.loads(formats.render(decision, "ecs"))["network"]["community_id"]
     assert flow_end["network"]["community_id"] == expected
     assert expected.startswith("1:")
-
-
-# --- ECS conformance (the field list of tests/unit/test_ecs_schema.py) -------------------
-
-
-def schema() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(ECS_FIELDS.read_text())
-    return data
-
-
-def flatten(value: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for key, item in value.items():
-        name = f"{prefix}{key}"
-        if isinstance(item, dict) and item:
-            yield from flatten(item, f"{name}.")
-        else:
-            yield name, item
-
-
-def fits(kind: str, value: Any) -> bool:
-    if kind == "long":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "ip":
-        return isinstance(value, str) and bool(ipaddress.ip_address(value))
-    if kind == "date":
-        return isinstance(value, str) and value.endswith("Z")
-    return kind in {"keyword", "constant_keyword", "match_only_text"} and isinstance(value, str)
-
-
-CASES = {
-    "ipv4-full": (ended(), FlowOrigin("smarthost", "10-isp.toml", "2a", "v1")),
-    "ipv6-full": (ended(V6), FlowOrigin("smarthost", "10-isp.toml", "2a", "v1")),
-    "bare": (ended(counted=False, start_ns=None, stop_ns=None), None),
-}
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_every_field_is_an_ecs_field_of_its_type_or_portguards(name: str) -> None:
-    flow, origin = CASES[name]
-    written = json.loads(formats.render(flow_end_event(flow, OBSERVER, NOW, origin), "ecs"))
-    fields = schema()["fields"]
-    flat = dict(flatten(written))
-    assert [
-        field for field in flat if field not in fields and not field.startswith("portguard.")
-    ] == []
-    for field, value in flat.items():
-        if field in fields:
-            spec = fields[field]
-            values = value if spec.get("array") else [value]
-            assert isinstance(values, list) and all(fits(spec["type"], v) for v in values), field
-    assert "network.community_id" in flat
-
-
-def test_the_categorization_values_are_allowed() -> None:
-    allowed = schema()["allowed_values"]
-    fields = flow_end_event(ended(), OBSERVER, NOW)["event"]
-    assert fields["kind"] in allowed["event.kind"]
-    assert fields["outcome"] in allowed["event.outcome"]
-    for kind in fields["type"]:
-        assert kind in allowed["event.type"] and kind in allowed["event.category"]["network"]
-
-
-def test_the_conformance_checks_can_fail() -> None:
-    fields = schema()["fields"]
-    assert "source.packets" in fields and "source.pkts" not in fields
-    assert not fits("long", "12") and not fits("date", "2026-11-27T17:00:00")
