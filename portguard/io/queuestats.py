@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-QUEUE_STATS_FILE = Path("/proc/self/net/netfilter/nfnetlink_queue")  # ProcSubset=pid hides /proc/net
+# /proc/self/net: the unit's ProcSubset=pid hides /proc/net, not /proc/self/net
+QUEUE_STATS_FILE = Path("/proc/self/net/netfilter/nfnetlink_queue")
 QUEUE_STATS_FIELDS = (
     "queue_num",
     "port_id",  # netlink port id of the bound socket
