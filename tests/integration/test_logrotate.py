@@ -2,7 +2,8 @@
 
 A steady stream of denied connections (one decision event each, flood control off) crosses
 the lab while `logrotate -f` rotates the daemon's file output several times, using
-contrib/logrotate/portguard with only the log path and the postrotate command substituted.
+contrib/logrotate/portguard with only the log path, the user (root: the lab's daemon runs as
+root) and the postrotate command substituted.
 Afterwards the rotated files (plain and gzip) and the current file together must hold every
 decision exactly once, each line a complete JSON object.
 """
@@ -29,6 +30,7 @@ from portguard.lab.peers import python_env
 
 SHIPPED = Path(__file__).resolve().parents[2] / "contrib" / "logrotate" / "portguard"
 SHIPPED_PATH = "/var/log/portguard/*.log"
+SHIPPED_USER = " portguard adm"  # in `su portguard adm` and `create 0640 portguard adm`
 SHIPPED_SIGNAL = "systemctl kill --kill-whom=all --signal=USR1 portguard.service"
 POSTROTATE = re.compile(r"(?ms)^(\s*postrotate\n)(.*?)(^\s*endscript)$")
 
@@ -72,6 +74,9 @@ def lab_config(shipped: str, log_path: Path, pids: list[int]) -> str:
     assert len(blocks) == 1, "the shipped config must have exactly one postrotate block"
     assert SHIPPED_SIGNAL in blocks[0][1], "the shipped postrotate command changed"
     config = shipped.replace(SHIPPED_PATH, str(log_path))
+    # the lab's daemon runs as root, and a fresh machine may have no `portguard` user yet
+    assert config.count(SHIPPED_USER) == 2, "the shipped config's su/create user changed"
+    config = config.replace(SHIPPED_USER, " root adm")
     kill = "kill -USR1 " + " ".join(str(pid) for pid in pids)
     config = POSTROTATE.sub(lambda m: f"{m[1]}        {kill}\n{m[3]}", config)
     assert SHIPPED_PATH not in config and "systemctl" not in config

@@ -67,7 +67,7 @@ def test_logrotate_config_rotates_by_rename_and_signals_the_service() -> None:
     assert path == "/var/log/portguard/*.log"
     for wanted in ("missingok", "notifempty", "compress", "delaycompress", "sharedscripts"):
         assert wanted in directives
-    assert "create 0640 root adm" in directives
+    assert "create 0640 portguard adm" in directives and "su portguard adm" in directives
     assert not any("copytruncate" in line for line in directives)  # it loses lines
     rotate = [int(line.split()[1]) for line in directives if line.startswith("rotate ")]
     assert rotate and rotate[0] >= 7
