@@ -17,6 +17,8 @@ help:
 	@echo "sudo make test   install what is missing, then run unit and integration tests"
 	@echo "make lint        ruff and mypy"
 	@echo "sudo make bench  kernel fast path benchmark (writes figures to stdout)"
+	@echo "sudo make install  venv in /opt/portguard, config in /etc/portguard, the unit enabled"
+	@echo "make deb         a Debian package in dist/ (apt install ./dist/portguard_*.deb)"
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do \
