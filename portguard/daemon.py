@@ -72,17 +72,18 @@ class Daemon:
         self.spec = hook_spec(config)
         self.hook_watch: HookWatch | None = None  # puts the hooks back while they are installed
         self.beat: tuple[int, float] | None = None  # forked workers: (pipe fd, interval)
+        self.hooks_ours = False  # whether this run touched the hooks (a stop may remove them)
 
     def run(self) -> int:
         from portguard.policy import load_ruleset
 
         ruleset = load_ruleset(self.config.rules.paths)  # fail before touching the kernel
+        # readable by root only (0440): the portguard user learns it when binding fails
         taken = bound_queues(self.config.queue.num, self.config.queue.workers)
         if taken:
             # another portguard (or any NFQUEUE program) is running here: cleaning "leftovers"
             # would tear down its hooks
             raise StartupError(f"queue {taken[0]} is already bound by another process")
-        self._clean_up_leftovers()
         if self.config.queue.workers == 1:
             worker = Worker(self.config, self.config.queue.num, ruleset, self.observer,
                             control=self.config.daemon.control_socket)  # fmt: skip
@@ -118,6 +119,9 @@ class Daemon:
 
     def _install_hooks(self, writer: EventQueue) -> None:
         self._start_metrics()  # before the hooks: a port in use fails the start cleanly
+        # our queues are bound, so no other daemon runs here: what hooks exist are leftovers
+        self.hooks_ours = True
+        self._clean_up_leftovers()
         self.backend.install(self.spec)
         writer.submit(self._lifecycle("hook-installed", f"{self.backend.name} hooks installed"))
         self._start_hook_watch(writer)
@@ -141,6 +145,8 @@ class Daemon:
 
     def _remove_hooks(self, writer: EventQueue) -> None:
         self._stop_hook_watch()  # first: a check still running would put the hooks back
+        if not self.hooks_ours:  # start-up failed first: the hooks there are not this run's
+            return
         if self.config.hook.keep_on_stop:  # fail_mode "closed": connections wait or fail
             message = f"{self.backend.name} hooks kept (keep_on_stop): hooked ports stay closed"
             writer.submit(self._lifecycle("hook-kept", message))

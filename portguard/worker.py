@@ -165,7 +165,7 @@ class Worker:
             for line in self.floods.flush_all() if self.floods else ():  # before the stop event
                 writer.submit(line)
             orderly = signals.stop or not deciding
-            self._shut_down(reader, on_stop if orderly else None)
+            self._shut_down(reader, on_stop if orderly else None, drain=deciding)
             for closing in (control, signals):
                 if closing is not None:
                     closing.close()
@@ -199,12 +199,13 @@ class Worker:
         except OSError as error:
             raise StartupError(f"cannot bind kernel queue {self.queue_num}: {error}") from None
 
-    def _shut_down(self, reader: QueueReader, on_stop: Hook) -> None:
+    def _shut_down(self, reader: QueueReader, on_stop: Hook, drain: bool = True) -> None:
         """Remove the hooks (orderly stop), answer what is still queued, unbind."""
         try:
             if on_stop is not None and self.writer is not None:
                 on_stop(self.writer)
-                reader.read()  # SYNs queued before the hooks went get their verdicts
+                if drain:  # not after a failed start: the queue may not even be bound
+                    reader.read()  # SYNs queued before the hooks went get their verdicts
         finally:
             reader.close()
 
