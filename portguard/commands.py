@@ -70,6 +70,7 @@ STATUS_TIMEOUT = 10.0  # seconds: the daemon answers from counters, at once unle
 def status(config: Config, as_json: bool = False) -> int:
     """Print the running daemon's status document: 0 answered, 1 not reachable or refused."""
     from portguard.control import request
+    from portguard.status import fill_queue_counters
     from portguard.statustext import format_status
 
     path = config.daemon.control_socket
@@ -85,6 +86,7 @@ def status(config: Config, as_json: bool = False) -> int:
         for message in answer.get("errors", ["the daemon refused the status request"]):
             print(f"portguard: {message}", file=sys.stderr)
         return 1
+    answer = fill_queue_counters(answer)  # an unprivileged daemon cannot read them
     print(json.dumps(answer, indent=2) if as_json else "\n".join(format_status(answer)))
     return 0
 

@@ -172,8 +172,15 @@ def worker_socket(control: Path, queue: int) -> Path:
     return control.with_name(f"{control.name}.{queue}")
 
 
+UNREADABLE: Final[Mapping[str, int]] = {}  # the /proc file is readable by root only
+
+
 def queue_row(queue: int, row: Mapping[str, int] | None) -> dict[str, Any]:
-    """One kernel queue's counters; `row` from parse_queue_stats (None: nothing bound)."""
+    """One kernel queue's counters; `row` from parse_queue_stats (None: nothing bound;
+    UNREADABLE: the daemon runs unprivileged and cannot read them)."""
+    if row is UNREADABLE:
+        return {"queue": queue, "bound": None, "unavailable": f"{QUEUE_STATS} is readable by "
+                "root only: run `portguard status` as root"}  # fmt: skip
     row = row or {}
     return {
         "queue": queue,
@@ -321,10 +328,12 @@ _SUMMED = (
 
 def read_queue_rows(
     queues: Iterable[int], path: Path = QUEUE_STATS
-) -> dict[int, dict[str, int] | None]:
+) -> dict[int, Mapping[str, int] | None]:
     """The kernel's counters for each queue (one read of the /proc file)."""
     try:
         text = path.read_text()
+    except PermissionError:  # 0440 root: an unprivileged daemon cannot read it
+        return {queue: UNREADABLE for queue in queues}
     except OSError:  # nfnetlink_queue not loaded: nothing is bound
         text = ""
     return {queue: parse_queue_stats(text, queue) for queue in queues}
@@ -339,6 +348,20 @@ def collect(
     """The status document now: the sections plus the kernel's queue counters."""
     rows = read_queue_rows(facts.queues)
     return build_document(facts, sections, failures or {}, rows, time.time(), extra_sinks)
+
+
+def fill_queue_counters(document: Document, path: Path = QUEUE_STATS) -> Document:
+    """In `portguard status` (run as root, in the daemon's namespace): the queue counters an
+    unprivileged daemon could not read itself."""
+    queues = document.get("queues") or []
+    missing = [row["queue"] for row in queues if row.get("bound") is None]
+    if missing:
+        rows = read_queue_rows(missing, path)
+        document["queues"] = [
+            queue_row(row["queue"], rows[row["queue"]]) if row["queue"] in rows else row
+            for row in queues
+        ]
+    return document
 
 
 Ask = Callable[[Path], dict[str, Any]]  # one status request to a worker's socket

@@ -66,6 +66,8 @@ def _policy_line(policy: Mapping[str, Any] | None) -> str:
 
 
 def _queue_line(queue: Mapping[str, Any]) -> str:
+    if queue["bound"] is None:
+        return f"queue {queue['queue']}: counters unavailable ({queue.get('unavailable', '')})"
     if not queue["bound"]:
         return f"queue {queue['queue']}: NOT BOUND"
     return (

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# /proc/self/net: the unit's ProcSubset=pid hides /proc/net, not /proc/self/net
+# 0440 root in every namespace: the daemon reads it only when it runs as root; `portguard
+# status` (run as root) reads it itself otherwise
 QUEUE_STATS_FILE = Path("/proc/self/net/netfilter/nfnetlink_queue")
 QUEUE_STATS_FIELDS = (
     "queue_num",

@@ -241,3 +241,12 @@ def test_output_option_errors(tmp_path: Path, output: str, message: str) -> None
     with pytest.raises(ConfigError) as caught:
         parse_config(f"[log]\noutputs = [{output}]\n", tmp_path / "p.toml")
     assert any(message in m for m in caught.value.messages), caught.value.messages
+
+
+def test_keep_on_stop_needs_fail_mode_closed(tmp_path: Path) -> None:
+    kept = parse_config("[hook]\nkeep_on_stop = true\n", tmp_path / "p.toml")
+    assert kept.hook.keep_on_stop is True and kept.queue.fail_mode == "closed"
+    with pytest.raises(ConfigError) as caught:
+        parse_config('[queue]\nfail_mode = "open"\n[hook]\nkeep_on_stop = true\n',
+                     tmp_path / "p.toml")  # fmt: skip
+    assert any(":4:" in m and "keep_on_stop" in m for m in caught.value.messages)

@@ -322,11 +322,14 @@ def test_generated_packets_decode_to_their_fields(spec: PacketSpec) -> None:
     assert decode(spec.to_bytes()) == spec.expected()
 
 
-def no_auth_header(spec: PacketSpec) -> bool:
-    return all(kind != 51 for kind, _ in spec.extensions)  # scapy does not dissect past AH
+def scapy_dissects(spec: PacketSpec) -> bool:
+    """scapy does not dissect past an IPv6 AH header, and gives up on the whole TCP header at
+    a TCP-AO option (kind 29) that is not a full MAC (scapy 2.8)."""
+    no_ah = all(kind != 51 for kind, _ in spec.extensions)
+    return no_ah and all(kind != 29 for kind, _ in spec.options)
 
 
-@given(spec=packet_specs().filter(no_auth_header))
+@given(spec=packet_specs().filter(scapy_dissects))
 @settings(max_examples=60, deadline=None)
 def test_generated_packets_agree_with_scapy(spec: PacketSpec) -> None:
     wire = spec.to_bytes()

@@ -375,3 +375,29 @@ def test_a_failing_request_gets_an_answer_and_the_loop_lives_on(tmp_path: Path) 
         assert control.request(tmp_path / "c.sock", "status", timeout=5) == {"ok": True}
     finally:
         running.close()
+
+
+def test_an_unprivileged_daemon_reports_queue_counters_unavailable(tmp_path: Path) -> None:
+    from portguard.status import queue_row, read_queue_rows
+
+    unreadable = tmp_path / "nfnetlink_queue"
+    unreadable.write_text("    0  12345     3 2 65531     7     9     1000  1\n")
+    unreadable.chmod(0)
+    rows = read_queue_rows([0], unreadable)
+    if os.geteuid() == 0:  # root reads it anyway: what `portguard status` as root does
+        assert rows[0] is not None and rows[0]["queue_dropped"] == 7
+        return
+    row = queue_row(0, rows[0])
+    assert row["bound"] is None and "root" in row["unavailable"]
+
+
+def test_the_cli_fills_in_what_the_daemon_could_not_read(tmp_path: Path) -> None:
+    from portguard.status import fill_queue_counters
+
+    stats = tmp_path / "nfnetlink_queue"
+    stats.write_text("    0  12345     3 2 65531     7     9     1000  1\n")
+    document = {"queues": [{"queue": 0, "bound": None, "unavailable": "root only"},
+                           {"queue": 1, "bound": False}]}  # fmt: skip
+    filled = fill_queue_counters(document, stats)
+    assert filled["queues"][0]["bound"] is True and filled["queues"][0]["queue_dropped"] == 7
+    assert filled["queues"][1] == {"queue": 1, "bound": False}
