@@ -49,7 +49,8 @@ def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # logrotate's postrotate signals every process of the unit: SIGUSR1 must never kill one
     # (the daemon handles it once it runs; a `check` or `reload` just ignores it)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    for early in (signal.SIGUSR1, signal.SIGHUP):  # until the daemon's own handlers are in
+        signal.signal(early, signal.SIG_IGN)
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)

@@ -416,7 +416,7 @@ class Supervisor:
             os.kill(pid, signal.SIGHUP)
 
 
-def _stop_children(children: list[int], grace: float = 10.0) -> None:
+def _stop_children(children: list[int], grace: float = 20.0) -> None:
     """SIGTERM the workers, wait up to `grace` seconds, then SIGKILL what is left."""
     for pid in children:
         with contextlib.suppress(ProcessLookupError):

@@ -184,6 +184,17 @@ class Worker:
         process.start()
         return process
 
+    def _restart_log_process(self) -> None:
+        """The log process died (killed, out of memory): say so on stderr (the journal), start
+        a new one, and let the new one report what was lost meanwhile."""
+        assert self.writer is not None
+        lost = self.writer.dropped
+        print(f"portguard: the log process of queue {self.queue_num} died; starting a new one "
+              f"({lost} events not handed over so far)", file=sys.stderr, flush=True)  # fmt: skip
+        self.writer.restart()  # the same object: every holder of its submit keeps working
+        self._log("events-dropped", "the log process died and was restarted; events it held "
+                  "were lost", events_dropped=lost)  # fmt: skip
+
     def _open_control(self) -> ControlServer | None:
         if self.control is None:
             return None
@@ -347,6 +358,9 @@ class Worker:
         for line in self.floods.flush(time.time()) if self.floods else ():
             self.writer.submit(line)
         self.writer.report_drops()
+        self.writer.read_stats()  # keep the newest counters (the socket holds only a few)
+        if not self.writer.alive():
+            self._restart_log_process()
         errors = reader.errors + reader.verdict_errors
         if errors != self._reported["errors"]:
             self._reported["errors"] = errors

@@ -108,6 +108,25 @@ class LogProcess:
             if self.dropped != self._reported and self._send(b"D%d\n" % self.dropped):
                 self._reported = self.dropped
 
+    def restart(self) -> None:
+        """A new log process in place of one that died; the drop count carries over (the
+        new one reports it)."""
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+            self._sock, self._pending, self._reported = None, b"", 0
+            self.start()
+
+    def alive(self) -> bool:
+        """Whether the log process still runs (reaps it when it has ended)."""
+        if not self.pid or self._sock is None:
+            return True  # not started, or closed on purpose
+        try:
+            done, _status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        return done == 0
+
     def read_stats(self) -> dict[str, Any]:
         """The newest counters the log process sent back (once a second): `sinks` (each
         output's submitted/written/dropped), `events_dropped`, `handoff_dropped`,
@@ -252,6 +271,13 @@ class Outputs:
         return self.handoff_dropped + self.writer.dropped
 
     def handle(self, line: bytes) -> None:
+        """One line from the worker; a line that fails is reported, never fatal."""
+        try:
+            self._handle(line)
+        except Exception as error:
+            print(f"portguard: log process: {line[:80]!r}: {error!r}", file=sys.stderr, flush=True)
+
+    def _handle(self, line: bytes) -> None:
         if line.startswith(b"{"):
             with contextlib.suppress(orjson.JSONDecodeError):  # the worker wrote it: valid
                 self.writer.submit(orjson.loads(line))
@@ -298,7 +324,8 @@ class Outputs:
         if self.flow_ends is not None:
             self.flow_ends.stop()
         if stop_event:
-            self.writer.settle(SETTLE)  # so the counters in the stop event are final
+            if not self.writer.settle(SETTLE):  # an output is stuck: give up on it first,
+                self.writer.close_unsettled()  # so the counters in the stop event are final
             stop_event.setdefault("portguard", {}).update(
                 events_dropped=self.dropped,
                 handoff_dropped=self.handoff_dropped,

@@ -70,6 +70,8 @@ class Channel:
         self._lock = threading.Lock()  # counters are bumped from several threads
         self._closing = threading.Event()
         self._abandoned = False
+        self.closed = False
+        self._reopen_due = False  # a reopen that found the queue full: done before the next write
         self._thread = threading.Thread(target=self._drain, name=f"log-{sink.name}", daemon=True)
         if hasattr(sink, "on_state"):
             sink.on_state = self._state
@@ -83,7 +85,7 @@ class Channel:
 
     def submit(self, event: Event) -> bool:
         """Queue the event if it reaches this sink's level; never blocks."""
-        if severity(event) > self.max_severity:
+        if severity(event) > self.max_severity or self.closed:
             return True
         try:
             if self._queue.qsize() >= self.buffer and not _is_lifecycle(event):
@@ -97,8 +99,10 @@ class Channel:
         return True
 
     def reopen(self) -> None:
-        with contextlib.suppress(queue.Full):  # a stuck sink reopens nothing
-            self._queue.put(_REOPEN, timeout=1.0)
+        try:
+            self._queue.put_nowait(_REOPEN)
+        except queue.Full:  # never wait: the thread reopens before its next write
+            self._reopen_due = True
 
     def stats(self) -> SinkStats:
         with self._lock:
@@ -123,11 +127,9 @@ class Channel:
             self._abandoned = True
             self.sink.interrupt()
             self._thread.join(1.0)
-        self._count(dropped=self._queue.qsize() - (1 if self._has_stop() else 0))
+        self._count(dropped=sum(isinstance(item, dict) for item in list(self._queue.queue)))
+        self.closed = True
         self.sink.close()
-
-    def _has_stop(self) -> bool:
-        return _STOP in list(self._queue.queue)
 
     def _count(self, submitted: int = 0, written: int = 0, dropped: int = 0) -> None:
         with self._lock:
@@ -145,6 +147,9 @@ class Channel:
                 continue
             if item is _STOP:
                 return
+            if self._reopen_due:
+                self._reopen_due = False
+                self._attempt(self.sink.reopen)
             if item is _REOPEN:
                 self._attempt(self.sink.reopen)
             elif self._abandoned:
@@ -213,13 +218,24 @@ class EventWriter:
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued (each sink gets `timeout`), then stop the threads."""
         deadline = time.monotonic() + timeout
-        for channel in self.channels:
+        open_channels = [channel for channel in self.channels if not channel.closed]
+        for channel in open_channels:
             channel.begin_close()
-        for channel in self.channels:
+        for channel in open_channels:
             channel.finish_close(deadline)
 
     def stats(self) -> list[SinkStats]:
         return [channel.stats() for channel in self.channels]
+
+    def close_unsettled(self, timeout: float = 1.0) -> None:
+        """Close the outputs still behind (a collector down at stop): what they hold is
+        counted as dropped, and the other outputs go on."""
+        deadline = time.monotonic() + timeout
+        lagging = [channel for channel in self.channels if not channel.settled]
+        for channel in lagging:
+            channel.begin_close()
+        for channel in lagging:
+            channel.finish_close(deadline)
 
     def settle(self, timeout: float) -> bool:
         """Wait (at most `timeout`) until every sink has written or dropped all it was given,

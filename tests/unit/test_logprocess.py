@@ -110,3 +110,25 @@ def test_the_log_process_reports_its_counters_back(tmp_path: Path) -> None:
         {"name": f"file:{path}", "submitted": 10, "written": 10, "dropped": 0}
     ]
     assert stats["events_dropped"] == 0 and stats["flow_end_lost"] == 0
+
+
+def test_a_dead_log_process_is_noticed_and_restarted(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    process = LogProcess(writer_factory(path), OBSERVER)
+    process.start()
+    process.submit(event(1))
+    time.sleep(0.3)
+    first = process.pid
+    os.kill(first, signal.SIGKILL)  # out of memory, say
+    deadline = time.monotonic() + 5
+    while process.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not process.alive()
+    process.submit(event(2))  # dropped and counted: nobody reads
+    process.restart()
+    assert process.pid != first and process.alive()
+    process.submit(event(3))
+    process.close({"event": {"action": "stop"}})
+    written = lines(path)
+    assert [e["source"]["port"] for e in written if "source" in e] == [1, 3]  # type: ignore[index]
+    assert written[-1]["portguard"]["handoff_dropped"] == process.dropped >= 1  # type: ignore[index]

@@ -239,3 +239,31 @@ def test_lifecycle_events_get_through_a_full_buffer() -> None:
     writer.close()
     actions = [orjson.loads(line)["event"]["action"] for line in stream.getvalue().splitlines()]
     assert actions[-1] == "sink-recovered" and len(actions) == writer.written
+
+
+def test_a_stuck_output_is_closed_first_so_the_counts_are_final() -> None:
+    stuck, good = Hanging(), io.BytesIO()
+    writer = EventWriter([stuck, Sink("good", good, False)], capacity=100)
+    writer.start()
+    for _ in range(30):
+        writer.submit(dict(EVENT))
+    assert not writer.settle(0.3)
+    writer.close_unsettled(timeout=0.5)
+    hanging, _fine = writer.stats()
+    assert hanging.submitted == hanging.written + hanging.dropped == 30
+    assert writer.submit(dict(EVENT))  # the stop event: the closed output skips it
+    writer.close()
+    assert writer.stats()[0].submitted == 30 and writer.stats()[1].written == 31
+
+
+def test_a_reopen_never_waits_on_a_full_queue(tmp_path: Path) -> None:
+    gate = threading.Event()
+    writer = EventWriter([Sink("stuck", BlockedStream(gate), False)], capacity=5)
+    writer.start()
+    for _ in range(20):
+        writer.submit(dict(EVENT))
+    started = time.monotonic()
+    writer.reopen()
+    assert time.monotonic() - started < 0.1
+    gate.set()
+    writer.close()
