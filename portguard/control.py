@@ -14,6 +14,7 @@ import os
 import selectors
 import socket
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -150,16 +151,32 @@ def _give_to_group(path: Path, group: str) -> None:
 
 def _replier(conn: socket.socket) -> Reply:
     def reply(answer: dict[str, Any]) -> None:
+        data = orjson.dumps(answer) + b"\n"
         try:
-            conn.setblocking(True)
-            conn.settimeout(1.0)  # the answer is small; a client that does not read loses it
-            conn.sendall(orjson.dumps(answer) + b"\n")
+            sent = conn.send(data)  # non-blocking: most answers fit the socket buffer at once
+        except BlockingIOError:
+            sent = 0
         except OSError:
-            pass
-        finally:
+            sent = len(data)  # the client is gone: nothing more to send
+        if sent >= len(data):
             conn.close()
+            return
+        # a large answer (a status of many rules): the rest from a thread, so a client that
+        # does not read never holds up the packet loop
+        threading.Thread(target=_finish_reply, args=(conn, data[sent:]), daemon=True).start()
 
     return reply
+
+
+def _finish_reply(conn: socket.socket, rest: bytes) -> None:
+    try:
+        conn.setblocking(True)
+        conn.settimeout(5.0)  # a client that does not read loses its answer
+        conn.sendall(rest)
+    except OSError:
+        pass
+    finally:
+        conn.close()
 
 
 def request(path: Path, command: str, timeout: float = 120.0, **fields: Any) -> dict[str, Any]:

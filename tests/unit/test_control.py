@@ -5,10 +5,12 @@ from __future__ import annotations
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from portguard.control import ControlServer, parse_request, request
@@ -109,3 +111,19 @@ def test_idle_clients_are_capped(loop: Loop) -> None:
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_a_large_answer_to_a_client_that_does_not_read_never_blocks(tmp_path: Path) -> None:
+    from portguard.control import _replier
+
+    server, client = socket.socketpair()
+    server.setblocking(False)
+    answer = {"rules": ["x" * 100] * 100_000}  # ~10 MB: far beyond the socket buffer
+    started = time.monotonic()
+    _replier(server)(answer)
+    assert time.monotonic() - started < 0.5  # the rest goes from a thread
+    received = b""
+    while not received.endswith(b"\n"):
+        received += client.recv(1 << 20)
+    assert orjson.loads(received) == answer
+    client.close()
