@@ -233,7 +233,7 @@ class Daemon:
             queue = self.config.queue.num + index
             private = worker_socket(self.config.daemon.control_socket, queue)
             worker = Worker(self.config, queue, ruleset, self.observer,
-                            control=private, reevaluates=index == 0)  # fmt: skip
+                            control=private, primary=index == 0)  # fmt: skip
             worker.private_control = True  # the parent asks it for its counters (status)
             if self.beat is not None:
                 fd, interval = self.beat

@@ -102,13 +102,14 @@ class Worker:
         ruleset: RuleSet,
         observer: Observer,
         control: Path | None = None,
-        reevaluates: bool = True,
+        primary: bool = True,
     ) -> None:
         self.config = config
         self.control = control
-        # with several workers only the first re-evaluates: the conntrack table is shared
-        self.reevaluates = reevaluates and config.rules.reevaluate
-        self.reports_flow_ends = reevaluates and config.log.flow_end  # likewise, one per netns
+        # with several workers only the first (`primary`) does what concerns the whole network
+        # namespace: re-evaluating the conntrack table, listening for flow ends
+        self.reevaluates = primary and config.rules.reevaluate
+        self.reports_flow_ends = primary and config.log.flow_end
         self.reevaluator: Reevaluator | None = None
         self.queue_num = queue_num
         self.observer = observer

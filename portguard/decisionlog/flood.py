@@ -19,11 +19,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from portguard.decisionlog.record import Event
+from portguard.decisionlog.record import DECISION_DATASET, Event
 
 DEFAULT_WINDOW = 60.0  # seconds
 DEFAULT_MAX_KEYS = 10_000
-DECISION_DATASET = "portguard.decision"
 
 DenyKey = tuple[str, str, str]  # source.ip, rule.id, event.action
 

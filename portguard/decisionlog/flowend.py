@@ -16,7 +16,14 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from portguard.decisionlog.record import ECS_VERSION, Event, Observer, address_text, timestamp
+from portguard.decisionlog.record import (
+    ECS_VERSION,
+    FLOW_DATASET,
+    Event,
+    Observer,
+    address_text,
+    timestamp,
+)
 from portguard.policy.model import Direction
 
 _EPOCH = dt.datetime(1970, 1, 1)
@@ -114,7 +121,7 @@ def _event_fields(ended: EndedFlow) -> dict[str, Any]:
         "type": ["connection", "end"],
         "action": "flow-end",
         "outcome": "success",
-        "dataset": "portguard.flow",
+        "dataset": FLOW_DATASET,
     }
     start, duration = ended.start_ns, ended.duration_ns
     if start is not None:

@@ -22,14 +22,12 @@ from typing import Any, Final
 import orjson
 
 from portguard.decisionlog.communityid import community_id
+from portguard.decisionlog.record import DECISION_DATASET, FLOW_DATASET, LIFECYCLE_DATASET
 
 Event = dict[str, Any]
 FORMATS: Final = ("ecs", "ocsf", "cef")
 OCSF_VERSION: Final = "1.1.0"
 VENDOR: Final = "portguard"
-DECISION_DATASET: Final = "portguard.decision"
-FLOW_DATASET: Final = "portguard.flow"
-LIFECYCLE_DATASET: Final = "portguard.lifecycle"
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _NS_PER_MS = 1_000_000
 

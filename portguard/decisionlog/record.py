@@ -13,6 +13,10 @@ from portguard.policy.model import Action, Decision, Direction
 
 ECS_VERSION = "8.11.0"
 Event = dict[str, Any]
+# event.dataset of each kind of event: what the formats, flood control and SIEMs tell apart
+DECISION_DATASET = "portguard.decision"
+FLOW_DATASET = "portguard.flow"
+LIFECYCLE_DATASET = "portguard.lifecycle"
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +141,7 @@ def _verdict_fields(action: Action) -> dict[str, Any]:
         "type": ["connection", "allowed" if action.allows else "denied"],
         "action": action.value,
         "outcome": "success",
-        "dataset": "portguard.decision",
+        "dataset": DECISION_DATASET,
     }
 
 
@@ -214,7 +218,7 @@ def lifecycle_event(
             "type": [kind],
             "action": action,
             "outcome": "failure" if failed else "success",
-            "dataset": "portguard.lifecycle",
+            "dataset": LIFECYCLE_DATASET,
         },
         "observer": observer.fields(),
         "portguard": extra,

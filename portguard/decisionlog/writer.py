@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from portguard.decisionlog.record import Event
+from portguard.decisionlog.record import LIFECYCLE_DATASET, Event
 from portguard.decisionlog.sinks import LEVELS, EventSink, prepare, severity
 
 DEFAULT_BUFFER = 65536  # events a sink may have waiting
@@ -27,7 +27,7 @@ _REOPEN = object()
 
 
 def _is_lifecycle(event: Event) -> bool:
-    return bool(event.get("event", {}).get("dataset") == "portguard.lifecycle")
+    return bool(event.get("event", {}).get("dataset") == LIFECYCLE_DATASET)
 
 
 class EventQueue(Protocol):

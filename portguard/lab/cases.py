@@ -8,11 +8,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from portguard.decisionlog.record import DECISION_DATASET
 from portguard.lab import addresses as a
 from portguard.lab.peers import SendResult, endpoint
 
-DECISION_DATASET = "portguard.decision"
-LIFECYCLE_DATASET = "portguard.lifecycle"
 SLACK = 1.0  # seconds an event's @timestamp may lie outside its attempt's time window
 
 

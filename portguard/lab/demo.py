@@ -22,10 +22,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from portguard.decisionlog.record import LIFECYCLE_DATASET
 from portguard.lab import addresses as a
 from portguard.lab.cases import (
     CASES,
-    LIFECYCLE_DATASET,
     Attempt,
     Case,
     all_matched,
