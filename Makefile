@@ -10,11 +10,12 @@ APT_PACKAGES := iptables nftables iproute2 conntrack gcc make python3-dev python
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 include packaging/packaging.mk
 
-.PHONY: help system-deps venv test unit integration lint demo bench clean
+.PHONY: help system-deps venv test unit integration test-kernel lint demo bench clean
 
 help:
 	@echo "sudo make demo   run the namespace lab demo (real daemon, real SMTP traffic)"
 	@echo "sudo make test   install what is missing, then run unit and integration tests"
+	@echo "sudo make test-kernel  the nftables backend on Debian's stock kernel, in a VM (docs/lab.md)"
 	@echo "make lint        ruff and mypy"
 	@echo "sudo make bench  kernel fast path benchmark (writes figures to stdout)"
 	@echo "sudo make install  venv in /opt/portguard, config in /etc/portguard, the unit enabled"
@@ -52,6 +53,11 @@ unit: venv
 
 integration: venv
 	$(PYTEST) tests/integration
+
+# Boots the distribution's stock kernel once (virtme-ng; KVM when usable, else TCG) and runs
+# tests/kernel inside it; installs QEMU, virtme-ng and the kernel package into .cache/kernel-vm.
+test-kernel: venv
+	tests/kernel/vm.sh
 
 lint: venv
 	$(BIN)/ruff check portguard tests bench

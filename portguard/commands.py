@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from portguard.config import Config
-from portguard.errors import SourceError
+from portguard.errors import Problem, SourceError, unexpected
+from portguard.io import interfaces
 from portguard.io.hook import HookBackend, HookError, cleanup_leftovers, select_backend
 from portguard.policy import format_explanation, load_ruleset
 from portguard.policy.model import Connection, Direction
@@ -20,16 +21,10 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 def check(config_path: Path, output_format: str = "text", strict: bool = False) -> int:
     """Validate the config and every rule file; print every error, or the warnings and a
     summary. Exit 0 valid, 1 errors, 2 warnings under ``strict``."""
-    from portguard.config import load_config
-    from portguard.policy.lint import lint
-
     try:
-        config = load_config(config_path)
-        ruleset = load_ruleset(config.rules.paths)
-    except SourceError as error:
-        report = CheckReport.failed(config_path, error)
-    else:
-        report = CheckReport.loaded(config_path, ruleset, lint(ruleset, config.hook.ports))
+        report = _check_report(config_path)
+    except Exception as error:  # the last resort: a message naming the file, never a traceback
+        report = CheckReport.failed(config_path, SourceError([unexpected(config_path, error)]))
     if output_format == "json":
         print(json.dumps(report.as_json(strict), indent=2))
     else:
@@ -39,6 +34,54 @@ def check(config_path: Path, output_format: str = "text", strict: bool = False) 
         for line in err:
             print(line, file=sys.stderr)
     return report.exit_code(strict)
+
+
+def _check_report(config_path: Path) -> CheckReport:
+    from portguard.config import load_config
+    from portguard.policy.lint import lint
+    from portguard.policystate import saved_resolution
+
+    try:
+        config = load_config(config_path)
+        output_errors = output_problems(config)
+        if output_errors:
+            raise SourceError(output_errors)
+        # as the daemon starts: a host name that fails transiently (a DNS outage at boot)
+        # keeps its last good addresses from the state directory, with a warning
+        ruleset = load_ruleset(
+            config.rules.paths, previous=saved_resolution(config.daemon.state_dir)
+        )
+    except SourceError as error:
+        return CheckReport.failed(config_path, error)
+    warnings = [*wan_problems(config), *lint(ruleset, config.hook.ports)]
+    return CheckReport.loaded(config_path, ruleset, warnings)
+
+
+def wan_problems(config: Config) -> list[Problem]:
+    """A warning for each WAN interface this host does not have (yet): while it is missing,
+    the daemon sees no connection as outbound or inbound (only `internal`)."""
+    from portguard.config import config_problem
+
+    wan = list(config.network.wan)
+    problems = []
+    for name in interfaces.missing_interfaces(wan):
+        message = (f'wan: interface "{name}" does not exist on this host (yet); connections '
+                   "through it are not seen as outbound or inbound until it does")  # fmt: skip
+        problems.append(config_problem(config.path, ("network", "wan", wan.index(name)), message))
+    return problems
+
+
+def output_problems(config: Config) -> list[Problem]:
+    """File outputs the daemon would refuse: a symbolic link at the path."""
+    from portguard.config import config_problem
+
+    problems = []
+    for index, output in enumerate(config.log.outputs):
+        if output.type == "file" and output.path is not None and output.path.is_symlink():
+            message = (f"path: {output.path} is a symbolic link; portguard does not write "
+                       "through one (point the path at the real file)")  # fmt: skip
+            problems.append(config_problem(config.path, ("log", "outputs", index, "path"), message))
+    return problems
 
 
 def reload(config: Config) -> int:

@@ -7,18 +7,26 @@ reported at once as ``path:line: message`` (ConfigError.messages). Relative path
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
-from portguard.errors import ConfigError, Problem
+from portguard.configchecks import (
+    LISTEN_ADDRESS,
+    MAX_QUEUE_NUM,
+    MAX_WORKERS,
+    SYSLOG_ADDRESS,
+    checks,
+    listen_address_problem,
+    syslog_address_problem,
+)
+from portguard.errors import ConfigError, Problem, unexpected
 from portguard.sourcemap import KeyPath
-from portguard.tomlsource import Spec, parse_toml, validate
+from portguard.tomlsource import MIB, Spec, TextError, parse_toml, read_text, validate
 
 __all__ = [
     "Config",
@@ -28,8 +36,10 @@ __all__ = [
     "MetricsConfig",
     "NetworkConfig",
     "Output",
+    "PerSourceLimit",
     "QueueConfig",
     "RulesConfig",
+    "config_problem",
     "listen_address_problem",
     "load_config",
     "parse_config",
@@ -50,18 +60,33 @@ DEFAULT_RULES_PATH = Path("/etc/portguard/rules.d")
 DEFAULT_RESOLVE_INTERVAL = 300
 MAX_RESOLVE_INTERVAL = 7 * 86400
 DEFAULT_CONTROL_SOCKET = Path("/run/portguard/control.sock")
-MAX_WORKERS = 64
-MAX_QUEUE_NUM = 65535
-_SYSLOG_ADDRESS = re.compile(
-    r"^(?P<proto>udp|tcp|tls)://(?P<host>\[[^\]]*\]|[^:/\[\]]+):(?P<port>\d+)$"
-)
-_LISTEN_ADDRESS = re.compile(r"^(?P<host>\[[^\]]*\]|[^:\[\]]+):(?P<port>\d+)$")
-_HOSTNAME = re.compile(
-    r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?$"
-)
-
+DEFAULT_STATE_DIR = Path("/var/lib/portguard")  # systemd's StateDirectory=portguard
+# Postfix's 100 delivery processes at ~0.5 s a delivery open < 200 connections a second
+DEFAULT_PER_SOURCE_RATE = 200  # new hooked connections a second from one source
+DEFAULT_PER_SOURCE_BURST = 1000
+MAX_PER_SOURCE_RATE = 100_000  # io.hook.MAX_SOURCE_RATE: hashlimit is exact up to here
+MAX_PER_SOURCE_BURST = 1_000_000
+_RATE = re.compile(r"^(?P<count>\d+)/(second|s)$")
 
 # --- the resolved config -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PerSourceLimit:
+    """The kernel's limit on new hooked connections from one source, before the queue.
+
+    One IPv4 address, or one IPv6 prefix of ``prefix6`` bits (a /64 is one subscriber), may
+    send ``rate`` SYNs a second to hooked ports, ``burst`` at once; the kernel drops the rest
+    (and counts them) before they reach the queue everyone shares. ``rate`` 0 = off.
+    """
+
+    rate: int = DEFAULT_PER_SOURCE_RATE
+    burst: int = DEFAULT_PER_SOURCE_BURST
+    prefix6: int = 64
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +95,7 @@ class QueueConfig:
     workers: int = 1
     fail_mode: FailMode = "closed"
     max_len: int = 4096
+    per_source: PerSourceLimit = field(default_factory=PerSourceLimit)
 
     @property
     def numbers(self) -> range:
@@ -101,6 +127,7 @@ class RulesConfig:
 @dataclass(frozen=True, slots=True)
 class DaemonConfig:
     control_socket: Path = DEFAULT_CONTROL_SOCKET  # `portguard reload` talks to the daemon here
+    state_dir: Path = DEFAULT_STATE_DIR  # kept across restarts: last good host resolution
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +139,7 @@ class MetricsConfig:
     @property
     def address(self) -> tuple[str, int] | None:
         """(host, port) to listen on, an IPv6 host without brackets; None when off."""
-        match = _LISTEN_ADDRESS.match(self.listen or "")
+        match = LISTEN_ADDRESS.match(self.listen or "")
         if match is None:
             return None
         return match["host"].strip("[]"), int(match["port"])
@@ -137,7 +164,7 @@ class Output:
     @property
     def endpoint(self) -> tuple[str, str, int]:
         """A syslog output's (transport, host, port); IPv6 hosts without brackets."""
-        match = _SYSLOG_ADDRESS.match(self.address or "")
+        match = SYSLOG_ADDRESS.match(self.address or "")
         if match is None:
             raise ValueError(f"output {self.type} has no syslog address")
         return match["proto"], match["host"].strip("[]"), int(match["port"])
@@ -175,8 +202,13 @@ def _within(low: int, high: int) -> Callable[[int], int]:
 
 
 def _interface_name(name: str) -> str:
-    if not 1 <= len(name) <= 15 or "/" in name or any(c.isspace() for c in name):
-        raise ValueError(f'"{name}" is not an interface name (1-15 characters, no "/" or spaces)')
+    """What the kernel takes as a device name (dev_valid_name): 1-15 characters, not "." or
+    "..", no "/", ":", spaces or control characters."""
+    bad = any(c in "/:" or c.isspace() or not c.isprintable() for c in name)
+    if not 1 <= len(name) <= 15 or bad or name in (".", ".."):
+        raise ValueError(
+            f'"{name}" is not an interface name (1-15 characters, no "/", ":" or spaces)'
+        )
     return name
 
 
@@ -186,11 +218,35 @@ def _not_blank(text: str) -> str:
     return text
 
 
+def _per_second(text: str) -> str:
+    match = _RATE.match(text)
+    if match is None:
+        raise ValueError(f'"{text}" is not a rate per second (e.g. "200/second"; "0/second": off)')
+    _within(0, MAX_PER_SOURCE_RATE)(int(match["count"]))
+    return text
+
+
+def _switch(value: object) -> object:
+    """``per_source = false`` turns the limit off, ``true`` takes the defaults."""
+    if value is False:
+        return {"rate": "0/second"}
+    return {} if value is True else value
+
+
+class PerSourceSpec(Spec):
+    rate: Annotated[str, AfterValidator(_per_second)] = f"{DEFAULT_PER_SOURCE_RATE}/second"
+    burst: Annotated[int, AfterValidator(_within(1, MAX_PER_SOURCE_BURST))] = (
+        DEFAULT_PER_SOURCE_BURST
+    )
+    prefix6: Annotated[int, AfterValidator(_within(1, 128))] = 64
+
+
 class QueueSpec(Spec):
     num: Annotated[int, AfterValidator(_within(0, MAX_QUEUE_NUM))] = 0
     workers: Annotated[int, AfterValidator(_within(1, MAX_WORKERS))] = 1
     fail_mode: FailMode = "closed"
     max_len: Annotated[int, AfterValidator(_within(1, 2**32 - 1))] = 4096
+    per_source: Annotated[PerSourceSpec, BeforeValidator(_switch)] = PerSourceSpec()
 
 
 class NetworkSpec(Spec):
@@ -216,6 +272,7 @@ class RulesSpec(Spec):
 
 class DaemonSpec(Spec):
     control_socket: Annotated[str, AfterValidator(_not_blank)] = str(DEFAULT_CONTROL_SOCKET)
+    state_dir: Annotated[str, AfterValidator(_not_blank)] = str(DEFAULT_STATE_DIR)
 
 
 def _listen_address(address: str) -> str:
@@ -259,150 +316,6 @@ class ConfigSpec(Spec):
     metrics: MetricsSpec = MetricsSpec()
 
 
-# --- checks across values (on the raw data, so they run even when other keys are wrong) -----
-
-
-def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
-    value = data.get(name)
-    return value if isinstance(value, dict) else {}
-
-
-def _array(table: dict[str, Any], name: str) -> list[Any] | None:
-    value = table.get(name)
-    return value if isinstance(value, list) else None
-
-
-def _duplicates(prefix: KeyPath, values: list[Any]) -> Iterator[tuple[KeyPath, str]]:
-    seen: list[Any] = []
-    for index, value in enumerate(values):
-        if value in seen and not isinstance(value, dict | list):
-            shown = f'"{value}"' if isinstance(value, str) else str(value)
-            yield (*prefix, index), f"{prefix[-1]}: {shown} is listed twice"
-        seen.append(value)
-
-
-def _check_list(data: dict[str, Any], table: str, key: str) -> Iterator[tuple[KeyPath, str]]:
-    values = _array(_table(data, table), key)
-    if values is None:
-        return
-    if not values:
-        yield (table, key), f"{key}: needs at least one entry"
-    if key != "outputs":
-        yield from _duplicates((table, key), values)
-
-
-def _check_queue(queue: dict[str, Any]) -> Iterator[tuple[KeyPath, str]]:
-    num, workers = queue.get("num", 0), queue.get("workers", 1)
-    if not (_is_int(num) and _is_int(workers)):
-        return
-    last = num + workers - 1
-    if 0 <= num <= MAX_QUEUE_NUM and 1 <= workers <= MAX_WORKERS and last > MAX_QUEUE_NUM:
-        message = f"workers: queues {num}-{last} go past the last queue number {MAX_QUEUE_NUM}"
-        yield ("queue", "workers"), message
-
-
-def _check_keep_on_stop(data: dict[str, Any]) -> Iterator[tuple[KeyPath, str]]:
-    fail_mode = _table(data, "queue").get("fail_mode", "closed")
-    if _table(data, "hook").get("keep_on_stop") is True and fail_mode == "open":
-        message = 'keep_on_stop: needs fail_mode = "closed" (with "open" the hooks kept after a '
-        yield ("hook", "keep_on_stop"), message + "stop would let every connection through)"
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_output(index: int, output: object) -> Iterator[tuple[KeyPath, str]]:
-    if not isinstance(output, dict) or output.get("type") not in _OUTPUT_KEYS:
-        return  # the shape check reports it
-    key: KeyPath = ("log", "outputs", index)
-    kind = output["type"]
-    wanted = _OUTPUT_KEYS[kind]
-    for name in ("path", "address"):
-        if name in wanted and name not in output:
-            yield key, f"outputs: type \"{kind}\" needs '{name}'"
-        elif name in output and name not in wanted:
-            yield (*key, name), f"outputs: '{name}' does not apply to type \"{kind}\""
-    address = output.get("address")
-    if "address" in wanted and isinstance(address, str):
-        problem = syslog_address_problem(address)
-        if problem:
-            yield (*key, "address"), f"address: {problem}"
-    yield from _check_output_options(key, kind, output)
-
-
-def _check_output_options(
-    key: KeyPath, kind: str, output: dict[str, Any]
-) -> Iterator[tuple[KeyPath, str]]:
-    """Options that only some outputs take: prefix (stdout), TLS files (tls:// syslog)."""
-    if "prefix" in output and kind != "stdout":
-        yield (*key, "prefix"), f"outputs: 'prefix' does not apply to type \"{kind}\""
-    address = output.get("address")
-    tls = kind == "syslog" and isinstance(address, str) and address.startswith("tls://")
-    for name in _TLS_KEYS:
-        if name in output and not tls:
-            yield (*key, name), f"outputs: '{name}' applies only to a tls:// syslog address"
-    if tls and ("cert" in output) != ("key" in output):
-        yield key, "outputs: a client certificate needs both 'cert' and 'key'"
-
-
-_OUTPUT_KEYS: dict[str, tuple[str, ...]] = {"stdout": (), "file": ("path",), "syslog": ("address",)}
-_TLS_KEYS = ("ca", "cert", "key", "server_name")
-
-
-def syslog_address_problem(address: str) -> str | None:
-    """Why ``address`` is not ``udp|tcp|tls://host:port``; None when it is."""
-    match = _SYSLOG_ADDRESS.match(address)
-    if match is None:
-        return f'"{address}" is not of the form udp://, tcp:// or tls://host:port'
-    host, port = match["host"], int(match["port"])
-    if host.startswith("["):
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            return f'"{host}" is not an IPv6 address in brackets'
-    elif not _HOSTNAME.match(host):
-        return f'"{host}" is not a host name or address'
-    if not 1 <= port <= 65535:
-        return f"port {port} is out of range 1-65535"
-    return None
-
-
-def listen_address_problem(address: str) -> str | None:
-    """Why ``address`` is not ``ip:port`` (an IPv6 address in brackets); None when it is."""
-    match = _LISTEN_ADDRESS.match(address)
-    if match is None:
-        return f'"{address}" is not of the form address:port (e.g. "127.0.0.1:9477")'
-    host, port = match["host"], int(match["port"])
-    try:
-        ip = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return f'"{host}" is not an IP address (IPv6 in brackets: "[::1]:9477")'
-    if host.startswith("[") and ip.version == 4:
-        return f'"{host}": brackets are for IPv6 addresses only'
-    if not 1 <= port <= 65535:
-        return f"port {port} is out of range 1-65535"
-    return None
-
-
-def _checks(data: dict[str, Any]) -> Iterator[tuple[KeyPath, str]]:
-    yield from _check_queue(_table(data, "queue"))
-    yield from _check_keep_on_stop(data)
-    for table, key in _LISTS:
-        yield from _check_list(data, table, key)
-    for index, output in enumerate(_array(_table(data, "log"), "outputs") or []):
-        yield from _check_output(index, output)
-
-
-_LISTS = (
-    ("network", "wan"),
-    ("hook", "ports"),
-    ("hook", "chains"),
-    ("rules", "paths"),
-    ("log", "outputs"),
-)
-
-
 # --- building the config -------------------------------------------------------------------
 
 
@@ -416,7 +329,11 @@ def _build(spec: ConfigSpec, path: Path) -> Config:
     return Config(
         path=path,
         queue=QueueConfig(
-            spec.queue.num, spec.queue.workers, spec.queue.fail_mode, spec.queue.max_len
+            spec.queue.num,
+            spec.queue.workers,
+            spec.queue.fail_mode,
+            spec.queue.max_len,
+            _per_source(spec.queue.per_source),
         ),
         network=NetworkConfig(tuple(spec.network.wan)),
         hook=HookConfig(
@@ -431,9 +348,17 @@ def _build(spec: ConfigSpec, path: Path) -> Config:
             spec.rules.resolve_interval,
         ),
         log=LogConfig(outputs, float(spec.log.flood_window), spec.log.flow_end),
-        daemon=DaemonConfig(_resolve(base, spec.daemon.control_socket)),
+        daemon=DaemonConfig(
+            _resolve(base, spec.daemon.control_socket), _resolve(base, spec.daemon.state_dir)
+        ),
         metrics=MetricsConfig(spec.metrics.listen),
     )
+
+
+def _per_source(spec: PerSourceSpec) -> PerSourceLimit:
+    match = _RATE.match(spec.rate)
+    assert match is not None  # validated
+    return PerSourceLimit(int(match["count"]), spec.burst, spec.prefix6)
 
 
 def _output(spec: OutputSpec, base: Path) -> Output:
@@ -452,19 +377,40 @@ def parse_config(text: str, path: Path) -> Config:
     if isinstance(source, Problem):
         raise ConfigError([source])
     spec = validate(source, ConfigSpec)
-    problems = [source.problem(key, message) for key, message in _checks(source.data)]
+    problems = [source.problem(key, message) for key, message in checks(source.data)]
     if isinstance(spec, list) or problems:
         raise ConfigError([*problems, *(spec if isinstance(spec, list) else [])])
     return _build(spec, path)
 
 
+MAX_CONFIG_FILE = MIB  # bytes: the config is a page or two
+
+
 def load_config(path: Path) -> Config:
-    """Read and validate the config file at ``path``."""
+    """Read and validate the config file at ``path``; any unexpected failure is a ConfigError
+    naming the file, never a traceback."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
+        text = read_text(path, MAX_CONFIG_FILE)
+    except OSError as error:
         raise ConfigError([Problem(path, None, f"cannot read config: {_reason(error)}")]) from None
-    return parse_config(text, path)
+    except TextError as error:
+        raise ConfigError([error.problem(path)]) from None
+    try:
+        return parse_config(text, path)
+    except ConfigError:
+        raise
+    except Exception as error:  # the last resort
+        raise ConfigError([unexpected(path, error)]) from error
+
+
+def config_problem(path: Path, key: KeyPath, message: str) -> Problem:
+    """A Problem at ``key`` of the config file at ``path`` (for checks made after loading, such
+    as whether a WAN interface exists); without a line when the file cannot be read again."""
+    try:
+        source = parse_toml(path, read_text(path, MAX_CONFIG_FILE))
+    except (OSError, TextError):
+        return Problem(path, None, message)
+    return source if isinstance(source, Problem) else source.problem(key, message)
 
 
 def _reason(error: Exception) -> str:

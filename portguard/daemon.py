@@ -11,41 +11,36 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import selectors
 import signal
 import socket
 import sys
-import threading
 import time
-from typing import Any
 
 from portguard import __version__
 from portguard.config import Config
-from portguard.control import ControlServer
-from portguard.control import request as control_request
 from portguard.decisionlog.record import Observer, lifecycle_event
-from portguard.decisionlog.writer import EventQueue, EventWriter
+from portguard.decisionlog.writer import EventQueue
 from portguard.errors import SourceError
 from portguard.io import notify
 from portguard.io.hook import (
     HookBackend,
     HookError,
     HookSpec,
+    SourceLimit,
     cleanup_leftovers,
     select_backend,
 )
 from portguard.io.hookwatch import HookWatch
 from portguard.io.queuestats import bound_queues
-from portguard.io.signals import SignalPipe
 from portguard.metrics import MetricsServer, control_fetch
 from portguard.policy import RuleSet
-from portguard.policyload import LoadResult, PolicyLoad, Reply
-from portguard.status import DaemonFacts, WatchedHook, collect, gather, worker_socket
-from portguard.worker import StartupError, Worker, capped, make_writer
+from portguard.policystate import RESOLVED_FILE, save_resolution, saved_resolution
+from portguard.status import DaemonFacts, WatchedHook, worker_socket
+from portguard.supervisor import Supervisor
+from portguard.worker import StartupError, Worker, make_writer
 
 PR_SET_PDEATHSIG = 1
 HOOK_CHECK_INTERVAL = 2.0  # seconds: a removed or bypassed hook is back within about this
-WORKER_STATUS_TIMEOUT = 2.0  # seconds the parent waits for each worker's status
 
 
 def hook_spec(config: Config) -> HookSpec:
@@ -55,7 +50,13 @@ def hook_spec(config: Config) -> HookSpec:
         ports=tuple(config.hook.ports),
         chains=tuple(config.hook.chains),
         fail_open=config.queue.fail_mode == "open",
+        per_source=per_source_limit(config),
     )
+
+
+def per_source_limit(config: Config) -> SourceLimit | None:
+    limit = config.queue.per_source
+    return SourceLimit(limit.rate, limit.burst, limit.prefix6) if limit.enabled else None
 
 
 class Daemon:
@@ -75,9 +76,7 @@ class Daemon:
         self.hooks_ours = False  # whether this run touched the hooks (a stop may remove them)
 
     def run(self) -> int:
-        from portguard.policy import load_ruleset
-
-        ruleset = load_ruleset(self.config.rules.paths)  # fail before touching the kernel
+        ruleset, start_events = first_policy(self.config)  # fail before touching the kernel
         # readable by root only (0440): the portguard user learns it when binding fails
         taken = bound_queues(self.config.queue.num, self.config.queue.workers)
         if taken:
@@ -88,12 +87,13 @@ class Daemon:
             worker = Worker(self.config, self.config.queue.num, ruleset, self.observer,
                             control=self.config.daemon.control_socket)  # fmt: skip
             worker.facts = self.facts()
+            worker.start_events = start_events
             try:
                 return worker.run(on_bound=self._install_hooks, on_stop=self._remove_hooks)
             finally:
                 self._stop_hook_watch()  # the loop died: the hooks stay, unwatched
                 self._stop_metrics()
-        return self._run_forked(ruleset)
+        return self._run_forked(ruleset, start_events)
 
     def facts(self) -> DaemonFacts:
         return DaemonFacts.of(self.config, self.started, os.getpid(), self.hook)
@@ -165,6 +165,7 @@ class Daemon:
             message = f"checking or repairing the {name} hooks failed: {problem}"
             writer.submit(self._lifecycle("hook-repair-failed", message, problem=problem))
 
+        self.hook.report_drops_to(writer.submit, self._lifecycle)  # `prequeue-dropped` events
         self.hook_watch = HookWatch(self.backend, self.spec, repaired, HOOK_CHECK_INTERVAL, failed)
         self.hook_watch.start()
 
@@ -178,12 +179,9 @@ class Daemon:
             action, message, self.observer, time.time(), backend=self.backend.name, **extra
         )
 
-    def _run_forked(self, ruleset: object) -> int:
-        from portguard.policy import RuleSet
-
-        assert isinstance(ruleset, RuleSet)
+    def _run_forked(self, ruleset: RuleSet, start_events: list[StartEvent]) -> int:
         # handlers and the control socket first: before any worker, before any hook
-        supervisor = Supervisor(self.config, ruleset, self.facts())
+        supervisor = Supervisor(self.config, ruleset, self.facts(), self.observer)
         supervisor.watchdog = self._worker_watchdog()
         ready_r, ready_w = os.pipe()
         for index in range(self.config.queue.workers):
@@ -196,6 +194,8 @@ class Daemon:
         try:
             _await_ready(ready_r, len(supervisor.children))
             self._install_hooks(writer)
+            for action, message, extra in start_events:
+                writer.submit(self._lifecycle(action, message, **extra))
             notify.ready(f"deciding on {len(supervisor.children)} queues")
             deciding = True
             return supervisor.wait()
@@ -219,10 +219,7 @@ class Daemon:
         self.beat = (beat_w, interval)
         return notify.WorkerWatchdog(beat_r, self.config.queue.workers, interval)
 
-    def _fork_worker(self, index: int, ruleset: object, ready_w: int) -> int:
-        from portguard.policy import RuleSet
-
-        assert isinstance(ruleset, RuleSet)
+    def _fork_worker(self, index: int, ruleset: RuleSet, ready_w: int) -> int:
         parent = os.getpid()
         pid = os.fork()
         if pid:
@@ -241,6 +238,31 @@ class Daemon:
             code = worker.run(on_bound=lambda _w: _signal_ready(ready_w), on_stop=None)
         finally:
             os._exit(code)
+
+
+StartEvent = tuple[str, str, dict[str, object]]
+
+
+def first_policy(config: Config) -> tuple[RuleSet, list[StartEvent]]:
+    """The policy to start with. Host names that do not resolve now (a transient failure: a
+    DNS outage at boot) keep their addresses from the state directory, and an event says so;
+    a good resolution is kept there for the next start."""
+    from portguard.policy import load_ruleset
+
+    state = config.daemon.state_dir
+    ruleset = load_ruleset(config.rules.paths, previous=saved_resolution(state))
+    events: list[StartEvent] = []
+    kept = [w.format() for w in ruleset.warnings if "did not resolve" in w.message]
+    if kept:
+        message = (f"{len(kept)} host names did not resolve at start; their last good "
+                   f"addresses from {state / RESOLVED_FILE} are used")  # fmt: skip
+        extra: dict[str, object] = {"warnings": kept, "policy_version": ruleset.version}
+        events.append(("resolve-fallback", message, extra))
+    try:
+        save_resolution(state, ruleset)
+    except OSError as error:
+        print(f"portguard: cannot keep the host resolution in {state}: {error}", file=sys.stderr)
+    return ruleset, events
 
 
 def _become_worker(parent: int) -> None:
@@ -279,141 +301,6 @@ def _await_ready(ready_r: int, count: int, timeout: float = 15.0) -> None:
                 raise StartupError("a worker exited before binding its queue")
             return
         seen += len(chunk)
-
-
-class Supervisor:
-    """The parent of forked workers: forwards reloads, stops on SIGTERM/SIGINT or a dead worker.
-
-    It serves the control socket itself: a `reload` request is checked here first (the parent
-    loads the rule files aside); only a valid policy is passed on to the workers (SIGHUP).
-    """
-
-    def __init__(self, config: Config, ruleset: RuleSet, facts: DaemonFacts) -> None:
-        self.config = config
-        self.facts = facts
-        self.policy = ruleset  # the last policy validated here: `previous` for the next load
-        self.children: list[int] = []
-        path = config.daemon.control_socket
-        try:
-            self.control = ControlServer(path, self.on_control)
-        except OSError as error:
-            raise StartupError(f"cannot open the control socket {path}: {error}") from None
-        self.signals = SignalPipe()
-        self.writer: EventWriter | None = None  # the parent's own outputs (hook events)
-        self.watchdog: notify.WorkerWatchdog | None = None  # systemd's, fed while workers beat
-        self.loads = PolicyLoad(self._load, self.signals.wake)  # SIGHUP's check, in a thread
-
-    def wait(self) -> int:
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.signals.fileno(), selectors.EVENT_READ, self.signals.drain)
-            self.control.register(selector)
-            if self.watchdog is not None:
-                selector.register(self.watchdog.fileno(), selectors.EVENT_READ, self.watchdog.drain)
-            try:
-                return self._watch(selector)
-            finally:
-                self.control.close()
-                self.signals.close()
-                if self.watchdog is not None:
-                    self.watchdog.close()
-
-    def _watch(self, selector: selectors.BaseSelector) -> int:
-        while not self.signals.stop:
-            for key, _ in selector.select(self._timeout()):
-                key.data()
-            if self.watchdog is not None:
-                self.watchdog.tick(time.monotonic())
-            if self.signals.take_reload():
-                self._reload_on_signal()
-            loaded = self.loads.collect()
-            if loaded is not None:
-                self._reloaded(loaded)
-            if self.signals.take_reopen():
-                self._reopen()
-            dead = self._dead_child()
-            if dead and not self.signals.stop:
-                print(f"portguard: worker {dead} exited unexpectedly", file=sys.stderr)
-                self.children.remove(dead)
-                return 1
-        return 0
-
-    def _timeout(self, longest: float = 0.2) -> float:
-        if self.watchdog is None:
-            return longest
-        return self.watchdog.wait(time.monotonic(), longest)
-
-    def _dead_child(self) -> int:
-        """A worker that exited (only workers: hook commands run by threads are theirs)."""
-        for pid in self.children:
-            with contextlib.suppress(ChildProcessError):
-                if os.waitpid(pid, os.WNOHANG)[0]:
-                    return pid
-        return 0
-
-    def on_control(self, request: dict[str, Any], reply: Reply) -> None:
-        if request["command"] == "status":  # in a thread: a slow worker must not hold signals
-            threading.Thread(target=self._answer_status, args=(reply,), daemon=True).start()
-            return
-        if request["command"] != "reload":
-            reply({"ok": False, "errors": [f"unknown command {request['command']!r}"]})
-            return
-        from portguard.policy import load_ruleset
-
-        try:
-            ruleset = load_ruleset(self.config.rules.paths, previous=self.policy)
-        except SourceError as error:
-            reply({"ok": False, "errors": capped(list(error.messages))})
-            return
-        self.policy = ruleset
-        self._forward_reload()
-        reply({"ok": True, "policy_version": ruleset.version, "rules": len(ruleset.rules)})
-
-    def _answer_status(self, reply: Reply) -> None:
-        """Every worker's counters (through its own socket) merged with the parent's."""
-        try:
-            sections, failures = gather(
-                self.facts,
-                lambda path: control_request(path, "status", timeout=WORKER_STATUS_TIMEOUT),
-            )
-            extra = [s.fields() for s in self.writer.stats()] if self.writer is not None else []
-            reply(collect(self.facts, sections, failures, extra))
-        except Exception as error:  # the client must get an answer whatever went wrong
-            reply({"ok": False, "errors": [f"status failed: {error!r}"]})
-
-    def _reopen(self) -> None:
-        """SIGUSR1 (logrotate): reopen the parent's file outputs and pass it on to the workers
-        (which may have got it too: reopening twice is harmless)."""
-        if self.writer is not None:
-            self.writer.reopen()
-        for pid in self.children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGUSR1)
-
-    def _reload_on_signal(self) -> None:
-        """SIGHUP (systemctl reload): RELOADING=1; the rule files are checked in a thread (this
-        loop goes on feeding the watchdog, however slow the resolver), then `_reloaded`."""
-        notify.reloading()
-        self.loads.request(reason="sighup")
-
-    def _load(self) -> RuleSet:
-        from portguard.policy import load_ruleset
-
-        return load_ruleset(self.config.rules.paths, previous=self.policy)
-
-    def _reloaded(self, result: LoadResult) -> None:
-        """Pass the reload on (each worker loads the files and logs its reload or reload-failed
-        event), then READY=1 with the outcome of the check."""
-        if result.ruleset is not None:
-            self.policy = result.ruleset
-            outcome = f"policy {self.policy.version} on {len(self.children)} queues"
-        else:
-            outcome = f"reload failed; policy {self.policy.version} kept"
-        self._forward_reload()
-        notify.ready(outcome)
-
-    def _forward_reload(self) -> None:
-        for pid in self.children:
-            os.kill(pid, signal.SIGHUP)
 
 
 def _stop_children(children: list[int], grace: float = 20.0) -> None:

@@ -21,12 +21,12 @@ class Problem:
     col: int | None = None
 
     def format(self) -> str:
-        where = str(self.path)
+        where = shown(str(self.path))
         if self.line is not None:
             where += f":{self.line}"
             if self.col is not None:
                 where += f":{self.col}"
-        return f"{where}: {self.message}"
+        return f"{where}: {shown(self.message)}"
 
     def sort_key(self) -> tuple[str, int, int, str]:
         return (str(self.path), self.line or 0, self.col or 0, self.message)
@@ -34,6 +34,18 @@ class Problem:
     def as_dict(self) -> dict[str, str | int | None]:
         """For ``portguard check --format json``."""
         return {"path": str(self.path), "line": self.line, "col": self.col, "message": self.message}
+
+
+MAX_MESSAGE = 500  # characters of one message: a 100 MB line must not become a 100 MB message
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def shown(text: str) -> str:
+    """Text from a hostile file made safe for a terminal and a log line: control characters
+    (an escape sequence, a NUL) written as ``\\xNN``, and at most MAX_MESSAGE characters."""
+    if len(text) > MAX_MESSAGE:
+        text = f"{text[:MAX_MESSAGE]}... ({len(text):,} characters)"
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 class SourceError(Exception):
@@ -54,6 +66,12 @@ class ConfigError(SourceError):
 
 class PolicyError(SourceError):
     """A rule file (or a list file it names) is not valid; no policy was built."""
+
+
+def unexpected(path: Path, error: BaseException) -> Problem:
+    """The last resort of a loader: an exception nobody foresaw, as a message naming the file
+    that was being loaded (a bug in portguard or a file beyond what it was built for)."""
+    return Problem(path, None, f"unexpected error while loading: {type(error).__name__}: {error}")
 
 
 def toml_syntax_problem(path: Path, text: str, error: ValueError) -> Problem:

@@ -16,9 +16,9 @@ from portguard.decisionlog.record import (
     decision_event,
     malformed_event,
 )
-from portguard.flow.table import FlowTable
-from portguard.packet.decode import decode
-from portguard.packet.model import DecodeError
+from portguard.flow.table import FlowTable, is_initial_syn, packet_key
+from portguard.packet.decode import decode, endpoints
+from portguard.packet.model import DecodeError, Packet
 from portguard.policy import RuleSet
 from portguard.policy.limits import Limiter
 from portguard.policy.model import Action, Connection, Decision, Direction
@@ -30,7 +30,9 @@ class Verdict(StrEnum):
     ALLOW = "allow"  # accept and mark the connection: its later packets stay in the kernel
     REJECT = "reject"  # the kernel answers the client with a TCP RST
     DROP = "drop"  # silently discarded
-    ACCEPT = "accept"  # accept this packet only, without marking the connection
+    # accept this packet only, without a mark: never the gate's answer, only the queue edge's
+    # fallback (fail_mode = "open") when deciding raised
+    ACCEPT = "accept"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,12 @@ class Outcome:
 
 
 MALFORMED_LOG_INTERVAL = 1.0  # seconds between two events about malformed packets
+# A SYN that repeats a dropped SYN (same tuple, same ISN, same direction) within this many
+# seconds of its decision is a retransmission: it is dropped again without a second event.
+# Linux resends an unanswered SYN after 1 s and 3 s (then 7, 15, 31 s), so a connection
+# attempt's first retries are covered; anything later, or after an allow or a reject (the
+# client got an answer), is decided afresh by the policy in force.
+RETRANSMISSION_WINDOW = 3.0
 
 
 def verdict_for(action: Action) -> Verdict:
@@ -60,18 +68,24 @@ def direction_of(arrives_on_wan: bool, leaves_on_wan: bool) -> Direction:
 
 
 class Gate:
-    """Decides queued packets. `ruleset` may be replaced at any time (a reload)."""
+    """Decides queued packets. `ruleset` may be replaced at any time (a reload).
+
+    The hook queues only SYNs (without ACK) of connections conntrack sees as NEW and that carry
+    no portguard mark, so every queued SYN is decided afresh by the policy in force, on its
+    own tuple and direction: a replay of an allowed tuple spends a rate-limit token and gets
+    its own event and flow id. The one exception is a retransmitted dropped SYN (see
+    RETRANSMISSION_WINDOW). A packet that cannot be decoded is dropped, whatever the fail mode.
+    """
 
     def __init__(
-        self, ruleset: RuleSet, observer: Observer, fail_open: bool, flows: FlowTable | None = None
+        self, ruleset: RuleSet, observer: Observer, flows: FlowTable | None = None
     ) -> None:
         self.ruleset = ruleset
         self.observer = observer
         self.flows = flows if flows is not None else FlowTable()
         self.limiter = Limiter()  # token buckets outlive reloads
-        self.malformed_action = Action.ALLOW if fail_open else Action.DROP
         self.malformed = 0
-        self.hits: dict[tuple[str, Action], int] = {}  # (rule id, action) -> new connections
+        self.hits: dict[tuple[str, Action], int] = {}  # (rule id, action) -> decisions
         self._malformed_unlogged = 0
         self._malformed_logged_at = float("-inf")
 
@@ -79,14 +93,11 @@ class Gate:
         try:
             packet = decode(data)
         except DecodeError as error:
-            return self._malformed(str(error), now)
-        seen = self.flows.observe(packet, now)
-        flow = seen.flow
-        if flow.decision is not None:  # a retransmitted SYN: same verdict, no second event
-            return Outcome(verdict_for(flow.decision.action), None, flow.direction)
-        if not seen.from_initiator:
-            arrives_on_wan, leaves_on_wan = leaves_on_wan, arrives_on_wan
+            return self._malformed(data, str(error), now)
         direction = direction_of(arrives_on_wan, leaves_on_wan)
+        if self._retransmits_a_drop(packet, direction, now):
+            return Outcome(Verdict.DROP, None, direction)
+        flow = self.flows.start(packet, now)
         decision = self.decide(flow.key, direction, now)
         flow.decision, flow.direction = decision, direction
         hit = (decision.rule_id, decision.action)
@@ -106,13 +117,26 @@ class Gate:
             self.ruleset, Connection(version, src, dst, dport, direction), now
         )
 
-    def _malformed(self, reason: str, now: float) -> Outcome:
+    def _retransmits_a_drop(self, packet: Packet, direction: Direction, now: float) -> bool:
+        """Whether `packet` resends a SYN dropped less than RETRANSMISSION_WINDOW ago."""
+        flow = self.flows.get(packet_key(packet))
+        if flow is None or flow.decision is None or flow.decision.action is not Action.DROP:
+            return False
+        if not is_initial_syn(packet) or packet.seq != flow.isn or flow.direction is not direction:
+            return False
+        if not 0.0 <= now - flow.created <= RETRANSMISSION_WINDOW:
+            return False
+        flow.syn_retransmits += 1
+        return True
+
+    def _malformed(self, data: bytes, reason: str, now: float) -> Outcome:
+        """Dropped in both fail modes (fail_mode is about no daemon answering, not this)."""
         self.malformed += 1
         self._malformed_unlogged += 1
-        verdict = Verdict.ACCEPT if self.malformed_action.allows else Verdict.DROP
         if now - self._malformed_logged_at < MALFORMED_LOG_INTERVAL:
-            return Outcome(verdict, None)
+            return Outcome(Verdict.DROP, None)
         count, self._malformed_unlogged = self._malformed_unlogged, 0
         self._malformed_logged_at = now
-        event = malformed_event(reason, self.malformed_action, count, self.observer, now)
-        return Outcome(verdict, event)
+        found = endpoints(data)
+        event = malformed_event(reason, Action.DROP, count, self.observer, now, found)
+        return Outcome(Verdict.DROP, event)

@@ -35,6 +35,7 @@ METRIC_NAMES: Final = (
     "portguard_queue_length",
     "portguard_queue_dropped_total",
     "portguard_queue_packets_total",
+    "portguard_kernel_dropped_total",
     "portguard_log_events_written_total",
     "portguard_log_events_dropped_total",
     "portguard_log_handoff_dropped_total",
@@ -76,6 +77,7 @@ def status_metrics(doc: Mapping[str, Any]) -> list[Metric]:
             doc["malformed_packets"],
         ),
         *_queue_metrics(doc["queues"]),
+        *_kernel_dropped_metrics(doc.get("kernel_dropped") or {}),
         *_log_metrics(doc["log"]),
         *_policy_metrics(doc["policy"]),
         _gauge(
@@ -132,6 +134,20 @@ def _queue_metrics(queues: list[Mapping[str, Any]]) -> list[Metric]:
         dropped.add_metric([number, "user"], queue["user_dropped"])
         queued.add_metric([number], queue["queued_total"])
     return [length, dropped, queued]
+
+
+def _kernel_dropped_metrics(dropped: Mapping[str, int | None]) -> list[Metric]:
+    """What the hook dropped before the queue, by reason; no sample before the first read."""
+    family = CounterMetricFamily(
+        "portguard_kernel_dropped",
+        "Packets the hook dropped in the kernel before the queue: per_source (one source over "
+        "its rate), invalid (conntrack INVALID with SYN)",
+        labels=["reason"],
+    )
+    for reason, count in dropped.items():
+        if count is not None:
+            family.add_metric([reason], count)
+    return [family]
 
 
 def _log_metrics(log: Mapping[str, Any]) -> list[Metric]:

@@ -17,6 +17,8 @@ from portguard.errors import SourceError
 from portguard.policy import RuleSet
 
 Reply = Callable[[dict[str, Any]], None]
+MAX_WAITING = 32  # reload requests parked for the next load; beyond, refused at once
+BUSY = "too many reload requests are waiting; try again when the running one has answered"
 
 
 @dataclass
@@ -46,18 +48,32 @@ class PolicyLoad:
     def request(self, reply: Reply | None = None, reason: str = "reload") -> None:
         """Ask for a load; `reply` gets the answer of the load that reads the files after now."""
         with self._lock:
-            if reply is not None:
-                self._waiting.append(reply)
-            if self._waiting_reason in (None, "resolve"):  # an operator's request wins
-                self._waiting_reason = reason
-            if not self._running and self._done is None:
-                self._start_waiting()
+            full = reply is not None and len(self._waiting) >= MAX_WAITING
+            if not full:
+                self._enqueue(reply, reason)
+        if full and reply is not None:  # answered outside the lock: a reply may be slow
+            reply({"ok": False, "errors": [BUSY]})
 
-    def collect(self) -> LoadResult | None:
-        """The finished load, if any (then the next waiting one starts)."""
+    def _enqueue(self, reply: Reply | None, reason: str) -> None:
+        if reply is not None:
+            self._waiting.append(reply)
+        if self._waiting_reason in (None, "resolve"):  # an operator's request wins
+            self._waiting_reason = reason
+        if not self._running and self._done is None:
+            self._start_waiting()
+
+    def collect(self, apply: Callable[[LoadResult], None] | None = None) -> LoadResult | None:
+        """The finished load, if any, handed to ``apply``; only then does the next waiting
+        load start, so that it builds on (and a forked worker answers with) the policy that
+        ``apply`` swapped in, never the one before it."""
         with self._lock:
             result, self._done = self._done, None
-            if result is not None and self._waiting_reason is not None:
+        if result is None:
+            return None
+        if apply is not None:
+            apply(result)
+        with self._lock:
+            if self._waiting_reason is not None and not self._running and self._done is None:
                 self._start_waiting()
         return result
 

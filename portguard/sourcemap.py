@@ -37,9 +37,18 @@ class SourceMap:
     @classmethod
     def scan(cls, text: str) -> SourceMap:
         scanner = _Scanner(text)
-        with contextlib.suppress(_ScanStop):
+        with contextlib.suppress(_ScanStop, RecursionError):
             scanner.document()
         return cls(scanner.positions)
+
+    @staticmethod
+    def deep_point(text: str, limit: int) -> Position | None:
+        """Where the first key or array element more than ``limit`` levels deep is written
+        (also in text that tomllib gave up on because of its depth); None if there is none."""
+        scanner = _Scanner(text, limit)
+        with contextlib.suppress(_ScanStop, RecursionError):
+            scanner.document()
+        return scanner.too_deep
 
     def position(self, path: KeyPath) -> Position | None:
         """The exact position of ``path``, or None when the document does not write it."""
@@ -64,9 +73,11 @@ class _ScanStop(Exception):
 
 
 class _Scanner:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, limit: int | None = None) -> None:
         self.text = text
         self.pos = 0
+        self.limit = limit  # a key path longer than this stops the scan (see deep_point)
+        self.too_deep: Position | None = None
         self.positions: dict[KeyPath, Position] = {}
         self._array_tables: dict[KeyPath, int] = {}
         self._line_starts = [0] + [m.end() for m in re.finditer(r"\n", text)]
@@ -125,7 +136,7 @@ class _Scanner:
         start = self.pos
         keys = self._key()
         for depth in range(1, len(keys)):
-            self.positions.setdefault(table + tuple(keys[:depth]), self._where(start))
+            self._record(table + tuple(keys[:depth]), start)
         path = table + tuple(keys)
         self._record(path, start)
         self._skip_space()
@@ -253,6 +264,9 @@ class _Scanner:
         self.pos += len(token)
 
     def _record(self, path: KeyPath, offset: int) -> None:
+        if self.limit is not None and len(path) > self.limit:
+            self.too_deep = self._where(offset)
+            raise _ScanStop
         self.positions.setdefault(path, self._where(offset))
 
     def _where(self, offset: int) -> Position:

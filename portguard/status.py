@@ -23,7 +23,14 @@ from typing import Any, Final, Protocol
 from portguard import __version__
 from portguard.config import Config
 from portguard.gate import Gate
-from portguard.io.hook import HookBackend, HookSpec, HookStatus
+from portguard.io.hook import (
+    COUNTER_INVALID,
+    COUNTER_PER_SOURCE,
+    COUNTERS,
+    HookBackend,
+    HookSpec,
+    HookStatus,
+)
 from portguard.io.hookwatch import repair_reason
 from portguard.io.queuestats import parse_queue_stats
 from portguard.policy import RuleSet
@@ -62,17 +69,69 @@ class HookState:
     checked_at: float
 
 
+class DropTotals:
+    """The hook's drop counters (HookStatus.counters) added up across reinstalls: a repair or
+    a restore starts the kernel's counters at 0 again, and a total must never go down."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, int] = {}
+        self._seen: dict[str, int] = {}
+
+    def update(self, counters: Mapping[str, int]) -> dict[str, int]:
+        for name, value in counters.items():
+            seen = self._seen.get(name, 0)
+            grown = value - seen if value >= seen else value  # below: counting began anew
+            self.totals[name] = self.totals.get(name, 0) + grown
+            self._seen[name] = value
+        return dict(self.totals)
+
+
+DROP_REPORT_INTERVAL: Final = 60.0  # seconds between `prequeue-dropped` events, at most
+
+
+class DropReport:
+    """When to log the kernel's drops: the first change at once, then at most one event every
+    DROP_REPORT_INTERVAL seconds, and only when a count changed (pure: `now` comes in)."""
+
+    def __init__(self, interval: float = DROP_REPORT_INTERVAL) -> None:
+        self.interval = interval
+        self.reported: dict[str, int] = {}
+        self._next = float("-inf")
+
+    def due(self, totals: Mapping[str, int], now: float) -> dict[str, int] | None:
+        """What grew since the last report (name -> packets), when a report is due now."""
+        grown = {k: v - self.reported.get(k, 0) for k, v in totals.items()}
+        if now < self._next or not any(grown.values()):
+            return None
+        self.reported, self._next = dict(totals), now + self.interval
+        return grown
+
+
+MakeEvent = Callable[..., Any]  # (action, message, **fields) -> an event
+
+
 class WatchedHook:
     """A hook backend that remembers its last full check (a `status` with the spec).
 
     The daemon's HookWatch checks every few seconds, so `status` reports the hook without
-    running nft or iptables itself. Every other call is passed on unchanged.
+    running nft or iptables itself. Every other call is passed on unchanged. Each full check
+    also reads the hook's drop counters (`dropped`: totals since start) and, once
+    `report_drops_to` was called, logs them as `prequeue-dropped` events (DropReport).
     """
 
     def __init__(self, backend: HookBackend, clock: Callable[[], float] = time.time) -> None:
         self.inner = backend
         self.clock = clock
         self.last: HookState | None = None
+        self._totals = DropTotals()
+        self.dropped: dict[str, int] | None = None  # None: not read yet
+        self._report = DropReport()
+        self._submit: Callable[[Any], object] | None = None
+        self._make_event: MakeEvent | None = None
+
+    def report_drops_to(self, submit: Callable[[Any], object], make_event: MakeEvent) -> None:
+        """Log the kernel's drops through `submit(make_event(action, message, **fields))`."""
+        self._submit, self._make_event = submit, make_event
 
     @property
     def name(self) -> str:
@@ -92,7 +151,20 @@ class WatchedHook:
         if spec is not None:
             intact = repair_reason(status) is None
             self.last = HookState(status.backend, status.installed, intact, self.clock())
+            if status.counters:
+                self._count(status.counters)
         return status
+
+    def _count(self, counters: Mapping[str, int]) -> None:
+        totals = self.dropped = self._totals.update(counters)
+        grown = self._report.due(totals, self.clock())
+        if grown is None or self._submit is None or self._make_event is None:
+            return
+        per_source, invalid = grown.get(COUNTER_PER_SOURCE, 0), grown.get(COUNTER_INVALID, 0)
+        message = (f"the kernel dropped {per_source} SYNs over the per-source limit and "
+                   f"{invalid} INVALID packets with SYN before the queue")  # fmt: skip
+        self._submit(self._make_event("prequeue-dropped", message, dropped=grown,
+                                      dropped_total=totals))  # fmt: skip
 
 
 # --- one worker's section ---------------------------------------------------------------------
@@ -135,6 +207,7 @@ def worker_section(
         "hits": [[rule, str(action), count] for (rule, action), count in gate.hits.items()],
         "flows": len(gate.flows),
         "malformed": gate.malformed,
+        "limit_table_full": dict(gate.limiter.table_full),  # rule -> new sources refused
         "packets": reader.packets if reader is not None else 0,
         "packet_errors": reader.errors + reader.verdict_errors if reader is not None else 0,
         "log": log_section(log.read_stats(), log.dropped) if log else log_section({}, 0),
@@ -251,6 +324,13 @@ def hook_view(state: HookState | None, backend: str | None) -> dict[str, Any]:
     }
 
 
+def kernel_dropped_view(hook: WatchedHook | None) -> dict[str, int | None]:
+    """Packets the hook dropped before the queue since start, by reason (COUNTERS); None
+    until the hook watch has read them (a few seconds after start)."""
+    dropped = hook.dropped if hook is not None else None
+    return {name: (dropped or {}).get(name) if dropped is not None else None for name in COUNTERS}
+
+
 def merged_hits(sections: Iterable[Mapping[str, Any]]) -> Counter[tuple[str, str]]:
     """(rule, verdict) -> decisions, summed over the workers."""
     hits: Counter[tuple[str, str]] = Counter()
@@ -258,6 +338,14 @@ def merged_hits(sections: Iterable[Mapping[str, Any]]) -> Counter[tuple[str, str
         for rule, verdict, count in section["hits"]:
             hits[(rule, verdict)] += count
     return hits
+
+
+def merged_counts(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """name -> count, summed over the workers."""
+    total: Counter[str] = Counter()
+    for section in counts:
+        total.update(section)
+    return dict(total)
 
 
 def daemon_view(facts: DaemonFacts, answering: int, now: float) -> dict[str, Any]:
@@ -314,6 +402,8 @@ def build_document(
         **{key: sum(int(s[field]) for s in sections) for key, field in _SUMMED},
         "queues": [queue_row(queue, queues.get(queue)) for queue in facts.queues],
         "log": log_view([section["log"] for section in sections], extra_sinks),
+        "kernel_dropped": kernel_dropped_view(hook),
+        "limit_table_full": merged_counts(s.get("limit_table_full", {}) for s in sections),
         "workers": [{"queue": s["queue"], "pid": s["pid"]} for s in sections],
     }
 

@@ -25,12 +25,28 @@ def format_status(doc: Mapping[str, Any]) -> list[str]:
         + f"); packets: {doc['packets']}, packet errors: {doc['packet_errors']}, "
         f"malformed: {doc['malformed_packets']}",
         f"flows tracked: {doc['flows_tracked']}",
+        *_table_full_lines(doc.get("limit_table_full", {})),
+        *_kernel_dropped_line(doc.get("kernel_dropped") or {}),
         *(_queue_line(queue) for queue in doc["queues"]),
         *_log_lines(doc["log"]),
         "",
         *_rule_table(doc["rules"]),
     ]
     return lines
+
+
+def _table_full_lines(counts: Mapping[str, int]) -> list[str]:
+    """Limited rules whose bucket tables were full (new sources got the exceed action)."""
+    return [f"limit table full: rule {rule}, {n} new sources refused" for rule, n in counts.items()]
+
+
+def _kernel_dropped_line(dropped: Mapping[str, int | None]) -> list[str]:
+    """What the hook dropped before the queue (none until the hook watch read it)."""
+    if not dropped or all(count is None for count in dropped.values()):
+        return []
+    per_source, invalid = dropped.get("per_source") or 0, dropped.get("invalid") or 0
+    return [f"dropped before the queue: {per_source} over the per-source limit, "
+            f"{invalid} INVALID with SYN"]  # fmt: skip
 
 
 def _when(timestamp: float | None) -> str:

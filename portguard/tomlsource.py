@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
+import stat
 import tomllib
 import types
 import typing
@@ -25,6 +27,9 @@ from portguard.errors import Problem, toml_syntax_problem
 from portguard.sourcemap import KeyPath, SourceMap
 
 M = typing.TypeVar("M", bound=BaseModel)
+
+MAX_NESTING = 32  # levels of tables, arrays and dotted keys (a rule file needs about 5)
+MIB = 1 << 20
 
 
 class Spec(BaseModel):
@@ -56,13 +61,73 @@ class TomlSource:
         return f"{self.path}:{self.positions.line(key)}"
 
 
+class TextError(ValueError):
+    """A file that is no text portguard reads: too large, not a regular file, not UTF-8."""
+
+    def __init__(self, message: str, line: int | None = None, col: int | None = None) -> None:
+        super().__init__(message)
+        self.message, self.line, self.col = message, line, col
+
+    def problem(self, path: Path) -> Problem:
+        return Problem(path, self.line, self.message, self.col)
+
+
+def read_text(path: Path, limit: int) -> str:
+    """A regular file of at most ``limit`` bytes, as UTF-8 text. Opened without blocking (a
+    FIFO would hang the reader) and checked with fstat (a device would be read for ever).
+    Raises OSError (cannot open) or TextError (not a text file portguard reads)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb", closefd=True) as stream:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise TextError("is not a regular file")
+        data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise TextError(f"is larger than {limit // MIB} MiB, the limit for this kind of file")
+    return decode_utf8(data)
+
+
+def decode_utf8(data: bytes) -> str:
+    """UTF-8 text; an invalid byte is a TextError at its line and column."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        col = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        byte = data[error.start]
+        raise TextError(f"not UTF-8 text (byte 0x{byte:02x})", line, col) from None
+
+
 def parse_toml(path: Path, text: str) -> TomlSource | Problem:
-    """Parse TOML text; a syntax error becomes a Problem with tomllib's line and column."""
+    """Parse TOML text; a syntax error becomes a Problem with tomllib's line and column, and
+    nesting deeper than MAX_NESTING a Problem where it passes the limit (tomllib recurses: a
+    file of 10,000 nested arrays would end in a RecursionError)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         return toml_syntax_problem(path, text, error)
+    except RecursionError:
+        return nesting_problem(path, text)
+    if too_deep(data, MAX_NESTING):
+        return nesting_problem(path, text)
     return TomlSource(path, text, data)
+
+
+def nesting_problem(path: Path, text: str) -> Problem:
+    line, col = SourceMap.deep_point(text, MAX_NESTING) or (None, None)
+    message = f"tables and arrays nest deeper than {MAX_NESTING} levels"
+    return Problem(path, line, message, col)
+
+
+def too_deep(data: dict[str, Any], limit: int) -> bool:
+    """Whether some value lies more than ``limit`` keys and indexes deep (without recursion)."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if value and depth >= limit:  # its members lie at depth + 1
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        stack += [(child, depth + 1) for child in children if isinstance(child, dict | list)]
+    return False
 
 
 def validate(source: TomlSource, model: type[M]) -> M | list[Problem]:

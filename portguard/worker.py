@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import selectors
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,13 +28,13 @@ from portguard.io.queueflags import set_fail_open
 from portguard.io.signals import SignalPipe
 from portguard.policy import RuleSet, load_ruleset
 from portguard.policyload import LoadResult, PolicyLoad, Reply
+from portguard.policystate import is_handover, read_handover, save_resolution
 from portguard.reevaluate import Reevaluator
 from portguard.status import DaemonFacts, collect, worker_section
 
 TICK = 1.0  # seconds between housekeeping rounds (flow expiry, counters)
 INTERFACE_REFRESH = 30.0  # seconds between forgetting cached interface names
 GIL_SWITCH_INTERVAL = 0.0005  # seconds (Python's default is 0.005)
-LIMITER_PRUNE = 60.0  # seconds between dropping full rate-limit buckets
 
 Hook = Callable[[EventQueue], object] | None
 
@@ -115,7 +116,7 @@ class Worker:
         self.observer = observer
         self.fail_open = config.queue.fail_mode == "open"
         flows = FlowTable(id_prefix=f"{queue_num}-{int(time.time()):x}-")  # unique across restarts
-        self.gate = Gate(ruleset, observer, self.fail_open, flows)
+        self.gate = Gate(ruleset, observer, flows)
         self.wan = WanInterfaces(config.network.wan)
         self.writer: LogProcess | None = None
         # a bot's 10,000 identical denies become a few lines (window 0: every deny is logged)
@@ -130,6 +131,11 @@ class Worker:
         # (workers = 1); with `private_control` its socket is the parent's line to it (status only)
         self.facts: DaemonFacts | None = None
         self.private_control = False
+        # forked: the policy the supervisor built, to load next (see `adopt` in on_control)
+        self._handover: Path | None = None
+        self._handover_lock = threading.Lock()  # set by the loop, taken by the load thread
+        self.control_server: ControlServer | None = None
+        self.start_events: list[tuple[str, str, dict[str, object]]] = []  # logged after start
 
     def run(self, on_bound: Hook, on_stop: Hook) -> int:
         """Bind the queue, call `on_bound`, decide packets until SIGTERM, then clean up.
@@ -152,12 +158,15 @@ class Worker:
         control: ControlServer | None = None
         deciding = False
         try:
-            control = self._open_control()
+            control = self.control_server = self._open_control()
             self._bind(reader)
             if on_bound is not None:
                 on_bound(writer)
             self._log("start", f"portguard started on queue {self.queue_num}",
                       policy_version=self.gate.ruleset.version)  # fmt: skip
+            for action, message, extra in self.start_events:  # e.g. resolve-fallback
+                self._log(action, message, **extra)
+            self._recheck_wan()
             notify.ready(f"deciding on queue {self.queue_num}")
             deciding = True
             self._loop(reader, signals, control)
@@ -200,7 +209,7 @@ class Worker:
         if self.control is None:
             return None
         try:
-            return ControlServer(self.control, self.on_control)
+            return ControlServer(self.control, self.on_control, on_problem=self._log)
         except OSError as error:
             raise StartupError(f"cannot open the control socket {self.control}: {error}") from None
 
@@ -217,7 +226,7 @@ class Worker:
             if on_stop is not None and self.writer is not None:
                 on_stop(self.writer)
                 if drain:  # not after a failed start: the queue may not even be bound
-                    reader.read()  # SYNs queued before the hooks went get their verdicts
+                    reader.drain()  # SYNs queued before the hooks went get their verdicts
         finally:
             reader.close()
 
@@ -235,8 +244,19 @@ class Worker:
 
     def _load(self) -> RuleSet:
         """Runs in the load thread: unchanged list files and failing host names reuse what
-        the policy in force has (it is read-only, so sharing it is safe)."""
-        return load_ruleset(self.config.rules.paths, previous=self.gate.ruleset)
+        the policy in force has (it is read-only, so sharing it is safe). A forked worker
+        never compiles: it loads what the supervisor built (or keeps its policy when nothing
+        was handed over since)."""
+        if self.private_control:
+            with self._handover_lock:
+                handover, self._handover = self._handover, None
+            return self.gate.ruleset if handover is None else read_handover(handover)
+        ruleset = load_ruleset(self.config.rules.paths, previous=self.gate.ruleset)
+        try:
+            save_resolution(self.config.daemon.state_dir, ruleset)
+        except OSError as error:  # the policy is good all the same
+            self._log("state-error", f"keeping the host resolution failed: {error}")
+        return ruleset
 
     def on_control(self, request: dict[str, Any], reply: Reply) -> None:
         """A control-socket request: `reload` answers once the new policy is in (or refused)."""
@@ -245,6 +265,8 @@ class Worker:
             reply(self.status())
         elif command == "reload" and self.private_control:
             reply({"ok": False, "errors": ["reload through the daemon's control socket"]})
+        elif command == "adopt" and self.private_control:
+            self._adopt(request, reply)
         elif command == "reload":
             self.loads.request(reply, reason="control")
         elif command == "ping":
@@ -252,19 +274,37 @@ class Worker:
         else:
             reply({"ok": False, "errors": [f"unknown command {command!r}"]})
 
+    def _adopt(self, request: dict[str, Any], reply: Reply) -> None:
+        """The supervisor hands over the policy it built: only a hand-over file of its run-time
+        directory is ever unpickled, whatever a member of the socket's group sends."""
+        file = request.get("file")
+        assert self.control is not None  # a private control socket
+        if not isinstance(file, str) or not is_handover(self.control.parent, Path(file)):
+            reply({"ok": False, "errors": ["adopt takes a hand-over file of the daemon's "
+                                           "run-time directory"]})  # fmt: skip
+            return
+        with self._handover_lock:
+            self._handover = Path(file)
+        self.loads.request(reply, reason=str(request.get("trigger", "reload")))
+
     def status(self) -> dict[str, Any]:
         """This worker's counters; with `facts`, the whole daemon's status document."""
         section = worker_section(self.gate, self.queue_num, self.policy_loaded, self.reader,
                                  self.writer, os.getpid())  # fmt: skip
         if self.facts is None:
             return {"ok": True, "worker": section}
-        return collect(self.facts, [section])
+        document = collect(self.facts, [section])
+        if self.control_server is not None:
+            document["control"] = self.control_server.stats.fields()
+        return document
 
     def apply_load(self, result: LoadResult) -> None:
         """Swap in a freshly built policy, or keep the old one and say why."""
         old, new = self.gate.ruleset, result.ruleset
         if new is None:
             answer = self._refuse(old, result)
+        elif new is old:  # forked: an earlier load already took the newest hand-over
+            answer = {"ok": True, "policy_version": old.version, "rules": len(old.rules)}
         else:
             for warning in new.warnings:  # e.g. a host name that failed keeps its addresses
                 self._log("reload-warning", warning.format(), policy_version=new.version)
@@ -280,8 +320,13 @@ class Worker:
     def _loop(
         self, reader: QueueReader, signals: SignalPipe, control: ControlServer | None
     ) -> None:
+        """Packets in bounded batches (QueueReader.read), then the housekeeping, whatever the
+        load: a batch that ended on its bound means more may be waiting, so the next select
+        only polls; signals, control requests, reloads and the watchdog are served between
+        batches, never after the queue runs dry."""
+        queue_fd = reader.fileno()
         with selectors.DefaultSelector() as selector:
-            selector.register(reader.fileno(), selectors.EVENT_READ, reader.read)
+            selector.register(queue_fd, selectors.EVENT_READ, reader.read)
             selector.register(signals.fileno(), selectors.EVENT_READ, signals.drain)
             if control is not None:
                 control.register(selector)
@@ -290,11 +335,16 @@ class Worker:
                 "tick": start + TICK,
                 "refresh": start + INTERFACE_REFRESH,
                 "resolve": start + self.config.rules.resolve_interval,
-                "prune": start + LIMITER_PRUNE,
             }
+            more = False  # the last batch was full: packets may be waiting
             while not signals.stop:
-                for key, _ in selector.select(self.heartbeat.wait(time.monotonic(), TICK)):
-                    key.data()
+                timeout = 0.0 if more else self.heartbeat.wait(time.monotonic(), TICK)
+                more = False
+                for key, _ in selector.select(timeout):
+                    if key.fd == queue_fd:
+                        more = reader.read()
+                    else:
+                        key.data()
                 self._between_packets(signals, reader, due)
 
     def _between_packets(
@@ -307,9 +357,7 @@ class Worker:
         if signals.take_reload():
             notify.reloading()
             self.loads.request(reason="sighup")
-        loaded = self.loads.collect()
-        if loaded is not None:
-            self.apply_load(loaded)
+        self.loads.collect(self.apply_load)  # a finished load swapped in (or refused)
         now = time.monotonic()
         if now >= due["tick"]:
             due["tick"] = now + TICK
@@ -317,9 +365,6 @@ class Worker:
         if now >= due["refresh"]:
             due["refresh"] = now + INTERFACE_REFRESH
             self.wan.forget()
-        if now >= due["prune"]:
-            due["prune"] = now + LIMITER_PRUNE
-            self.gate.limiter.prune(time.time())  # give back buckets that refilled
         interval = self.config.rules.resolve_interval
         if interval and now >= due["resolve"]:
             due["resolve"] = now + interval
@@ -335,11 +380,11 @@ class Worker:
 
     def _apply_resolved(self, old: RuleSet, new: RuleSet) -> None:
         """A timed re-resolution applies only new addresses, never unreviewed file edits."""
-        if not _same_files(old, new):
+        if not same_files(old, new):
             self._log("reload-warning", "rule files changed on disk since the last reload; "
                       "host names are re-resolved once `portguard reload` takes them",
                       policy_version=old.version)  # fmt: skip
-        elif _same_resolution(old, new):
+        elif same_resolution(old, new):
             self.gate.ruleset = new  # nothing changed that a rule could see
         else:
             self._swap(old, new, "resolve")
@@ -353,8 +398,18 @@ class Worker:
         if self.reevaluator is not None:
             self.reevaluator.request(new)
 
+    def _recheck_wan(self) -> None:
+        """A [network] wan name that does not exist (yet: ppp0): wan-missing / wan-found."""
+        for action, message, names in self.wan.recheck():
+            self._log(action, message, interfaces=names)
+
     def _housekeeping(self, reader: QueueReader) -> None:
         self.gate.flows.expire(time.time())
+        self._recheck_wan()
+        for full in self.gate.limiter.housekeeping(time.time()):  # prune; limit-table-full
+            self._log("limit-table-full", full.message, **full.fields())
+        if self.control_server is not None:
+            self.control_server.sweep()  # idle control clients, a paused listener
         assert self.writer is not None
         for line in self.floods.flush(time.time()) if self.floods else ():
             self.writer.submit(line)
@@ -391,13 +446,13 @@ def capped(errors: list[str]) -> list[str]:
     return [*errors[:MAX_REPORTED_ERRORS], f"... and {len(errors) - MAX_REPORTED_ERRORS} more"]
 
 
-def _same_files(old: RuleSet, new: RuleSet) -> bool:
+def same_files(old: RuleSet, new: RuleSet) -> bool:
     """Built from the same rule and list file contents."""
     digests = [{path: entry.digest for path, entry in rs.lists.items()} for rs in (old, new)]
     return old.texts == new.texts and digests[0] == digests[1]
 
 
-def _same_resolution(old: RuleSet, new: RuleSet) -> bool:
+def same_resolution(old: RuleSet, new: RuleSet) -> bool:
     """Host names resolved to the same addresses (in any order: round-robin DNS)."""
     return {h: sorted(a) for h, a in old.resolved.items()} == {
         h: sorted(a) for h, a in new.resolved.items()

@@ -46,8 +46,8 @@ def deny_key(event: Event) -> DenyKey | None:
     source = event.get("source") or {}
     rule = event.get("rule") or {}
     ip, rule_id, action = source.get("ip"), rule.get("id"), fields.get("action")
-    if ip is None or rule_id is None or action is None:
-        return None  # malformed-packet events have no source and are rate-limited already
+    if ip is None or rule_id is None or action is None or rule_id == "malformed-packet":
+        return None  # malformed-packet events are rate-limited (one a second, counted) already
     return (str(ip), str(rule_id), str(action))
 
 

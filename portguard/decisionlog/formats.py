@@ -45,6 +45,8 @@ def with_community_id(event: Event) -> Event:
     network, src, dst = (event.get(k) for k in ("network", "source", "destination"))
     if network is None or src is None or dst is None or "community_id" in network:
         return event
+    if "port" not in src or "port" not in dst:
+        return event  # a malformed packet whose TCP ports could not be read
     flow_hash = community_id(src["ip"], dst["ip"], src["port"], dst["port"])
     return {**event, "network": {**network, "community_id": flow_hash}}
 
@@ -120,8 +122,8 @@ def _ocsf_activity(event: Event) -> int:
     fields = event["event"]
     if "end" in fields["type"]:
         return OCSF_RESET  # an allowed connection ended by the gateway after a reload
-    if "source" not in event:
-        return OCSF_OTHER  # a malformed packet: no endpoints known
+    if "source" not in event or event["rule"]["id"] == "malformed-packet":
+        return OCSF_OTHER  # a malformed packet (its endpoints, when known, are listed)
     return OCSF_OPEN if "allowed" in fields["type"] else OCSF_REFUSE
 
 
@@ -165,7 +167,7 @@ def _ocsf_endpoints(event: Event) -> Event:
     endpoints: Event = {}
     for ecs_key, ocsf_key in (("source", "src_endpoint"), ("destination", "dst_endpoint")):
         if ecs_key in event:
-            endpoints[ocsf_key] = {"ip": event[ecs_key]["ip"], "port": event[ecs_key]["port"]}
+            endpoints[ocsf_key] = {k: v for k, v in event[ecs_key].items() if k in ("ip", "port")}
     return endpoints
 
 
@@ -394,7 +396,9 @@ def _cef_endpoints(event: Event) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
     for ecs_key, ip_key, port_key in (("source", "src", "spt"), ("destination", "dst", "dpt")):
         if ecs_key in event:
-            pairs += [(ip_key, event[ecs_key]["ip"]), (port_key, str(event[ecs_key]["port"]))]
+            pairs.append((ip_key, event[ecs_key]["ip"]))
+            if "port" in event[ecs_key]:  # a malformed packet's port may be unknown
+                pairs.append((port_key, str(event[ecs_key]["port"])))
     return pairs
 
 

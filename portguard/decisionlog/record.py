@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from portguard.flow.table import Flow
+from portguard.packet.model import Endpoints
 from portguard.policy.model import Action, Decision, Direction
 
 ECS_VERSION = "8.11.0"
@@ -153,10 +154,18 @@ def _rule_fields(decision: Decision) -> dict[str, str]:
 
 
 def malformed_event(
-    reason: str, action: Action, count: int, observer: Observer, now: float
+    reason: str,
+    action: Action,
+    count: int,
+    observer: Observer,
+    now: float,
+    found: Endpoints | None = None,
 ) -> Event:
-    """A packet that could not be decoded (rate-limited by the caller; `count` since the last)."""
-    return {
+    """A packet that could not be decoded (rate-limited by the caller; `count` since the last).
+
+    `found`: the addresses (and ports, when its TCP header's first bytes were there) of the
+    packet this event is about, the latest of the `count`; None when none could be read."""
+    event: Event = {
         "@timestamp": timestamp(now),
         "ecs": {"version": ECS_VERSION},
         "log": {"level": "warning"},
@@ -166,6 +175,18 @@ def malformed_event(
         "observer": observer.fields(),
         "portguard": {"reason": f"malformed packet: {reason}", "count": count},
     }
+    if found is not None:
+        event["network"]["type"] = f"ipv{found.version}"
+        event["source"] = _endpoint(found.version, found.src, found.sport)
+        event["destination"] = _endpoint(found.version, found.dst, found.dport)
+    return event
+
+
+def _endpoint(version: int, address: int, port: int | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {"ip": address_text(version, address)}
+    if port is not None:
+        fields["port"] = port
+    return fields
 
 
 # ECS category, type and log.level of each lifecycle action (types allowed for the category)
@@ -188,6 +209,13 @@ LIFECYCLE_KINDS: dict[str, tuple[str, str, str]] = {
     "flow-end-lost": ("process", "info", "warning"),
     "flow-end-failed": ("process", "info", "error"),
     "flow-end-degraded": ("process", "info", "warning"),
+    "wan-missing": ("configuration", "info", "error"),
+    "wan-found": ("configuration", "info", "notice"),
+    "limit-table-full": ("process", "info", "warning"),
+    "prequeue-dropped": ("process", "info", "warning"),
+    "control-accept-error": ("process", "info", "warning"),
+    "resolve-fallback": ("configuration", "change", "warning"),
+    "state-error": ("process", "info", "warning"),
 }
 FAILURES = frozenset(
     {
@@ -197,6 +225,7 @@ FAILURES = frozenset(
         "hook-repair-failed",
         "sink-error",
         "flow-end-failed",
+        "wan-missing",
     }
 )
 

@@ -6,7 +6,9 @@ queue): `write` may block, and raises OSError when that event could not be writt
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import sys
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
@@ -129,7 +131,7 @@ class Sink:
         if self.path is None:
             return
         try:
-            fresh = open(self.path, "ab")  # noqa: SIM115 - closed by close() or the next reopen
+            fresh = open_output(self.path)
         except OSError:
             self.errors += 1
             raise
@@ -180,6 +182,37 @@ def stdout_sink(fmt: str = "ecs", prefix: str = "auto") -> Sink:
     return Sink("stdout", sys.stdout.buffer, owned=False, fmt=fmt, prefix=with_prefix)
 
 
+OUTPUT_MODE = 0o640  # a new log file: the owner writes, its group (a log shipper) reads
+OUTPUT_DIR_MODE = 0o750
+_OUTPUT_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class SymlinkOutputError(OSError):
+    """The output path is a symbolic link: a root daemon never writes where a link points."""
+
+
+def open_output(path: Path) -> BinaryIO:
+    """A log file opened as a root daemon must: never through a symbolic link at ``path``
+    (O_NOFOLLOW: whoever can write the directory could point it at /etc/shadow), created with
+    mode 0640, never a FIFO or device (O_NONBLOCK while opening, then checked)."""
+    try:
+        fd = os.open(path, _OUTPUT_FLAGS | os.O_NONBLOCK, OUTPUT_MODE)
+    except OSError as error:
+        if error.errno == errno.ELOOP or path.is_symlink():
+            raise SymlinkOutputError(
+                errno.ELOOP, f"{path} is a symbolic link; portguard does not write through one"
+            ) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "ab")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def file_sink(path: Path, fmt: str = "ecs") -> Sink:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return Sink(f"file:{path}", open(path, "ab"), owned=True, fmt=fmt, path=path)
+    path.parent.mkdir(mode=OUTPUT_DIR_MODE, parents=True, exist_ok=True)
+    return Sink(f"file:{path}", open_output(path), owned=True, fmt=fmt, path=path)

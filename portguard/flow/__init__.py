@@ -1,5 +1,5 @@
-"""TCP flow tracking: one Flow per connection in a bounded table, expired by `now` (pure)."""
+"""Flow tracking: one Flow per decided SYN in a bounded table, expired by `now` (pure)."""
 
-from portguard.flow.table import Flow, FlowKey, FlowTable, Observation, TcpState, Timeouts
+from portguard.flow.table import Flow, FlowKey, FlowTable, TcpState, Timeouts
 
-__all__ = ["Flow", "FlowKey", "FlowTable", "Observation", "TcpState", "Timeouts"]
+__all__ = ["Flow", "FlowKey", "FlowTable", "TcpState", "Timeouts"]

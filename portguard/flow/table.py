@@ -1,15 +1,16 @@
-"""A bounded table of TCP flows with a per-connection state machine.
+"""A bounded table of the flows the gate decided: one per queued SYN, keyed by its 5-tuple.
 
-The table is pure: it never reads the clock. Every call takes `now` (seconds, float).
-Flows are keyed by the initiator's 5-tuple; a packet from the responder finds its flow
-through the reversed tuple. When the table is full the least recently seen flow is
-evicted, so memory stays bounded whatever the packet rate.
+The table is pure: it never reads the clock. Every call takes `now` (seconds, float). It gives
+each decided SYN its flow id and remembers the decision, so that the gate can tell a
+retransmitted dropped SYN (same tuple, same ISN) from a new one. The kernel, not this table,
+tracks connections after the SYN (their packets never reach the queue). When the table is full
+the least recently opened flow is evicted, so memory stays bounded whatever the packet rate.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 from portguard.packet.model import ACK, FIN, RST, SYN, Packet
@@ -20,12 +21,12 @@ FlowKey = tuple[int, int, int, int, int]
 
 
 class TcpState(StrEnum):
-    SYN_SENT = "syn_sent"  # the initiator's SYN seen
-    SYN_RECEIVED = "syn_received"  # the responder's SYN+ACK seen
-    ESTABLISHED = "established"  # the handshake completed (or joined mid-stream)
-    CLOSING = "closing"  # one side sent FIN
-    CLOSED = "closed"  # both sides sent FIN
-    RESET = "reset"  # either side sent RST
+    SYN_SENT = "syn_sent"  # opened by the initiator's SYN
+    SYN_RECEIVED = "syn_received"
+    ESTABLISHED = "established"  # opened by a packet without SYN (joined mid-stream)
+    CLOSING = "closing"
+    CLOSED = "closed"
+    RESET = "reset"  # opened by a packet with RST
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,36 +54,15 @@ class Flow:
     state: TcpState
     created: float
     last_seen: float
-    packets: int = 1
     syn_retransmits: int = 0
     midstream: bool = False  # first seen without the initiator's SYN
     isn: int = 0  # the initiator's initial sequence number (tells a new SYN from a resend)
-    fin_from: set[bool] = field(default_factory=set)  # True = initiator sent FIN
     decision: Decision | None = None
     direction: Direction | None = None  # set with the decision (the connmark records it)
-
-    @property
-    def initiator_port(self) -> int:
-        return self.key[3]
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """What one packet did to the table."""
-
-    flow: Flow
-    new: bool  # the packet opened this flow
-    from_initiator: bool
-    retransmit: bool  # a repeated initial SYN of a flow already seen
 
 
 def packet_key(packet: Packet) -> FlowKey:
     return (packet.version, packet.src, packet.dst, packet.sport, packet.dport)
-
-
-def reverse_key(key: FlowKey) -> FlowKey:
-    version, src, dst, sport, dport = key
-    return (version, dst, src, dport, sport)
 
 
 def is_initial_syn(packet: Packet) -> bool:
@@ -90,7 +70,7 @@ def is_initial_syn(packet: Packet) -> bool:
 
 
 class FlowTable:
-    """Bounded flow table; least recently seen flows are evicted first."""
+    """Bounded flow table; least recently opened flows are evicted first."""
 
     def __init__(
         self, capacity: int = 65536, timeouts: Timeouts | None = None, id_prefix: str = ""
@@ -111,18 +91,12 @@ class FlowTable:
     def get(self, key: FlowKey) -> Flow | None:
         return self._flows.get(key)
 
-    def observe(self, packet: Packet, now: float) -> Observation:
-        """Account one packet: find or open its flow and advance the state machine."""
+    def start(self, packet: Packet, now: float) -> Flow:
+        """A new flow for the packet's own tuple (its sender is the initiator), replacing any
+        flow with that tuple: every SYN the gate decides is a new connection with a new id."""
         key = packet_key(packet)
-        flow = self._flows.get(key)
-        if flow is not None:
-            self._flows.move_to_end(key)  # the table stays ordered by last packet
-            return self._advance(flow, packet, now, from_initiator=True)
-        flow = self._flows.get(reverse_key(key))
-        if flow is not None:
-            self._flows.move_to_end(flow.key)
-            return self._advance(flow, packet, now, from_initiator=False)
-        return Observation(self._open(key, packet, now), True, True, False)
+        self._flows.pop(key, None)
+        return self._open(key, packet, now)
 
     def expire(self, now: float) -> list[Flow]:
         """Remove and return the flows idle longer than their state's timeout.
@@ -156,34 +130,3 @@ class FlowTable:
         flow = Flow(key, flow_id, state, now, now, midstream=midstream, isn=packet.seq)
         self._flows[key] = flow
         return flow
-
-    def _advance(self, flow: Flow, packet: Packet, now: float, from_initiator: bool) -> Observation:
-        syn = from_initiator and is_initial_syn(packet)
-        if syn and (flow.state in _REUSABLE or packet.seq != flow.isn):
-            del self._flows[flow.key]  # the port pair is reused for a new connection
-            return Observation(self._open(flow.key, packet, now), True, True, False)
-        retransmit = syn and flow.state is TcpState.SYN_SENT
-        flow.packets += 1
-        flow.syn_retransmits += retransmit
-        flow.last_seen = now
-        flow.state = next_state(flow, packet.flags, from_initiator)
-        self._flows.move_to_end(flow.key)
-        return Observation(flow, False, from_initiator, retransmit)
-
-
-_REUSABLE = frozenset({TcpState.CLOSED, TcpState.RESET})
-
-
-def next_state(flow: Flow, flags: int, from_initiator: bool) -> TcpState:
-    """The TCP state machine: the state after a packet with `flags` from one side."""
-    state = flow.state
-    if flags & RST:
-        return TcpState.RESET
-    if flags & FIN:
-        flow.fin_from.add(from_initiator)
-        return TcpState.CLOSED if len(flow.fin_from) == 2 else TcpState.CLOSING
-    if state is TcpState.SYN_SENT and not from_initiator and flags & SYN and flags & ACK:
-        return TcpState.SYN_RECEIVED
-    if state is TcpState.SYN_RECEIVED and from_initiator and flags & ACK and not flags & SYN:
-        return TcpState.ESTABLISHED
-    return state

@@ -45,17 +45,24 @@ class ConntrackError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class TrackedConnection:
-    """A TCP connection portguard allowed, as its conntrack entry holds it (original direction)."""
+    """A TCP connection portguard allowed, as the gate saw it when it decided.
+
+    The hook sits in FORWARD/OUTPUT: after a DNAT (PREROUTING, nat OUTPUT) and before a SNAT
+    (POSTROUTING). So the gate saw the original source, and the destination the DNAT chose,
+    which is the source of the entry's reply tuple. ``orig_dst``/``orig_dport`` keep the
+    original tuple's destination: the kernel finds the entry by its original tuple."""
 
     version: int  # 4 or 6
-    src: int  # the client's address as an integer
-    dst: int
+    src: int  # the client's address as an integer (before any SNAT)
+    dst: int  # the server's address the gate saw (after any DNAT)
     sport: int
-    dport: int
+    dport: int  # after any DNAT
     direction: Direction  # recorded in the connmark when the connection was allowed
     mark: int  # the entry's whole connmark when it was listed
     entry_id: int | None  # the kernel's id of the entry (for logs: a reused tuple gets a new one)
     zone: int = 0  # conntrack zone (0 unless the operator uses zones)
+    orig_dst: int | None = None  # the original tuple's destination, when a DNAT changed it
+    orig_dport: int | None = None
 
     @property
     def connection(self) -> Connection:
@@ -80,17 +87,36 @@ def parse_entry(message: Any) -> TrackedConnection | None:
     if proto.get("CTA_PROTO_NUM") != socket.IPPROTO_TCP:
         return None
     prefix = _IP_ATTRS[version]
+    dst, dport = int(ipaddress.ip_address(ip[f"{prefix}_DST"])), proto["CTA_PROTO_DST_PORT"]
+    seen_dst, seen_dport = _reply_source(top, prefix) or (dst, dport)
+    nat = (seen_dst, seen_dport) != (dst, dport)
     return TrackedConnection(
         version=version,
         src=int(ipaddress.ip_address(ip[f"{prefix}_SRC"])),
-        dst=int(ipaddress.ip_address(ip[f"{prefix}_DST"])),
+        dst=seen_dst,
         sport=proto["CTA_PROTO_SRC_PORT"],
-        dport=proto["CTA_PROTO_DST_PORT"],
+        dport=seen_dport,
         direction=direction,
         mark=mark,
         entry_id=top.get("CTA_ID"),
         zone=top.get("CTA_ZONE") or 0,
+        orig_dst=dst if nat else None,
+        orig_dport=dport if nat else None,
     )
+
+
+def _reply_source(top: dict[str, Any], prefix: str) -> tuple[int, int] | None:
+    """The reply tuple's source (address, port): where the connection really goes, after any
+    DNAT. None when the entry has no usable reply tuple."""
+    reply = top.get("CTA_TUPLE_REPLY")
+    if reply is None:
+        return None
+    tuple_attrs = _attrs(reply)
+    ip, proto = _attrs(tuple_attrs["CTA_TUPLE_IP"]), _attrs(tuple_attrs["CTA_TUPLE_PROTO"])
+    address, port = ip.get(f"{prefix}_SRC"), proto.get("CTA_PROTO_SRC_PORT")
+    if address is None or port is None:
+        return None
+    return int(ipaddress.ip_address(address)), port
 
 
 def ending_bits(how: Ending) -> int:
@@ -105,10 +131,10 @@ def original_tuple(conn: TrackedConnection) -> NFCTAttrTuple:
     return NFCTAttrTuple(
         family=family,
         saddr=str(ipaddress.ip_address(conn.src)),
-        daddr=str(ipaddress.ip_address(conn.dst)),
+        daddr=str(ipaddress.ip_address(conn.dst if conn.orig_dst is None else conn.orig_dst)),
         proto=socket.IPPROTO_TCP,
         sport=conn.sport,
-        dport=conn.dport,
+        dport=conn.dport if conn.orig_dport is None else conn.orig_dport,
     )
 
 

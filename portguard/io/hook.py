@@ -21,9 +21,10 @@ Every command runs through a ``Runner``, in the current network namespace.
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from portguard.policy.model import Direction
@@ -42,6 +43,13 @@ DIRECTION_BITS: Final = {
     Direction.EXTERNAL: 0x0C000000,
 }
 _DIRECTIONS: Final = {bits: direction for direction, bits in DIRECTION_BITS.items()}
+
+# what the hook drops in the kernel, before the queue, each counted (HookStatus.counters)
+COUNTER_INVALID: Final = "invalid"  # conntrack INVALID packets with SYN set to hooked ports
+COUNTER_PER_SOURCE: Final = "per_source"  # new hooked SYNs over one source's rate
+COUNTERS: Final = (COUNTER_PER_SOURCE, COUNTER_INVALID)
+MIN_SOURCE_MEMORY: Final = 60  # seconds an idle source is remembered at least
+MAX_SOURCE_RATE: Final = 100_000  # SYNs a second (iptables' hashlimit is exact up to here)
 
 CHAINS: Final = ("forward", "output")
 BACKENDS: Final = ("nftables", "iptables", "auto")
@@ -73,6 +81,35 @@ class HookError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class SourceLimit:
+    """New hooked SYNs one source may send before the queue: ``rate`` a second, ``burst`` at
+    once; a source is one IPv4 address or one IPv6 prefix of ``prefix6`` bits."""
+
+    rate: int
+    burst: int
+    prefix6: int = 64
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.rate <= MAX_SOURCE_RATE or self.burst < 1:
+            raise ValueError(f"a source limit needs rate 1-{MAX_SOURCE_RATE} and burst >= 1")
+        if not 1 <= self.prefix6 <= 128:
+            raise ValueError(f"prefix6 must be 1-128, not {self.prefix6}")
+
+    @property
+    def forget_after(self) -> int:
+        """Seconds a source must be idle before the kernel forgets it: never less than its
+        bucket takes to refill from empty, so forgetting a source never hands it a fresh burst."""
+        return max(MIN_SOURCE_MEMORY, -(-self.burst // self.rate))
+
+    @property
+    def tag(self) -> str:
+        """Five hex digits naming these settings: a kernel table keyed by name (hashlimit)
+        must not keep an old rate when the settings change."""
+        text = f"{self.rate}/{self.burst}/{self.prefix6}"
+        return hashlib.sha256(text.encode()).hexdigest()[:5]
+
+
+@dataclass(frozen=True, slots=True)
 class HookSpec:
     """What to hook: queues ``queue_num .. queue_num + workers - 1``, ports, netfilter chains."""
 
@@ -81,6 +118,7 @@ class HookSpec:
     ports: tuple[int, ...]
     chains: tuple[str, ...]  # "forward" (gateway traffic), "output" (this host's own)
     fail_open: bool  # no daemon bound: the packet passes (queue bypass) instead of being dropped
+    per_source: SourceLimit | None = None  # None: no limit before the queue
 
     def __post_init__(self) -> None:
         if not 1 <= self.workers <= 0xFFFF or not 0 <= self.queue_num <= 0x10000 - self.workers:
@@ -112,6 +150,7 @@ class HookStatus:
     complete: bool
     detail: str
     rule_sets: int
+    counters: Mapping[str, int] = field(default_factory=dict)  # COUNTERS -> packets dropped
 
 
 @dataclass(frozen=True, slots=True)

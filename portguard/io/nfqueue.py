@@ -2,12 +2,21 @@
 
 Every queued packet gets exactly one verdict: the verdict is applied in a `finally`, and
 when deciding fails for any reason the packet gets the fail-mode verdict instead.
+
+A read handles a bounded batch (at most BATCH_PACKETS messages or BATCH_SECONDS), never
+"until the socket is empty": netfilterqueue's own `run(block=False)` loops until EAGAIN, so
+under a steady flood it would never hand the loop back to its housekeeping (signals, reloads,
+status, the watchdog). `run_socket` reads through a `BatchSocket` instead, whose `recv` says
+EAGAIN once the batch is full.
 """
 
 from __future__ import annotations
 
+import errno
+import socket
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from netfilterqueue import COPY_PACKET, NetfilterQueue
 
@@ -16,9 +25,67 @@ from portguard.gate import Outcome, Verdict
 from portguard.io.hook import MARK_ALLOW, MARK_REJECT, mark_bits, with_mark_bits
 from portguard.policy.model import Direction
 
-COPY_RANGE = 512  # headers only: IPv6 extension headers and TCP options fit; payload is never read
+# The most python-netfilterqueue lets a queue copy (1.1.0 caps `range` at 4016): the TCP header
+# of any SYN the hook matches, behind however many IPv6 extension headers, is read. SYNs are
+# small, so the larger range costs nothing; a TCP header beyond it is undecidable and dropped.
+COPY_RANGE = 4016
+# What one read of the netlink socket takes. netfilterqueue's own 4096-byte buffer is too small
+# for a full copy range plus the message's attributes (a forwarded, marked, timestamped packet
+# of 4016+ bytes, e.g. a reassembled fragmented SYN, makes a ~4120-byte message): a truncated
+# message is never handed to the callback, and its packet would stay queued without a verdict.
+RECV_SIZE = 16384
+
+BATCH_PACKETS = 64  # messages one read handles at most before the loop's housekeeping
+BATCH_SECONDS = 0.005  # ... or this long, whichever comes first
+NETLINK_NETFILTER = 12
 
 Decider = Callable[[bytes, int, int], Outcome]  # (packet bytes, indev, outdev) -> outcome
+
+
+class Receiver(Protocol):
+    """What BatchSocket reads from: a socket's `recv(size, flags)`."""
+
+    def recv(self, size: int, flags: int = 0, /) -> bytes: ...
+
+
+class BatchSocket:
+    """A socket-like object for `NetfilterQueue.run_socket`: `recv` hands over at most `limit`
+    messages, for at most `seconds`, then raises BlockingIOError (EAGAIN), which ends
+    `run_socket` as an empty socket would. Never blocks (MSG_DONTWAIT)."""
+
+    def __init__(self, sock: Receiver, clock: Callable[[], float] = time.monotonic) -> None:
+        self._sock = sock
+        self._clock = clock
+        self._left = 0
+        self._deadline = 0.0
+        self.emptied = False  # the socket had nothing more in this batch
+        self.received = 0  # messages of the current batch
+        self.overruns = 0  # ENOBUFS: the kernel could not deliver (socket buffer full)
+
+    def start(self, limit: int, seconds: float) -> None:
+        self._left, self._deadline = limit, self._clock() + seconds
+        self.emptied, self.received = False, 0
+
+    @property
+    def full(self) -> bool:
+        """The batch ended on its limit, not on an empty socket: more may be waiting."""
+        return not self.emptied
+
+    def recv(self, size: int) -> bytes:
+        if self._left <= 0 or self._clock() >= self._deadline:
+            raise BlockingIOError(errno.EAGAIN, "batch complete")
+        try:
+            data = self._sock.recv(max(size, RECV_SIZE), socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            self.emptied = True
+            raise
+        except OSError as error:
+            if error.errno == errno.ENOBUFS:  # run_socket goes on reading
+                self.overruns += 1
+            raise
+        self._left -= 1
+        self.received += 1
+        return data
 
 
 def apply_verdict(packet: Any, verdict: Verdict, direction: Direction | None = None) -> None:
@@ -59,7 +126,10 @@ class QueueReader:
         self.errors = 0
         self.verdict_errors = 0
         self.last_error: BaseException | None = None
+        self.batches_full = 0  # reads that stopped at the batch bound (the queue kept coming)
         self._nfq: Any = None
+        self._batch: BatchSocket | None = None
+        self._sock: socket.socket | None = None
 
     def open(self) -> None:
         nfq = NetfilterQueue()
@@ -71,15 +141,46 @@ class QueueReader:
             range=COPY_RANGE,
         )
         self._nfq = nfq
+        # a second descriptor of the same netlink socket, read through Python's socket
+        sock = self._sock = socket.fromfd(nfq.get_fd(), socket.AF_NETLINK, socket.SOCK_RAW,
+                                          NETLINK_NETFILTER)  # fmt: skip
+        self._batch = BatchSocket(sock)
 
     def fileno(self) -> int:
         return int(self._nfq.get_fd())
 
-    def read(self) -> None:
-        """Handle every packet waiting on the socket, without blocking."""
-        self._nfq.run(block=False)
+    @property
+    def overruns(self) -> int:
+        return self._batch.overruns if self._batch is not None else 0
+
+    def read(self, limit: int = BATCH_PACKETS, seconds: float = BATCH_SECONDS) -> bool:
+        """Handle at most `limit` waiting packets (or for `seconds`), without blocking.
+
+        True when the batch was full: more packets may be waiting, and the caller should
+        come back soon (after its housekeeping), without waiting for the socket.
+        """
+        batch = self._batch
+        assert batch is not None, "read() before open()"
+        batch.start(limit, seconds)
+        self._nfq.run_socket(batch)
+        if batch.full:
+            self.batches_full += 1
+        return batch.full
+
+    def drain(self, most: int = 100_000) -> int:
+        """Handle what is waiting, batch after batch, up to `most` packets; how many it was."""
+        handled = 0
+        while handled < most:
+            more = self.read(min(BATCH_PACKETS, most - handled), seconds=1.0)
+            handled += self._batch.received if self._batch is not None else 0
+            if not more:
+                break
+        return handled
 
     def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
         if self._nfq is not None:
             self._nfq.unbind()
             self._nfq = None

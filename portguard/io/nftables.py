@@ -3,17 +3,26 @@
 Kernels without CONFIG_NFT_QUEUE refuse the ``queue`` statement; ``queue_supported`` asks the
 kernel (``nft -c`` sends the batch to the kernel and aborts it) so that "auto" can fall back to
 iptables, whose NFQUEUE target works there.
+
+The table holds its declarations first (``declarations``: named counters, the per-source
+meters as dynamic sets), then one base chain per hook whose rules come in stages, as in the
+iptables backend: connections already decided, drops before the queue (conntrack INVALID with
+SYN; one source over its rate), the queue. Each drop stage counts into a named counter, which
+``status`` reads from the same (terse: no set elements) listing it checks the rules in.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 from portguard.io.hook import (
     COMMAND_NOT_FOUND,
+    COUNTER_INVALID,
+    COUNTER_PER_SOURCE,
     DIRECTION_BITS,
     MARK_ALLOW,
     MARK_DROP,
@@ -34,7 +43,16 @@ _RESET: Final = f"table {TABLE}\ndelete table {TABLE}\n"
 _NFT_APPLY: Final = ("nft", "-f", "-")
 _QUEUE_STATEMENT: Final = re.compile(r"\bqueue\b")
 _CHAIN_START: Final = re.compile(r"^chain (\S+) \{$")
+_COUNTER_START: Final = re.compile(r"^counter (\S+) \{$")
+_COUNTER_VALUE: Final = re.compile(r"^packets (\d+) bytes (\d+)$")
 _HOOK: Final = re.compile(r"\bhook (\w+)\b")
+# the named counters of the drop stages
+COUNTER_NAMES: Final = {
+    COUNTER_PER_SOURCE: "per_source_dropped",
+    COUNTER_INVALID: "invalid_dropped",
+}
+SOURCE_SETS: Final = {4: "per_source4", 6: "per_source6"}  # one meter a family
+SOURCE_SET_SIZE: Final = 65536  # sources tracked at once; beyond, new ones are not limited
 
 PROBE_RULESET: Final = """table inet portguard_probe {
 \tchain probe {
@@ -70,21 +88,86 @@ def save_rules() -> tuple[str, ...]:
     return tuple(f"{mark} == {v} ct mark set ct mark & {keep} | {v} accept" for v in values)
 
 
+_SYN_ONLY: Final = "tcp flags & (fin | syn | rst | ack) == syn"
+_NEW_UNMARKED: Final = f"ct state new meta mark & {_hex(MARK_MASK)} == {_hex(0)}"
+
+
+def _ports(spec: HookSpec) -> str:
+    return f"tcp dport {{ {', '.join(map(str, spec.sorted_ports))} }}"
+
+
+def _counted(name: str) -> str:
+    return f'counter name "{COUNTER_NAMES[name]}"'
+
+
+def verdict_rules(spec: HookSpec) -> Iterator[str]:
+    """Connections already decided: ended ones first, then the marks a verdict set."""
+    verdict, ct_verdict = f"meta mark & {_hex(VERDICT_MASK)}", f"ct mark & {_hex(VERDICT_MASK)}"
+    # A reset of our own (output) carries the connmark: let it out.
+    yield f"tcp flags & rst == 0 {ct_verdict} == {_hex(MARK_REJECT)} counter reject with tcp reset"
+    yield f"{ct_verdict} == {_hex(MARK_DROP)} counter drop"
+    yield f"{verdict} == {_hex(MARK_REJECT)} counter reject with tcp reset"
+    yield from save_rules()
+    yield f"{ct_verdict} == {_hex(MARK_ALLOW)} accept"
+
+
+def invalid_rules(spec: HookSpec) -> Iterator[str]:
+    """A packet with SYN that conntrack finds INVALID (SYN+FIN, ...) never reaches a hooked
+    port: it is not NEW, so it would pass the queue unseen."""
+    yield f"tcp flags & syn == syn {_ports(spec)} ct state invalid {_counted(COUNTER_INVALID)} drop"
+
+
+def source_key(version: int, prefix6: int) -> str:
+    """What one source is: an IPv4 address, or an IPv6 address cut to ``prefix6`` bits."""
+    if version == 4:
+        return "ip saddr"
+    if prefix6 == 128:
+        return "ip6 saddr"
+    return f"ip6 saddr & {ipaddress.IPv6Network(f'::/{prefix6}').netmask}"
+
+
+def per_source_rules(spec: HookSpec) -> Iterator[str]:
+    """New SYNs over one source's rate are dropped before the queue, per family's meter."""
+    limit = spec.per_source
+    if limit is None:
+        return
+    over = f"limit rate over {limit.rate}/second burst {limit.burst} packets"
+    for version, name in SOURCE_SETS.items():
+        meter = f"update @{name} {{ {source_key(version, limit.prefix6)} {over} }}"
+        match = f"meta nfproto ipv{version} {_SYN_ONLY} {_ports(spec)} {_NEW_UNMARKED}"
+        yield f"{match} {meter} {_counted(COUNTER_PER_SOURCE)} drop"
+
+
+def queue_rules(spec: HookSpec) -> Iterator[str]:
+    yield f"{_SYN_ONLY} {_ports(spec)} {_NEW_UNMARKED} counter {queue_statement(spec)}"
+
+
+Stage = Callable[[HookSpec], Iterator[str]]
+STAGES: Final[tuple[Stage, ...]] = (verdict_rules, invalid_rules, per_source_rules, queue_rules)
+
+
 def chain_rules(spec: HookSpec) -> tuple[str, ...]:
     """The rules of each base chain, in order."""
-    verdict, ct_verdict = f"meta mark & {_hex(VERDICT_MASK)}", f"ct mark & {_hex(VERDICT_MASK)}"
-    ports = ", ".join(map(str, spec.sorted_ports))
-    syn_only = "tcp flags & (fin | syn | rst | ack) == syn"
-    new_unmarked = f"ct state new meta mark & {_hex(MARK_MASK)} == {_hex(0)}"
-    return (
-        # Ended connections first. A reset of our own (output) carries the connmark: let it out.
-        f"tcp flags & rst == 0 {ct_verdict} == {_hex(MARK_REJECT)} counter reject with tcp reset",
-        f"{ct_verdict} == {_hex(MARK_DROP)} counter drop",
-        f"{verdict} == {_hex(MARK_REJECT)} counter reject with tcp reset",
-        *save_rules(),
-        f"{ct_verdict} == {_hex(MARK_ALLOW)} accept",
-        f"{syn_only} tcp dport {{ {ports} }} {new_unmarked} counter {queue_statement(spec)}",
-    )
+    return tuple(rule for stage in STAGES for rule in stage(spec))
+
+
+def counters_wanted(spec: HookSpec) -> tuple[str, ...]:
+    """The named counters the table declares (nft names)."""
+    wanted = [COUNTER_INVALID] + ([COUNTER_PER_SOURCE] if spec.per_source else [])
+    return tuple(COUNTER_NAMES[name] for name in wanted)
+
+
+def declarations(spec: HookSpec) -> list[str]:
+    """The table's objects, before its chains: named counters, then the per-source meters."""
+    lines: list[str] = []
+    for name in counters_wanted(spec):
+        lines += [f"\tcounter {name} {{", "\t}"]
+    if spec.per_source is not None:
+        for version, name in SOURCE_SETS.items():
+            lines += [f"\tset {name} {{", f"\t\ttype ipv{version}_addr",
+                      f"\t\tsize {SOURCE_SET_SIZE}", "\t\tflags dynamic,timeout",
+                      f"\t\ttimeout {spec.per_source.forget_after}s", "\t}"]  # fmt: skip
+    return lines
 
 
 def _base_chain(hook: str) -> str:
@@ -93,7 +176,7 @@ def _base_chain(hook: str) -> str:
 
 def ruleset(spec: HookSpec) -> str:
     """The table: one base chain per hooked netfilter chain, named after its hook."""
-    lines = [f"table {TABLE} {{"]
+    lines = [f"table {TABLE} {{", *declarations(spec)]
     for chain in spec.sorted_chains:
         lines += [f"\tchain {chain} {{", f"\t\ttype {_base_chain(chain)}"]
         lines += [f"\t\t{rule}" for rule in chain_rules(spec)]
@@ -106,6 +189,7 @@ class Table:
     """Table inet portguard as ``nft list table`` shows it: chain name -> (hook, rules)."""
 
     chains: Mapping[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    counters: Mapping[str, int] = field(default_factory=dict)  # named counter -> packets
 
     def queue_rules(self, chain: str) -> list[str]:
         rules = self.chains.get(chain, ("", ()))[1]
@@ -114,9 +198,15 @@ class Table:
 
 def parse_table(listing: str) -> Table:
     chains: dict[str, tuple[str, tuple[str, ...]]] = {}
-    name, hook, rules = "", "", list[str]()
+    counters: dict[str, int] = {}
+    name, hook, rules, counter = "", "", list[str](), ""
     for line in (raw.strip() for raw in listing.splitlines()):
-        if start := _CHAIN_START.match(line):
+        if start := _COUNTER_START.match(line):
+            counter = start[1]
+            counters[counter] = 0
+        elif counter and (value := _COUNTER_VALUE.match(line)):
+            counters[counter], counter = int(value[1]), ""
+        elif start := _CHAIN_START.match(line):
             name, hook, rules = start[1], "", []
         elif name and line == "}":
             chains[name] = (hook, tuple(rules))
@@ -125,7 +215,7 @@ def parse_table(listing: str) -> Table:
             hook = found[1] if (found := _HOOK.search(line)) else ""
         elif name and line:
             rules.append(line)
-    return Table(chains)
+    return Table(chains, counters)
 
 
 def table_problems(table: Table, spec: HookSpec | None) -> list[str]:
@@ -135,6 +225,8 @@ def table_problems(table: Table, spec: HookSpec | None) -> list[str]:
         problems += [f"no chain {c}" for c in spec.sorted_chains if c not in table.chains]
         unwanted = sorted(set(table.chains) - set(spec.chains))
         problems += [f"chain {c} is not hooked by the config" for c in unwanted]
+        missing = [name for name in counters_wanted(spec) if name not in table.counters]
+        problems += [f"no counter {name}" for name in missing]
     elif not table.chains:
         problems.append("no chains")
     for chain, (_hook, rules) in table.chains.items():
@@ -187,11 +279,13 @@ class NftablesBackend:
             complete=not problems,
             detail="\n".join([describe(table), *problems]),
             rule_sets=max((len(table.queue_rules(c)) for c in table.chains), default=0),
+            counters={key: table.counters.get(name, 0) for key, name in COUNTER_NAMES.items()},
         )
 
     def _read(self) -> Table | None:
         """The table, or None when it (or nft) is absent."""
-        result = self._run(["nft", "list", "table", *TABLE.split()], None)
+        # terse: without the meters' elements (up to SOURCE_SET_SIZE of them)
+        result = self._run(["nft", "-t", "list", "table", *TABLE.split()], None)
         if result.returncode == COMMAND_NOT_FOUND or "No such file or directory" in result.stderr:
             return None
         return parse_table(succeeded(result))

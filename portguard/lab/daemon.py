@@ -69,7 +69,8 @@ def render_config(
         f'ports = [{", ".join(str(p) for p in HOOK_PORTS)}]\nchains = ["forward"]\n\n'
         f"[rules]\npaths = [{paths}]\nreevaluate = {str(reevaluate).lower()}\n\n"
         f"[log]\noutputs = [{outputs}]\nflood_window = {flood_window}\n{log_options}"
-        f"\n[daemon]\ncontrol_socket = {socket_path}\n{extra_config}"
+        f"\n[daemon]\ncontrol_socket = {socket_path}\n"
+        f"state_dir = {toml_string(str(events.parent / 'state'))}\n{extra_config}"
     )
 
 

@@ -1,6 +1,26 @@
 """Packet decoding: bytes from the kernel queue to a typed Packet (pure, no I/O)."""
 
-from portguard.packet.decode import decode
-from portguard.packet.model import ACK, FIN, RST, SYN, DecodeError, Packet, to_address
+from portguard.packet.decode import decode, endpoints
+from portguard.packet.model import (
+    ACK,
+    FIN,
+    RST,
+    SYN,
+    DecodeError,
+    Endpoints,
+    Packet,
+    to_address,
+)
 
-__all__ = ["ACK", "FIN", "RST", "SYN", "DecodeError", "Packet", "decode", "to_address"]
+__all__ = [
+    "ACK",
+    "FIN",
+    "RST",
+    "SYN",
+    "DecodeError",
+    "Endpoints",
+    "Packet",
+    "decode",
+    "endpoints",
+    "to_address",
+]

@@ -3,6 +3,14 @@
 Pure and hot-path: precompiled `struct` objects, no scapy. Every malformed or truncated input
 raises DecodeError and nothing else.
 
+Decoding never decides the policy: what the Linux TCP and IPv6 stacks accept, the decoder
+accepts. TCP option parsing stops silently where Linux's `tcp_parse_options` stops (end of
+list, a lone kind byte at the end, a length below 2 or running past the header), keeping the
+options parsed so far; any number of IPv6 extension headers is walked (each is at least 8
+bytes, so the walk is bounded by the packet), and unknown options inside them are just bytes.
+Only what Linux rejects too, or what cannot be read at all (a TCP header beyond the copied
+bytes, ESP, not TCP), raises. `endpoints` then reads what it can for the event.
+
 Truncation: the kernel may copy only the first bytes of a packet (copy range). A buffer shorter
 than the length the IP header states is accepted as long as the whole IP header chain and the
 whole TCP header (options included) are present. A buffer longer than the stated length is cut
@@ -15,7 +23,7 @@ from __future__ import annotations
 
 import struct
 
-from portguard.packet.model import IPPROTO_TCP, DecodeError, Packet
+from portguard.packet.model import IPPROTO_TCP, DecodeError, Endpoints, Packet
 
 # version/IHL, TOS, total length, id, flags/fragment offset, TTL, protocol, checksum, src, dst
 _IPV4 = struct.Struct("!BBHHHBBHII")
@@ -25,11 +33,11 @@ _IPV6 = struct.Struct("!IHBBQQQQ")
 _TCP = struct.Struct("!HHIIBBH")
 _EXT_HEADER = struct.Struct("!BB")  # next header, length field
 _FRAGMENT = struct.Struct("!BxH")  # next header, reserved, offset (13 bits) | flags
+_PORTS = struct.Struct("!HH")
 
 IPV4_HEADER_LEN = 20
 IPV6_HEADER_LEN = 40
 TCP_HEADER_LEN = 20
-MAX_IPV6_EXTENSIONS = 8
 
 _V4_FRAGMENT_OFFSET = 0x1FFF
 
@@ -94,17 +102,16 @@ def _decode_ipv6(data: bytes) -> Packet:
 
 
 def _skip_ipv6_extensions(data: bytes, next_header: int, end: int) -> int:
-    """Walk the extension header chain; return the offset of the TCP header."""
+    """Walk the extension header chain, however long; return the offset of the TCP header.
+
+    Every header takes at least 8 bytes, so the walk ends within `end` / 8 steps. Hop-by-hop
+    options anywhere but first are refused, as Linux refuses them (ip6_input)."""
     offset = IPV6_HEADER_LEN
-    for position in range(MAX_IPV6_EXTENSIONS):
-        if next_header == IPPROTO_TCP:
-            return offset
-        if next_header == EXT_HOP_BY_HOP and position:
+    while next_header != IPPROTO_TCP:
+        if next_header == EXT_HOP_BY_HOP and offset > IPV6_HEADER_LEN:
             raise DecodeError("IPv6 hop-by-hop options not directly after the IPv6 header")
         next_header, offset = _skip_ipv6_extension(data, next_header, offset, end)
-    if next_header == IPPROTO_TCP:
-        return offset
-    raise DecodeError(f"IPv6 more than {MAX_IPV6_EXTENSIONS} extension headers")
+    return offset
 
 
 def _skip_ipv6_extension(data: bytes, kind: int, offset: int, end: int) -> tuple[int, int]:
@@ -166,7 +173,9 @@ def _decode_tcp(
 def _parse_options(data: bytes, offset: int, end: int) -> _Options:
     """TCP options as (kind, data); NOP is kept as (1, b"") to preserve the layout.
 
-    End-of-option-list stops the parse (what follows is padding) and is not listed.
+    The parse stops where Linux's tcp_parse_options stops, without an error, keeping what it
+    parsed: at end-of-option-list (not listed: what follows is padding), at a kind byte with no
+    length byte after it, at a length below 2, and at an option running past the header.
     """
     options: list[tuple[int, bytes]] = []
     append = options.append
@@ -176,7 +185,7 @@ def _parse_options(data: bytes, offset: int, end: int) -> _Options:
             size = data[offset + 1] if offset + 1 < end else 0
             after = offset + size
             if size < 2 or after > end:
-                raise DecodeError(f"TCP option {kind} at offset {offset} has invalid length")
+                break  # Linux stops parsing here and accepts the segment
             append((kind, data[offset + 2 : after]))
             offset = after
         elif kind == OPT_NOP:
@@ -185,3 +194,35 @@ def _parse_options(data: bytes, offset: int, end: int) -> _Options:
         else:
             break
     return tuple(options)
+
+
+def endpoints(data: bytes) -> Endpoints | None:
+    """The addresses and ports of a packet `decode` refused, as far as they can be read.
+
+    None when not even the IP addresses are there; the ports when the first 4 bytes of a TCP
+    header can be found (IPv4 not a later fragment; IPv6 through its extension headers)."""
+    if len(data) >= IPV4_HEADER_LEN and data[0] >> 4 == 4:
+        vihl, _tos, _total, _id, frag, _ttl, proto, _sum, src, dst = _IPV4.unpack_from(data)
+        ihl = (vihl & 0x0F) * 4
+        tcp = ihl >= IPV4_HEADER_LEN and proto == IPPROTO_TCP and not frag & _V4_FRAGMENT_OFFSET
+        return _with_ports(data, Endpoints(4, src, dst), ihl if tcp else None)
+    if len(data) >= IPV6_HEADER_LEN and data[0] >> 4 == 6:
+        _vcl, _plen, next_header, _hops, src_hi, src_lo, dst_hi, dst_lo = _IPV6.unpack_from(data)
+        found = Endpoints(6, (src_hi << 64) | src_lo, (dst_hi << 64) | dst_lo)
+        return _with_ports(data, found, _tcp_offset_v6(data, next_header))
+    return None
+
+
+def _tcp_offset_v6(data: bytes, next_header: int) -> int | None:
+    """Where the TCP header starts, when the extension chain can be walked that far."""
+    try:
+        return _skip_ipv6_extensions(data, next_header, len(data))
+    except DecodeError:
+        return None
+
+
+def _with_ports(data: bytes, found: Endpoints, tcp_offset: int | None) -> Endpoints:
+    if tcp_offset is None or tcp_offset + 4 > len(data):
+        return found
+    sport, dport = _PORTS.unpack_from(data, tcp_offset)
+    return found._replace(sport=sport, dport=dport)

@@ -56,6 +56,17 @@ class Packet(NamedTuple):
         return bool(self.flags & flag)
 
 
+class Endpoints(NamedTuple):
+    """What can be read of a packet that cannot be decoded: addresses, and ports when the
+    first bytes of its TCP header are there (None when not)."""
+
+    version: int
+    src: int
+    dst: int
+    sport: int | None = None
+    dport: int | None = None
+
+
 def to_address(version: int, value: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     if version == 4:
         return ipaddress.IPv4Address(value)

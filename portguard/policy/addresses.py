@@ -13,6 +13,7 @@ object per line) that falls back to the full parser only to word the message of 
 from __future__ import annotations
 
 import functools
+import re
 import socket
 from collections.abc import Iterable, Iterator, Sequence, Set
 from dataclasses import dataclass
@@ -101,26 +102,46 @@ def _ordered(table: dict[int, set[int]]) -> Table:
     return tuple(sorted(table.items(), key=lambda item: (-len(item[1]), -item[0])))
 
 
+MAX_LIST_ENTRIES = 4_000_000  # entries of one list file (~0.5 GB of memory while loading)
+MAX_LIST_ERRORS = 100  # errors reported of one list file; then it is not read further
+MAX_ENTRY = 64  # characters: the longest address or CIDR ("ffff:...:ffff/128") has 43
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
 def parse_address_list(text: str, label: str = "list") -> tuple[AddressSet, list[ListError]]:
     """A list file: one address or CIDR a line, ``#`` comments, blank lines.
 
     Returns the set and the errors as (line, column, message). The fast path converts the
     entries in bulk, grouped by family and prefix length; on any bad entry the line-by-line
-    parser runs to find and word every error.
+    parser runs to find and word every error (at most MAX_LIST_ERRORS of them). A file of more
+    than MAX_LIST_ENTRIES entries is an error at the line that passes the limit.
     """
     table = _bulk_table(text)
-    if table is not None:
+    if isinstance(table, AddressTable):
         return table.freeze(label), []
+    if table is not None:
+        return AddressSet(label), [table]
     table, errors = parse_lines(text)
     return table.freeze(label), errors
 
 
-def _bulk_table(text: str) -> AddressTable | None:
-    """The table of a list file without errors, or None when some entry is bad."""
+def too_many_entries(line: int) -> ListError:
+    limit = f"{MAX_LIST_ENTRIES:,}"
+    return (line, 1, f"more than {limit} entries: the limit of one list file (merge "
+            "addresses into CIDRs, or split the list into several files)")  # fmt: skip
+
+
+def _bulk_table(text: str) -> AddressTable | ListError | None:
+    """The table of a list file without errors, None when some entry is bad, the error when
+    the file holds too many entries."""
     groups: dict[tuple[bool, str], list[str]] = {}
-    for raw in _lines(text):
+    count = 0
+    for number, raw in enumerate(_lines(text), start=1):
         entry = (raw.partition("#")[0] if "#" in raw else raw).strip()
         if entry:
+            count += 1
+            if count > MAX_LIST_ENTRIES:
+                return too_many_entries(number)
             address, slash, length = entry.partition("/")
             groups.setdefault((":" in address, slash + length), []).append(address)
     table = AddressTable()
@@ -172,19 +193,42 @@ def parse_lines(text: str) -> tuple[AddressTable, list[ListError]]:
     """A list file line by line: the reference parser, and the one that words the errors."""
     table = AddressTable()
     errors: list[ListError] = []
+    count = 0
     for number, raw in enumerate(text.splitlines(), start=1):
         entry = raw.split("#", 1)[0].strip()
         if not entry:
             continue
+        count += 1
+        if count > MAX_LIST_ENTRIES:
+            errors.append(too_many_entries(number))
+            break
         column = len(raw) - len(raw.lstrip()) + 1
-        if any(char.isspace() for char in entry):
-            errors.append((number, column, f'"{entry}": write one address or CIDR a line'))
-            continue
-        try:
-            table.add(parse_network(entry))
-        except ValueError as error:
-            errors.append((number, column, str(error)))
+        message = entry_problem(entry)
+        if message is None:
+            try:
+                table.add(parse_network(entry))
+            except ValueError as error:
+                message = str(error)
+        if message is not None:
+            errors.append((number, column, message))
+        if len(errors) >= MAX_LIST_ERRORS:
+            errors.append((number, column, f"stopped after {MAX_LIST_ERRORS} errors"))
+            break
     return table, errors
+
+
+def entry_problem(entry: str) -> str | None:
+    """What makes a list entry unreadable before it is parsed (length, control characters,
+    spaces): checked first, so a 100 MB line costs one length test and a short message."""
+    if len(entry) > MAX_ENTRY:
+        return f"an entry of {len(entry):,} characters: an address or CIDR has at most 43"
+    control = _CONTROL.search(entry)
+    if control:
+        code = f"\\x{ord(control.group()):02x}"
+        return f"holds the control character {code} (is this a binary file?)"
+    if any(char.isspace() for char in entry):
+        return f'"{entry}": write one address or CIDR a line'
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,11 +126,24 @@ def _rule_problems(source: TomlSource) -> Iterator[Problem]:
                 'limit: only a rule that allows (action "allow" or "log") can have a limit, '
                 f"not action {toml_value(action)}",
             )
-        if limit.get("per", "src") != "prefix":
-            for name in ("prefix4", "prefix6"):
-                if name in limit:
-                    message = f'{name}: applies only with per = "prefix"'
-                    yield source.problem((*key, name), message)
+        yield from _limit_key_problems(source, key, limit)
+
+
+_LIMIT_KEY_PERS = {  # limit keys that mean something only with some values of `per`
+    "prefix4": ("prefix",),
+    "prefix6": ("src", "prefix"),
+    "max_buckets": ("src", "prefix"),
+}
+
+
+def _limit_key_problems(
+    source: TomlSource, key: KeyPath, limit: Mapping[str, Any]
+) -> Iterator[Problem]:
+    per = limit.get("per", "src")
+    for name, pers in _LIMIT_KEY_PERS.items():
+        if name in limit and per in ("src", "prefix", "rule") and per not in pers:
+            allowed = " or ".join(f'"{p}"' for p in pers)
+            yield source.problem((*key, name), f"{name}: applies only with per = {allowed}")
 
 
 def _reference_problems(source: TomlSource, known: Mapping[str, str]) -> Iterator[Problem]:
@@ -182,25 +195,28 @@ def _cycle_problems(sources: Sequence[TomlSource], known: Mapping[str, str]) -> 
 
 
 def find_cycles(edges: Mapping[str, Sequence[Edge]]) -> list[list[Edge]]:
-    """Each cycle once, as the edges that form it (found by a depth-first search)."""
+    """Each cycle once, as the edges that form it (found by a depth-first search, with its own
+    stack: a chain of 10,000 sets must not exhaust Python's recursion limit)."""
     state: dict[str, bool] = {}  # True while on the path, False when done
-    path: list[Edge] = []
     cycles: list[list[Edge]] = []
-
-    def visit(name: str) -> None:
-        state[name] = True
-        for edge in edges.get(name, ()):
-            path.append(edge)
+    for root in edges:
+        if root in state:
+            continue
+        state[root] = True
+        path: list[Edge] = []  # the edges taken from root to the node on top of `pending`
+        pending: list[Iterator[Edge]] = [iter(edges.get(root, ()))]
+        while pending:
+            edge = next(pending[-1], None)
+            if edge is None:  # every member of this node seen: leave it
+                pending.pop()
+                state[path.pop()[1] if path else root] = False
+                continue
             member = edge[1]
             if state.get(member) is True:
-                start = next(i for i, taken in enumerate(path) if taken[0] == member)
-                cycles.append(path[start:])
+                start = next((i for i, taken in enumerate(path) if taken[0] == member), len(path))
+                cycles.append([*path[start:], edge])
             elif member not in state:
-                visit(member)
-            path.pop()
-        state[name] = False
-
-    for name in edges:
-        if name not in state:
-            visit(name)
+                state[member] = True
+                path.append(edge)
+                pending.append(iter(edges.get(member, ())))
     return cycles

@@ -19,17 +19,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from portguard.errors import PolicyError, Problem
+from portguard.errors import PolicyError, Problem, unexpected
 from portguard.policy.addresses import AddressSet, parse_address_list, parse_network
 from portguard.policy.checks import cross_file_problems, raw_sets, set_entries
 from portguard.policy.hosts import Resolver, host_name_problem, is_transient, resolve_problem
-from portguard.policy.model import Action, Decision, Direction, Limit
+from portguard.policy.model import DEFAULT_MAX_BUCKETS, Action, Decision, Direction, Limit
 from portguard.policy.ports import PortSet
 from portguard.policy.ruleset import CompiledRule, ListFile, RuleSet, match_summary
 from portguard.policy.schema import AddressRef, LimitSpec, RuleFileSpec, RuleSpec, SetRef
 from portguard.policy.sets import build_sets
 from portguard.sourcemap import KeyPath
-from portguard.tomlsource import TomlSource, parse_toml, validate
+from portguard.tomlsource import TextError, TomlSource, parse_toml, validate
 
 ListReader = Callable[[Path], str]  # reads a list file; raises OSError
 
@@ -50,6 +50,7 @@ class _Unit:
     complete: bool = True  # every rule file parsed as TOML
     lists: dict[Path, ListFile] = field(default_factory=dict)
     resolved: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    current: Path | None = None  # the file being worked on (named by an unexpected error)
 
 
 def compile_ruleset(
@@ -62,14 +63,21 @@ def compile_ruleset(
 ) -> RuleSet:
     """Compile rule files given as (path, text), in rule order. Raises PolicyError."""
     unit = _Unit(previous, problems=list(problems))
-    for path, text in files:
-        _add_file(unit, path, text)
-    unit.problems += cross_file_problems(unit.sources, unit.complete)
-    _read_lists(unit, read_list)
-    _resolve_hosts(unit, resolve)
-    if unit.problems:
-        raise PolicyError(unit.problems)
-    return _build(unit, files)
+    try:
+        for path, text in files:
+            unit.current = path
+            _add_file(unit, path, text)
+        unit.problems += cross_file_problems(unit.sources, unit.complete)
+        _read_lists(unit, read_list)
+        _resolve_hosts(unit, resolve)
+        if unit.problems:
+            raise PolicyError(unit.problems)
+        return _build(unit, files)
+    except PolicyError:
+        raise
+    except Exception as error:  # the last resort: name the file, keep the policy in force
+        where = unit.current or (files[0][0] if files else Path("rules"))
+        raise PolicyError([unexpected(where, error)]) from error
 
 
 def _add_file(unit: _Unit, path: Path, text: str) -> None:
@@ -100,11 +108,19 @@ def _read_lists(unit: _Unit, read_list: ListReader) -> None:
 def _read_list(
     unit: _Unit, source: TomlSource, key: KeyPath, entry: str, read_list: ListReader
 ) -> None:
-    path = source.path.parent / entry
+    path = unit.current = source.path.parent / entry
     if path in unit.lists:
         return
     try:
         text = read_list(path)
+    except TextError as error:
+        located = error.line is not None
+        unit.problems.append(
+            error.problem(path)
+            if located
+            else source.problem(key, f'files: list file "{entry}" {error.message}')
+        )
+        return
     except (OSError, UnicodeDecodeError) as error:
         unit.problems.append(source.problem(key, f'files: list file "{entry}" {_why(path, error)}'))
         return
@@ -133,6 +149,7 @@ def _why(path: Path, error: Exception) -> str:
 
 def _resolve_hosts(unit: _Unit, resolve: Resolver) -> None:
     for source in unit.sources:
+        unit.current = source.path
         for name in raw_sets(source):
             for key, host in set_entries(source, name, "hosts"):
                 if host not in unit.resolved and host_name_problem(host) is None:
@@ -176,6 +193,7 @@ def _valid_addresses(addresses: Sequence[str]) -> tuple[str, ...]:
 
 
 def _build(unit: _Unit, files: Sequence[tuple[Path, str]]) -> RuleSet:
+    unit.current = None
     lists = {path: entry.addresses for path, entry in unit.lists.items()}
     set_specs = [(src.path, spec.sets) for src, spec in zip(unit.sources, unit.specs, strict=True)]
     sets = build_sets(set_specs, lists, unit.resolved)
@@ -183,6 +201,7 @@ def _build(unit: _Unit, files: Sequence[tuple[Path, str]]) -> RuleSet:
     disabled: list[str] = []
     default = Action.ALLOW
     for source, spec in zip(unit.sources, unit.specs, strict=True):
+        unit.current = source.path
         for index, rule in enumerate(spec.rule):
             if rule.enabled:
                 rules.append(_compile_rule(rule, source.path, index, sets))
@@ -230,18 +249,19 @@ def _compile_rule(
 
 
 def compile_limit(spec: LimitSpec | None) -> Limit | None:
-    """The frozen limit of a rule; per src is prefix 32/128, per rule prefix 0/0."""
+    """The frozen limit of a rule: per src is an IPv4 address (/32) or an IPv6 /64 (or its
+    prefix6: privacy addresses rotate within a /64, RFC 8981, and a subscriber gets at least a
+    /64), per prefix /24 and /64 unless given, per rule prefix 0/0."""
     if spec is None:
         return None
-    prefixes = {"src": (32, 128), "rule": (0, 0)}.get(spec.per)
+    prefix6 = 64 if spec.prefix6 is None else spec.prefix6
+    prefixes = {"src": (32, prefix6), "rule": (0, 0)}.get(spec.per)
     if prefixes is None:
-        prefixes = (
-            24 if spec.prefix4 is None else spec.prefix4,
-            64 if spec.prefix6 is None else spec.prefix6,
-        )
+        prefixes = (24 if spec.prefix4 is None else spec.prefix4, prefix6)
     burst = spec.rate.number if spec.burst is None else spec.burst
     exceed = Action(spec.exceed)
-    return Limit(spec.rate.text, spec.rate.per_second, burst, spec.per, *prefixes, exceed)
+    buckets = DEFAULT_MAX_BUCKETS if spec.max_buckets is None else spec.max_buckets
+    return Limit(spec.rate.text, spec.rate.per_second, burst, spec.per, *prefixes, exceed, buckets)
 
 
 def _address_match(

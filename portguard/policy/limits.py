@@ -4,25 +4,38 @@ A rule's ``limit`` gives a bucket of ``burst`` tokens that refills at the limit'
 connection the rule decides takes one token; a connection that finds the bucket empty gets the
 limit's ``exceed`` action from the same rule.
 
-The Limiter belongs to the gate and outlives reloads: a bucket is keyed by (rule id, limit,
-bucket key), so a reload that keeps a rule and its limit keeps its buckets, and a changed limit
-starts with fresh ones. Memory is bounded: past ``capacity`` buckets, the ones idle longest are
-evicted, full ones first (a full bucket holds nothing a new one would not).
+The Limiter belongs to the gate and outlives reloads: each limited rule has its own table of
+buckets, keyed by (rule id, limit), so a reload that keeps a rule and its limit keeps its
+buckets, and a changed limit starts with fresh ones.
+
+Memory is bounded per rule (``max_buckets``), so sources on one rule can never push out the
+buckets of another. Within a rule, only a *full* bucket (refilled to ``burst``) is ever
+dropped: it holds nothing a new bucket would not. A depleted bucket is never dropped to make
+room; when a rule's table holds only buckets that are not full yet, a new source gets the
+limit's ``exceed`` action and the rule's ``limit-table-full`` count goes up. A spoofed flood
+can therefore fill a rule's table (and lock out new sources of that rule until buckets refill),
+but it cannot free a limited bot.
+
+Each table keeps a min-heap of the time each bucket is full again. A heap entry is a lower
+bound: a token taken later moves the true time on without touching the heap, and the entry is
+corrected when it comes up. So a known source costs O(1), a new one an O(log n) push, and
+making room or pruning pops only entries that are due (amortised over the tokens taken).
 """
 
 from __future__ import annotations
 
+import heapq
 import socket
-from collections import OrderedDict
-from itertools import islice
+from dataclasses import dataclass
 
 from portguard.policy.model import Connection, Decision, Limit, LimitResult
 from portguard.policy.ruleset import CompiledRule, RuleSet
 
-DEFAULT_CAPACITY = 100_000
-EVICTION_SCAN = 32  # idle buckets looked at for a full one before the idlest is evicted
+TABLE_FULL_LOG_INTERVAL = 60.0  # seconds between two limit-table-full events of one rule
+PRUNE_BUDGET = 1024  # full buckets one prune drops per rule at most (keeps a round short)
 
-BucketKey = tuple[str, Limit, int, int]  # rule id, limit, IP version, masked source
+SourceKey = int  # (IP version << 128) | masked source address
+TableKey = tuple[str, Limit]  # rule id, limit (max_buckets is not part of its equality)
 
 
 class _Bucket:
@@ -39,6 +52,10 @@ class _Bucket:
         self.stamp = max(self.stamp, now)
         return self.tokens
 
+    def full_at(self, limit: Limit) -> float:
+        """When the bucket holds ``burst`` tokens again (if no token is taken before)."""
+        return self.stamp + (limit.burst - self.tokens) / limit.per_second
+
 
 def bucket_of(limit: Limit, conn: Connection) -> tuple[int, int]:
     """The masked source address that names the connection's bucket."""
@@ -48,46 +65,125 @@ def bucket_of(limit: Limit, conn: Connection) -> tuple[int, int]:
 
 
 def bucket_name(limit: Limit, version: int, masked: int) -> str:
-    """``203.0.113.7`` per src, ``203.0.113.0/24`` per prefix, ``rule`` per rule."""
+    """``203.0.113.7`` or ``2001:db8:1:2::/64`` per src, ``203.0.113.0/24`` per prefix,
+    ``rule`` per rule."""
     if limit.per == "rule":
         return "rule"
     family, size = (socket.AF_INET, 4) if version == 4 else (socket.AF_INET6, 16)
     address = socket.inet_ntop(family, masked.to_bytes(size, "big"))
-    if limit.per == "src":
+    prefix = limit.prefix4 if version == 4 else limit.prefix6
+    if limit.per == "src" and prefix == (32 if version == 4 else 128):
         return address
-    return f"{address}/{limit.prefix4 if version == 4 else limit.prefix6}"
+    return f"{address}/{prefix}"
 
 
-class Limiter:
-    """The token buckets of every limited rule. Mutable; one per gate."""
+class BucketTable:
+    """One limited rule's buckets: at most ``limit.max_buckets``, full ones dropped first,
+    depleted ones never."""
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be at least 1")
-        self.capacity = capacity
-        self._buckets: OrderedDict[BucketKey, _Bucket] = OrderedDict()  # idlest first
-        self.evicted = 0  # buckets dropped for room while not yet full (state lost)
+    def __init__(self, limit: Limit) -> None:
+        self.limit = limit
+        self._buckets: dict[SourceKey, _Bucket] = {}
+        self._due: list[tuple[float, SourceKey]] = []  # (full again at or after, source)
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+    def take(self, source: SourceKey, now: float) -> tuple[bool, float] | None:
+        """(a token was taken, tokens left) for ``source``; None when the table has no room
+        for a new source (every bucket in it still short of full)."""
+        limit = self.limit
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            if not self._make_room(now):
+                return None
+            bucket = self._buckets[source] = _Bucket(float(limit.burst), now)
+            bucket.tokens -= 1.0  # a new bucket is full: the first token is always there
+            heapq.heappush(self._due, (bucket.full_at(limit), source))
+            return True, bucket.tokens
+        allowed = bucket.refill(limit, now) >= 1.0
+        if allowed:
+            bucket.tokens -= 1.0  # its heap entry is now a lower bound: corrected when due
+        return allowed, bucket.tokens
+
+    def prune(self, now: float, budget: int = PRUNE_BUDGET) -> int:
+        """Drop up to ``budget`` buckets that are full at ``now``; how many were dropped."""
+        dropped = 0
+        while dropped < budget and self._drop_one_full(now):
+            dropped += 1
+        return dropped
+
+    def _make_room(self, now: float) -> bool:
+        while len(self._buckets) >= self.limit.max_buckets:
+            if not self._drop_one_full(now):
+                return False
+        return True
+
+    def _drop_one_full(self, now: float) -> bool:
+        """Drop the bucket that was full first, if one is full at ``now``."""
+        due, limit = self._due, self.limit
+        while due and due[0][0] <= now:
+            source = due[0][1]
+            full_at = self._buckets[source].full_at(limit)
+            if full_at <= now:
+                heapq.heappop(due)
+                del self._buckets[source]
+                return True
+            heapq.heapreplace(due, (full_at, source))  # tokens were taken since: move it on
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class TableFullReport:
+    """New sources a rule refused for want of room since its last report."""
+
+    rule: str
+    count: int  # since the last report
+    total: int  # since the daemon started
+    max_buckets: int
+    exceed: str
+
+    @property
+    def message(self) -> str:
+        return (
+            f"rate limit table of rule '{self.rule}' is full: {self.count} new sources got "
+            f"its exceed action ({self.exceed}); all {self.max_buckets} buckets are still "
+            "refilling (a flood of sources, or max_buckets too small)"
+        )
+
+    def fields(self) -> dict[str, object]:
+        return {"rule": self.rule, "count": self.count, "total": self.total,
+                "max_buckets": self.max_buckets, "exceed": self.exceed}  # fmt: skip
+
+
+class Limiter:
+    """The token buckets of every limited rule, one table per rule. Mutable; one per gate."""
+
+    def __init__(self) -> None:
+        self._tables: dict[TableKey, BucketTable] = {}
+        self.table_full: dict[str, int] = {}  # rule id -> new sources refused for want of room
+        self._unreported: dict[str, tuple[int, Limit]] = {}
+        self._reported_at: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return sum(len(table) for table in self._tables.values())
 
     def take(self, rule: CompiledRule, conn: Connection, now: float) -> LimitResult:
         """Take a token from ``conn``'s bucket for ``rule`` (which must have a limit)."""
         limit = rule.limit
         if limit is None:
             raise ValueError(f"rule {rule.id!r} has no limit")
+        table = self._tables.get((rule.id, limit))
+        if table is None:
+            table = self._tables[(rule.id, limit)] = BucketTable(limit)
+        table.limit = limit  # the newest max_buckets (not part of the key)
         version, masked = bucket_of(limit, conn)
-        key = (rule.id, limit, version, masked)
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            self._make_room(now)
-            bucket = self._buckets[key] = _Bucket(float(limit.burst), now)
-        else:
-            self._buckets.move_to_end(key)
-        allowed = bucket.refill(limit, now) >= 1.0
-        if allowed:
-            bucket.tokens -= 1.0
-        return LimitResult(allowed, bucket_name(limit, version, masked), bucket.tokens, limit)
+        taken = table.take(version << 128 | masked, now)
+        name = bucket_name(limit, version, masked)
+        if taken is None:
+            self._count_table_full(rule.id, limit)
+            return LimitResult(False, name, 0.0, limit, table_full=True)
+        return LimitResult(taken[0], name, taken[1], limit)
 
     def decide(self, ruleset: RuleSet, conn: Connection, now: float) -> Decision:
         """RuleSet.decide with the deciding rule's limit applied (what the gate calls)."""
@@ -98,28 +194,34 @@ class Limiter:
             return rule.decision
         return limited_decision(rule, self.take(rule, conn, now))
 
-    def prune(self, now: float) -> int:
-        """Drop every bucket that has refilled to full; returns how many. Call it now and
-        then (e.g. once a minute) to give memory back after a burst of sources."""
-        full = [key for key, bucket in self._buckets.items() if _is_full(key, bucket, now)]
-        for key in full:
-            del self._buckets[key]
-        return len(full)
+    def prune(self, now: float, budget: int = PRUNE_BUDGET) -> int:
+        """Drop buckets that have refilled to full (up to ``budget`` a rule), and tables left
+        empty (rules a reload removed or changed); how many buckets were dropped."""
+        dropped = 0
+        for key, table in list(self._tables.items()):
+            dropped += table.prune(now, budget)
+            if not table:
+                del self._tables[key]
+        return dropped
 
-    def _make_room(self, now: float) -> None:
-        if len(self._buckets) < self.capacity:
-            return
-        for key, bucket in islice(self._buckets.items(), EVICTION_SCAN):
-            if _is_full(key, bucket, now):
-                del self._buckets[key]
-                return
-        self._buckets.popitem(last=False)
-        self.evicted += 1
+    def housekeeping(self, now: float) -> list[TableFullReport]:
+        """What the worker calls every round: prune, then the table-full reports that are due
+        (at most one a rule every TABLE_FULL_LOG_INTERVAL seconds)."""
+        self.prune(now)
+        reports = []
+        for rule, (count, limit) in list(self._unreported.items()):
+            if now - self._reported_at.get(rule, float("-inf")) < TABLE_FULL_LOG_INTERVAL:
+                continue
+            del self._unreported[rule]
+            self._reported_at[rule] = now
+            reports.append(TableFullReport(rule, count, self.table_full[rule],
+                                           limit.max_buckets, str(limit.exceed)))  # fmt: skip
+        return reports
 
-
-def _is_full(key: BucketKey, bucket: _Bucket, now: float) -> bool:
-    limit = key[1]
-    return bucket.tokens + max(0.0, now - bucket.stamp) * limit.per_second >= limit.burst
+    def _count_table_full(self, rule: str, limit: Limit) -> None:
+        self.table_full[rule] = self.table_full.get(rule, 0) + 1
+        count, _ = self._unreported.get(rule, (0, limit))
+        self._unreported[rule] = (count + 1, limit)
 
 
 def limited_decision(rule: CompiledRule, result: LimitResult) -> Decision:
@@ -130,6 +232,12 @@ def limited_decision(rule: CompiledRule, result: LimitResult) -> Decision:
     if result.allowed:
         reason = f"{rule.decision.reason}; within limit {limit.rate} ({state})"
         action, log = rule.action, rule.log
+    elif result.table_full:
+        reason = (
+            f"matched rule '{rule.id}' but its limit table is full ({limit.max_buckets} "
+            f"buckets, none refilled): new bucket {result.key} gets {limit.exceed}"
+        )
+        action, log = limit.exceed, True
     else:
         reason = (
             f"matched rule '{rule.id}' but exceeded its limit {limit.rate} per "

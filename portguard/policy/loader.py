@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from portguard.errors import PolicyError, Problem
+from portguard import tomlsource
+from portguard.errors import PolicyError, Problem, unexpected
 from portguard.policy.compiler import compile_ruleset
 from portguard.policy.hosts import Resolver, resolve_host
 from portguard.policy.ruleset import RuleSet
+from portguard.tomlsource import MIB, TextError
 
 
 def rule_files(paths: Sequence[Path]) -> tuple[list[Path], list[Problem]]:
@@ -44,8 +46,23 @@ def _first_of_each(paths: Sequence[Path]) -> list[Path]:
     return unique
 
 
+MAX_RULE_FILE = 16 * MIB  # a rule file's bytes (large sets belong in list files)
+MAX_LIST_FILE = 256 * MIB  # a list file's bytes (MAX_LIST_ENTRIES entries of IPv6 fit)
+
+
 def read_text(path: Path) -> str:
-    return path.read_text(encoding="utf-8")
+    """A list file (the compiler's ListReader): raises OSError or TextError."""
+    return tomlsource.read_text(path, MAX_LIST_FILE)
+
+
+def _read_rule_file(path: Path) -> str | Problem:
+    try:
+        return tomlsource.read_text(path, MAX_RULE_FILE)
+    except OSError as error:
+        reason = (error.strerror or str(error)).lower()
+        return Problem(path, None, f"cannot read rule file: {reason}")
+    except TextError as error:
+        return error.problem(path)
 
 
 def load_ruleset(
@@ -59,16 +76,20 @@ def load_ruleset(
     """
     if not paths:
         raise PolicyError(["no rule paths given"])
-    files, problems = rule_files(paths)
-    texts: list[tuple[Path, str]] = []
-    for path in files:
-        try:
-            texts.append((path, read_text(path)))
-        except OSError as error:
-            reason = (error.strerror or str(error)).lower()
-            problems.append(Problem(path, None, f"cannot read rule file: {reason}"))
-        except UnicodeDecodeError:
-            problems.append(Problem(path, None, "cannot read rule file: not UTF-8 text"))
-    return compile_ruleset(
-        texts, read_text, problems, resolve=resolve or resolve_host, previous=previous
-    )
+    where = paths[0]  # what was being read when something unexpected went wrong
+    try:
+        files, problems = rule_files(paths)
+        texts: list[tuple[Path, str]] = []
+        for where in files:
+            text = _read_rule_file(where)
+            if isinstance(text, Problem):
+                problems.append(text)
+            else:
+                texts.append((where, text))
+        return compile_ruleset(
+            texts, read_text, problems, resolve=resolve or resolve_host, previous=previous
+        )
+    except PolicyError:
+        raise
+    except Exception as error:  # the last resort: a message naming the file, never a traceback
+        raise PolicyError([unexpected(where, error)]) from error

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
 LimitPer = Literal["src", "prefix", "rule"]
+DEFAULT_MAX_BUCKETS = 65_536  # buckets a limited rule keeps at most (docs/rules.md: memory)
 
 
 class Action(StrEnum):
@@ -44,9 +45,12 @@ class Connection:
 class Limit:
     """A rule's rate limit: a token bucket of ``burst`` tokens refilled at ``rate`` a second.
 
-    Buckets are kept per source address (``per = "src"``), per source prefix (``"prefix"``:
-    ``prefix4`` bits of an IPv4 source, ``prefix6`` bits of an IPv6 one) or one for the whole
-    rule (``"rule"``). A connection takes one token; without one it gets ``exceed``.
+    Buckets are kept per source (``per = "src"``: an IPv4 address, an IPv6 source's
+    ``prefix6`` bits, its /64 by default), per source prefix (``"prefix"``: ``prefix4`` bits
+    of an IPv4 source, ``prefix6`` bits of an IPv6 one) or one for the whole rule (``"rule"``).
+    A connection takes one token; without one it gets ``exceed``. A rule keeps at most
+    ``max_buckets`` buckets; it is not part of a limit's identity, so a reload that changes
+    only it keeps the rule's buckets.
     """
 
     rate: str  # as written: "30/minute"
@@ -54,8 +58,9 @@ class Limit:
     burst: int
     per: LimitPer
     prefix4: int  # bits of an IPv4 source that name its bucket (32 per src, 0 per rule)
-    prefix6: int  # the same for IPv6 (128 per src, 0 per rule)
+    prefix6: int  # the same for IPv6 (64 per src by default, 0 per rule)
     exceed: Action
+    max_buckets: int = field(default=DEFAULT_MAX_BUCKETS, compare=False)
 
     @property
     def per_text(self) -> str:
@@ -76,6 +81,7 @@ class LimitResult:
     key: str  # the bucket: the source address, "203.0.113.0/24" per prefix, or "rule"
     tokens: float  # tokens left in the bucket after this connection
     limit: Limit
+    table_full: bool = False  # refused because the rule's table is full of unrefilled buckets
 
     def fields(self) -> dict[str, object]:
         """For the decision event (``portguard.limit``)."""
@@ -86,6 +92,7 @@ class LimitResult:
             "key": self.key,
             "tokens": round(self.tokens, 3),
             "exceeded": not self.allowed,
+            "table_full": self.table_full,
         }
 
 

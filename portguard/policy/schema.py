@@ -27,6 +27,7 @@ ExceedName = Literal["reject", "drop", "log"]
 PerName = Literal["src", "prefix", "rule"]
 
 MAX_BURST = 1_000_000
+MAX_BUCKETS = 16_777_216  # a rule's max_buckets at most (about 4 GiB of buckets: a typo guard)
 _RATE = re.compile(r"^\s*([0-9]+)\s*/\s*([a-z]+)\s*$")
 _UNITS = {"second": 1, "minute": 60, "hour": 3600}
 
@@ -161,8 +162,9 @@ class LimitSpec(Spec):
     burst: Annotated[int, _within(1, MAX_BURST)] | None = None  # default: the rate's count
     per: PerName = "src"
     prefix4: Annotated[int, _within(0, 32)] | None = None  # default 24, with per = "prefix"
-    prefix6: Annotated[int, _within(0, 128)] | None = None  # default 64, with per = "prefix"
+    prefix6: Annotated[int, _within(0, 128)] | None = None  # default 64, per = "src"/"prefix"
     exceed: ExceedName = "reject"
+    max_buckets: Annotated[int, _within(1, MAX_BUCKETS)] | None = None  # default 65,536
 
 
 class RuleSpec(Spec):

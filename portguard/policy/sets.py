@@ -26,16 +26,34 @@ def build_sets(
             own[name] = _own(name, body, path.parent, lists, resolved)
             members[name] = list(body.sets)
     built: dict[str, AddressSet] = {}
-
-    def build(name: str) -> AddressSet:
-        if name not in built:
-            parts = [own[name], *(build(member) for member in members[name])]
-            built[name] = AddressSet.union(own[name].label, parts)
-        return built[name]
-
-    for name in own:
-        build(name)
+    for name in dependency_order(members):
+        parts = [own[name], *(built[member] for member in members[name])]
+        built[name] = AddressSet.union(own[name].label, parts)
     return built
+
+
+def dependency_order(members: Mapping[str, Sequence[str]]) -> list[str]:
+    """Every set after the sets it includes (a depth-first search with its own stack: a chain
+    of 10,000 unions must not exhaust Python's recursion limit). Raises ValueError on a cycle,
+    which the checks report before (with its place in the files)."""
+    order: list[str] = []
+    state: dict[str, bool] = {}  # True while on the path, False when placed
+    for root in members:
+        stack = [(root, iter(members[root]))] if root not in state else []
+        state.setdefault(root, True)
+        while stack:
+            name, pending = stack[-1]
+            member = next(pending, None)
+            if member is None:
+                stack.pop()
+                state[name] = False
+                order.append(name)
+            elif state.get(member) is True:
+                raise ValueError(f"set '{member}' includes itself through its members")
+            elif member not in state:
+                state[member] = True
+                stack.append((member, iter(members[member])))
+    return order
 
 
 def _own(

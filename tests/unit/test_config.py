@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from portguard import config as config_module
 from portguard.config import (
     Config,
     ConfigError,
@@ -13,8 +15,10 @@ from portguard.config import (
     LogConfig,
     NetworkConfig,
     Output,
+    PerSourceLimit,
     QueueConfig,
     RulesConfig,
+    config_problem,
     load_config,
     parse_config,
     syslog_address_problem,
@@ -250,3 +254,79 @@ def test_keep_on_stop_needs_fail_mode_closed(tmp_path: Path) -> None:
         parse_config('[queue]\nfail_mode = "open"\n[hook]\nkeep_on_stop = true\n',
                      tmp_path / "p.toml")  # fmt: skip
     assert any(":4:" in m and "keep_on_stop" in m for m in caught.value.messages)
+
+
+@pytest.mark.parametrize("name", ["eth0:1", ".", "..", "eth\x00", "eth\u200b0"])
+def test_names_the_kernel_refuses_are_no_interface_names(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError, match="is not an interface name"):
+        parse_config(f"[network]\nwan = [{json.dumps(name)}]\n", tmp_path / "c.toml")
+    assert parse_config('[network]\nwan = ["ppp0", "enp3s0.100"]\n', tmp_path / "c.toml")
+
+
+def test_a_hostile_config_file_is_a_clean_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_bytes(b"[queue]\nnum = 0\n# \xff\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.messages == [f"{path}:3:3: not UTF-8 text (byte 0xff)"]
+    path.write_text("x = " + "[" * 10_000 + "]" * 10_000)
+    with pytest.raises(ConfigError, match="nest deeper than 32 levels"):
+        load_config(path)
+    path.write_text("# " + "x" * (1 << 20))
+    with pytest.raises(ConfigError, match="larger than 1 MiB"):
+        load_config(path)
+
+
+def test_an_unexpected_error_while_loading_the_config_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(text: str, path: Path) -> object:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(config_module, "parse_config", broken)
+    path = tmp_path / "c.toml"
+    path.write_text("")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.messages == [f"{path}: unexpected error while loading: RuntimeError: boom"]
+
+
+def test_config_problem_locates_a_key_of_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[queue]\nnum = 0\n\n[network]\nwan = ["a", "b"]\n')
+    assert config_problem(path, ("network", "wan", 1), "m").format() == f"{path}:5:13: m"
+    assert config_problem(tmp_path / "gone.toml", ("network",), "m").format() == (
+        f"{tmp_path / 'gone.toml'}: m"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "limit"),
+    [
+        (None, PerSourceLimit(200, 1000, 64)),  # on by default
+        ("true", PerSourceLimit(200, 1000, 64)),
+        ("false", PerSourceLimit(0, 1000, 64)),
+        ('{ rate = "0/second" }', PerSourceLimit(0, 1000, 64)),
+        ('{ rate = "50/second", burst = 100, prefix6 = 56 }', PerSourceLimit(50, 100, 56)),
+    ],
+)
+def test_per_source_limit(value: str | None, limit: PerSourceLimit) -> None:
+    text = "[queue]\n" + (f"per_source = {value}\n" if value else "")
+    per_source = parse_config(text, Path("/etc/portguard/portguard.toml")).queue.per_source
+    assert per_source == limit and per_source.enabled == (limit.rate > 0)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('{ rate = "20/minute" }', '2:16: rate: "20/minute" is not a rate per second'),
+        ('{ rate = "100001/second" }', "2:16: rate: 100001 is out of range 0-100000"),
+        ('{ rate = "5/s", burst = 0 }', "2:30: burst: 0 is out of range 1-1000000"),
+        ("{ prefix6 = 129 }", "2:16: prefix6: 129 is out of range 1-128"),
+        ('{ rates = "5/s" }', "2:16: unknown key 'rates'"),
+    ],
+)
+def test_per_source_errors_are_located(value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"[queue]\nper_source = {value}\n", Path("/etc/pg.toml"))
+    assert any(message in line for line in caught.value.messages), caught.value.messages

@@ -223,3 +223,43 @@ def test_end_connection_reports_other_failures(fake: type[FakeConntrack]) -> Non
     fake.failure = PermissionError(errno.EPERM, "Operation not permitted")
     with pytest.raises(ConntrackError, match="Operation not permitted"):
         end_connection(conn, "reject")
+
+
+def built_entry(orig: tuple[str, int, str, int], reply: tuple[str, int, str, int]) -> Any:
+    """A conntrack entry as pyroute2 decodes it (IPv4 TCP, allowed outbound), built by hand."""
+
+    def tuple_node(src: str, sport: int, dst: int | str, dport: int) -> dict[str, Any]:
+        ip = {"attrs": [("CTA_IP_V4_SRC", src), ("CTA_IP_V4_DST", dst)]}
+        ports = [("CTA_PROTO_SRC_PORT", sport), ("CTA_PROTO_DST_PORT", dport)]
+        proto = {"attrs": [("CTA_PROTO_NUM", socket.IPPROTO_TCP), *ports]}
+        return {"attrs": [("CTA_TUPLE_IP", ip), ("CTA_TUPLE_PROTO", proto)]}
+
+    mark = MARK_ALLOW | 0x04000000  # allow, outbound
+    return {"nfgen_family": socket.AF_INET, "attrs": [
+        ("CTA_TUPLE_ORIG", tuple_node(*orig)), ("CTA_TUPLE_REPLY", tuple_node(*reply)),
+        ("CTA_MARK", mark), ("CTA_ID", 9)]}  # fmt: skip
+
+
+def test_a_dnat_connection_is_judged_by_the_address_the_gate_saw() -> None:
+    """A port forward: the client dialled 203.0.113.80:2525, PREROUTING's DNAT sent it to
+    192.0.2.25:25, and the hook in FORWARD decided on 192.0.2.25:25 (the reply's source)."""
+    entry = built_entry(("100.64.10.10", 40000, "203.0.113.80", 2525),
+                        ("192.0.2.25", 25, "100.64.10.10", 40000))  # fmt: skip
+    conn = parse_entry(entry)
+    assert conn is not None
+    assert (conn.src, conn.sport) == (0x64400A0A, 40000)
+    assert (conn.dst, conn.dport) == (0xC0000219, 25)
+    assert conn.connection == Connection(4, 0x64400A0A, 0xC0000219, 25, Direction.OUTBOUND)
+    found = original_tuple(conn)  # the kernel still finds the entry by its original tuple
+    assert (found.daddr, found.dport, found.saddr, found.sport) == (
+        "203.0.113.80", 2525, "100.64.10.10", 40000)  # fmt: skip
+
+
+def test_a_snat_connection_is_judged_by_the_source_before_translation() -> None:
+    """Masquerading in POSTROUTING happens after the hook: the gate saw the subscriber."""
+    entry = built_entry(("100.64.10.10", 40000, "198.51.100.25", 25),
+                        ("198.51.100.25", 25, "203.0.113.1", 61000))  # fmt: skip
+    conn = parse_entry(entry)
+    assert conn is not None
+    assert conn.connection == Connection(4, 0x64400A0A, 0xC6336419, 25, Direction.OUTBOUND)
+    assert conn.orig_dst is None and original_tuple(conn).daddr == "198.51.100.25"

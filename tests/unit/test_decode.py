@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import (
+    HBHOptUnknown,
     ICMPv6EchoRequest,
     IPv6,
     IPv6ExtHdrDestOpt,
@@ -21,7 +22,7 @@ from scapy.layers.ipsec import AH
 from scapy.packet import Packet as ScapyPacket
 from scapy.packet import Raw
 
-from portguard.packet import ACK, SYN, DecodeError, Packet, decode
+from portguard.packet import ACK, SYN, DecodeError, Endpoints, Packet, decode, endpoints
 from tests.strategies import PacketSpec, mutated_packets, packet_specs, random_packets
 
 # A Linux-style SYN 100.64.10.10:40312 -> 198.51.100.25:25 with MSS 1460, SACK permitted,
@@ -140,10 +141,17 @@ def test_v6_routing_and_authentication_headers() -> None:
     assert (packet.sport, packet.dport, packet.options) == (40000, 25, LINUX_OPTIONS)
 
 
-def test_eight_extension_headers_are_walked_and_nine_are_refused() -> None:
-    assert decode(v6_with(destination_options(8))).dport == 25
-    with pytest.raises(DecodeError, match="more than 8"):
-        decode(v6_with(destination_options(9)))
+@pytest.mark.parametrize("count", [8, 9, 100])
+def test_any_number_of_extension_headers_is_walked(count: int) -> None:
+    packet = decode(v6_with(destination_options(count)))  # Linux accepts them all
+    assert (packet.dport, packet.flags, packet.options) == (25, SYN, LINUX_OPTIONS)
+
+
+def test_skippable_unknown_options_in_a_1_kib_destination_options_header() -> None:
+    unknown = [HBHOptUnknown(otype=0x1E, optdata=b"\xa5" * 254)] * 4  # action 00: skip
+    wire = v6_with(IPv6ExtHdrDestOpt(options=unknown))
+    assert wire[41] >= 127  # (127 + 1) * 8 = 1 KiB
+    assert decode(wire).dport == 25
 
 
 def test_ipv4_options_are_skipped() -> None:
@@ -295,22 +303,50 @@ def test_tcp_data_offset_beyond_the_packet() -> None:
         decode(patched(V4_SYN, V4_TCP + 12, b"\xf0"))  # 60-byte header in a 40-byte segment
 
 
+NOP = (1, b"")
+MSS = (2, b"\x05\xb4")
+
+
 @pytest.mark.parametrize(
-    "options",
+    ("options", "parsed"),
     [
-        b"\x02\x00\x05\xb4",  # length 0
-        b"\x02\x01\x05\xb4",  # length 1
-        b"\x02\x05\x05\xb4",  # runs past the header
-        b"\x01\x01\x01\x08",  # kind at the last byte without a length
-        b"\x01\x01\x08\x0b",  # timestamps would need 11 more bytes
+        (b"\x02\x04\x05\xb4\x02\x00\x05\xb4", (MSS,)),  # length 0
+        (b"\x02\x04\x05\xb4\x02\x01\x05\xb4", (MSS,)),  # length 1
+        (b"\x02\x04\x05\xb4\x02\x05\x05\xb4", (MSS,)),  # runs past the header
+        (b"\x02\x04\x05\xb4\x01\x01\x01\x08", (MSS, NOP, NOP, NOP)),  # a lone kind byte
+        (b"\x01\x01\x08\x0b\x02\x04\x05\xb4", (NOP, NOP)),  # timestamps need 11 bytes
+        (b"\x02\x00\x02\x04\x05\xb4\x01\x01", ()),  # nothing after the stop counts
     ],
 )
-def test_bad_option_lengths(options: bytes) -> None:
-    wire = patched(V4_SYN, V4_TCP + 12, b"\x60")[:44]  # header of 24 bytes: 4 option bytes
-    wire = patched(wire, 2, struct.pack("!H", 44))
-    assert decode(patched(wire, 40, b"\x02\x04\x05\xb4")).options == ((2, b"\x05\xb4"),)
-    with pytest.raises(DecodeError, match="option"):
-        decode(patched(wire, 40, options))
+def test_option_parsing_stops_where_linux_stops(options: bytes, parsed: tuple[object]) -> None:
+    """Linux's tcp_parse_options stops at a bad length and accepts the segment: so does decode."""
+    wire = patched(V4_SYN, V4_TCP + 12, b"\x70")[:48]  # header of 28 bytes: 8 option bytes
+    wire = patched(patched(wire, 2, struct.pack("!H", 48)), 40, options)
+    packet = decode(wire)
+    assert (packet.dport, packet.flags, packet.options) == (25, SYN, parsed)
+
+
+def test_endpoints_reads_what_it_can() -> None:
+    assert endpoints(b"") is None and endpoints(V4_SYN[:19]) is None
+    v4 = Endpoints(4, address("100.64.10.10"), address("198.51.100.25"))
+    assert endpoints(V4_SYN[:20]) == v4
+    assert endpoints(V4_SYN[:24]) == v4._replace(sport=40312, dport=25)
+    assert endpoints(patched(V4_SYN, 9, b"\x11")[:24]) == v4  # UDP: no TCP ports
+    assert endpoints(patched(V4_SYN, 6, b"\x00\x10")) == v4  # a later fragment
+    v6 = Endpoints(6, address("2001:db8:64::10"), address("2001:db8:25::25"))
+    assert endpoints(V6_SYN[:40]) == v6
+    assert endpoints(V6_SYN[:44]) == v6._replace(sport=40312, dport=587)
+    assert endpoints(patched(V6_SYN, 6, b"\x32")) == v6  # ESP
+    behind = v6_with(destination_options(20))
+    found = endpoints(behind[: 40 + 20 * 8 + 4])
+    assert found is not None and (found.sport, found.dport) == (40000, 25)
+
+
+@given(data=random_packets() | mutated_packets())
+@settings(max_examples=300, deadline=None)
+def test_endpoints_never_raises(data: bytes) -> None:
+    found = endpoints(data)
+    assert found is None or found.version in (4, 6)
 
 
 # --- properties -------------------------------------------------------------------------------

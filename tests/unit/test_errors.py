@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from portguard.errors import ConfigError, PolicyError, Problem, SourceError, toml_syntax_problem
+from portguard.errors import (
+    ConfigError,
+    PolicyError,
+    Problem,
+    SourceError,
+    shown,
+    toml_syntax_problem,
+    unexpected,
+)
 
 
 def test_problem_format_with_and_without_position() -> None:
@@ -67,3 +75,17 @@ def test_problem_as_dict_and_plain_messages() -> None:
     error = PolicyError([Problem(Path("a.toml"), None, "gone"), "no rule paths given"])
     assert error.plain == ("no rule paths given",)
     assert error.problems == (Problem(Path("a.toml"), None, "gone"),)
+
+
+def test_a_message_from_a_hostile_file_is_safe_for_a_terminal() -> None:
+    problem = Problem(Path("a\x1b.toml"), 2, 'bad "\x1b[2J\x00"\nnext' + "x" * 1000, 3)
+    line = problem.format()
+    assert line.startswith('a\\x1b.toml:2:3: bad "\\x1b[2J\\x00"\\x0anext')
+    assert line.endswith("... (1,016 characters)") and len(line) < 600
+    assert shown("tab\tstays") == "tab\tstays"
+
+
+def test_unexpected_names_the_file_and_the_exception() -> None:
+    assert unexpected(Path("a.toml"), KeyError("k")).format() == (
+        "a.toml: unexpected error while loading: KeyError: 'k'"
+    )

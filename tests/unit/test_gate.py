@@ -5,16 +5,26 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from portguard.decisionlog.record import Observer
 from portguard.flow.table import FlowTable
-from portguard.gate import Gate, Verdict, direction_of, verdict_for
+from portguard.gate import (
+    RETRANSMISSION_WINDOW,
+    Gate,
+    Outcome,
+    Verdict,
+    direction_of,
+    verdict_for,
+)
+from portguard.io.nfqueue import COPY_RANGE
 from portguard.packet.model import ACK, SYN
 from portguard.policy import RuleSet, load_ruleset
-from portguard.policy.model import Action, Connection, Direction
+from portguard.policy.model import Action, Connection, Decision, Direction
 from portguard.shipped import RULES_DIR
+from tests import packetfuzz
 from tests.strategies import PacketSpec, packet_specs, tcp_packets
 
 OBSERVER = Observer("gw-test", "0.0.0")
@@ -27,8 +37,8 @@ def syn(src: int, dst: int, dport: int, sport: int = 40312, flags: int = SYN) ->
     return spec.to_bytes()
 
 
-def gate(fail_open: bool = False) -> Gate:
-    return Gate(SHIPPED, OBSERVER, fail_open, FlowTable(capacity=1024))
+def gate() -> Gate:
+    return Gate(SHIPPED, OBSERVER, FlowTable(capacity=1024))
 
 
 def test_verdicts_and_directions() -> None:
@@ -42,14 +52,17 @@ def test_verdicts_and_directions() -> None:
     assert direction_of(True, True) is Direction.EXTERNAL
 
 
-def test_subscriber_to_mx_is_rejected_with_one_event() -> None:
+def test_subscriber_to_mx_is_rejected_and_every_repeat_is_decided_again() -> None:
     g = gate()
     first = g.handle(syn(SUBSCRIBER, MX, 25), False, True, 100.0)
     assert first.verdict is Verdict.REJECT
     assert first.event is not None and first.event["rule"]["id"] == "block-25"
     assert first.event["network"]["direction"] == "outbound"
-    again = g.handle(syn(SUBSCRIBER, MX, 25), False, True, 101.0)  # retransmitted SYN
-    assert again.verdict is Verdict.REJECT and again.event is None
+    # the client got a RST: the same SYN again is a new attempt, with its own event
+    again = g.handle(syn(SUBSCRIBER, MX, 25), False, True, 100.5)
+    assert again.verdict is Verdict.REJECT and again.event is not None
+    assert again.event["portguard"]["flow_id"] != first.event["portguard"]["flow_id"]
+    assert g.hits[("block-25", Action.REJECT)] == 2
 
 
 def test_smarthost_allowed_and_inbound_denied() -> None:
@@ -60,37 +73,122 @@ def test_smarthost_allowed_and_inbound_denied() -> None:
     assert inbound.event is not None and inbound.event["rule"]["id"] == "inbound-25-subscribers"
 
 
-def test_a_flow_first_seen_mid_stream_is_judged_from_its_first_packet() -> None:
+def test_any_queued_packet_is_judged_with_its_sender_as_the_source() -> None:
     g = gate()
-    # the hook queues only SYNs; should anything else arrive first, its sender is the source
+    # the hook queues only SYNs; should anything else arrive, its sender is the source
     reply = g.handle(syn(MX, SUBSCRIBER, 40312, sport=25, flags=SYN | ACK), True, False, 0.0)
     assert reply.event is not None
     assert reply.event["source"]["ip"] == "198.51.100.25"
     assert reply.event["network"]["direction"] == "inbound"
-    # its answer, from the other side, belongs to the same flow: no second decision
+    # a packet the other way is judged on its own tuple and direction, not the reply's verdict
     back = g.handle(syn(SUBSCRIBER, MX, 25, sport=40312, flags=ACK), False, True, 0.1)
-    assert back.event is None and back.verdict is reply.verdict
+    assert back.event is not None and back.event["rule"]["id"] == "block-25"
+    assert back.verdict is Verdict.REJECT
 
 
-def test_reload_changes_new_decisions_only(tmp_path: Path) -> None:
+def test_a_reverse_direction_syn_is_decided_on_its_own_direction() -> None:
+    g = gate()
+    out = g.handle(syn(SUBSCRIBER, SMARTHOST, 25, sport=25), False, True, 0.0)
+    assert out.verdict is Verdict.ALLOW and out.direction is Direction.OUTBOUND
+    back = g.handle(syn(SMARTHOST, SUBSCRIBER, 25, sport=25), True, False, 1.0)
+    assert back.verdict is Verdict.REJECT and back.direction is Direction.INBOUND
+    assert back.event is not None and back.event["rule"]["id"] == "inbound-25-subscribers"
+    assert back.event["source"] == {"ip": "198.51.100.26", "port": 25}
+
+
+def test_a_replayed_allowed_syn_spends_a_token_and_gets_a_fresh_event(tmp_path: Path) -> None:
+    rules = tmp_path / "limit.toml"
+    rules.write_text(
+        '[[rule]]\nid = "biz"\ndport = [25]\naction = "allow"\n'
+        'limit = { rate = "1/minute", burst = 2, per = "src" }\n'
+    )
+    g = Gate(load_ruleset([rules]), OBSERVER, FlowTable())
+    replays = [g.handle(syn(SUBSCRIBER, MX, 25), False, True, 0.5 * n) for n in range(6)]
+    assert [o.verdict for o in replays] == [Verdict.ALLOW] * 2 + [Verdict.REJECT] * 4
+    events = [o.event for o in replays]
+    assert all(event is not None for event in events)
+    assert len({event["portguard"]["flow_id"] for event in events if event}) == 6
+    assert g.hits == {("biz", Action.ALLOW): 2, ("biz", Action.REJECT): 4}
+    g.ruleset = SHIPPED  # a reload applies to the next replay
+    after = g.handle(syn(SUBSCRIBER, MX, 25), False, True, 4.0)
+    assert after.verdict is Verdict.REJECT
+    assert after.event is not None and after.event["rule"]["id"] == "block-25"
+
+
+def drop_gate(tmp_path: Path) -> Gate:
+    rules = tmp_path / "drop.toml"
+    rules.write_text('[[rule]]\nid = "quiet-drop"\ndport = [25]\naction = "drop"\n')
+    return Gate(load_ruleset([rules]), OBSERVER, FlowTable())
+
+
+def test_a_retransmitted_dropped_syn_is_dropped_again_without_an_event(tmp_path: Path) -> None:
+    g = drop_gate(tmp_path)
+    first = g.handle(syn(SUBSCRIBER, MX, 25), False, True, 10.0)
+    assert first.verdict is Verdict.DROP and first.event is not None
+    for at in (11.0, 13.0):  # Linux resends after 1 s and 3 s
+        again = g.handle(syn(SUBSCRIBER, MX, 25), False, True, at)
+        assert again.verdict is Verdict.DROP and again.event is None
+        assert again.direction is Direction.OUTBOUND
+    assert g.hits == {("quiet-drop", Action.DROP): 1}
+    late = g.handle(syn(SUBSCRIBER, MX, 25), False, True, 10.0 + RETRANSMISSION_WINDOW + 0.1)
+    assert late.verdict is Verdict.DROP and late.event is not None  # decided afresh
+
+
+@pytest.mark.parametrize(
+    ("change", "wan"),
+    [
+        pytest.param({"seq": 2000}, (False, True), id="another-isn"),
+        pytest.param({"sport": 40313}, (False, True), id="another-port"),
+        pytest.param({}, (True, False), id="another-direction"),
+        pytest.param({"flags": SYN | ACK}, (False, True), id="not-an-initial-syn"),
+    ],
+)
+def test_only_the_same_syn_is_a_retransmission(
+    tmp_path: Path, change: dict[str, int], wan: tuple[bool, bool]
+) -> None:
+    g = drop_gate(tmp_path)
+    assert g.handle(syn(SUBSCRIBER, MX, 25), False, True, 0.0).event is not None
+    fields = {"sport": 40312, "flags": SYN, "seq": 1000} | change
+    spec = PacketSpec(4, SUBSCRIBER, MX, fields["sport"], 25, fields["flags"], fields["seq"], 0,
+                      64240, 64)  # fmt: skip
+    assert g.handle(spec.to_bytes(), *wan, 1.0).event is not None
+
+
+def test_a_reload_applies_to_the_next_syn_even_on_the_same_tuple(tmp_path: Path) -> None:
     g = gate()
     assert g.handle(syn(SUBSCRIBER, MX, 25, sport=1), False, True, 0.0).verdict is Verdict.REJECT
     open_rules = tmp_path / "open.toml"
     open_rules.write_text('[[rule]]\nid = "open"\naction = "allow"\n')
     g.ruleset = load_ruleset([open_rules])
-    assert g.handle(syn(SUBSCRIBER, MX, 25, sport=1), False, True, 1.0).verdict is Verdict.REJECT
+    assert g.handle(syn(SUBSCRIBER, MX, 25, sport=1), False, True, 1.0).verdict is Verdict.ALLOW
     assert g.handle(syn(SUBSCRIBER, MX, 25, sport=2), False, True, 1.0).verdict is Verdict.ALLOW
 
 
-def test_malformed_packets_follow_the_fail_mode_and_are_rate_limited() -> None:
-    closed, opened = gate(), gate(fail_open=True)
-    outcomes = [closed.handle(b"\x45\x00", False, True, 0.0 + i / 10) for i in range(15)]
+def test_malformed_packets_are_dropped_and_rate_limited() -> None:
+    g = gate()
+    outcomes = [g.handle(b"\x45\x00", False, True, 0.0 + i / 10) for i in range(15)]
     assert {o.verdict for o in outcomes} == {Verdict.DROP}
     logged = [o.event for o in outcomes if o.event is not None]
     assert len(logged) == 2  # t=0.0 and t=1.0
     assert logged[1]["portguard"]["count"] == 10
-    assert closed.malformed == 15
-    assert opened.handle(b"", False, True, 0.0).verdict is Verdict.ACCEPT
+    assert logged[1]["event"]["action"] == "drop"
+    assert "source" not in logged[1]  # two bytes: no address to tell
+    assert g.malformed == 15
+
+
+def test_the_malformed_event_names_what_could_be_read() -> None:
+    esp = PacketSpec(6, 0x2001_0DB8_0064_0010 << 64 | 0x10, 0x2001_0DB8_0025 << 80 | 0x25,
+                     40312, 25, SYN, 1, 0, 64240, 64).to_bytes()  # fmt: skip
+    esp = esp[:6] + bytes([50]) + esp[7:]  # next header ESP: the TCP header is unreadable
+    event = gate().handle(esp, False, True, 0.0).event
+    assert event is not None and event["rule"]["id"] == "malformed-packet"
+    assert event["source"] == {"ip": "2001:db8:64:10::10"}
+    assert event["destination"] == {"ip": "2001:db8:25::25"}
+    cut = syn(SUBSCRIBER, MX, 25)[:30]  # the TCP header cut after its ports
+    event = gate().handle(cut, False, True, 0.0).event
+    assert event is not None and event["network"]["type"] == "ipv4"
+    assert event["source"] == {"ip": "100.64.10.10", "port": 40312}
+    assert event["destination"] == {"ip": "198.51.100.25", "port": 25}
 
 
 def mutants(rng: random.Random, base: bytes, count: int) -> list[bytes]:
@@ -134,13 +232,52 @@ def test_100k_random_and_mutated_packets_all_get_a_verdict(
     packets = [base, *mutants(rng, base, PACKETS_PER_EXAMPLE - 1)]
     for index, data in enumerate(packets):
         outcome = g.handle(data, wan[0], wan[1], float(seed % 1000) + index / 1000)
-        assert isinstance(outcome.verdict, Verdict)
+        assert isinstance(outcome.verdict, Verdict) and outcome.verdict is not Verdict.ACCEPT
         if outcome.event is not None:
             assert outcome.event["event"]["action"] in {"allow", "drop", "reject", "log"}
     assert len(g.flows) <= g.flows.capacity
 
 
-PROPERTY_GATE = Gate(SHIPPED, OBSERVER, False, FlowTable(capacity=512))
+PROPERTY_GATE = Gate(SHIPPED, OBSERVER, FlowTable(capacity=512))
+
+
+FUZZ_PACKETS = 1_000_000
+FUZZ_SEED = 9_2026
+DECIDED = frozenset({Verdict.ALLOW, Verdict.REJECT, Verdict.DROP})  # never an unmarked ACCEPT
+
+
+def test_a_million_fuzzed_packets_get_one_verdict_each_and_linux_syns_the_policys() -> None:
+    """Generated and mutated packets (tests/packetfuzz.py) through the gate, cut to the queue's
+    copy range: no exception, one Outcome each, never Verdict.ACCEPT; and every packet Linux
+    would accept as a SYN to a hooked port is decided by the policy, not as malformed."""
+    assert packetfuzz.COPY_RANGE == COPY_RANGE
+    g = Gate(SHIPPED, OBSERVER, FlowTable(capacity=4096))
+    wans = list(WAN_FLAGS.items())
+    expected: dict[tuple[object, ...], Decision] = {}
+    outcomes = by_policy = 0
+    for n, data in enumerate(packetfuzz.packets(FUZZ_SEED, FUZZ_PACKETS)):
+        direction, (arrives, leaves) = wans[n & 3]
+        malformed = g.malformed
+        try:
+            outcome = g.handle(data[:COPY_RANGE], arrives, leaves, n / 1000)
+        except Exception as error:
+            raise AssertionError(f"gate raised on {data.hex()}") from error
+        assert type(outcome) is Outcome and outcome.verdict in DECIDED, data.hex()
+        outcomes += 1
+        syn = packetfuzz.linux_syn(data)
+        if syn is None:
+            continue
+        by_policy += 1
+        version, src, dst, _sport, dport = syn
+        key = (version, src, dst, dport, direction)
+        if key not in expected:
+            expected[key] = SHIPPED.decide(Connection(version, src, dst, dport, direction))
+        want = expected[key]
+        assert g.malformed == malformed, f"Linux accepts this SYN: {data.hex()}"
+        assert outcome.verdict is verdict_for(want.action), data.hex()
+        assert outcome.event is not None and outcome.event["rule"]["id"] == want.rule_id
+    assert outcomes == FUZZ_PACKETS
+    assert by_policy > FUZZ_PACKETS // 10 and g.malformed > FUZZ_PACKETS // 10  # both explored
 
 
 POOLS = {
@@ -178,8 +315,8 @@ def test_explain_and_the_gate_agree_on_1000_random_connections() -> None:
 def test_the_outcome_carries_the_direction_for_the_connmark() -> None:
     g = gate()
     first = g.handle(syn(SUBSCRIBER, SMARTHOST, 25, sport=7), False, True, 0.0)
-    again = g.handle(syn(SUBSCRIBER, SMARTHOST, 25, sport=7), False, True, 1.0)
-    assert first.direction is again.direction is Direction.OUTBOUND
+    inbound = g.handle(syn(MX, SUBSCRIBER, 587, sport=7), True, False, 1.0)
+    assert first.direction is Direction.OUTBOUND and inbound.direction is Direction.INBOUND
 
 
 def test_rate_limit_and_log_false(tmp_path: Path) -> None:
@@ -189,7 +326,7 @@ def test_rate_limit_and_log_false(tmp_path: Path) -> None:
         'limit = { rate = "5/minute", burst = 5, per = "src", exceed = "reject" }\n'
         '[[rule]]\nid = "quiet"\ndport = [587]\naction = "allow"\nlog = false\n'
     )
-    g = Gate(load_ruleset([rules]), OBSERVER, False, FlowTable())
+    g = Gate(load_ruleset([rules]), OBSERVER, FlowTable())
     customer, other = 0xCB00710A, 0xCB00710B  # 203.0.113.10 and .11
     verdicts = [g.handle(syn(customer, MX, 25, sport=p), False, True, 0.1 * p) for p in range(6)]
     assert [o.verdict for o in verdicts] == [Verdict.ALLOW] * 5 + [Verdict.REJECT]

@@ -18,6 +18,7 @@ from portguard.io.hook import (
     CommandResult,
     HookError,
     HookSpec,
+    SourceLimit,
     checked,
     cleanup_leftovers,
     direction_of_mark,
@@ -29,10 +30,20 @@ from portguard.io.hook import (
 from portguard.io.iptables import (
     IptablesBackend,
     chain_rules,
+    hashlimit_rate,
     jump_edits,
+    jump_rule,
     parse_filter_table,
 )
-from portguard.io.nftables import PROBE_RULESET, NftablesBackend, parse_table, queue_supported
+from portguard.io.nftables import (
+    PROBE_RULESET,
+    NftablesBackend,
+    parse_table,
+    queue_supported,
+    ruleset,
+    source_key,
+)
+from portguard.io.nftables import chain_rules as chain_rules_nft
 from portguard.policy.model import Direction
 
 DEFAULT = HookSpec(
@@ -137,6 +148,8 @@ NFT_DEFAULT = """\
 table inet portguard
 delete table inet portguard
 table inet portguard {
+\tcounter invalid_dropped {
+\t}
 \tchain forward {
 \t\ttype filter hook forward priority filter; policy accept;
 \t\ttcp flags & rst == 0 ct mark & 0x03000000 == 0x02000000 counter reject with tcp reset
@@ -147,6 +160,8 @@ table inet portguard {
 \t\tmeta mark & 0x0f000000 == 0x09000000 ct mark set ct mark & 0xf0ffffff | 0x09000000 accept
 \t\tmeta mark & 0x0f000000 == 0x0d000000 ct mark set ct mark & 0xf0ffffff | 0x0d000000 accept
 \t\tct mark & 0x03000000 == 0x01000000 accept
+\t\ttcp flags & syn == syn tcp dport { 25, 465, 587 } ct state invalid \
+counter name "invalid_dropped" drop
 \t\ttcp flags & (fin | syn | rst | ack) == syn tcp dport { 25, 465, 587 } ct state new \
 meta mark & 0x0f000000 == 0x00000000 counter queue num 0
 \t}
@@ -189,6 +204,10 @@ def test_nft_render_bypass_only_when_failing_open() -> None:
 
 NFT_LISTING = """\
 table inet portguard {
+\tcounter invalid_dropped {
+\t\tpackets 7 bytes 420
+\t}
+
 \tchain forward {
 \t\ttype filter hook forward priority filter; policy accept;
 \t\ttcp flags ! rst ct mark & 0x03000000 == 0x02000000 counter packets 0 bytes 0 \
@@ -201,6 +220,8 @@ reject with tcp reset
 \t\tmeta mark & 0x0f000000 == 0x09000000 ct mark set ct mark & 0xf9ffffff | 0x09000000 accept
 \t\tmeta mark & 0x0f000000 == 0x0d000000 ct mark set ct mark & 0xfdffffff | 0x0d000000 accept
 \t\tct mark & 0x03000000 == 0x01000000 accept
+\t\ttcp flags & syn == syn tcp dport { 25, 465, 587 } ct state invalid \
+counter name "invalid_dropped" drop
 \t\ttcp flags syn / fin,syn,rst,ack tcp dport { 25, 465, 587 } ct state new \
 meta mark & 0x0f000000 == 0x00000000 counter packets 3 bytes 180 queue flags bypass to 0
 \t}
@@ -212,19 +233,21 @@ def test_nft_parse_listing() -> None:
     table = parse_table(NFT_LISTING)
     assert list(table.chains) == ["forward"]
     hook, rules = table.chains["forward"]
-    assert hook == "forward" and len(rules) == 9
+    assert hook == "forward" and len(rules) == 10
     assert len(table.queue_rules("forward")) == 1
+    assert table.counters == {"invalid_dropped": 7}
 
 
 def test_nft_status_complete_when_listing_matches_spec() -> None:
-    runner = FakeRunner({("nft", "list"): (0, NFT_LISTING, "")})
+    runner = FakeRunner({("nft", "-t", "list"): (0, NFT_LISTING, "")})
     status = NftablesBackend(runner).status(spec(fail_open=True))
     assert (status.installed, status.complete, status.rule_sets) == (True, True, 1)
-    assert "forward (hook forward, 9 rules)" in status.detail
+    assert "forward (hook forward, 10 rules)" in status.detail
+    assert status.counters == {"per_source": 0, "invalid": 7}
 
 
 def test_nft_status_names_what_differs_from_spec() -> None:
-    runner = FakeRunner({("nft", "list"): (0, NFT_LISTING, "")})
+    runner = FakeRunner({("nft", "-t", "list"): (0, NFT_LISTING, "")})
     status = NftablesBackend(runner).status(spec(chains=("forward", "output"), fail_open=False))
     assert status.installed and not status.complete
     assert "no chain output" in status.detail
@@ -235,23 +258,23 @@ def test_nft_status_finds_a_table_of_an_older_layout() -> None:
     old = "\n".join(
         line for line in NFT_LISTING.splitlines() if "0x05000000" not in line and "drop" not in line
     )
-    status = NftablesBackend(FakeRunner({("nft", "list"): (0, old, "")})).status(
+    status = NftablesBackend(FakeRunner({("nft", "-t", "list"): (0, old, "")})).status(
         spec(fail_open=True)
     )
     assert status.installed and not status.complete
-    assert "chain forward has 7 rules, 9 expected" in status.detail
+    assert "chain forward has 7 rules, 10 expected" in status.detail
 
 
 def test_nft_status_absent_table() -> None:
     answer = (1, "", "Error: No such file or directory\nlist table inet portguard\n")
-    status = NftablesBackend(FakeRunner({("nft", "list"): answer})).status()
+    status = NftablesBackend(FakeRunner({("nft", "-t", "list"): answer})).status()
     assert (status.installed, status.complete, status.rule_sets) == (False, False, 0)
 
 
 def test_nft_status_reports_other_failures() -> None:
     answer = (1, "", "Operation not permitted (you must be root)")
     with pytest.raises(HookError, match="you must be root"):
-        NftablesBackend(FakeRunner({("nft", "list"): answer})).status()
+        NftablesBackend(FakeRunner({("nft", "-t", "list"): answer})).status()
 
 
 def test_nft_install_applies_rendered_text_in_one_batch() -> None:
@@ -277,6 +300,8 @@ IPT_DEFAULT_CHAIN = (
     " -j CONNMARK --save-mark --nfmask 0xf000000 --ctmask 0xf000000",
     "-A PORTGUARD -m mark --mark 0x1000000/0x3000000 -j RETURN",
     "-A PORTGUARD -m connmark --mark 0x1000000/0x3000000 -j RETURN",
+    "-A PORTGUARD -p tcp -m multiport --dports 25,465,587 -m tcp --tcp-flags SYN SYN"
+    " -m conntrack --ctstate INVALID -j DROP",
     "-A PORTGUARD -p tcp -m multiport --dports 25,465,587 -m tcp --tcp-flags FIN,SYN,RST,ACK SYN"
     " -m conntrack --ctstate NEW -m mark --mark 0x0/0xf000000 -j NFQUEUE --queue-num 0",
 )
@@ -285,13 +310,17 @@ IPT_DEFAULT_CHAIN = (
 def test_iptables_render_default_config() -> None:
     text = IptablesBackend().render(DEFAULT)
     assert text.splitlines() == [
-        "# applied with: iptables-restore -w --noflush; ip6tables-restore -w --noflush",
-        "*filter",
-        ":PORTGUARD - [0:0]",
-        "-F PORTGUARD",
-        *IPT_DEFAULT_CHAIN,
-        "-I FORWARD 1 -p tcp -j PORTGUARD",
-        "COMMIT",
+        line
+        for family in ("iptables", "ip6tables")
+        for line in (
+            f"# applied with: {family}-restore -w --noflush",
+            "*filter",
+            ":PORTGUARD - [0:0]",
+            "-F PORTGUARD",
+            *IPT_DEFAULT_CHAIN,
+            "-I FORWARD 1 -p tcp -j PORTGUARD",
+            "COMMIT",
+        )
     ]
 
 
@@ -313,7 +342,7 @@ def test_iptables_single_port_and_multiport_limit() -> None:
 
 def test_iptables_render_output_chain() -> None:
     text = IptablesBackend().render(spec(chains=("output", "forward")))
-    assert text.count("-I ") == 2
+    assert text.count("-I ") == 4  # two in each family
     assert "-I FORWARD 1 -p tcp -j PORTGUARD\n-I OUTPUT 1 -p tcp -j PORTGUARD\n" in text
 
 
@@ -401,7 +430,8 @@ def test_iptables_install_sends_one_restore_per_family() -> None:
     runner = listing_runner("-P FORWARD ACCEPT\n", IPT_LISTING)
     IptablesBackend(runner).install(DEFAULT)
     v4, v6 = runner.stdin_of("iptables-restore"), runner.stdin_of("ip6tables-restore")
-    assert v4 == [IptablesBackend().render(DEFAULT).split("\n", 1)[1]]
+    first = IptablesBackend().render(DEFAULT).split("# applied with: ")[1]
+    assert v4 == [first.split("\n", 1)[1]]
     assert v6[0].count("-I FORWARD 1") == 1 and v6[0].count("-D ") == 3
 
 
@@ -419,7 +449,7 @@ def test_iptables_missing_program_means_nothing_installed() -> None:
     runner = FakeRunner({("iptables",): (COMMAND_NOT_FOUND, "", ""), ("ip6tables",): (127, "", "")})
     assert not IptablesBackend(runner).status().installed
     IptablesBackend(runner).remove()
-    with pytest.raises(HookError, match="iptables -w -t filter -S failed"):
+    with pytest.raises(HookError, match="iptables -w -t filter -v -S failed"):
         IptablesBackend(runner).install(DEFAULT)
 
 
@@ -460,7 +490,7 @@ def test_queue_supported_is_a_check_only() -> None:
 
 def test_cleanup_leftovers_removes_both_backends() -> None:
     runner = listing_runner(IPT_LISTING, "-P FORWARD ACCEPT\n")
-    runner.answers[("nft", "list")] = (0, NFT_LISTING, "")
+    runner.answers[("nft", "-t", "list")] = (0, NFT_LISTING, "")
     assert cleanup_leftovers(runner) == ("nftables", "iptables")
     assert len(runner.stdin_of("iptables-restore")) == 1
     assert "delete table inet portguard" in runner.stdin_of("nft")[0]
@@ -468,7 +498,7 @@ def test_cleanup_leftovers_removes_both_backends() -> None:
 
 def test_cleanup_leftovers_with_nothing_left_changes_nothing() -> None:
     runner = listing_runner("-P FORWARD ACCEPT\n", "-P FORWARD ACCEPT\n")
-    runner.answers[("nft", "list")] = (1, "", "Error: No such file or directory")
+    runner.answers[("nft", "-t", "list")] = (1, "", "Error: No such file or directory")
     assert cleanup_leftovers(runner) == ()
     assert [runner.stdin_of(p) for p in ("nft", "iptables-restore", "ip6tables-restore")] == [
         []
@@ -477,7 +507,7 @@ def test_cleanup_leftovers_with_nothing_left_changes_nothing() -> None:
 
 def test_cleanup_leftovers_skips_a_backend_that_cannot_list() -> None:
     runner = listing_runner(IPT_LISTING, IPT_LISTING)
-    runner.answers[("nft", "list")] = (1, "", "Error: Operation not supported")
+    runner.answers[("nft", "-t", "list")] = (1, "", "Error: Operation not supported")
     assert cleanup_leftovers(runner) == ("iptables",)
     runner.answers[("iptables-restore",)] = (4, "", "iptables-restore: line 2 failed")
     with pytest.raises(HookError, match="line 2 failed"):
@@ -496,3 +526,119 @@ def test_checked_names_command_and_stderr() -> None:
     with pytest.raises(HookError, match=r"sh -c .* failed \(exit 3\): broken"):
         checked(run_command, ["sh", "-c", "echo broken >&2; exit 3"])
     assert checked(run_command, ["cat"], "in\n") == "in\n"
+
+
+# --- drops before the queue: INVALID with SYN, one source over its rate ------------------------
+
+LIMITED = spec(per_source=SourceLimit(200, 1000, 64))
+
+
+def test_iptables_per_source_limit_per_family() -> None:
+    v4, v6 = chain_rules(LIMITED, "iptables"), chain_rules(LIMITED, "ip6tables")
+    (limit4,) = [rule for rule in v4 if "hashlimit" in rule]
+    (limit6,) = [rule for rule in v6 if "hashlimit" in rule]
+    assert limit4.endswith(
+        "-m conntrack --ctstate NEW -m mark --mark 0x0/0xf000000 -m hashlimit --hashlimit-above "
+        f"200/sec --hashlimit-burst 1000 --hashlimit-mode srcip --hashlimit-name "
+        f"portguard-{LIMITED.per_source.tag} --hashlimit-htable-max 262144 "
+        "--hashlimit-htable-expire 60000 -j DROP"
+    )
+    assert limit6 == limit4.replace(" -j DROP", " --hashlimit-srcmask 64 -j DROP")
+    # before the queue rule, after the INVALID drop
+    assert v4.index(limit4) == len(v4) - 2 and "--ctstate INVALID" in v4[-3]
+    assert not any("hashlimit" in rule for rule in chain_rules(DEFAULT, "ip6tables"))
+
+
+def test_a_source_is_remembered_until_its_bucket_refilled_and_named_by_its_settings() -> None:
+    assert SourceLimit(200, 1000).forget_after == 60  # refills in 5 s: the floor
+    assert SourceLimit(1, 1000).forget_after == 1000  # a forgotten source gets no fresh burst
+    assert SourceLimit(3, 1000).forget_after == 334
+    tags = {SourceLimit(200, 1000).tag, SourceLimit(201, 1000).tag, SourceLimit(200, 1000, 56).tag}
+    assert len(tags) == 3 and all(len(f"portguard-{tag}") <= 15 for tag in tags)  # kernel: 15
+    rules = chain_rules(spec(per_source=SourceLimit(1, 1000)), "iptables")
+    assert any("--hashlimit-htable-expire 1000000 " in rule for rule in rules)
+    assert "timeout 1000s" in ruleset(spec(per_source=SourceLimit(1, 1000)))
+
+
+def test_iptables_rules_are_written_as_iptables_prints_them() -> None:
+    assert hashlimit_rate(200) == 200 and hashlimit_rate(9999) == 10000  # a whole µs period
+    full = chain_rules(spec(per_source=SourceLimit(9999, 5, 128)), "ip6tables")
+    (limit,) = [rule for rule in full if "hashlimit" in rule]
+    assert "--hashlimit-above 10000/sec" in limit and "srcmask" not in limit  # 128: default
+
+
+def test_iptables_invalid_syn_is_dropped_on_every_port_group() -> None:
+    rules = chain_rules(spec(ports=tuple(range(1000, 1017))))
+    invalid = [rule for rule in rules if "--ctstate INVALID" in rule]
+    assert len(invalid) == 2 and all(r.endswith("--tcp-flags SYN SYN -m conntrack --ctstate "
+                                                 "INVALID -j DROP") for r in invalid)  # fmt: skip
+
+
+def with_counters(rules: Sequence[str], packets: Sequence[int]) -> list[str]:
+    """Rules as `iptables -v -S` prints them: `-c PACKETS BYTES` before the target."""
+    return [
+        rule.replace(" -j ", f" -c {count} {count * 60} -j ", 1)
+        for rule, count in zip(rules, packets, strict=True)
+    ]
+
+
+def test_iptables_status_reads_drop_counters_and_still_compares_exactly() -> None:
+    listings = {}
+    for family, base in (("iptables", 10), ("ip6tables", 1)):
+        rules = chain_rules(LIMITED, family)
+        counts = [0] * len(rules)
+        counts[-3], counts[-2], counts[-1] = base, base * 100, 7  # invalid, per source, queue
+        listings[family] = "\n".join(["-P FORWARD ACCEPT -c 5 300", "-N PORTGUARD",
+                                      "-A FORWARD -p tcp -c 9 540 -j PORTGUARD",
+                                      *with_counters(rules, counts)])  # fmt: skip
+    status = IptablesBackend(listing_runner(listings["iptables"], listings["ip6tables"])).status(
+        LIMITED
+    )
+    assert status.complete, status.detail
+    assert status.counters == {"per_source": 1100, "invalid": 11}
+    table = parse_filter_table(listings["iptables"])
+    assert table.chain_rules == chain_rules(LIMITED) and table.heads["FORWARD"] == jump_rule(
+        "forward"
+    )
+
+
+def test_iptables_status_sees_a_limit_that_differs_from_the_config() -> None:
+    clean = "-N PORTGUARD\n-A FORWARD -p tcp -j PORTGUARD\n" + "\n".join(chain_rules(LIMITED))
+    other = spec(per_source=SourceLimit(100, 1000, 64))
+    status = IptablesBackend(listing_runner(clean, clean)).status(other)
+    assert not status.complete and "the rules of PORTGUARD differ" in status.detail
+
+
+def test_nft_render_per_source_meters_and_named_counters() -> None:
+    text = NftablesBackend().render(LIMITED)
+    for declared in ("\tcounter invalid_dropped {\n\t}\n", "\tcounter per_source_dropped {\n\t}\n",
+                     "\tset per_source4 {\n\t\ttype ipv4_addr\n\t\tsize 65536\n"
+                     "\t\tflags dynamic,timeout\n\t\ttimeout 60s\n\t}\n",
+                     "\tset per_source6 {\n\t\ttype ipv6_addr\n"):  # fmt: skip
+        assert declared in text
+    assert text.index("set per_source6") < text.index("\tchain forward")
+    rules = chain_rules_nft(LIMITED)
+    assert rules[-4].startswith("tcp flags & syn == syn tcp dport { 25, 465, 587 } ct state inv")
+    (v4,) = [rule for rule in rules if "@per_source4" in rule]
+    assert "meta nfproto ipv4 " in v4
+    assert "{ ip saddr limit rate over 200/second burst 1000 packets }" in v4
+    (v6,) = [rule for rule in rules if "@per_source6" in rule]
+    assert "meta nfproto ipv6 " in v6
+    assert (
+        "{ ip6 saddr & ffff:ffff:ffff:ffff:: limit rate over 200/second burst 1000 packets }" in v6
+    )
+    assert v6.endswith('counter name "per_source_dropped" drop')
+    assert "queue num 0" in rules[-1]
+
+
+def test_nft_source_key_cuts_ipv6_to_its_prefix() -> None:
+    assert source_key(4, 64) == "ip saddr"
+    assert source_key(6, 56) == "ip6 saddr & ffff:ffff:ffff:ff00::"
+    assert source_key(6, 128) == "ip6 saddr"
+
+
+def test_nft_status_needs_the_named_counters_and_reads_them() -> None:
+    runner = FakeRunner({("nft", "-t", "list"): (0, NFT_LISTING, "")})
+    status = NftablesBackend(runner).status(spec(fail_open=True, per_source=LIMITED.per_source))
+    assert not status.complete and "no counter per_source_dropped" in status.detail
+    assert ("nft", "-t", "list", "table", "inet", "portguard") in [c for c, _ in runner.calls]

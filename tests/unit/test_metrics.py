@@ -52,6 +52,7 @@ def document(hook_complete: bool | None = True) -> dict[str, Any]:
     }
     facts = DaemonFacts(1700000000.0, 1, "closed", (0, 1), Path("/run/c.sock"))
     doc = build_document(facts, [one, two], {}, rows, 1700000100.0)
+    doc["kernel_dropped"] = {"per_source": 995000, "invalid": 3}
     if hook_complete is not None:
         doc["hook"] = {"backend": "iptables", "installed": True, "complete": hook_complete,
                        "checked_at": 1700000099.0}  # fmt: skip

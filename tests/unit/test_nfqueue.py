@@ -6,11 +6,23 @@ netfilterqueue.Packet checks the calls the edge makes on each path.
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
+from collections.abc import Callable
+
 import pytest
 
 from portguard.gate import Outcome, Verdict
 from portguard.io.hook import MARK_ALLOW, MARK_MASK, MARK_REJECT, direction_of_mark
-from portguard.io.nfqueue import QueueReader, apply_verdict
+from portguard.io.nfqueue import (
+    BATCH_PACKETS,
+    COPY_RANGE,
+    RECV_SIZE,
+    BatchSocket,
+    QueueReader,
+    apply_verdict,
+)
 from portguard.policy.model import Direction
 
 
@@ -137,7 +149,7 @@ def test_every_packet_through_the_edge_gets_exactly_one_verdict() -> None:
     from portguard.shipped import RULES_DIR
     from tests.strategies import PacketSpec
 
-    gate = Gate(load_ruleset([RULES_DIR]), Observer("gw", "0"), fail_open=False)
+    gate = Gate(load_ruleset([RULES_DIR]), Observer("gw", "0"))
     events: list[object] = []
     queue = QueueReader(0, 16, lambda d, i, o: gate.handle(d, i == 2, o == 2, 0.0),
                         events.append, Verdict.DROP)  # fmt: skip
@@ -160,3 +172,143 @@ class PayloadPacket(RecordingPacket):
 
     def get_payload(self) -> bytes:
         return self.payload
+
+
+# --- bounded batches -------------------------------------------------------------------------
+
+
+class FloodedSocket:
+    """A netlink socket that always has another message (a saturating flood), or `left`."""
+
+    def __init__(self, left: int | None = None, fail: list[int] | None = None) -> None:
+        self.left = left
+        self.fail = fail or []  # errnos to raise first, one per call
+        self.calls = 0
+
+    def recv(self, size: int, flags: int = 0, /) -> bytes:
+        self.calls += 1
+        assert flags & socket.MSG_DONTWAIT, "a batch read must never block"
+        if self.fail:
+            code = self.fail.pop(0)
+            raise OSError(code, os.strerror(code))
+        if self.left is not None:
+            if self.left == 0:
+                raise BlockingIOError(errno.EAGAIN, "empty")
+            self.left -= 1
+        return b"message"
+
+
+def run_socket(sock: BatchSocket, handle: Callable[[bytes], object]) -> None:
+    """netfilterqueue 1.1's `run_socket`, as in its source: recv until EAGAIN, ENOBUFS goes on."""
+    while True:
+        try:
+            data = sock.recv(4096)
+        except OSError as error:
+            if error.args[0] == errno.ENOBUFS:
+                continue
+            if error.args[0] in (errno.EAGAIN, errno.EWOULDBLOCK):
+                break
+            raise
+        handle(data)
+
+
+def test_a_batch_ends_at_its_limit_under_a_flood() -> None:
+    batch, handled = BatchSocket(FloodedSocket()), list[bytes]()
+    batch.start(64, seconds=60.0)
+    run_socket(batch, handled.append)
+    assert len(handled) == 64 and batch.received == 64 and batch.full
+
+
+def test_a_batch_ends_at_its_deadline() -> None:
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.001  # each look at the clock: 1 ms later
+        return now[0]
+
+    batch, handled = BatchSocket(FloodedSocket(), clock), list[bytes]()
+    batch.start(1_000_000, seconds=0.005)
+    run_socket(batch, handled.append)
+    assert 1 <= len(handled) <= 5 and batch.full
+
+
+def test_an_empty_socket_ends_a_batch_that_is_not_full() -> None:
+    batch, handled = BatchSocket(FloodedSocket(left=3)), list[bytes]()
+    batch.start(64, seconds=60.0)
+    run_socket(batch, handled.append)
+    assert len(handled) == 3 and not batch.full
+
+
+def test_enobufs_is_counted_and_reading_goes_on() -> None:
+    batch, handled = BatchSocket(FloodedSocket(left=2, fail=[errno.ENOBUFS])), list[bytes]()
+    batch.start(64, seconds=60.0)
+    run_socket(batch, handled.append)
+    assert batch.overruns == 1 and len(handled) == 2 and not batch.full
+
+
+def test_a_read_takes_a_whole_message_of_a_full_copy_range() -> None:
+    """netfilterqueue asks for 4096 bytes; a 4016-byte copy and its attributes can be more, and
+    a truncated message never reaches the callback (its packet would get no verdict)."""
+    asked: list[int] = []
+
+    class Recording:
+        def recv(self, size: int, flags: int = 0, /) -> bytes:
+            asked.append(size)
+            return b"message"
+
+    batch = BatchSocket(Recording())
+    batch.start(1, seconds=60.0)
+    batch.recv(4096)
+    assert asked == [RECV_SIZE] and RECV_SIZE >= COPY_RANGE + 1024
+
+
+def test_other_socket_errors_reach_the_caller() -> None:
+    batch = BatchSocket(FloodedSocket(fail=[errno.EBADF]))
+    batch.start(64, seconds=60.0)
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        run_socket(batch, lambda data: None)
+
+
+class FakeQueue:
+    """netfilterqueue.NetfilterQueue's run_socket, each message one packet for the reader."""
+
+    def __init__(self, reader: QueueReader) -> None:
+        self.reader = reader
+
+    def run_socket(self, sock: BatchSocket) -> None:
+        run_socket(sock, lambda data: self.reader._on_packet(RecordingPacket()))
+
+
+def flooded_reader(left: int | None = None) -> tuple[QueueReader, list[Outcome]]:
+    decided: list[Outcome] = []
+
+    def decide(data: bytes, indev: int, outdev: int) -> Outcome:
+        decided.append(Outcome(Verdict.DROP, None))
+        return decided[-1]
+
+    reader = QueueReader(0, 1024, decide, lambda event: None, Verdict.DROP)
+    reader._nfq = FakeQueue(reader)
+    reader._batch = BatchSocket(FloodedSocket(left))
+    return reader, decided
+
+
+def test_read_comes_back_after_one_batch_whatever_is_waiting() -> None:
+    reader, decided = flooded_reader()  # a flood that never ends
+    assert reader.read() is True  # full: more is waiting
+    assert len(decided) == BATCH_PACKETS and reader.packets == BATCH_PACKETS
+    assert reader.batches_full == 1
+
+
+def test_read_says_when_the_queue_ran_dry() -> None:
+    reader, decided = flooded_reader(left=10)
+    assert reader.read() is False and len(decided) == 10
+
+
+def test_drain_answers_everything_waiting_batch_after_batch() -> None:
+    reader, decided = flooded_reader(left=BATCH_PACKETS * 3 + 5)
+    assert reader.drain() == BATCH_PACKETS * 3 + 5 == len(decided)
+
+
+def test_drain_stops_at_its_bound_under_a_flood() -> None:
+    reader, decided = flooded_reader()
+    assert reader.drain(most=200) == 200 == len(decided)

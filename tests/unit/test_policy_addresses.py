@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from portguard.policy import addresses
 from portguard.policy.addresses import (
+    MAX_LIST_ERRORS,
     AddressSet,
     Network,
     parse_address_list,
@@ -215,3 +217,39 @@ def test_block_wise_line_splitting_matches_splitlines() -> None:
         assert list(addresses._lines(text + "no newline")) == (text + "no newline").splitlines()
     finally:
         addresses.LINES_BLOCK = original
+
+
+# --- hostile list files ----------------------------------------------------------------------
+
+
+def test_a_huge_line_is_one_short_error() -> None:
+    _, errors = parse_address_list("192.0.2.1\n" + "1" * 10_000_000 + "\n")
+    assert errors == [
+        (2, 1, "an entry of 10,000,000 characters: an address or CIDR has at most 43")
+    ]
+
+
+def test_control_characters_are_named_not_echoed() -> None:
+    _, errors = parse_address_list("192.0.2\x00.1\n\x1b[2J\n")
+    assert errors == [
+        (1, 1, "holds the control character \\x00 (is this a binary file?)"),
+        (2, 1, "holds the control character \\x1b (is this a binary file?)"),
+    ]
+
+
+def test_errors_of_one_list_file_stop_after_the_limit() -> None:
+    _, errors = parse_address_list("bad\n" * 10_000)
+    assert len(errors) == MAX_LIST_ERRORS + 1
+    assert errors[-1] == (MAX_LIST_ERRORS, 1, f"stopped after {MAX_LIST_ERRORS} errors")
+
+
+def test_a_list_beyond_the_entry_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(addresses, "MAX_LIST_ENTRIES", 3)
+    ok = "# four lines, three entries\n192.0.2.1\n192.0.2.2\n192.0.2.3\n"
+    assert parse_address_list(ok)[1] == []
+    for text in (ok + "\n192.0.2.4\n", ok + "\nbad\n"):  # the fast and the line-by-line parser
+        _, errors = parse_address_list(text)
+        assert [(line, message.split(":")[0]) for line, _, message in errors] == [
+            (6, "more than 3 entries")
+        ]
+    assert parse_lines(ok + "192.0.2.4\n")[1][0][:2] == (5, 1)

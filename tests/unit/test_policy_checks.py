@@ -69,9 +69,22 @@ def test_limit_checks_on_the_raw_rule() -> None:
         'limit = { rate = "1/second", prefix4 = 24 }\n'
         '[[rule]]\nid = "c"\naction = "log"\n'
         'limit = { rate = "1/second", per = "prefix", prefix4 = 24, prefix6 = 56 }\n'
+        '[[rule]]\nid = "d"\naction = "allow"\n'
+        'limit = { rate = "1/second", prefix6 = 56, max_buckets = 10 }\n'
+        '[[rule]]\nid = "e"\naction = "allow"\n'
+        'limit = { rate = "1/second", per = "rule", prefix6 = 56, max_buckets = 10 }\n'
     )
     assert problems(text) == [
         '/r/10-x.toml:4:1: limit: only a rule that allows (action "allow" or "log") can have'
         ' a limit, not action "drop"',
         '/r/10-x.toml:8:30: prefix4: applies only with per = "prefix"',
+        '/r/10-x.toml:20:44: prefix6: applies only with per = "src" or "prefix"',
+        '/r/10-x.toml:20:58: max_buckets: applies only with per = "src" or "prefix"',
     ]
+
+
+def test_find_cycles_follows_a_chain_deeper_than_the_recursion_limit() -> None:
+    chain = [f"s{i}>s{i + 1}" for i in range(5000)]
+    assert find_cycles(edges(*chain)) == []
+    cycles = find_cycles(edges(*chain, "s5000>s0"))
+    assert len(cycles) == 1 and len(cycles[0]) == 5001

@@ -224,11 +224,22 @@ def test_limits_compile_with_their_defaults() -> None:
         '[[rule]]\nid = "c"\naction = "allow"\nlimit = { rate = "100/hour", per = "rule" }\n'
     )
     a, b, c = (rule.limit for rule in compile_texts({"10-a.toml": text}).rules)
-    assert a == Limit("30/minute", 0.5, 30, "src", 32, 128, Action.REJECT)
+    assert a == Limit("30/minute", 0.5, 30, "src", 32, 64, Action.REJECT)  # IPv6: its /64
+    assert a is not None and a.max_buckets == 65_536
     assert b == Limit("2/second", 2.0, 7, "prefix", 24, 48, Action.DROP)
     assert c is not None and (c.per, c.prefix4, c.prefix6, c.burst) == ("rule", 0, 0, 100)
     assert a.describe() == "30/minute per src, burst 30, exceed reject"
     assert b.describe() == "2/second per src prefix (/24, /48), burst 7, exceed drop"
+
+
+def test_limit_prefix6_per_src_and_max_buckets() -> None:
+    text = (
+        '[[rule]]\nid = "a"\naction = "allow"\n'
+        'limit = { rate = "30/minute", prefix6 = 128, max_buckets = 500 }\n'
+    )
+    [a] = (rule.limit for rule in compile_texts({"10-a.toml": text}).rules)
+    assert a is not None and (a.per, a.prefix4, a.prefix6, a.max_buckets) == ("src", 32, 128, 500)
+    assert a == Limit("30/minute", 0.5, 30, "src", 32, 128, Action.REJECT, 7)  # not its identity
 
 
 def test_log_false_and_every_direction() -> None:

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from portguard.policy.compiler import compile_ruleset
-from portguard.policy.limits import Limiter, bucket_name, bucket_of, limited_decision
+from portguard.policy.limits import (
+    TABLE_FULL_LOG_INTERVAL,
+    BucketTable,
+    Limiter,
+    TableFullReport,
+    bucket_name,
+    bucket_of,
+    limited_decision,
+)
 from portguard.policy.model import Action, Connection, Direction, Limit
 from portguard.policy.ruleset import CompiledRule, RuleSet
 
@@ -67,6 +75,7 @@ def test_the_sixth_rapid_connection_is_rejected_and_another_customer_is_not() ->
         "key": "203.0.113.7",
         "tokens": pytest.approx(0.005, abs=0.001),
         "exceeded": True,
+        "table_full": False,
     }
     other = limiter.decide(ruleset, conn("203.0.113.8"), 100.1)
     assert other.action is Action.ALLOW and other.limit is not None and other.limit.allowed
@@ -136,43 +145,169 @@ def test_buckets_survive_a_reload_unless_the_limit_changed() -> None:
     assert limiter.decide(changed, conn("203.0.113.7"), 1.0).action is Action.ALLOW
 
 
-def test_memory_is_bounded_and_full_buckets_go_first() -> None:
-    ruleset, limiter = policy(), Limiter(capacity=3)
+def limit(per: str = "src", prefix4: int = 32, prefix6: int = 64, max_buckets: int = 3) -> Limit:
+    """1 token a second, burst 5: an empty bucket is full again 5 s after its last token."""
+    return Limit("1/second", 1.0, 5, per, prefix4, prefix6, Action.REJECT, max_buckets)  # type: ignore[arg-type]
+
+
+def drain(table: BucketTable, source: int, now: float, tokens: int = 5) -> None:
+    for _ in range(tokens):
+        assert table.take(source, now) is not None
+
+
+def test_full_buckets_go_first_in_the_order_they_refilled_not_by_idleness() -> None:
+    table = BucketTable(limit())
+    drain(table, 1, 0.0)  # empty at t=0: full at t=5
+    drain(table, 2, 1.0, tokens=1)  # 4 left at t=1: full at t=2
+    drain(table, 3, 2.0, tokens=2)  # 3 left at t=2: full at t=4
+    assert table.take(4, 1.5) is None  # none full yet: no room
+    assert table.take(4, 2.0) == (True, 4.0)  # 2 (full at 2) goes, not 1 (the idlest)
+    assert table.take(5, 3.5) == (True, 4.0)  # 4 (full at 3) goes before 3 (full at 4)
+    assert table.take(6, 3.9) is None  # 3 is full at 4, 5 at 4.5, 1 at 5
+    assert table.take(6, 4.0) == (True, 4.0)  # 3 goes
+    assert table.take(1, 4.0) == pytest.approx((True, 3.0))  # 1 kept its state all along
+
+
+def test_a_depleted_bucket_is_never_dropped_for_a_new_source() -> None:
+    table = BucketTable(limit(max_buckets=2))
+    drain(table, 1, 0.0)
+    drain(table, 2, 0.0)
+    assert [table.take(source, 1.0) for source in range(10, 1010)] == [None] * 1000
+    assert len(table) == 2
+    assert table.take(1, 1.0) == pytest.approx((True, 0.0))  # its state is intact
+    assert table.take(3, 5.0) == (True, 4.0)  # 2 is full at t=5: dropped for 3
+
+
+def test_a_token_taken_later_moves_the_refill_time_on() -> None:
+    table = BucketTable(limit(max_buckets=1))
+    assert table.take(1, 0.0) == (True, 4.0)  # full at t=1 (heap says 1)
+    assert table.take(1, 0.5) == pytest.approx((True, 3.5))  # full at t=2 now
+    assert table.take(2, 1.0) is None  # the heap entry (t=1) is corrected, not trusted
+    assert table.take(2, 1.9) is None
+    assert table.take(2, 2.0) == (True, 4.0)
+    assert len(table._due) == len(table) == 1  # one heap entry a bucket, stale or not
+
+
+def test_prune_drops_only_full_buckets_within_its_budget() -> None:
+    table = BucketTable(limit(max_buckets=100))
+    drain(table, 0, 0.0)  # full at t=5
+    for source in range(1, 11):
+        drain(table, source, 0.0, tokens=1)  # full at t=1
+    assert table.prune(0.5) == 0
+    assert table.prune(1.0, budget=4) == 4 and len(table) == 7
+    assert table.prune(1.0) == 6 and len(table) == 1
+    assert table.prune(4.9) == 0 and table.prune(5.0) == 1 and len(table) == 0
+
+
+def test_a_smaller_max_buckets_after_a_reload_keeps_the_buckets() -> None:
+    table = BucketTable(limit(max_buckets=3))
+    for source in range(3):
+        drain(table, source, 0.0)
+    table.limit = limit(max_buckets=1)  # what the Limiter does after a reload
+    assert table.take(9, 1.0) is None and len(table) == 3
+    assert table.take(0, 1.0) == pytest.approx((True, 0.0))
+    assert table.take(9, 5.0) is None  # 1 and 2 are full: dropped, but 0 is not (t=6)
+    assert len(table) == 1 and table.take(9, 6.0) == (True, 4.0)
+
+
+def two_rules(max_buckets: int) -> RuleSet:
+    flood = f"""
+[[rule]]
+id = "flood-587"
+dport = 587
+action = "allow"
+limit = {{ rate = "1/hour", burst = 1, exceed = "drop", max_buckets = {max_buckets} }}
+"""
+    return policy(extra=flood)
+
+
+def test_a_flood_on_another_rule_never_frees_a_depleted_bucket() -> None:
+    ruleset, limiter = two_rules(max_buckets=100), Limiter()
     for _ in range(5):
-        limiter.decide(ruleset, conn("203.0.113.1"), 0.0)  # empty bucket: state worth keeping
-    limiter.decide(ruleset, conn("203.0.113.2"), 0.0)  # 4 tokens: full again at t=12
-    limiter.decide(ruleset, conn("203.0.113.3"), 0.0)
-    limiter.decide(ruleset, conn("203.0.113.4"), 12.0)  # .1 (idlest) is not full, .2 is
-    assert len(limiter) == 3 and limiter.evicted == 0
-    kept = limiter.take(rule_of(ruleset), conn("203.0.113.1"), 12.0)
-    assert kept.allowed and kept.tokens == pytest.approx(0.0)  # a fresh bucket would hold 4
-    for last in range(5, 10):  # .3 (full) goes first, then the idlest: evicted and counted
-        limiter.decide(ruleset, conn(f"203.0.113.{last}"), 12.0)
-    assert len(limiter) == 3 and limiter.evicted == 4
-    with pytest.raises(ValueError, match="at least 1"):
-        Limiter(capacity=0)
+        limiter.decide(ruleset, conn("203.0.113.7"), 0.0)
+    flood = [limiter.decide(ruleset, conn(f"100.64.{i >> 8}.{i & 255}", 587), 1.0)
+             for i in range(1000)]  # fmt: skip
+    assert [d.action for d in flood] == [Action.ALLOW] * 100 + [Action.DROP] * 900
+    assert limiter.decide(ruleset, conn("203.0.113.7"), 2.0).action is Action.REJECT
+    assert limiter.table_full == {"flood-587": 900}
+    assert len(limiter) == 101
 
 
-def test_prune_drops_full_buckets_only() -> None:
+def test_a_full_table_gives_the_exceed_action_and_says_why() -> None:
+    ruleset, limiter = two_rules(max_buckets=1), Limiter()
+    limiter.decide(ruleset, conn("100.64.0.1", 587), 0.0)
+    refused = limiter.decide(ruleset, conn("100.64.0.2", 587), 0.0)
+    assert (refused.action, refused.rule_id, refused.log) == (Action.DROP, "flood-587", True)
+    assert refused.limit is not None and refused.limit.table_full
+    assert refused.limit.fields()["table_full"] is True
+    assert refused.limit.fields()["exceeded"] is True
+    assert "limit table is full (1 buckets, none refilled)" in refused.reason
+    assert "new bucket 100.64.0.2 gets drop" in refused.reason
+
+
+def test_table_full_is_reported_at_most_once_an_interval_with_the_count() -> None:
+    ruleset, limiter = two_rules(max_buckets=1), Limiter()
+    for i in range(4):
+        limiter.decide(ruleset, conn(f"100.64.0.{i}", 587), 0.0)
+    assert limiter.housekeeping(0.5) == [TableFullReport("flood-587", 3, 3, 1, "drop")]
+    limiter.decide(ruleset, conn("100.64.0.9", 587), 1.0)
+    assert limiter.housekeeping(1.0) == []
+    assert limiter.housekeeping(0.5 + TABLE_FULL_LOG_INTERVAL - 0.1) == []
+    [report] = limiter.housekeeping(0.5 + TABLE_FULL_LOG_INTERVAL)
+    assert (report.count, report.total) == (1, 4)
+    assert "'flood-587' is full: 1 new sources got its exceed action (drop)" in report.message
+    assert report.fields() == {"rule": "flood-587", "count": 1, "total": 4,
+                               "max_buckets": 1, "exceed": "drop"}  # fmt: skip
+    assert limiter.housekeeping(1000.0) == [] and limiter.table_full == {"flood-587": 4}
+
+
+def test_housekeeping_prunes_and_forgets_empty_tables() -> None:
     ruleset, limiter = policy(), Limiter()
+    limiter.decide(ruleset, conn("203.0.113.1"), 0.0)
+    limiter.decide(ruleset, conn("2001:db8:b12::1"), 0.0)
+    assert limiter.housekeeping(11.0) == [] and len(limiter) == 2  # 4.9 of 5 tokens
+    assert limiter.housekeeping(12.0) == [] and len(limiter) == 0
+    assert limiter._tables == {}
+
+
+def test_per_src_keys_an_ipv6_source_by_its_64() -> None:
+    ruleset, limiter = policy(), Limiter()
+    rotated = [conn(f"2001:db8:b12:7:{i:x}::{i}") for i in range(1, 7)]  # privacy addresses
+    decisions = [limiter.decide(ruleset, c, 1.0) for c in rotated]
+    assert [d.action for d in decisions] == [Action.ALLOW] * 5 + [Action.REJECT]
+    assert {d.limit.key for d in decisions if d.limit} == {"2001:db8:b12:7::/64"}
+    assert limiter.decide(ruleset, conn("2001:db8:b12:8::1"), 1.0).action is Action.ALLOW
+    v4 = [limiter.decide(ruleset, conn(f"203.0.113.{i}"), 1.0) for i in range(1, 7)]
+    assert {d.action for d in v4} == {Action.ALLOW}  # IPv4: one bucket an address
+
+
+def test_per_src_with_prefix6_128_keys_each_address() -> None:
+    text = BUSINESS.format(per="src", exceed="reject").replace('per = "src"', "prefix6 = 128")
+    ruleset, limiter = compile_ruleset([(Path("/r/10.toml"), text)], lambda p: ""), Limiter()
+    decisions = [limiter.decide(ruleset, conn(f"2001:db8:b12::{i}"), 1.0) for i in range(6)]
+    assert {d.action for d in decisions} == {Action.ALLOW}
+    assert decisions[0].limit is not None and decisions[0].limit.key == "2001:db8:b12::"
+
+
+def test_a_reload_keeps_buckets_also_when_only_max_buckets_changed() -> None:
+    limiter = Limiter()
     for _ in range(5):
-        limiter.decide(ruleset, conn("203.0.113.1"), 0.0)
-    limiter.decide(ruleset, conn("203.0.113.2"), 0.0)
-    assert limiter.prune(20.0) == 1  # .2 refilled; .1 has 1.7 of 5 tokens
-    assert len(limiter) == 1
-    assert limiter.prune(1000.0) == 1 and len(limiter) == 0
-
-
-def limit(per: str, prefix4: int, prefix6: int) -> Limit:
-    return Limit("1/second", 1.0, 1, per, prefix4, prefix6, Action.REJECT)  # type: ignore[arg-type]
+        limiter.decide(two_rules(10), conn("203.0.113.7"), 1.0)
+    limiter.decide(two_rules(10), conn("100.64.0.1", 587), 1.0)
+    resized = two_rules(1)
+    assert limiter.decide(resized, conn("203.0.113.7"), 1.0).action is Action.REJECT
+    assert limiter.decide(resized, conn("100.64.0.2", 587), 1.0).action is Action.DROP
+    assert limiter.table_full == {"flood-587": 1}
 
 
 def test_bucket_keys_and_names() -> None:
     c4, c6 = conn("203.0.113.77"), conn("2001:db8:b12:3ff:4::1")
-    assert bucket_of(limit("src", 32, 128), c4) == (4, c4.src)
-    assert bucket_name(limit("src", 32, 128), *bucket_of(limit("src", 32, 128), c4)) == (
-        "203.0.113.77"
-    )
+    per_src = limit("src", 32, 64)
+    assert bucket_of(per_src, c4) == (4, c4.src)
+    assert bucket_name(per_src, *bucket_of(per_src, c4)) == "203.0.113.77"
+    assert bucket_name(per_src, *bucket_of(per_src, c6)) == "2001:db8:b12:3ff::/64"
+    per_host = limit("src", 32, 128)
+    assert bucket_name(per_host, *bucket_of(per_host, c6)) == "2001:db8:b12:3ff:4::1"
     by_prefix = limit("prefix", 20, 56)
     assert bucket_name(by_prefix, *bucket_of(by_prefix, c4)) == "203.0.112.0/20"
     assert bucket_name(by_prefix, *bucket_of(by_prefix, c6)) == "2001:db8:b12:300::/56"

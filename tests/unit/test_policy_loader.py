@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from portguard.errors import PolicyError
+from portguard.policy import compiler, loader
 from portguard.policy.loader import load_ruleset, rule_files
 
 BROKEN = Path(__file__).resolve().parents[1] / "data" / "broken" / "rules"
@@ -144,10 +146,11 @@ CASES: dict[str, tuple[str, str | None, str]] = {
     ),
     "limit-prefix-without-per-prefix": (
         "10-a.toml",
-        "4:43",
-        'prefix6: applies only with per = "prefix"',
+        "4:44",
+        'prefix6: applies only with per = "src" or "prefix"',
     ),
     "limit-prefix4-too-long": ("10-a.toml", "4:46", "prefix4: 33 is out of range 0-32"),
+    "limit-max-buckets-zero": ("10-a.toml", "4:43", "max_buckets: 0 is out of range 1-16777216"),
     "limit-rate-integer": (
         "10-a.toml",
         "6:1",
@@ -189,11 +192,7 @@ CASES: dict[str, tuple[str, str | None, str]] = {
         "1:1",
         '"192.0.2.0/255.255.255.0": the prefix length must be a number from 0 to 32',
     ),
-    "list-file-not-utf8": (
-        "10-a.toml",
-        "2:10",
-        'files: list file "business.txt" is not UTF-8 text',
-    ),
+    "list-file-not-utf8": ("business.txt", "1:16", "not UTF-8 text (byte 0xff)"),
     "log-false-on-log-action": (
         "10-a.toml",
         "6:1",
@@ -362,3 +361,83 @@ def test_list_file_is_read_relative_to_the_rule_file(tmp_path: Path) -> None:
     assert ruleset.sources == (rules / "10-a.toml", rules / "lists" / "b.txt")
     assert ruleset.rules[0].src is not None
     assert ruleset.rules[0].src.contains(4, 0xCB007105)  # 203.0.113.5
+
+
+def test_undecodable_rule_file_names_the_line_and_byte(tmp_path: Path) -> None:
+    (tmp_path / "10-a.toml").write_bytes(b'[default]\naction = "allow"\n# caf\xe9\n')
+    with pytest.raises(PolicyError) as caught:
+        load_ruleset([tmp_path])
+    assert caught.value.messages == [f"{tmp_path / '10-a.toml'}:3:6: not UTF-8 text (byte 0xe9)"]
+
+
+def test_a_rule_file_beyond_the_size_limit_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loader, "MAX_RULE_FILE", 100)
+    (tmp_path / "10-a.toml").write_text("# " + "x" * 200 + '\n[default]\naction = "allow"\n')
+    with pytest.raises(PolicyError, match=r"10-a.toml: is larger than 0 MiB"):
+        load_ruleset([tmp_path])
+
+
+def test_a_fifo_as_list_file_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    (tmp_path / "10-a.toml").write_text(
+        '[sets.s]\nfiles = ["fifo"]\n[[rule]]\nid = "r"\nsrc = "s"\naction = "allow"\n'
+    )
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(PolicyError) as caught:
+        load_ruleset([tmp_path])
+    expected = f'{tmp_path / "10-a.toml"}:2:10: files: list file "fifo" is not a regular file'
+    assert caught.value.messages == [expected]
+
+
+def test_an_unexpected_error_while_loading_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "10-a.toml").write_text(
+        '[sets.s]\nfiles = ["l.txt"]\n[[rule]]\nid = "r"\nsrc = "s"\naction = "allow"\n'
+    )
+    (tmp_path / "l.txt").write_text("192.0.2.1\n")
+
+    def broken(text: str, label: str = "") -> object:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(compiler, "parse_address_list", broken)
+    with pytest.raises(PolicyError) as caught:
+        load_ruleset([tmp_path])
+    assert caught.value.messages == [
+        f"{tmp_path / 'l.txt'}: unexpected error while loading: KeyError: 'a bug'"
+    ]
+
+
+def test_an_unexpected_error_outside_the_compiler_names_a_rule_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(paths: object) -> object:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(loader, "rule_files", broken)
+    with pytest.raises(PolicyError) as caught:
+        load_ruleset([tmp_path])
+    assert caught.value.messages == [
+        f"{tmp_path}: unexpected error while loading: RuntimeError: boom"
+    ]
+
+
+def test_deep_nesting_is_a_located_error(tmp_path: Path) -> None:
+    (tmp_path / "10-a.toml").write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(PolicyError) as caught:
+        load_ruleset([tmp_path])
+    assert caught.value.messages == [
+        f"{tmp_path / '10-a.toml'}:1:37: tables and arrays nest deeper than 32 levels"
+    ]
+
+
+def test_a_long_chain_of_set_unions_loads_and_a_long_cycle_is_reported(tmp_path: Path) -> None:
+    chain = "".join(f'[sets.s{i}]\nsets = ["s{i + 1}"]\n' for i in range(3000))
+    rule = '[[rule]]\nid = "r"\nsrc = "s0"\naction = "allow"\n'
+    (tmp_path / "10-a.toml").write_text(chain + '[sets.s3000]\ncidrs = ["192.0.2.0/24"]\n' + rule)
+    ruleset = load_ruleset([tmp_path])
+    assert ruleset.rules[0].src is not None and ruleset.rules[0].src.contains(4, 0xC0000201)
+    (tmp_path / "10-a.toml").write_text(chain + '[sets.s3000]\nsets = ["s0"]\n' + rule)
+    with pytest.raises(PolicyError, match=r"cycle between sets: s0 -> s1 -> s2 .*characters"):
+        load_ruleset([tmp_path])

@@ -95,3 +95,15 @@ def test_limit_and_log_keys() -> None:
     assert rule.limit is not None
     assert (rule.limit.burst, rule.limit.per, rule.limit.exceed) == (None, "src", "reject")
     assert RuleSpec.model_validate({"id": "a", "action": "allow"}).limit is None
+
+
+def test_limit_max_buckets_and_prefix6_per_src() -> None:
+    limit = {"rate": "5/minute", "prefix6": 56, "max_buckets": 1000}
+    rule = RuleSpec.model_validate({"id": "a", "action": "allow", "limit": limit})
+    assert rule.limit is not None and (rule.limit.prefix6, rule.limit.max_buckets) == (56, 1000)
+    assert rule.limit.model_fields_set >= {"prefix6", "max_buckets"}
+    for bad in (0, 16_777_217, "10", 1.5):
+        with pytest.raises(ValidationError, match="max_buckets"):
+            RuleSpec.model_validate(
+                {"id": "a", "action": "allow", "limit": {"rate": "5/minute", "max_buckets": bad}}
+            )

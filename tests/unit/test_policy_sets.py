@@ -11,6 +11,7 @@ import pytest
 from portguard.errors import PolicyError
 from portguard.policy.compiler import compile_ruleset
 from portguard.policy.ruleset import RuleSet
+from portguard.policy.sets import dependency_order
 
 DNS = {"smtp.example.net": ["198.51.100.26", "2001:db8:25::26"], "mx.example.net": ["192.0.2.25"]}
 
@@ -97,3 +98,15 @@ def test_every_error_of_sets_at_once() -> None:
         '/r/10-x.toml:6:10: hosts: "gone.example.net" does not resolve (Name or service not known)',
         "/r/10-x.toml:6:30: hosts: \"1.2.3.4\" is an address: write addresses in 'cidrs'",
     ]
+
+
+def test_dependency_order_puts_members_first_without_recursion() -> None:
+    members = {f"s{i}": [f"s{i + 1}"] for i in range(10_000)} | {"s10000": []}
+    order = dependency_order(members)
+    assert order[0] == "s10000" and order[-1] == "s0" and len(order) == 10_001
+    assert dependency_order({"a": ["b", "c"], "b": ["c"], "c": []}) == ["c", "b", "a"]
+
+
+def test_dependency_order_refuses_a_cycle() -> None:
+    with pytest.raises(ValueError, match="includes itself"):
+        dependency_order({"a": ["b"], "b": ["a"]})

@@ -86,3 +86,43 @@ def test_an_operator_request_overrides_a_waiting_resolve() -> None:
     gate.set()
     assert wait(load, woken).reason == "resolve"
     assert wait(load, woken).reason == "control"
+
+
+def test_parked_reload_replies_are_bounded() -> None:
+    from portguard.policyload import BUSY, MAX_WAITING
+
+    gate = threading.Event()
+
+    def slow() -> RuleSet:
+        gate.wait(10)
+        raise SourceError(["x:1: nope"])
+
+    woken = threading.Event()
+    load = PolicyLoad(slow, woken.set)
+    load.request()  # running: later requests park until it ends
+    answers: list[dict[str, Any]] = []
+    for _ in range(MAX_WAITING + 3):
+        load.request(answers.append)
+    assert answers == [{"ok": False, "errors": [BUSY]}] * 3  # refused at once, not parked
+    gate.set()
+    wait(load, woken)
+    assert len(wait(load, woken).replies) == MAX_WAITING
+
+
+def test_the_next_load_starts_only_after_the_result_was_applied() -> None:
+    applied: list[str] = []
+    seen: list[list[str]] = []
+
+    def load_() -> RuleSet:
+        seen.append(list(applied))  # what the load saw in force when it started
+        raise SourceError(["x:1: nope"])
+
+    woken = threading.Event()
+    load = PolicyLoad(load_, woken.set)
+    load.request()
+    assert woken.wait(10)
+    woken.clear()
+    load.request()  # parked: the first result is not collected yet
+    load.collect(lambda result: applied.append("first"))
+    assert woken.wait(10)
+    assert seen == [[], ["first"]]

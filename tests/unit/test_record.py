@@ -17,6 +17,7 @@ from portguard.decisionlog.record import (
     timestamp,
 )
 from portguard.flow.table import Flow, TcpState
+from portguard.packet.model import Endpoints
 from portguard.policy.model import Action, Decision, Direction
 
 OBSERVER = Observer("gw1", "0.1.0")
@@ -107,6 +108,17 @@ def test_malformed_event_counts() -> None:
     event = malformed_event("truncated TCP header", Action.DROP, 7, OBSERVER, NOW)
     assert event["event"]["action"] == "drop"
     assert event["portguard"] == {"reason": "malformed packet: truncated TCP header", "count": 7}
+
+
+def test_malformed_event_names_the_endpoints_it_knows() -> None:
+    both = Endpoints(4, 0x64400A0A, 0xC6336419, 40312, 25)
+    event = malformed_event("ESP", Action.DROP, 1, OBSERVER, NOW, both)
+    assert event["source"] == {"ip": "100.64.10.10", "port": 40312}
+    assert event["destination"] == {"ip": "198.51.100.25", "port": 25}
+    assert event["network"]["type"] == "ipv4"
+    bare = malformed_event("ESP", Action.DROP, 1, OBSERVER, NOW, Endpoints(6, 1, 2))
+    assert (bare["source"], bare["destination"]) == ({"ip": "::1"}, {"ip": "::2"})
+    assert "source" not in malformed_event("empty", Action.DROP, 1, OBSERVER, NOW)
 
 
 def test_address_text_matches_ipaddress() -> None:

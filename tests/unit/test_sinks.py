@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -12,8 +13,10 @@ import pytest
 
 from portguard.decisionlog.sinks import (
     Sink,
+    SymlinkOutputError,
     file_sink,
     journald_stdout,
+    open_output,
     severity,
     stdout_sink,
 )
@@ -92,3 +95,54 @@ def test_a_reopen_that_fails_raises_and_keeps_the_old_stream(tmp_path: Path) -> 
 def test_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown log format"):
         Sink("x", io.BytesIO(), owned=False, fmt="xml")
+
+
+# --- files as a root daemon writes them --------------------------------------------------------
+
+
+def test_a_new_output_file_is_created_0640_and_appended_to(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        sink = file_sink(tmp_path / "log" / "events.jsonl")
+    finally:
+        os.umask(old)
+    sink.write(EVENT)
+    sink.close()
+    path = tmp_path / "log" / "events.jsonl"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o750
+    assert file_sink(path).stream.mode == "ab" and len(path.read_bytes().splitlines()) == 1
+
+
+def test_a_symlinked_output_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    target = tmp_path / "shadow"
+    target.write_text("precious\n")
+    (tmp_path / "events.jsonl").symlink_to(target)
+    with pytest.raises(SymlinkOutputError, match=r"events.jsonl is a symbolic link"):
+        file_sink(tmp_path / "events.jsonl")
+    (tmp_path / "dangling.jsonl").symlink_to(tmp_path / "nothere")
+    with pytest.raises(SymlinkOutputError):
+        file_sink(tmp_path / "dangling.jsonl")
+    assert not (tmp_path / "nothere").exists() and target.read_text() == "precious\n"
+
+
+def test_a_fifo_or_device_output_is_refused(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(OSError, match=r"not a regular file|No such device"):
+        open_output(tmp_path / "fifo")
+    with pytest.raises(OSError, match="not a regular file"):
+        open_output(Path("/dev/null"))
+
+
+def test_a_reopen_onto_a_planted_symlink_raises_and_writes_nothing(tmp_path: Path) -> None:
+    path, target = tmp_path / "events.jsonl", tmp_path / "shadow"
+    target.write_text("precious\n")
+    sink = file_sink(path)
+    path.rename(tmp_path / "events.jsonl.1")  # logrotate
+    path.symlink_to(target)  # and someone who can write the directory
+    with pytest.raises(SymlinkOutputError):
+        sink.reopen()
+    assert sink.errors == 1 and target.read_text() == "precious\n"
+    sink.write(EVENT)  # still the rotated file
+    sink.close()
+    assert (tmp_path / "events.jsonl.1").read_bytes().count(b"\n") == 1

@@ -141,3 +141,15 @@ def test_every_key_of_a_generated_document_is_on_its_own_line(
     positions = SourceMap.scan(text)
     for number, key in enumerate(entries, start=padding + 1):
         assert positions.position((key,)) == (number, 1)
+
+
+def test_deep_point_finds_where_the_limit_is_passed() -> None:
+    assert SourceMap.deep_point("a = [[1]]\nb = [[[2]]]\n", 3) == (2, 8)
+    assert SourceMap.deep_point("a = [[1]]\n", 3) is None
+    assert SourceMap.deep_point("[a.b]\nc.d = 1\n", 3) == (2, 1)
+    assert SourceMap.deep_point("x = " + "[" * 10_000, 5) == (1, 10)  # also in broken text
+
+
+def test_a_scan_of_deep_text_keeps_what_it_found() -> None:
+    text = "a = 1\nx = " + "[" * 10_000 + "]" * 10_000 + "\n"
+    assert SourceMap.scan(text).position(("a",)) == (1, 1)

@@ -26,9 +26,12 @@ from portguard.policyload import Reply
 from portguard.shipped import RULES_DIR
 from portguard.status import (
     DaemonFacts,
+    DropReport,
+    DropTotals,
     WatchedHook,
     build_document,
     gather,
+    kernel_dropped_view,
     read_queue_rows,
     worker_section,
     worker_socket,
@@ -54,7 +57,7 @@ def syn(src: int, dst: int, dport: int, sport: int) -> bytes:
 
 def decided_gate(allowed: int, rejected: int, first_port: int = 40000) -> Gate:
     """A gate that decided `allowed` smarthost and `rejected` direct-to-MX connections."""
-    gate = Gate(SHIPPED, OBSERVER, False, FlowTable(capacity=1024))
+    gate = Gate(SHIPPED, OBSERVER, FlowTable(capacity=1024))
     for n in range(allowed):
         gate.handle(syn(SUBSCRIBER, SMARTHOST, 25, first_port + n), False, True, 10.0)
     for n in range(rejected):
@@ -109,9 +112,9 @@ def facts(hook: WatchedHook | None = None, queues: tuple[int, ...] = (0, 1)) -> 
 
 def test_the_gate_counts_each_decision_once_per_rule_and_verdict() -> None:
     gate = decided_gate(allowed=3, rejected=2)
-    gate.handle(syn(SUBSCRIBER, MX, 25, 41000), False, True, 11.0)  # retransmitted SYN
+    gate.handle(syn(SUBSCRIBER, MX, 25, 41000), False, True, 11.0)  # a repeat: decided again
     gate.handle(b"\x45garbage", False, True, 11.0)  # malformed: no decision
-    assert gate.hits == {("smarthost", "allow"): 3, ("block-25", "reject"): 2}
+    assert gate.hits == {("smarthost", "allow"): 3, ("block-25", "reject"): 3}
     assert gate.malformed == 1
 
 
@@ -224,6 +227,18 @@ def test_the_plain_form_shows_every_part() -> None:
     table = {line.split()[0]: line.split()[1:] for line in text.splitlines()[-7:]}
     assert table["smarthost"] == ["allow", "2", "allow", "2"]
     assert table["block-25"] == ["reject", "1", "reject", "1"]
+
+
+def test_limit_table_full_counts_add_up_and_show() -> None:
+    one, two = decided_gate(1, 0), decided_gate(1, 0, 50000)
+    one.limiter.table_full.update({"business-25": 3, "other": 1})
+    two.limiter.table_full["business-25"] = 4
+    sections = [worker_section(gate, q, 1.0, None, None, q) for q, gate in enumerate((one, two))]
+    assert sections[0]["limit_table_full"] == {"business-25": 3, "other": 1}
+    doc = build_document(facts(), sections, {}, {}, 2.0)
+    assert doc["limit_table_full"] == {"business-25": 7, "other": 1}
+    text = format_status(doc)
+    assert "limit table full: rule business-25, 7 new sources refused" in text
 
 
 def test_worker_socket_sits_next_to_the_daemons() -> None:
@@ -401,3 +416,41 @@ def test_the_cli_fills_in_what_the_daemon_could_not_read(tmp_path: Path) -> None
     filled = fill_queue_counters(document, stats)
     assert filled["queues"][0]["bound"] is True and filled["queues"][0]["queue_dropped"] == 7
     assert filled["queues"][1] == {"queue": 1, "bound": False}
+
+
+# --- drops before the queue ------------------------------------------------------------------
+
+
+def test_drop_totals_survive_a_reinstall_that_restarts_the_counters() -> None:
+    totals = DropTotals()
+    assert totals.update({"per_source": 100, "invalid": 1}) == {"per_source": 100, "invalid": 1}
+    assert totals.update({"per_source": 150, "invalid": 1}) == {"per_source": 150, "invalid": 1}
+    # a repair reinstalled the hook: the kernel counts from 0 again
+    assert totals.update({"per_source": 20, "invalid": 0}) == {"per_source": 170, "invalid": 1}
+
+
+def test_drop_report_at_once_then_at_most_once_a_minute_and_only_on_change() -> None:
+    report = DropReport(interval=60.0)
+    assert report.due({"per_source": 0, "invalid": 0}, 0.0) is None  # nothing dropped
+    assert report.due({"per_source": 5, "invalid": 0}, 1.0) == {"per_source": 5, "invalid": 0}
+    assert report.due({"per_source": 9, "invalid": 0}, 30.0) is None  # too soon
+    assert report.due({"per_source": 9, "invalid": 2}, 61.0) == {"per_source": 4, "invalid": 2}
+    assert report.due({"per_source": 9, "invalid": 2}, 200.0) is None  # unchanged
+
+
+def test_watched_hook_reports_kernel_drops_as_lifecycle_events() -> None:
+    counters = {"per_source": 995000, "invalid": 3}
+    status = HookStatus("iptables", True, True, "ok", 1, counters)
+    hook, events = WatchedHook(Backend(status), clock=lambda: 100.0), list[Any]()
+    hook.report_drops_to(events.append, lambda action, message, **fields: (action, fields))
+    assert kernel_dropped_view(hook) == {"per_source": None, "invalid": None}  # not read yet
+    hook.status(SPEC)
+    hook.status(SPEC)
+    assert events == [("prequeue-dropped", {"dropped": counters, "dropped_total": counters})]
+    assert kernel_dropped_view(hook) == counters
+    facts = DaemonFacts(0.0, 1, "closed", (0,), Path("/run/c.sock"), hook)
+    doc = build_document(facts, [], {}, {}, 1.0)
+    assert doc["kernel_dropped"] == counters
+    assert "dropped before the queue: 995000 over the per-source limit, 3 INVALID with SYN" in (
+        format_status({**doc, "policy": None, "rules": []})
+    )

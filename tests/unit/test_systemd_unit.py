@@ -125,6 +125,7 @@ def test_writable_directories_are_the_ones_the_daemon_uses() -> None:
     service = settings("Service")
     assert one(service, "ProtectSystem") == "strict"  # everything else is read-only
     assert Path("/run", one(service, "RuntimeDirectory")) == config.DEFAULT_CONTROL_SOCKET.parent
+    assert Path("/var/lib", one(service, "StateDirectory")) == config.DEFAULT_STATE_DIR
     logs = Path("/var/log", one(service, "LogsDirectory"))
     shipped = (Path(portguard.__file__).parent / "shipped" / "portguard.toml").read_text()
     assert str(logs) in shipped  # the example file output points there

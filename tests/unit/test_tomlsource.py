@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
@@ -11,12 +12,17 @@ from pydantic import AfterValidator, Field
 
 from portguard.errors import Problem
 from portguard.tomlsource import (
+    MAX_NESTING,
+    MIB,
     Spec,
+    TextError,
     TomlSource,
     data_path,
     parse_toml,
+    read_text,
     toml_type,
     toml_value,
+    too_deep,
     validate,
 )
 
@@ -135,3 +141,56 @@ def test_problems_carry_the_column_of_the_key_or_element() -> None:
         "f.toml:2:24: size: -1 is not positive",
         "f.toml:4:3: name: must be a string, not an integer",
     ]
+
+
+# --- hostile files ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "position"),
+    [
+        ("x = " + "[" * 10_000 + "]" * 10_000 + "\n", (1, 37)),
+        ("a = 1\nx = " + "{a = " * 10_000 + "1" + "}" * 10_000 + "\n", (2, 161)),
+        ("a" + ".a" * 10_000 + " = 1\n", (1, 1)),
+        ("[" + ".".join(["a"] * 100) + "]\n", (1, 1)),
+        ("x = " + "[" * 40 + "]" * 40 + "\n", (1, 37)),  # tomllib parses it; still too deep
+    ],
+    ids=["arrays", "inline-tables", "dotted-key", "header", "arrays-40"],
+)
+def test_nesting_beyond_the_limit_is_a_located_problem(
+    text: str, position: tuple[int, int]
+) -> None:
+    problem = parse_toml(Path("f.toml"), text)
+    assert problem == Problem(
+        Path("f.toml"), *position[:1], "tables and arrays nest deeper than 32 levels", position[1]
+    )
+
+
+def test_nesting_up_to_the_limit_is_fine() -> None:
+    text = "x = " + "[" * (MAX_NESTING - 1) + "1" + "]" * (MAX_NESTING - 1) + "\n"
+    assert isinstance(parse_toml(Path("f.toml"), text), TomlSource)
+    assert not too_deep({"x": [[1]]}, 3) and too_deep({"x": [[1]]}, 2)
+    assert not too_deep({"x": [[]]}, 2) and too_deep({"x": [[]]}, 1) and not too_deep({}, 0)
+
+
+def test_read_text_reads_a_regular_utf8_file(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("caf\u00e9\n")
+    assert read_text(tmp_path / "f", 100) == "caf\u00e9\n"
+
+
+def test_read_text_refuses_large_special_and_binary_files(tmp_path: Path) -> None:
+    (tmp_path / "big").write_bytes(b"x" * (2 * MIB + 1))
+    with pytest.raises(TextError, match="is larger than 2 MiB") as caught:
+        read_text(tmp_path / "big", 2 * MIB)
+    assert caught.value.line is None
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(TextError, match="is not a regular file"):
+        read_text(tmp_path / "fifo", 100)
+    with pytest.raises(TextError, match="is not a regular file"):
+        read_text(Path("/dev/zero"), 100)
+    (tmp_path / "bin").write_bytes(b"ok\nab\x80c\n")
+    with pytest.raises(TextError, match=r"not UTF-8 text \(byte 0x80\)") as caught:
+        read_text(tmp_path / "bin", 100)
+    assert caught.value.problem(Path("bin")).format() == "bin:2:3: not UTF-8 text (byte 0x80)"
+    with pytest.raises(FileNotFoundError):
+        read_text(tmp_path / "nothere", 100)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +81,91 @@ def test_a_failed_load_keeps_the_policy_and_caps_the_errors(tmp_path: Path) -> N
     assert answers[0]["ok"] is False and len(answers[0]["errors"]) == MAX_REPORTED_ERRORS + 1
     assert events.seen[0]["portguard"]["errors"][-1] == "... and 4900 more"
     assert capped(["a"]) == ["a"]
+
+
+# --- the loop under a flood ------------------------------------------------------------------
+
+
+class FloodedReader:
+    """A queue that is always readable and always has more (a saturating flood)."""
+
+    def __init__(self) -> None:
+        self._r, self._w = os.pipe()
+        os.write(self._w, b"x")  # readable forever: nobody reads the pipe
+        self.batches = 0
+
+    def fileno(self) -> int:
+        return self._r
+
+    def read(self) -> bool:
+        self.batches += 1
+        return True  # the batch was full
+
+    def close(self) -> None:
+        os.close(self._r)
+        os.close(self._w)
+
+
+class CountingSignals:
+    """Stops the loop after `rounds` housekeeping rounds; never readable itself."""
+
+    def __init__(self, rounds: int) -> None:
+        self._r, self._w = os.pipe()
+        self.rounds, self.stop = rounds, False
+
+    def fileno(self) -> int:
+        return self._r
+
+    def drain(self) -> None:
+        pass
+
+
+def test_the_loop_does_its_housekeeping_between_batches_of_a_flood(tmp_path: Path) -> None:
+    running, _events = worker(tmp_path, load_rules(tmp_path))
+    reader, signals = FloodedReader(), CountingSignals(rounds=50)
+    between: list[int] = []
+
+    def housekeeping(sig: Any, rdr: Any, due: Any) -> None:
+        between.append(reader.batches)
+        signals.stop = len(between) >= signals.rounds
+
+    running._between_packets = housekeeping  # type: ignore[method-assign]
+    try:
+        running._loop(reader, signals, None)  # type: ignore[arg-type]
+    finally:
+        reader.close()
+    # one batch, then the housekeeping, again and again: the flood never starves it
+    assert between == list(range(1, 51))
+
+
+def load_rules(tmp_path: Path) -> RuleSet:
+    path = tmp_path / "10.toml"
+    path.write_text('[[rule]]\nid = "any"\naction = "allow"\n')
+    return load_ruleset([path])
+
+
+def test_a_forked_worker_adopts_only_handover_files_of_its_runtime_directory(
+    tmp_path: Path,
+) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(RULES)
+    config = parse_config(f'[rules]\npaths = ["{tmp_path}"]\n', tmp_path / "portguard.toml")
+    running = Worker(config, 0, load(rules, "192.0.2.1"), Observer("gw", "0"),
+                     control=tmp_path / "control.sock.0")  # fmt: skip
+    running.private_control = True
+    answers: list[dict[str, Any]] = []
+    for file in (str(rules), "/var/log/portguard/decisions.json", 7):
+        running.on_control({"command": "adopt", "file": file}, answers.append)
+    assert [a["ok"] for a in answers] == [False, False, False]
+    assert "hand-over file" in answers[0]["errors"][0]
+
+
+def test_a_load_that_found_no_newer_handover_keeps_the_policy_quietly(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(RULES)
+    first = load(rules, "192.0.2.1")
+    running, events = worker(tmp_path, first)
+    answers: list[dict[str, Any]] = []
+    running.apply_load(LoadResult(first, [], [answers.append], "control"))
+    assert answers == [{"ok": True, "policy_version": first.version, "rules": 1}]
+    assert events.actions() == []
