@@ -32,10 +32,11 @@ from portguard.io.hook import (
 )
 from portguard.io.hookwatch import HookWatch
 from portguard.io.queuestats import bound_queues
+from portguard.io.watchedhook import WatchedHook
 from portguard.metrics import MetricsServer, control_fetch
 from portguard.policy import RuleSet
 from portguard.policystate import RESOLVED_FILE, save_resolution, saved_resolution
-from portguard.status import DaemonFacts, WatchedHook, worker_socket
+from portguard.status import DaemonFacts, worker_socket
 from portguard.supervisor import Supervisor
 from portguard.worker import StartupError, Worker, make_writer
 

@@ -21,14 +21,12 @@ from portguard.decisionlog.record import Observer
 from portguard.flow.table import FlowTable
 from portguard.gate import Gate
 from portguard.io.hook import HookSpec, HookStatus
+from portguard.io.watchedhook import WatchedHook
 from portguard.policy import RuleSet, load_ruleset
 from portguard.policyload import Reply
 from portguard.shipped import RULES_DIR
 from portguard.status import (
     DaemonFacts,
-    DropReport,
-    DropTotals,
-    WatchedHook,
     build_document,
     gather,
     kernel_dropped_view,
@@ -421,32 +419,12 @@ def test_the_cli_fills_in_what_the_daemon_could_not_read(tmp_path: Path) -> None
 # --- drops before the queue ------------------------------------------------------------------
 
 
-def test_drop_totals_survive_a_reinstall_that_restarts_the_counters() -> None:
-    totals = DropTotals()
-    assert totals.update({"per_source": 100, "invalid": 1}) == {"per_source": 100, "invalid": 1}
-    assert totals.update({"per_source": 150, "invalid": 1}) == {"per_source": 150, "invalid": 1}
-    # a repair reinstalled the hook: the kernel counts from 0 again
-    assert totals.update({"per_source": 20, "invalid": 0}) == {"per_source": 170, "invalid": 1}
-
-
-def test_drop_report_at_once_then_at_most_once_a_minute_and_only_on_change() -> None:
-    report = DropReport(interval=60.0)
-    assert report.due({"per_source": 0, "invalid": 0}, 0.0) is None  # nothing dropped
-    assert report.due({"per_source": 5, "invalid": 0}, 1.0) == {"per_source": 5, "invalid": 0}
-    assert report.due({"per_source": 9, "invalid": 0}, 30.0) is None  # too soon
-    assert report.due({"per_source": 9, "invalid": 2}, 61.0) == {"per_source": 4, "invalid": 2}
-    assert report.due({"per_source": 9, "invalid": 2}, 200.0) is None  # unchanged
-
-
-def test_watched_hook_reports_kernel_drops_as_lifecycle_events() -> None:
+def test_kernel_drops_show_in_the_document_once_read() -> None:
     counters = {"per_source": 995000, "invalid": 3}
     status = HookStatus("iptables", True, True, "ok", 1, counters)
-    hook, events = WatchedHook(Backend(status), clock=lambda: 100.0), list[Any]()
-    hook.report_drops_to(events.append, lambda action, message, **fields: (action, fields))
+    hook = WatchedHook(Backend(status), clock=lambda: 100.0)
     assert kernel_dropped_view(hook) == {"per_source": None, "invalid": None}  # not read yet
     hook.status(SPEC)
-    hook.status(SPEC)
-    assert events == [("prequeue-dropped", {"dropped": counters, "dropped_total": counters})]
     assert kernel_dropped_view(hook) == counters
     facts = DaemonFacts(0.0, 1, "closed", (0,), Path("/run/c.sock"), hook)
     doc = build_document(facts, [], {}, {}, 1.0)
