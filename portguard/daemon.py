@@ -18,9 +18,10 @@ import time
 
 from portguard import __version__
 from portguard.config import Config
+from portguard.decisionlog.outputs import make_writer
 from portguard.decisionlog.record import Observer, lifecycle_event
 from portguard.decisionlog.writer import EventQueue
-from portguard.errors import SourceError
+from portguard.errors import SourceError, StartupError
 from portguard.io import notify
 from portguard.io.hook import (
     HookBackend,
@@ -38,7 +39,7 @@ from portguard.policy import RuleSet
 from portguard.policystate import RESOLVED_FILE, save_resolution, saved_resolution
 from portguard.status import DaemonFacts, worker_socket
 from portguard.supervisor import Supervisor
-from portguard.worker import StartupError, Worker, make_writer
+from portguard.worker import Worker
 
 PR_SET_PDEATHSIG = 1
 HOOK_CHECK_INTERVAL = 2.0  # seconds: a removed or bypassed hook is back within about this

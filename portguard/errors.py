@@ -1,4 +1,5 @@
-"""Problems found in the operator's files, reported as ``path:line: message``, all at once."""
+"""Problems found in the operator's files, reported as ``path:line: message``, all at once;
+and the error that ends a start (``StartupError``)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,10 @@ class SourceError(Exception):
         self.plain: tuple[str, ...] = tuple(p for p in items if isinstance(p, str))
         self.messages: list[str] = [p.format() for p in located] + list(self.plain)
         super().__init__("\n".join(self.messages))
+
+
+class StartupError(Exception):
+    """The daemon could not start (a queue or socket it needs): the message says which."""
 
 
 class ConfigError(SourceError):

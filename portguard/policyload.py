@@ -4,6 +4,10 @@ A reload (SIGHUP, `portguard reload`, a DNS refresh) asks for a load; the thread
 compiles the rule files; the loop collects the result and swaps it in with one assignment,
 or keeps the old policy when the files have errors. Requests that arrive while a load runs
 are answered by the next load, so an edit made during a reload is never missed.
+
+The worker and the supervisor judge a result alike: at most MAX_REPORTED_ERRORS of its errors
+(`capped`), and a timed re-resolution is applied only when built from the same files
+(`same_files`) and only when an address changed (`same_resolution`).
 """
 
 from __future__ import annotations
@@ -99,3 +103,26 @@ class PolicyLoad:
             self._done = result
             self._running = False
         self._wake()
+
+
+MAX_REPORTED_ERRORS = 100
+
+
+def capped(errors: list[str]) -> list[str]:
+    """At most MAX_REPORTED_ERRORS messages (a million bad lines must not become one event)."""
+    if len(errors) <= MAX_REPORTED_ERRORS:
+        return errors
+    return [*errors[:MAX_REPORTED_ERRORS], f"... and {len(errors) - MAX_REPORTED_ERRORS} more"]
+
+
+def same_files(old: RuleSet, new: RuleSet) -> bool:
+    """Built from the same rule and list file contents."""
+    digests = [{path: entry.digest for path, entry in rs.lists.items()} for rs in (old, new)]
+    return old.texts == new.texts and digests[0] == digests[1]
+
+
+def same_resolution(old: RuleSet, new: RuleSet) -> bool:
+    """Host names resolved to the same addresses (in any order: round-robin DNS)."""
+    return {h: sorted(a) for h, a in old.resolved.items()} == {
+        h: sorted(a) for h, a in new.resolved.items()
+    }

@@ -29,13 +29,13 @@ from portguard.control import ControlServer
 from portguard.control import request as control_request
 from portguard.decisionlog.record import Observer, lifecycle_event
 from portguard.decisionlog.writer import EventWriter
+from portguard.errors import StartupError
 from portguard.io import notify
 from portguard.io.signals import SignalPipe
 from portguard.policy import RuleSet
-from portguard.policyload import LoadResult, PolicyLoad, Reply
+from portguard.policyload import LoadResult, PolicyLoad, Reply, capped, same_files, same_resolution
 from portguard.policystate import remove_handovers, save_resolution, write_handover
 from portguard.status import DaemonFacts, collect, gather, worker_socket
-from portguard.worker import StartupError, capped, same_files, same_resolution
 
 WORKER_STATUS_TIMEOUT = 2.0  # seconds the parent waits for each worker's status
 ADOPT_TIMEOUT = 120.0  # seconds a worker may take to load and swap in a handed-over policy

@@ -11,14 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from portguard.config import Config, Output
+from portguard.config import Config
 from portguard.control import ControlServer
-from portguard.decisionlog import syslog
 from portguard.decisionlog.flood import DenyAggregator
 from portguard.decisionlog.logprocess import LogProcess
+from portguard.decisionlog.outputs import make_writer, open_sinks
 from portguard.decisionlog.record import Event, Observer, lifecycle_event
-from portguard.decisionlog.sinks import EventSink, file_sink, stdout_sink
-from portguard.decisionlog.writer import Channel, EventQueue, EventWriter
+from portguard.decisionlog.writer import EventQueue
+from portguard.errors import StartupError
 from portguard.flow.table import FlowTable
 from portguard.gate import Gate, Outcome, Verdict
 from portguard.io import notify
@@ -26,8 +26,9 @@ from portguard.io.interfaces import WanInterfaces
 from portguard.io.nfqueue import QueueReader
 from portguard.io.queueflags import set_fail_open
 from portguard.io.signals import SignalPipe
+from portguard.periodic import Periodic
 from portguard.policy import RuleSet, load_ruleset
-from portguard.policyload import LoadResult, PolicyLoad, Reply
+from portguard.policyload import LoadResult, PolicyLoad, Reply, capped, same_files, same_resolution
 from portguard.policystate import is_handover, read_handover, save_resolution
 from portguard.reevaluate import Reevaluator
 from portguard.status import DaemonFacts, collect, worker_section
@@ -37,62 +38,6 @@ INTERFACE_REFRESH = 30.0  # seconds between forgetting cached interface names
 GIL_SWITCH_INTERVAL = 0.0005  # seconds (Python's default is 0.005)
 
 Hook = Callable[[EventQueue], object] | None
-
-
-class StartupError(Exception):
-    """The daemon could not start (a queue or socket it needs): the message says which."""
-
-
-def make_sink(output: Output) -> EventSink:
-    if output.type == "file" and output.path is not None:
-        return file_sink(Path(output.path), output.format)
-    if output.type == "syslog" and output.address is not None:
-        return syslog.SyslogSink(output.address, output.format, tls_settings(output))
-    return stdout_sink(output.format, output.prefix)
-
-
-def tls_settings(output: Output) -> syslog.TlsSettings | None:
-    if output.address is None or not output.address.startswith("tls://"):
-        return None
-    return syslog.TlsSettings(output.ca, output.cert, output.key, output.server_name)
-
-
-def open_sinks(config: Config) -> list[EventSink]:
-    try:
-        return [make_sink(output) for output in config.log.outputs]
-    except (OSError, ValueError) as error:  # a file that cannot be opened, a bad CA file
-        raise StartupError(f"cannot open a log output: {error}") from None
-
-
-def make_writer(config: Config, observer: Observer | None = None, **extra: object) -> EventWriter:
-    """The writer for the configured outputs; with an observer, a sink going down or coming
-    back is itself logged (into every sink: the one that was down gets it once it is back)."""
-    sinks = open_sinks(config)
-    writer = EventWriter(
-        [Channel(s, o.buffer, o.level) for s, o in zip(sinks, config.log.outputs, strict=True)]
-    )
-    if observer is not None:
-        writer.on_sink_state = sink_state_logger(writer, observer, extra)
-    writer.start()
-    return writer
-
-
-def sink_state_logger(
-    writer: EventWriter, observer: Observer, extra: dict[str, object]
-) -> Callable[[str, bool, str], None]:
-    def logged(name: str, up: bool, reason: str) -> None:
-        stats = {s.name: s.fields() for s in writer.stats()}.get(name, {})
-        if up:
-            message = f"log output {name} works again"
-            event = lifecycle_event("sink-recovered", message, observer, time.time(),
-                                    sink=stats, **extra)  # fmt: skip
-        else:
-            message = f"log output {name} failed: {reason}"
-            event = lifecycle_event("sink-error", message, observer, time.time(),
-                                    sink=stats, error=reason, **extra)  # fmt: skip
-        writer.submit(event)
-
-    return logged
 
 
 class Worker:
@@ -155,33 +100,44 @@ class Worker:
         reader = self.reader = QueueReader(
             self.queue_num, self.config.queue.max_len, self.decide, self._submit, fallback
         )
-        control: ControlServer | None = None
         deciding = False
         try:
-            control = self.control_server = self._open_control()
-            self._bind(reader)
-            if on_bound is not None:
-                on_bound(writer)
-            self._log("start", f"portguard started on queue {self.queue_num}",
-                      policy_version=self.gate.ruleset.version)  # fmt: skip
-            for action, message, extra in self.start_events:  # e.g. resolve-fallback
-                self._log(action, message, **extra)
-            self._recheck_wan()
-            notify.ready(f"deciding on queue {self.queue_num}")
+            self.control_server = self._open_control()
+            self._start(reader, on_bound)
             deciding = True
-            self._loop(reader, signals, control)
+            self._loop(reader, signals, self.control_server)
         finally:
-            notify.stopping()
-            for line in self.floods.flush_all() if self.floods else ():  # before the stop event
-                writer.submit(line)
-            orderly = signals.stop or not deciding
-            self._shut_down(reader, on_stop if orderly else None, drain=deciding)
-            for closing in (control, signals):
-                if closing is not None:
-                    closing.close()
-            message = "portguard stopped" if orderly else "portguard failed; hooks kept"
-            writer.close(self._event("stop", message, packets=reader.packets))
+            self._stop(reader, signals, on_stop, orderly=signals.stop or not deciding,
+                       deciding=deciding)  # fmt: skip
         return 0
+
+    def _start(self, reader: QueueReader, on_bound: Hook) -> None:
+        """Bind the queue, call `on_bound` (installing the hooks), say that we decide."""
+        self._bind(reader)
+        assert self.writer is not None
+        if on_bound is not None:
+            on_bound(self.writer)
+        self._log("start", f"portguard started on queue {self.queue_num}",
+                  policy_version=self.gate.ruleset.version)  # fmt: skip
+        for action, message, extra in self.start_events:  # e.g. resolve-fallback
+            self._log(action, message, **extra)
+        self._recheck_wan()
+        notify.ready(f"deciding on queue {self.queue_num}")
+
+    def _stop(
+        self, reader: QueueReader, signals: SignalPipe, on_stop: Hook, orderly: bool, deciding: bool
+    ) -> None:
+        """Flush the flood summaries, remove the hooks when `orderly`, unbind, log the stop."""
+        assert self.writer is not None
+        notify.stopping()
+        for line in self.floods.flush_all() if self.floods else ():  # before the stop event
+            self.writer.submit(line)
+        self._shut_down(reader, on_stop if orderly else None, drain=deciding)
+        for closing in (self.control_server, signals):
+            if closing is not None:
+                closing.close()
+        message = "portguard stopped" if orderly else "portguard failed; hooks kept"
+        self.writer.close(self._event("stop", message, packets=reader.packets))
 
     def _start_log_process(self) -> LogProcess:
         """The outputs run in a process of their own (before the queue is bound: no packet
@@ -330,12 +286,7 @@ class Worker:
             selector.register(signals.fileno(), selectors.EVENT_READ, signals.drain)
             if control is not None:
                 control.register(selector)
-            start = time.monotonic()
-            due = {
-                "tick": start + TICK,
-                "refresh": start + INTERFACE_REFRESH,
-                "resolve": start + self.config.rules.resolve_interval,
-            }
+            jobs = self._periodic_jobs(reader, time.monotonic())
             more = False  # the last batch was full: packets may be waiting
             while not signals.stop:
                 timeout = 0.0 if more else self.heartbeat.wait(time.monotonic(), TICK)
@@ -345,12 +296,21 @@ class Worker:
                         more = reader.read()
                     else:
                         key.data()
-                self._between_packets(signals, reader, due)
+                self._between_packets(signals, jobs)
 
-    def _between_packets(
-        self, signals: SignalPipe, reader: QueueReader, due: dict[str, float]
-    ) -> None:
-        """Reloads, results of background loads, and the periodic housekeeping."""
+    def _periodic_jobs(self, reader: QueueReader, start: float) -> list[Periodic]:
+        """The housekeeping tick, forgetting interface names, re-resolving host names."""
+        jobs = [
+            Periodic(TICK, lambda: self._housekeeping(reader), start + TICK),
+            Periodic(INTERFACE_REFRESH, self.wan.forget, start + INTERFACE_REFRESH),
+        ]
+        interval = self.config.rules.resolve_interval
+        if interval:
+            jobs.append(Periodic(interval, self._resolve_hosts, start + interval))
+        return jobs
+
+    def _between_packets(self, signals: SignalPipe, jobs: list[Periodic]) -> None:
+        """Reloads, results of background loads, and the periodic jobs that are due."""
         self.heartbeat.beat(time.monotonic())  # only a turning loop gets here
         if signals.take_reopen() and self.writer is not None:
             self.writer.reopen()  # logrotate moved the log files
@@ -359,17 +319,12 @@ class Worker:
             self.loads.request(reason="sighup")
         self.loads.collect(self.apply_load)  # a finished load swapped in (or refused)
         now = time.monotonic()
-        if now >= due["tick"]:
-            due["tick"] = now + TICK
-            self._housekeeping(reader)
-        if now >= due["refresh"]:
-            due["refresh"] = now + INTERFACE_REFRESH
-            self.wan.forget()
-        interval = self.config.rules.resolve_interval
-        if interval and now >= due["resolve"]:
-            due["resolve"] = now + interval
-            if self.gate.ruleset.has_hosts:  # re-resolve the host names of the sets
-                self.loads.request(reason="resolve")
+        for job in jobs:
+            job.run_if_due(now)
+
+    def _resolve_hosts(self) -> None:
+        if self.gate.ruleset.has_hosts:  # re-resolve the host names of the sets
+            self.loads.request(reason="resolve")
 
     def _refuse(self, old: RuleSet, result: LoadResult) -> dict[str, Any]:
         errors = capped(result.errors)
@@ -434,26 +389,3 @@ class Worker:
         return lifecycle_event(
             action, message, self.observer, time.time(), queue=self.queue_num, **extra
         )
-
-
-MAX_REPORTED_ERRORS = 100
-
-
-def capped(errors: list[str]) -> list[str]:
-    """At most MAX_REPORTED_ERRORS messages (a million bad lines must not become one event)."""
-    if len(errors) <= MAX_REPORTED_ERRORS:
-        return errors
-    return [*errors[:MAX_REPORTED_ERRORS], f"... and {len(errors) - MAX_REPORTED_ERRORS} more"]
-
-
-def same_files(old: RuleSet, new: RuleSet) -> bool:
-    """Built from the same rule and list file contents."""
-    digests = [{path: entry.digest for path, entry in rs.lists.items()} for rs in (old, new)]
-    return old.texts == new.texts and digests[0] == digests[1]
-
-
-def same_resolution(old: RuleSet, new: RuleSet) -> bool:
-    """Host names resolved to the same addresses (in any order: round-robin DNS)."""
-    return {h: sorted(a) for h, a in old.resolved.items()} == {
-        h: sorted(a) for h, a in new.resolved.items()
-    }

@@ -8,7 +8,7 @@ from typing import Any
 
 from portguard.errors import SourceError
 from portguard.policy import RuleSet, load_ruleset
-from portguard.policyload import LoadResult, PolicyLoad
+from portguard.policyload import MAX_REPORTED_ERRORS, LoadResult, PolicyLoad, capped
 
 GOOD = '[[rule]]\nid = "r"\naction = "allow"\n'
 
@@ -126,3 +126,9 @@ def test_the_next_load_starts_only_after_the_result_was_applied() -> None:
     load.collect(lambda result: applied.append("first"))
     assert woken.wait(10)
     assert seen == [[], ["first"]]
+
+
+def test_errors_are_capped_with_a_count_of_the_rest() -> None:
+    assert capped(["a"]) == ["a"]
+    many = [f"x:{n}: bad" for n in range(MAX_REPORTED_ERRORS + 5)]
+    assert capped(many) == [*many[:MAX_REPORTED_ERRORS], "... and 5 more"]
