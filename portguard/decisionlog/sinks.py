@@ -18,6 +18,7 @@ import orjson
 import structlog
 
 from portguard.decisionlog import formats
+from portguard.decisionlog.ecs import with_community_id
 from portguard.decisionlog.record import Event
 
 # syslog severities (RFC 5424) of the ECS log.level values portguard writes
@@ -63,7 +64,7 @@ def add_community_id(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """structlog processor: network.community_id for connection events (Community ID v1)."""
-    return formats.with_community_id(dict(event_dict))
+    return with_community_id(dict(event_dict))
 
 
 PREPARE: tuple[Processor, ...] = (order_fields, add_community_id)
