@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 import portguard
-from portguard import cli, config
+from portguard import cli
+from portguard.configschema import DEFAULT_CONTROL_SOCKET, DEFAULT_RULES_PATH, DEFAULT_STATE_DIR
 from portguard.io import queuestats
 
 UNIT = Path(portguard.__file__).resolve().parents[1] / "systemd" / "portguard.service"
@@ -118,14 +119,14 @@ def test_starts_and_checks_the_default_config() -> None:
     assert one(service, "ExecStart") == f"{BINARY} run --config {config_path}"
     assert one(service, "ExecStartPre") == f"{BINARY} check --config {config_path}"
     assert f"/etc/{one(service, 'ConfigurationDirectory')}" == str(cli.DEFAULT_CONFIG.parent)
-    assert config.DEFAULT_RULES_PATH.parent == cli.DEFAULT_CONFIG.parent
+    assert DEFAULT_RULES_PATH.parent == cli.DEFAULT_CONFIG.parent
 
 
 def test_writable_directories_are_the_ones_the_daemon_uses() -> None:
     service = settings("Service")
     assert one(service, "ProtectSystem") == "strict"  # everything else is read-only
-    assert Path("/run", one(service, "RuntimeDirectory")) == config.DEFAULT_CONTROL_SOCKET.parent
-    assert Path("/var/lib", one(service, "StateDirectory")) == config.DEFAULT_STATE_DIR
+    assert Path("/run", one(service, "RuntimeDirectory")) == DEFAULT_CONTROL_SOCKET.parent
+    assert Path("/var/lib", one(service, "StateDirectory")) == DEFAULT_STATE_DIR
     logs = Path("/var/log", one(service, "LogsDirectory"))
     shipped = (Path(portguard.__file__).parent / "shipped" / "portguard.toml").read_text()
     assert str(logs) in shipped  # the example file output points there
