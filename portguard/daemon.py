@@ -21,7 +21,7 @@ from portguard.config import Config
 from portguard.decisionlog.outputs import make_writer
 from portguard.decisionlog.record import Observer, lifecycle_event
 from portguard.decisionlog.writer import EventQueue
-from portguard.errors import SourceError, StartupError
+from portguard.errors import HOST_KEPT, SourceError, StartupError
 from portguard.io import notify
 from portguard.io.hook import (
     HookBackend,
@@ -254,7 +254,7 @@ def first_policy(config: Config) -> tuple[RuleSet, list[StartEvent]]:
     state = config.daemon.state_dir
     ruleset = load_ruleset(config.rules.paths, previous=saved_resolution(state))
     events: list[StartEvent] = []
-    kept = [w.format() for w in ruleset.warnings if "did not resolve" in w.message]
+    kept = [w.format() for w in ruleset.warnings if w.kind == HOST_KEPT]
     if kept:
         message = (f"{len(kept)} host names did not resolve at start; their last good "
                    f"addresses from {state / RESOLVED_FILE} are used")  # fmt: skip

@@ -12,14 +12,20 @@ _TOML_POSITION = re.compile(r"^(?P<text>.*?) \(at line (?P<line>\d+), column (?P
 _TOML_END = re.compile(r"^(?P<text>.*?) \(at end of document\)$")
 
 
+HOST_KEPT = "host-kept"  # a Problem's kind: a host name that did not resolve (a transient
+# failure) kept its addresses from the policy in force (daemon.first_policy logs it at start)
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """One error in one file. ``line`` is None when the error concerns the file as a whole."""
+    """One error in one file. ``line`` is None when the error concerns the file as a whole.
+    ``kind`` names a problem code matches on (e.g. HOST_KEPT); the message is for people."""
 
     path: Path
     line: int | None
     message: str
     col: int | None = None
+    kind: str | None = None
 
     def format(self) -> str:
         where = shown(str(self.path))

@@ -44,6 +44,7 @@ class PolicyLoad:
         self._done: LoadResult | None = None
         self._waiting: list[Reply] = []
         self._waiting_reason: str | None = None
+        self._current: list[Reply] = []  # the running load's replies
 
     @property
     def running(self) -> bool:
@@ -81,10 +82,23 @@ class PolicyLoad:
                 self._start_waiting()
         return result
 
+    def abandon(self) -> list[Reply]:
+        """The loop is ending: every reply still owed (the running load's, an uncollected
+        result's, the parked ones), taken, so that the caller answers each once; a load that
+        finishes later answers nobody, and no parked load starts."""
+        with self._lock:
+            done = self._done.replies if self._done is not None else []
+            owed = [*self._current, *done, *self._waiting]
+            for replies in (self._current, done, self._waiting):
+                replies.clear()  # in place: the running load's result holds the same list
+            self._waiting_reason = None
+        return owed
+
     def _start_waiting(self) -> None:
         replies, self._waiting = self._waiting, []
         reason, self._waiting_reason = self._waiting_reason or "reload", None
         self._running = True
+        self._current = replies
         self._thread = threading.Thread(
             target=self._run, args=(replies, reason), name="portguard-load", daemon=True
         )
@@ -102,6 +116,7 @@ class PolicyLoad:
         with self._lock:
             self._done = result
             self._running = False
+            self._current = []  # the result's now: answered by `collect`'s caller
         self._wake()
 
 

@@ -29,7 +29,7 @@ from portguard.control import ControlServer
 from portguard.control import request as control_request
 from portguard.decisionlog.record import Observer, lifecycle_event
 from portguard.decisionlog.writer import EventWriter
-from portguard.errors import StartupError
+from portguard.errors import PolicyError, Problem, StartupError
 from portguard.io import notify
 from portguard.io.signals import SignalPipe
 from portguard.policy import RuleSet
@@ -52,6 +52,7 @@ class Handover:
     trigger: str
     replies: list[Reply]
     answers: dict[int, dict[str, Any]] = field(default_factory=dict)  # queue -> worker's answer
+    newer: set[str] = field(default_factory=set)  # versions handed over after this one
 
 
 class Supervisor:
@@ -108,10 +109,20 @@ class Supervisor:
             self._between_events()
             dead = self._dead_child()
             if dead and not self.signals.stop:
-                print(f"portguard: worker {dead} exited unexpectedly", file=sys.stderr)
-                self.children.remove(dead)
-                return 1
+                return self._worker_exited(dead)
         return 0
+
+    def _worker_exited(self, pid: int) -> int:
+        """A worker died: the daemon exits 1 (the hooks stay, the fail mode applies). Whoever
+        waits on a reload is told why first, not left with a closed connection."""
+        queue_num = self.config.queue.num + self.children.index(pid)  # forked in queue order
+        print(f"portguard: worker {pid} (queue {queue_num}) exited unexpectedly", file=sys.stderr)
+        self.children.remove(pid)
+        waiting = [reply for handover in self.handovers for reply in handover.replies]
+        answer = {"ok": False, "errors": [f"worker on queue {queue_num} exited"]}
+        for reply in [*waiting, *self.loads.abandon()]:
+            reply(answer)
+        return 1
 
     def _between_events(self) -> None:
         """Signals, finished builds, workers' answers, idle control clients, timers."""
@@ -188,7 +199,12 @@ class Supervisor:
         from portguard.policy import load_ruleset
 
         ruleset = load_ruleset(self.config.rules.paths, previous=self.policy)
-        self._built = write_handover(self.runtime, ruleset)  # read once the loop collects
+        try:
+            self._built = write_handover(self.runtime, ruleset)  # read once the loop collects
+        except OSError as error:  # disk full, the directory gone: the reload is refused
+            reason = error.strerror or str(error)
+            message = f"cannot write the policy for the workers: {reason}"
+            raise PolicyError([Problem(self.runtime, None, message)]) from None
         try:
             save_resolution(self.config.daemon.state_dir, ruleset)
         except OSError as error:  # the policy is good all the same
@@ -240,6 +256,8 @@ class Supervisor:
             reply({"ok": False, "errors": errors, "policy_version": version})
 
     def _hand_over(self, handover: Handover) -> None:
+        for earlier in self.handovers:  # a worker may answer those with this newer version
+            earlier.newer.add(handover.ruleset.version)
         self.handovers.append(handover)
         for index in range(self.config.queue.workers):
             queue_num = self.config.queue.num + index
@@ -288,14 +306,20 @@ class Supervisor:
 
 def handover_answer(handover: Handover) -> dict[str, Any]:
     """The answer to `portguard reload`: ok when every worker runs the new policy (or a
-    newer one handed over meanwhile)."""
+    newer one handed over meanwhile); a worker that answers with another version failed."""
     workers: list[dict[str, Any]] = []
     errors: list[str] = []
-    for queue_num, answer in sorted(handover.answers.items()):
-        workers.append({"queue": queue_num, "ok": bool(answer.get("ok")),
-                        "policy_version": answer.get("policy_version")})  # fmt: skip
-        errors.extend(str(e) for e in answer.get("errors", []))
     ruleset = handover.ruleset
+    accepted = {ruleset.version, *handover.newer}
+    for queue_num, answer in sorted(handover.answers.items()):
+        version = answer.get("policy_version")
+        ok = bool(answer.get("ok"))
+        errors.extend(str(e) for e in answer.get("errors", []))
+        if ok and version not in accepted:
+            ok = False
+            errors.append(f"worker on queue {queue_num} runs policy {version}, "
+                          f"not the handed-over {ruleset.version}")  # fmt: skip
+        workers.append({"queue": queue_num, "ok": ok, "policy_version": version})
     result: dict[str, Any] = {
         "ok": all(w["ok"] for w in workers),
         "policy_version": ruleset.version,

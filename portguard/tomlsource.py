@@ -51,10 +51,10 @@ class TomlSource:
         """Scanned on first use: only a file with a problem needs it."""
         return SourceMap.scan(self.text)
 
-    def problem(self, key: KeyPath, message: str) -> Problem:
+    def problem(self, key: KeyPath, message: str, kind: str | None = None) -> Problem:
         """A Problem at the line and column of ``key`` (or of its nearest written parent)."""
         line, col = self.positions.locate(key)
-        return Problem(self.path, line, message, col)
+        return Problem(self.path, line, message, col, kind)
 
     def where(self, key: KeyPath) -> str:
         """``path:line`` of ``key``, to point at an earlier definition."""

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from portguard.errors import PolicyError, Problem, unexpected
+from portguard.errors import HOST_KEPT, PolicyError, Problem, unexpected
 from portguard.policy.addresses import AddressSet, parse_address_list, parse_network
 from portguard.policy.checks import cross_file_problems, raw_sets, set_entries
 from portguard.policy.hosts import Resolver, host_name_problem, is_transient, resolve_problem
@@ -174,7 +174,7 @@ def _resolve_host(
     if kept:
         unit.resolved[host] = kept
         message = f'hosts: "{host}" did not resolve ({reason}); kept {", ".join(kept)}'
-        unit.warnings.append(source.problem(key, message))
+        unit.warnings.append(source.problem(key, message, HOST_KEPT))
         return
     unit.problems.append(source.problem(key, f'hosts: "{host}" does not resolve ({reason})'))
 

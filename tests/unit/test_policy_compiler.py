@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from portguard.errors import PolicyError
+from portguard.errors import HOST_KEPT, PolicyError
 from portguard.policy.compiler import compile_ruleset
 from portguard.policy.model import Action, Connection, Direction, Limit
 from portguard.policy.ruleset import RuleSet
@@ -204,6 +204,7 @@ def test_a_host_that_stops_resolving_keeps_its_addresses_on_a_reload() -> None:
         '/r/10-a.toml:2:10: hosts: "smtp.example.net" did not resolve'
         " (Temporary failure in name resolution); kept 198.51.100.26"
     ]
+    assert [w.kind for w in again.warnings] == [HOST_KEPT]  # what the start's event matches on
     assert again.decide(conn("192.0.2.1", "198.51.100.26", 25)).rule_id == "r"
 
 

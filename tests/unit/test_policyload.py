@@ -132,3 +132,28 @@ def test_errors_are_capped_with_a_count_of_the_rest() -> None:
     assert capped(["a"]) == ["a"]
     many = [f"x:{n}: bad" for n in range(MAX_REPORTED_ERRORS + 5)]
     assert capped(many) == [*many[:MAX_REPORTED_ERRORS], "... and 5 more"]
+
+
+def test_abandon_takes_every_reply_still_owed_once() -> None:
+    gate = threading.Event()
+
+    def slow() -> RuleSet:
+        gate.wait(10)
+        raise SourceError(["x:1: nope"])
+
+    woken = threading.Event()
+    load = PolicyLoad(slow, woken.set)
+    running: list[dict[str, Any]] = []
+    parked: list[dict[str, Any]] = []
+    load.request(running.append)  # the running load's
+    load.request(parked.append)  # waits for the next load
+    assert load.abandon() == [running.append, parked.append]
+    assert load.abandon() == []  # taken: nobody is answered twice
+    gate.set()
+    assert wait(load, woken).replies == []  # the load that finishes later answers nobody
+    assert not load.running  # and the parked one never starts
+    load.request(parked.append)
+    assert woken.wait(10)
+    assert load.abandon() == [parked.append]  # a finished, uncollected result's
+    result = load.collect()
+    assert result is not None and result.replies == [] and not load.running
