@@ -125,9 +125,11 @@ vng_args=(--run "$KERNEL_IMAGE" --force-9p -m "${KERNEL_VM_MEMORY:-1G}" -p "${KE
 [ "$ACCEL" = tcg ] && vng_args+=(--disable-kvm)
 say "booting $KERNEL_VERSION with $ACCEL ($ACCEL_WHY); prepared in $((PREPARED - STARTED)) s"
 set +e
+# QEMU reopens its stdout/stderr by /proc/self/fd/N: were they a file (CI's log), the reopen
+# would truncate it. Through a pipe nothing before this point is lost.
 PATH=$CACHE/vng/bin:$PATH timeout --kill-after=30 "$TIMEOUT" vng "${vng_args[@]}" \
-  --exec "$ROOT/tests/kernel/guest.sh $OUT ${KERNEL_VM_PYTEST_ARGS:-}" </dev/null
-vng_rc=$?
+  --exec "$ROOT/tests/kernel/guest.sh $OUT ${KERNEL_VM_PYTEST_ARGS:-}" </dev/null 2>&1 | cat
+vng_rc=${PIPESTATUS[0]}
 set -e
 FINISHED=$(date +%s)
 
