@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from netns import Netns, require_root, throwaway_netns
 
+from lab import netns as labns
 from portguard.io.conntrack import TrackedConnection
 from portguard.io.hook import (
     MARK_DROP,
@@ -35,7 +36,6 @@ from portguard.io.hook import (
 )
 from portguard.io.iptables import IptablesBackend
 from portguard.io.nftables import NftablesBackend, queue_statement
-from portguard.lab import netns as labns
 from portguard.policy.model import Direction
 
 pytestmark = pytest.mark.integration

@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 from netns import Netns, require_root, throwaway_netns
 
+from lab import netns as labns
 from portguard.io.hook import MARK_ALLOW, MARK_MASK, mark_bits
-from portguard.lab import netns as labns
 from portguard.policy.model import Direction
 
 pytestmark = pytest.mark.integration

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from portguard.lab import Lab
-from portguard.lab import addresses as a
-from portguard.lab.daemon import LabDaemon, hooks_leftover
+from lab import Lab
+from lab import addresses as a
+from lab.daemon import LabDaemon, hooks_leftover
 
 VERSIONS = pytest.mark.parametrize("version", [4, 6], ids=["ipv4", "ipv6"])
 
@@ -364,7 +364,7 @@ def test_the_daemon_and_explain_agree_on_real_connections(
     daemon = every_deny_daemon
     import ipaddress
 
-    from portguard.lab.daemon import SHIPPED_RULES
+    from lab.daemon import SHIPPED_RULES
     from portguard.policy import load_ruleset
     from portguard.policy.model import Connection, Direction
 

@@ -12,7 +12,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.utils import checksum as scapy_checksum
 
-from portguard.lab import synflood as sf
+from lab import synflood as sf
 from portguard.packet.decode import decode
 from portguard.packet.model import SYN
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from lab.pki import Authority, issue, make_ca
+from lab.tls import CertPair
 from portguard.decisionlog.syslog import (
     SyslogSink,
     Target,
@@ -25,8 +27,6 @@ from portguard.decisionlog.syslog import (
     parse_address,
     syslog_frame,
 )
-from portguard.lab.pki import Authority, issue, make_ca
-from portguard.lab.tls import CertPair
 
 EVENT = {
     "@timestamp": "2026-11-27T17:00:00.000000Z",

@@ -1,6 +1,6 @@
 """Many long SMTP sessions at once, for reload-under-load and re-evaluation tests.
 
-    python -m portguard.lab.sessions --to ADDR --port 25 --count 50 --seconds 8
+    python -m lab.sessions --to ADDR --port 25 --count 50 --seconds 8
 
 Each session connects, says EHLO, then sends NOOP every `--interval` seconds until
 `--seconds` have passed, and QUITs. One JSON line reports how many sessions stayed up and

@@ -3,8 +3,8 @@
 Used by the integration tests, the benchmarks and `sudo make demo`; see docs/lab.md.
 """
 
-from portguard.lab.netns import LabError
-from portguard.lab.peers import SendResult
-from portguard.lab.topology import Lab
+from lab.netns import LabError
+from lab.peers import SendResult
+from lab.topology import Lab
 
 __all__ = ["Lab", "LabError", "SendResult"]

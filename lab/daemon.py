@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import portguard
-from portguard.lab import addresses as a
-from portguard.lab.netns import LabError
-from portguard.lab.peers import python_env, read_jsonl, read_tail
-from portguard.lab.topology import Lab, terminate
+from lab import addresses as a
+from lab.netns import LabError
+from lab.peers import python_env, read_jsonl, read_tail
+from lab.topology import Lab, terminate
 
 SHIPPED_RULES = Path(portguard.__file__).resolve().parent / "shipped" / "rules"
 HOOK_PORTS = (a.PORT_SMTP, a.PORT_SUBMISSIONS, a.PORT_SUBMISSION)

@@ -1,6 +1,6 @@
 """A lab SMTP server: accepts any mail on several address:port pairs and logs each message.
 
-    python -m portguard.lab.smtpd --listen 198.51.100.25:25 --listen [2001:db8:25::25]:465 \
+    python -m lab.smtpd --listen 198.51.100.25:25 --listen [2001:db8:25::25]:465 \
         --tls-implicit-port 465 --starttls --cert C --key K --log FILE
 
 Port numbers given with --tls-implicit-port speak TLS from the first byte (RFC 8314); with
@@ -24,7 +24,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
-from portguard.lab.tls import CertPair, server_context
+from lab.tls import CertPair, server_context
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +117,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m portguard.lab.smtpd", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lab.smtpd", description=__doc__)
     parser.add_argument("--listen", type=parse_listen, action="append", required=True)
     parser.add_argument("--tls-implicit-port", type=int, action="append", default=[])
     parser.add_argument("--starttls", action="store_true")

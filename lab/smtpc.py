@@ -1,6 +1,6 @@
 """A lab SMTP client: send one message (or only connect) and report what the client saw.
 
-    python -m portguard.lab.smtpc --to 198.51.100.25 --port 25 [--mode plain|starttls|implicit]
+    python -m lab.smtpc --to 198.51.100.25 --port 25 [--mode plain|starttls|implicit]
         [--size BYTES] [--timeout S] [--source ADDR] [--connect-only]
 
 Prints one JSON line {"outcome", "elapsed_ms", "detail"} and exits 0 (2 on bad arguments).
@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from portguard.lab.tls import client_context
+from lab.tls import client_context
 
 HELO_NAME = "client.lab.portguard.test"  # explicit: smtplib would otherwise look up the FQDN
 MAIL_FROM = "sender@client.lab.portguard.test"
@@ -165,7 +165,7 @@ def quit_quietly(smtp: smtplib.SMTP) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m portguard.lab.smtpc", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lab.smtpc", description=__doc__)
     parser.add_argument("--to", required=True, help="server address (IPv4 or IPv6)")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--mode", choices=MODES, default="plain")

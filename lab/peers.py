@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from portguard.lab import addresses as a
-from portguard.lab.netns import LabError
-from portguard.lab.tls import CertPair, make_self_signed
+from lab import addresses as a
+from lab.netns import LabError
+from lab.tls import CertPair, make_self_signed
 
 if TYPE_CHECKING:
-    from portguard.lab.topology import Lab
+    from lab.topology import Lab
 
 OUTCOMES = ("delivered", "connected", "refused", "reset", "timeout", "error")
 
@@ -93,7 +93,7 @@ def parse_send_result(stdout: str, stderr: str = "") -> SendResult:
 def python_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The caller's environment with this checkout importable (for `python -m portguard...`)."""
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
+    root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     env.update(extra or {})
     return env
@@ -162,7 +162,7 @@ class SmtpServers:
     def _spawn(
         self, spec: ServerSpec, pair: CertPair, log: Path, errlog: Path
     ) -> subprocess.Popen[str]:
-        argv = self._lab.python("portguard.lab.smtpd", *smtpd_argv(spec, pair, log))
+        argv = self._lab.python("lab.smtpd", *smtpd_argv(spec, pair, log))
         with errlog.open("w") as err:
             return self._lab.popen(
                 spec.role, argv, stdout=subprocess.PIPE, stderr=err, text=True, env=python_env()

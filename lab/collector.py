@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from portguard.lab.tls import CertPair
+from lab.tls import CertPair
 
 PLAIN_PORT = 514
 TLS_PORT = 6514  # RFC 5425

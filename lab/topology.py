@@ -26,17 +26,17 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from portguard.io.queuestats import QUEUE_STATS_FILE, parse_queue_stats
-from portguard.lab import addresses as a
-from portguard.lab import netns
-from portguard.lab.netns import LabError
-from portguard.lab.peers import (
+from lab import addresses as a
+from lab import netns
+from lab.netns import LabError
+from lab.peers import (
     SendResult,
     SmtpServers,
     parse_send_result,
     python_env,
     smtpc_argv,
 )
+from portguard.io.queuestats import QUEUE_STATS_FILE, parse_queue_stats
 
 __all__ = ["Lab", "LabError", "SendResult", "build_commands", "parse_queue_stats"]
 
@@ -294,7 +294,7 @@ class Lab:
         argv = smtpc_argv(to_addr, port, mode, size, timeout, connect_only, source)
         limit = timeout * 4 + 30 + size / 1e6
         proc = self.run(
-            from_ns, self.python("portguard.lab.smtpc", *argv),
+            from_ns, self.python("lab.smtpc", *argv),
             capture_output=True, text=True, timeout=limit, env=python_env(),
         )  # fmt: skip
         return parse_send_result(proc.stdout, proc.stderr)

@@ -8,9 +8,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lab import addresses as a
+from lab.peers import SendResult, endpoint
 from portguard.decisionlog.record import DECISION_DATASET
-from portguard.lab import addresses as a
-from portguard.lab.peers import SendResult, endpoint
 
 SLACK = 1.0  # seconds an event's @timestamp may lie outside its attempt's time window
 

@@ -1,9 +1,9 @@
 """`sudo make demo`: portguard on a lab gateway between a subscriber, a business and the internet.
 
-    python -m portguard.lab.demo [--no-daemon] [--timeout S] [--keep-workdir]
+    python -m lab.demo [--no-daemon] [--timeout S] [--keep-workdir]
 
 Builds the namespace lab, starts real SMTP servers, starts the real daemon in the gateway with
-the shipped rules, makes every case of `portguard.lab.cases.CASES` over IPv4 and IPv6, and
+the shipped rules, makes every case of `lab.cases.CASES` over IPv4 and IPv6, and
 prints what each client saw next to the daemon's verdict and rule. Ctrl-C or SIGTERM at any
 point stops everything and removes the namespaces. Exit code 0 when every case went as
 expected, 1 when one did not, 2 when the lab or the daemon could not start.
@@ -22,9 +22,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from portguard.decisionlog.record import LIFECYCLE_DATASET
-from portguard.lab import addresses as a
-from portguard.lab.cases import (
+from lab import addresses as a
+from lab.cases import (
     CASES,
     Attempt,
     Case,
@@ -35,9 +34,10 @@ from portguard.lab.cases import (
     render_table,
     rows,
 )
-from portguard.lab.daemon import SHIPPED_RULES, LabDaemon, hooks_leftover
-from portguard.lab.netns import LabError
-from portguard.lab.topology import Lab, client_address
+from lab.daemon import SHIPPED_RULES, LabDaemon, hooks_leftover
+from lab.netns import LabError
+from lab.topology import Lab, client_address
+from portguard.decisionlog.record import LIFECYCLE_DATASET
 
 EXIT_MISMATCH, EXIT_SETUP, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
 
@@ -179,7 +179,7 @@ def run_demo(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m portguard.lab.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lab.demo", description=__doc__)
     parser.add_argument("--no-daemon", action="store_true", help="only the lab and the peers")
     parser.add_argument("--timeout", type=float, default=3.0, help="client timeout, seconds")
     parser.add_argument("--keep-workdir", action="store_true", help="keep config, logs, events")

@@ -1,10 +1,10 @@
 """A paced TCP SYN generator for the lab: distinct connection attempts at a steady rate.
 
-    python -m portguard.lab.synflood --src 100.64.10.10 --dst 198.51.100.25 --dport 25 \\
+    python -m lab.synflood --src 100.64.10.10 --dst 198.51.100.25 --dport 25 \\
         --rate 20000 --seconds 30 [--sources N]
 
 Run it inside a lab namespace (the subscriber one: `lab.popen("sub", lab.python(
-"portguard.lab.synflood", ...))`); it needs a raw socket, so root. Every SYN is a connection
+"lab.synflood", ...))`); it needs a raw socket, so root. Every SYN is a connection
 attempt of its own: its own source port (and, with `--sources N`, source address: N
 consecutive addresses from `--src`, which the caller must have made routable, e.g. added to the
 namespace's interface) and a random initial sequence number. Sources rotate first, then ports,
