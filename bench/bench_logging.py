@@ -50,18 +50,19 @@ from lab import Lab, synflood
 from lab import addresses as a
 from lab.daemon import SHIPPED_RULES, LabDaemon
 from lab.peers import python_env
-from portguard.decisionlog.record import Event, Observer
+from portguard.core.events.record import Event, Observer
+from portguard.core.flow.table import FlowTable
+from portguard.core.gate import Gate
+from portguard.core.policy import RuleSet
 from portguard.decisionlog.writer import EventWriter
-from portguard.flow.table import FlowTable
-from portguard.gate import Gate
-from portguard.policy import RuleSet, load_ruleset
+from portguard.io.policyfiles import load_ruleset
 from portguard.shipped import RULES_DIR
 from portguard.worker import GIL_SWITCH_INTERVAL
 
 try:
     from portguard.decisionlog.sinks import file_sink
 except ImportError:  # before issue 4 the sinks lived in writer.py
-    from portguard.decisionlog.writer import file_sink  # type: ignore[attr-defined,no-redef]
+    from portguard.decisionlog.writer import file_sink  # type: ignore[attr-defined, no-redef]
 try:
     from portguard.decisionlog.logprocess import LogProcess
 except ImportError:  # outputs in threads of the worker only

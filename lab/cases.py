@@ -10,7 +10,7 @@ from typing import Any
 
 from lab import addresses as a
 from lab.peers import SendResult, endpoint
-from portguard.decisionlog.record import DECISION_DATASET
+from portguard.core.events.record import DECISION_DATASET
 
 SLACK = 1.0  # seconds an event's @timestamp may lie outside its attempt's time window
 

@@ -37,7 +37,7 @@ from lab.cases import (
 from lab.daemon import SHIPPED_RULES, LabDaemon, hooks_leftover
 from lab.netns import LabError
 from lab.topology import Lab, client_address
-from portguard.decisionlog.record import LIFECYCLE_DATASET
+from portguard.core.events.record import LIFECYCLE_DATASET
 
 EXIT_MISMATCH, EXIT_SETUP, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from portguard import __version__
-from portguard.errors import SourceError
+from portguard.core.errors import SourceError
 
 DEFAULT_CONFIG = Path("/etc/portguard/portguard.toml")
 DIRECTIONS = ("outbound", "inbound", "internal", "external")

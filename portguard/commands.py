@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 from portguard.config import Config
-from portguard.errors import Problem, SourceError, unexpected
+from portguard.core.errors import Problem, SourceError, unexpected
+from portguard.core.policy import format_explanation
+from portguard.core.policy.model import Connection, Direction
+from portguard.core.policy.report import CheckReport
 from portguard.io import interfaces
 from portguard.io.hook import HookBackend, HookError, cleanup_leftovers, select_backend
-from portguard.policy import format_explanation, load_ruleset
-from portguard.policy.model import Connection, Direction
-from portguard.policy.report import CheckReport
+from portguard.io.policyfiles import load_ruleset
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -38,7 +39,7 @@ def check(config_path: Path, output_format: str = "text", strict: bool = False) 
 
 def _check_report(config_path: Path) -> CheckReport:
     from portguard.config import load_config
-    from portguard.policy.lint import lint
+    from portguard.core.policy.lint import lint
     from portguard.policystate import saved_resolution
 
     try:

@@ -38,9 +38,10 @@ from portguard.configschema import (
     PerSourceSpec,
     Prefix,
 )
-from portguard.errors import ConfigError, Problem, unexpected
-from portguard.sourcemap import KeyPath
-from portguard.tomlsource import MIB, TextError, parse_toml, read_text, validate
+from portguard.core.errors import ConfigError, Problem, unexpected
+from portguard.core.sourcemap import KeyPath
+from portguard.core.tomlsource import MIB, TextError, parse_toml, validate
+from portguard.io.files import read_text
 
 __all__ = [
     "Config",

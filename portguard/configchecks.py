@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from portguard.sourcemap import KeyPath
+from portguard.core.sourcemap import KeyPath
 
 MAX_WORKERS = 64
 MAX_QUEUE_NUM = 65535

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BeforeValidator, Field
 
 from portguard.configchecks import MAX_QUEUE_NUM, MAX_WORKERS, listen_address_problem
-from portguard.tomlsource import Spec
+from portguard.core.tomlsource import Spec
 
 FailMode = Literal["open", "closed"]
 Backend = Literal["auto", "nftables", "iptables"]

@@ -18,10 +18,11 @@ import time
 
 from portguard import __version__
 from portguard.config import Config
+from portguard.core.errors import HOST_KEPT, SourceError, StartupError
+from portguard.core.events.record import Observer, lifecycle_event
+from portguard.core.policy import RuleSet
 from portguard.decisionlog.outputs import make_writer
-from portguard.decisionlog.record import Observer, lifecycle_event
 from portguard.decisionlog.writer import EventQueue
-from portguard.errors import HOST_KEPT, SourceError, StartupError
 from portguard.io import notify
 from portguard.io.hook import (
     HookBackend,
@@ -35,7 +36,6 @@ from portguard.io.hookwatch import HookWatch
 from portguard.io.queuestats import bound_queues
 from portguard.io.watchedhook import WatchedHook
 from portguard.metrics import MetricsServer, control_fetch
-from portguard.policy import RuleSet
 from portguard.policystate import RESOLVED_FILE, save_resolution, saved_resolution
 from portguard.status import DaemonFacts, worker_socket
 from portguard.supervisor import Supervisor
@@ -249,7 +249,7 @@ def first_policy(config: Config) -> tuple[RuleSet, list[StartEvent]]:
     """The policy to start with. Host names that do not resolve now (a transient failure: a
     DNS outage at boot) keep their addresses from the state directory, and an event says so;
     a good resolution is kept there for the next start."""
-    from portguard.policy import load_ruleset
+    from portguard.io.policyfiles import load_ruleset
 
     state = config.daemon.state_dir
     ruleset = load_ruleset(config.rules.paths, previous=saved_resolution(state))

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from portguard.errors import SourceError
-from portguard.policy import RuleSet
+from portguard.core.errors import SourceError
+from portguard.core.policy import RuleSet
 
 Reply = Callable[[dict[str, Any]], None]
 MAX_WAITING = 32  # reload requests parked for the next load; beyond, refused at once

@@ -24,9 +24,9 @@ from typing import Any
 
 import orjson
 
-from portguard.errors import PolicyError, Problem
-from portguard.policy import RuleSet
-from portguard.policy.model import Action, Decision
+from portguard.core.errors import PolicyError, Problem
+from portguard.core.policy import RuleSet
+from portguard.core.policy.model import Action, Decision
 from portguard.statefile import StateError, read_trusted, write_atomic
 
 RESOLVED_FILE = "resolved.json"

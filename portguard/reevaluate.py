@@ -13,10 +13,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from portguard.decisionlog.record import Event, Observer, ended_event, lifecycle_event
+from portguard.core.events.record import Event, Observer, ended_event, lifecycle_event
+from portguard.core.policy import RuleSet
+from portguard.core.policy.model import Action, Decision
 from portguard.io import conntrack
-from portguard.policy import RuleSet
-from portguard.policy.model import Action, Decision
 
 Submit = Callable[[Event], object]
 

@@ -22,11 +22,11 @@ from typing import Any, Final, Protocol
 
 from portguard import __version__
 from portguard.config import Config
-from portguard.gate import Gate
+from portguard.core.gate import Gate
+from portguard.core.policy import RuleSet
 from portguard.io.hook import COUNTERS
 from portguard.io.queuestats import parse_queue_stats
 from portguard.io.watchedhook import HookState, WatchedHook
-from portguard.policy import RuleSet
 
 # the process's own view of its network namespace: /proc/net is a link to it, and systemd's
 # ProcSubset=pid hides /proc/net but not /proc/self

@@ -27,12 +27,12 @@ from typing import Any
 from portguard.config import Config
 from portguard.control import ControlServer
 from portguard.control import request as control_request
-from portguard.decisionlog.record import Observer, lifecycle_event
+from portguard.core.errors import PolicyError, Problem, StartupError
+from portguard.core.events.record import Observer, lifecycle_event
+from portguard.core.policy import RuleSet
 from portguard.decisionlog.writer import EventWriter
-from portguard.errors import PolicyError, Problem, StartupError
 from portguard.io import notify
 from portguard.io.signals import SignalPipe
-from portguard.policy import RuleSet
 from portguard.policyload import LoadResult, PolicyLoad, Reply, capped, same_files, same_resolution
 from portguard.policystate import remove_handovers, save_resolution, write_handover
 from portguard.status import DaemonFacts, collect, gather, worker_socket
@@ -196,7 +196,7 @@ class Supervisor:
 
     def _load(self) -> RuleSet:
         """The load thread: compile once, write the hand-over file, keep the resolution."""
-        from portguard.policy import load_ruleset
+        from portguard.io.policyfiles import load_ruleset
 
         ruleset = load_ruleset(self.config.rules.paths, previous=self.policy)
         try:

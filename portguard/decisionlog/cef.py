@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from portguard.core.events.record import DECISION_DATASET, FLOW_DATASET, LIFECYCLE_DATASET
 from portguard.decisionlog.ecs import (
     FLOW_END_NAME,
     VENDOR,
@@ -16,7 +17,6 @@ from portguard.decisionlog.ecs import (
     epoch_ms,
     flood_aggregate,
 )
-from portguard.decisionlog.record import DECISION_DATASET, FLOW_DATASET, LIFECYCLE_DATASET
 
 _CEF_VERBS = {
     "allow": "allowed",

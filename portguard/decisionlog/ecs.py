@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import orjson
 
-from portguard.decisionlog.communityid import community_id
+from portguard.core.events.communityid import community_id
 
 Event = dict[str, Any]
 VENDOR: Final = "portguard"  # vendor and product in OCSF and CEF

@@ -29,8 +29,8 @@ from typing import Any
 
 import orjson
 
-from portguard.decisionlog.flowend import EndedFlow, flow_end_event
-from portguard.decisionlog.record import Event, Observer, lifecycle_event
+from portguard.core.events.flowend import EndedFlow, flow_end_event
+from portguard.core.events.record import Event, Observer, lifecycle_event
 from portguard.decisionlog.writer import EventWriter
 from portguard.io.ctevents import FlowEndError, FlowEndListener, enable_accounting
 

@@ -12,6 +12,7 @@ from typing import Any, Final
 
 import orjson
 
+from portguard.core.events.record import DECISION_DATASET, FLOW_DATASET, LIFECYCLE_DATASET
 from portguard.decisionlog.ecs import (
     FLOW_END_NAME,
     NS_PER_MS,
@@ -21,7 +22,6 @@ from portguard.decisionlog.ecs import (
     epoch_ms,
     flood_aggregate,
 )
-from portguard.decisionlog.record import DECISION_DATASET, FLOW_DATASET, LIFECYCLE_DATASET
 
 OCSF_VERSION: Final = "1.1.0"
 # activity_id of Network Activity (4001)

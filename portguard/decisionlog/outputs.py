@@ -11,11 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from portguard.config import Config, Output
+from portguard.core.errors import StartupError
+from portguard.core.events.record import Observer, lifecycle_event
 from portguard.decisionlog import syslog
-from portguard.decisionlog.record import Observer, lifecycle_event
 from portguard.decisionlog.sinks import EventSink, file_sink, stdout_sink
 from portguard.decisionlog.writer import Channel, EventWriter
-from portguard.errors import StartupError
 
 
 def make_sink(output: Output) -> EventSink:

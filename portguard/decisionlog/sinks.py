@@ -17,9 +17,9 @@ from typing import Any, BinaryIO, Protocol, cast
 import orjson
 import structlog
 
+from portguard.core.events.record import Event
 from portguard.decisionlog import formats
 from portguard.decisionlog.ecs import with_community_id
-from portguard.decisionlog.record import Event
 
 # syslog severities (RFC 5424) of the ECS log.level values portguard writes
 LEVELS: dict[str, int] = {"error": 3, "warning": 4, "notice": 5, "info": 6, "debug": 7}

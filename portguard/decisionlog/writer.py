@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from portguard.decisionlog.record import LIFECYCLE_DATASET, Event
+from portguard.core.events.record import LIFECYCLE_DATASET, Event
 from portguard.decisionlog.sinks import LEVELS, EventSink, prepare, severity
 
 DEFAULT_BUFFER = 65536  # events a sink may have waiting

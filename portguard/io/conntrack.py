@@ -23,14 +23,8 @@ from pyroute2 import Conntrack
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
-from portguard.io.hook import (
-    MARK_ALLOW,
-    MARK_DROP,
-    MARK_REJECT,
-    VERDICT_MASK,
-    direction_of_mark,
-)
-from portguard.policy.model import Connection, Direction
+from portguard.core.policy.model import Connection, Direction
+from portguard.io.hook import MARK_ALLOW, MARK_DROP, MARK_REJECT, VERDICT_MASK, direction_of_mark
 
 Ending = Literal["reject", "drop"]
 ENDINGS: Final[dict[str, int]] = {"reject": MARK_REJECT, "drop": MARK_DROP}

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from portguard.policy.model import Direction
+from portguard.core.policy.model import Direction
 
 MARK_MASK: Final = 0x0F000000  # every bit portguard owns, in packet marks and connmarks
 VERDICT_MASK: Final = 0x03000000  # the verdict: 0 (none yet), allow, reject or drop

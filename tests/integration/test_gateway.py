@@ -365,8 +365,8 @@ def test_the_daemon_and_explain_agree_on_real_connections(
     import ipaddress
 
     from lab.daemon import SHIPPED_RULES
-    from portguard.policy import load_ruleset
-    from portguard.policy.model import Connection, Direction
+    from portguard.core.policy.model import Connection, Direction
+    from portguard.io.policyfiles import load_ruleset
 
     ruleset = load_ruleset([SHIPPED_RULES])
     cases = [
@@ -404,7 +404,7 @@ print(refused)
 
 
 def test_a_retrying_bot_makes_a_few_lines_whose_counts_add_up(lab: Lab) -> None:
-    from portguard.decisionlog.flood import represented
+    from portguard.core.events.flood import represented
 
     running = LabDaemon(lab)  # flood control on, 60 s window
     running.start()

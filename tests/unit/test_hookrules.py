@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from portguard.core.policy.model import Direction
 from portguard.io.hook import (
     COMMAND_NOT_FOUND,
     DIRECTION_BITS,
@@ -44,7 +45,6 @@ from portguard.io.nftables import (
     source_key,
 )
 from portguard.io.nftables import chain_rules as chain_rules_nft
-from portguard.policy.model import Direction
 
 DEFAULT = HookSpec(
     queue_num=0, workers=1, ports=(25, 465, 587), chains=("forward",), fail_open=False

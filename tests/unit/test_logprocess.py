@@ -9,8 +9,8 @@ from pathlib import Path
 
 import orjson
 
+from portguard.core.events.record import Observer
 from portguard.decisionlog.logprocess import LogProcess, Outputs
-from portguard.decisionlog.record import Observer
 from portguard.decisionlog.sinks import file_sink
 from portguard.decisionlog.writer import EventWriter
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from portguard.errors import PolicyError
-from portguard.policy import compiler, loader
-from portguard.policy.loader import load_ruleset, rule_files
+from portguard.core.errors import PolicyError
+from portguard.core.policy import compiler
+from portguard.io import policyfiles as loader
+from portguard.io.policyfiles import load_ruleset, rule_files
 
 BROKEN = Path(__file__).resolve().parents[1] / "data" / "broken" / "rules"
 

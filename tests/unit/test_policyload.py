@@ -6,8 +6,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from portguard.errors import SourceError
-from portguard.policy import RuleSet, load_ruleset
+from portguard.core.errors import SourceError
+from portguard.core.policy import RuleSet
+from portguard.io.policyfiles import load_ruleset
 from portguard.policyload import MAX_REPORTED_ERRORS, LoadResult, PolicyLoad, capped
 
 GOOD = '[[rule]]\nid = "r"\naction = "allow"\n'

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from portguard.core.policy.model import Direction
 from portguard.io.conntrack import TrackedConnection
-from portguard.policy import load_ruleset
-from portguard.policy.model import Direction
+from portguard.io.policyfiles import load_ruleset
 from portguard.reevaluate import denied
 
 RULES = """

@@ -17,12 +17,13 @@ from portguard import control
 from portguard.cli import main
 from portguard.config import Config, parse_config
 from portguard.control import ControlServer
-from portguard.decisionlog.record import Observer
-from portguard.flow.table import FlowTable
-from portguard.gate import Gate
+from portguard.core.events.record import Observer
+from portguard.core.flow.table import FlowTable
+from portguard.core.gate import Gate
+from portguard.core.policy import RuleSet
 from portguard.io.hook import HookSpec, HookStatus
+from portguard.io.policyfiles import load_ruleset
 from portguard.io.watchedhook import WatchedHook
-from portguard.policy import RuleSet, load_ruleset
 from portguard.policyload import Reply
 from portguard.shipped import RULES_DIR
 from portguard.status import (

@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import functools
 import re
-import socket
 from collections.abc import Iterable, Iterator, Sequence, Set
 from dataclasses import dataclass
 from itertools import repeat
 
-from portguard.packet.model import to_address
+from portguard.core import inet
+from portguard.core.packet.model import to_address
 
 Table = tuple[tuple[int, Set[int]], ...]  # (shift, network numbers), largest first
 ListError = tuple[int, int, str]  # line, column, message
 
-_FAMILIES = ((4, socket.AF_INET, 32), (6, socket.AF_INET6, 128))
+_FAMILIES = ((4, inet.AF_INET, 32), (6, inet.AF_INET6, 128))
 _from_bytes = functools.partial(int.from_bytes, byteorder="big")
 
 
@@ -55,7 +55,7 @@ def parse_network(text: str) -> Network:
     address, slash, length = text.partition("/")
     for version, family, bits in _FAMILIES:
         try:
-            first = int.from_bytes(socket.inet_pton(family, address), "big")
+            first = int.from_bytes(inet.inet_pton(family, address), "big")
         except (OSError, ValueError):
             continue
         if not slash:
@@ -146,7 +146,7 @@ def _bulk_table(text: str) -> AddressTable | ListError | None:
             groups.setdefault((":" in address, slash + length), []).append(address)
     table = AddressTable()
     for (six, suffix), addresses in groups.items():
-        family, bits = (socket.AF_INET6, 128) if six else (socket.AF_INET, 32)
+        family, bits = (inet.AF_INET6, 128) if six else (inet.AF_INET, 32)
         length = suffix[1:]
         if suffix and not (length.isascii() and length.isdigit() and int(length) <= bits):
             return None
@@ -185,7 +185,7 @@ def _parse_chunked(family: int, addresses: list[str]) -> list[int]:
     values: list[int] = []
     for start in range(0, len(addresses), BULK_CHUNK):
         chunk = addresses[start : start + BULK_CHUNK]
-        values.extend(map(_from_bytes, map(socket.inet_pton, repeat(family), chunk)))
+        values.extend(map(_from_bytes, map(inet.inet_pton, repeat(family), chunk)))
     return values
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import os
-import stat
 import tomllib
 import types
 import typing
@@ -23,8 +21,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
 
-from portguard.errors import Problem, toml_syntax_problem
-from portguard.sourcemap import KeyPath, SourceMap
+from portguard.core.errors import Problem, toml_syntax_problem
+from portguard.core.sourcemap import KeyPath, SourceMap
 
 M = typing.TypeVar("M", bound=BaseModel)
 
@@ -70,31 +68,6 @@ class TextError(ValueError):
 
     def problem(self, path: Path) -> Problem:
         return Problem(path, self.line, self.message, self.col)
-
-
-def read_text(path: Path, limit: int) -> str:
-    """A regular file of at most ``limit`` bytes, as UTF-8 text. Opened without blocking (a
-    FIFO would hang the reader) and checked with fstat (a device would be read for ever).
-    Raises OSError (cannot open) or TextError (not a text file portguard reads)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with open(fd, "rb", closefd=True) as stream:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise TextError("is not a regular file")
-        data = stream.read(limit + 1)
-    if len(data) > limit:
-        raise TextError(f"is larger than {limit // MIB} MiB, the limit for this kind of file")
-    return decode_utf8(data)
-
-
-def decode_utf8(data: bytes) -> str:
-    """UTF-8 text; an invalid byte is a TextError at its line and column."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        col = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
-        byte = data[error.start]
-        raise TextError(f"not UTF-8 text (byte 0x{byte:02x})", line, col) from None
 
 
 def parse_toml(path: Path, text: str) -> TomlSource | Problem:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 
-from portguard.packet.model import IPPROTO_TCP, DecodeError, Endpoints, Packet
+from portguard.core.packet.model import IPPROTO_TCP, DecodeError, Endpoints, Packet
 
 # version/IHL, TOS, total length, id, flags/fragment offset, TTL, protocol, checksum, src, dst
 _IPV4 = struct.Struct("!BBHHHBBHII")

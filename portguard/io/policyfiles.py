@@ -1,16 +1,18 @@
-"""The file-system edge of the policy: find the rule files, read them, compile them."""
+"""The file-system edge of the policy: find the rule files, read them, compile them (the
+compile step is the core's: it gets the texts, the list-file reader and the resolver)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-from portguard import tomlsource
-from portguard.errors import PolicyError, Problem, unexpected
-from portguard.policy.compiler import compile_ruleset
-from portguard.policy.hosts import Resolver, resolve_host
-from portguard.policy.ruleset import RuleSet
-from portguard.tomlsource import MIB, TextError
+from portguard.core.errors import PolicyError, Problem, unexpected
+from portguard.core.policy.compiler import compile_ruleset
+from portguard.core.policy.hosts import Resolver
+from portguard.core.policy.ruleset import RuleSet
+from portguard.core.tomlsource import MIB, TextError
+from portguard.io import files
+from portguard.io.dns import is_transient, resolve_host
 
 
 def rule_files(paths: Sequence[Path]) -> tuple[list[Path], list[Problem]]:
@@ -52,12 +54,12 @@ MAX_LIST_FILE = 256 * MIB  # a list file's bytes (MAX_LIST_ENTRIES entries of IP
 
 def read_text(path: Path) -> str:
     """A list file (the compiler's ListReader): raises OSError or TextError."""
-    return tomlsource.read_text(path, MAX_LIST_FILE)
+    return files.read_text(path, MAX_LIST_FILE)
 
 
 def _read_rule_file(path: Path) -> str | Problem:
     try:
-        return tomlsource.read_text(path, MAX_RULE_FILE)
+        return files.read_text(path, MAX_RULE_FILE)
     except OSError as error:
         reason = (error.strerror or str(error)).lower()
         return Problem(path, None, f"cannot read rule file: {reason}")
@@ -87,7 +89,12 @@ def load_ruleset(
             else:
                 texts.append((where, text))
         return compile_ruleset(
-            texts, read_text, problems, resolve=resolve or resolve_host, previous=previous
+            texts,
+            read_text,
+            problems,
+            resolve=resolve or resolve_host,
+            transient=is_transient,
+            previous=previous,
         )
     except PolicyError:
         raise

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from portguard.errors import Problem, SourceError
-from portguard.policy.explain import format_resolved
-from portguard.policy.ruleset import RuleSet
+from portguard.core.errors import Problem, SourceError
+from portguard.core.policy.explain import format_resolved
+from portguard.core.policy.ruleset import RuleSet
 
 EXIT_OK = 0
 EXIT_ERRORS = 1

@@ -13,8 +13,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
 
-from portguard.packet.model import ACK, FIN, RST, SYN, Packet
-from portguard.policy.model import Decision, Direction
+from portguard.core.packet.model import ACK, FIN, RST, SYN, Packet
+from portguard.core.policy.model import Decision, Direction
 
 # (ip version, initiator address, responder address, initiator port, responder port)
 FlowKey = tuple[int, int, int, int, int]

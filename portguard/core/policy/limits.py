@@ -25,11 +25,11 @@ making room or pruning pops only entries that are due (amortised over the tokens
 from __future__ import annotations
 
 import heapq
-import socket
 from dataclasses import dataclass
 
-from portguard.policy.model import Connection, Decision, Limit, LimitResult
-from portguard.policy.ruleset import CompiledRule, RuleSet
+from portguard.core import inet
+from portguard.core.policy.model import Connection, Decision, Limit, LimitResult
+from portguard.core.policy.ruleset import CompiledRule, RuleSet
 
 TABLE_FULL_LOG_INTERVAL = 60.0  # seconds between two limit-table-full events of one rule
 PRUNE_BUDGET = 1024  # full buckets one prune drops per rule at most (keeps a round short)
@@ -69,8 +69,8 @@ def bucket_name(limit: Limit, version: int, masked: int) -> str:
     ``rule`` per rule."""
     if limit.per == "rule":
         return "rule"
-    family, size = (socket.AF_INET, 4) if version == 4 else (socket.AF_INET6, 16)
-    address = socket.inet_ntop(family, masked.to_bytes(size, "big"))
+    family, size = (inet.AF_INET, 4) if version == 4 else (inet.AF_INET6, 16)
+    address = inet.inet_ntop(family, masked.to_bytes(size, "big"))
     prefix = limit.prefix4 if version == 4 else limit.prefix6
     if limit.per == "src" and prefix == (32 if version == 4 else 128):
         return address

@@ -1,12 +1,11 @@
 """The SMTP-port policy: rule files compiled into a read-only RuleSet that decides connections."""
 
-from portguard.errors import PolicyError
-from portguard.policy.compiler import compile_ruleset
-from portguard.policy.explain import format_explanation
-from portguard.policy.limits import Limiter
-from portguard.policy.loader import load_ruleset
-from portguard.policy.model import Action, Connection, Decision, Direction, Limit, LimitResult
-from portguard.policy.ruleset import (
+from portguard.core.errors import PolicyError
+from portguard.core.policy.compiler import compile_ruleset
+from portguard.core.policy.explain import format_explanation
+from portguard.core.policy.limits import Limiter
+from portguard.core.policy.model import Action, Connection, Decision, Direction, Limit, LimitResult
+from portguard.core.policy.ruleset import (
     CompiledRule,
     Condition,
     Explanation,
@@ -32,5 +31,4 @@ __all__ = [
     "compile_ruleset",
     "first_mismatch",
     "format_explanation",
-    "load_ruleset",
 ]

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from portguard.decisionlog.record import DECISION_DATASET, Event
+from portguard.core.events.record import DECISION_DATASET, Event
 
 DEFAULT_WINDOW = 60.0  # seconds
 DEFAULT_MAX_KEYS = 10_000

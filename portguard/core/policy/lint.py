@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from portguard.errors import Problem
-from portguard.policy.addresses import AddressSet
-from portguard.policy.ruleset import CompiledRule, RuleSet
+from portguard.core.errors import Problem
+from portguard.core.policy.addresses import AddressSet
+from portguard.core.policy.ruleset import CompiledRule, RuleSet
 
 
 def lint(ruleset: RuleSet, hooked_ports: Collection[int]) -> list[Problem]:

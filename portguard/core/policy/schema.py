@@ -13,10 +13,10 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator
 
-from portguard.policy.addresses import Network, parse_network
-from portguard.policy.hosts import host_name_problem
-from portguard.policy.ports import PortRange, parse_port_entry
-from portguard.tomlsource import Spec, toml_type, toml_value
+from portguard.core.policy.addresses import Network, parse_network
+from portguard.core.policy.hosts import host_name_problem
+from portguard.core.policy.ports import PortRange, parse_port_entry
+from portguard.core.tomlsource import Spec, toml_type, toml_value
 
 RULE_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
 SET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import socket
 from dataclasses import dataclass
 from typing import Any
 
-from portguard.flow.table import Flow
-from portguard.packet.model import Endpoints
-from portguard.policy.model import Action, Decision, Direction
+from portguard.core import inet
+from portguard.core.flow.table import Flow
+from portguard.core.packet.model import Endpoints
+from portguard.core.policy.model import Action, Decision, Direction
 
 ECS_VERSION = "8.11.0"
 Event = dict[str, Any]
@@ -56,8 +56,8 @@ def timestamp(now: float) -> str:
 def address_text(version: int, value: int) -> str:
     """An integer address as text (inet_ntop: several times faster than ipaddress)."""
     if version == 4:
-        return socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
-    return socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
+        return inet.inet_ntop(inet.AF_INET, value.to_bytes(4, "big"))
+    return inet.inet_ntop(inet.AF_INET6, value.to_bytes(16, "big"))
 
 
 def decision_event(

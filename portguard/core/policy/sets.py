@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from portguard.policy.addresses import AddressSet, AddressTable, parse_network
-from portguard.policy.schema import SetSpec
+from portguard.core.policy.addresses import AddressSet, AddressTable, parse_network
+from portguard.core.policy.schema import SetSpec
 
 SetSpecs = Sequence[tuple[Path, Mapping[str, SetSpec]]]  # (rule file, its [sets.*]) in order
 

@@ -1,7 +1,7 @@
 """Packet decoding: bytes from the kernel queue to a typed Packet (pure, no I/O)."""
 
-from portguard.packet.decode import decode, endpoints
-from portguard.packet.model import (
+from portguard.core.packet.decode import decode, endpoints
+from portguard.core.packet.model import (
     ACK,
     FIN,
     RST,

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from portguard.tomlsource import toml_type, toml_value
+from portguard.core.tomlsource import toml_type, toml_value
 
 PortRange = tuple[int, int]  # first and last port, inclusive
 

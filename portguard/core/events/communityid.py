@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import socket
 import struct
+
+from portguard.core import inet
 
 IPPROTO_TCP = 6
 
@@ -29,4 +30,4 @@ def community_id(src: str, dst: str, sport: int, dport: int, seed: int = 0) -> s
 
 
 def _packed(address: str) -> bytes:
-    return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+    return inet.inet_pton(inet.AF_INET6 if ":" in address else inet.AF_INET, address)

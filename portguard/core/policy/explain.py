@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from portguard.packet.model import to_address
-from portguard.policy.model import Connection
-from portguard.policy.ruleset import Explanation, RuleCheck
+from portguard.core.packet.model import to_address
+from portguard.core.policy.model import Connection
+from portguard.core.policy.ruleset import Explanation, RuleCheck
 
 
 def format_connection(conn: Connection) -> str:

@@ -10,18 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from portguard.decisionlog.record import (
-    Event,
-    Observer,
-    decision_event,
-    malformed_event,
-)
-from portguard.flow.table import FlowTable, is_initial_syn, packet_key
-from portguard.packet.decode import decode, endpoints
-from portguard.packet.model import DecodeError, Packet
-from portguard.policy import RuleSet
-from portguard.policy.limits import Limiter
-from portguard.policy.model import Action, Connection, Decision, Direction
+from portguard.core.events.record import Event, Observer, decision_event, malformed_event
+from portguard.core.flow.table import FlowTable, is_initial_syn, packet_key
+from portguard.core.packet.decode import decode, endpoints
+from portguard.core.packet.model import DecodeError, Packet
+from portguard.core.policy import RuleSet
+from portguard.core.policy.limits import Limiter
+from portguard.core.policy.model import Action, Connection, Decision, Direction
 
 
 class Verdict(StrEnum):

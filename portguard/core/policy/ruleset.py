@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from portguard.errors import Problem
-from portguard.packet.model import to_address
-from portguard.policy.addresses import AddressSet
-from portguard.policy.model import Action, Connection, Decision, Direction, Limit
-from portguard.policy.ports import PortSet
-from portguard.sourcemap import SourceMap
+from portguard.core.errors import Problem
+from portguard.core.packet.model import to_address
+from portguard.core.policy.addresses import AddressSet
+from portguard.core.policy.model import Action, Connection, Decision, Direction, Limit
+from portguard.core.policy.ports import PortSet
+from portguard.core.sourcemap import SourceMap
 
 
 class Condition(StrEnum):
@@ -42,7 +42,7 @@ class CompiledRule:
     src: AddressSet | None
     dst: AddressSet | None
     decision: Decision  # built once: what decide() returns when this rule matches
-    limit: Limit | None = None  # a rate limit: see portguard.policy.limits
+    limit: Limit | None = None  # a rate limit: see portguard.core.policy.limits
     log: bool = True  # False: `log = false`, its decisions are not logged
     path: Path | None = None  # the rule file
     index: int = 0  # the rule's place among the [[rule]] tables of its file

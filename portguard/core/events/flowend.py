@@ -16,7 +16,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from portguard.decisionlog.record import (
+from portguard.core.events.record import (
     ECS_VERSION,
     FLOW_DATASET,
     Event,
@@ -24,7 +24,7 @@ from portguard.decisionlog.record import (
     address_text,
     timestamp,
 )
-from portguard.policy.model import Direction
+from portguard.core.policy.model import Direction
 
 _EPOCH = dt.datetime(1970, 1, 1)
 NS_PER_S = 1_000_000_000

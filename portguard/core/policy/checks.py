@@ -9,10 +9,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from portguard.errors import Problem
-from portguard.policy.schema import SET_NAME, looks_like_address
-from portguard.sourcemap import KeyPath
-from portguard.tomlsource import TomlSource, toml_value
+from portguard.core.errors import Problem
+from portguard.core.policy.schema import SET_NAME, looks_like_address
+from portguard.core.sourcemap import KeyPath
+from portguard.core.tomlsource import TomlSource, toml_value
 
 SET_KEYS = frozenset({"cidrs", "files", "sets", "hosts"})
 ALLOWING = ("allow", "log")

@@ -19,17 +19,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from portguard.errors import HOST_KEPT, PolicyError, Problem, unexpected
-from portguard.policy.addresses import AddressSet, parse_address_list, parse_network
-from portguard.policy.checks import cross_file_problems, raw_sets, set_entries
-from portguard.policy.hosts import Resolver, host_name_problem, is_transient, resolve_problem
-from portguard.policy.model import DEFAULT_MAX_BUCKETS, Action, Decision, Direction, Limit
-from portguard.policy.ports import PortSet
-from portguard.policy.ruleset import CompiledRule, ListFile, RuleSet, match_summary
-from portguard.policy.schema import AddressRef, LimitSpec, RuleFileSpec, RuleSpec, SetRef
-from portguard.policy.sets import build_sets
-from portguard.sourcemap import KeyPath
-from portguard.tomlsource import TextError, TomlSource, parse_toml, validate
+from portguard.core.errors import HOST_KEPT, PolicyError, Problem, unexpected
+from portguard.core.policy.addresses import AddressSet, parse_address_list, parse_network
+from portguard.core.policy.checks import cross_file_problems, raw_sets, set_entries
+from portguard.core.policy.hosts import (
+    Resolver,
+    Transient,
+    always_transient,
+    host_name_problem,
+    resolve_problem,
+)
+from portguard.core.policy.model import DEFAULT_MAX_BUCKETS, Action, Decision, Direction, Limit
+from portguard.core.policy.ports import PortSet
+from portguard.core.policy.ruleset import CompiledRule, ListFile, RuleSet, match_summary
+from portguard.core.policy.schema import AddressRef, LimitSpec, RuleFileSpec, RuleSpec, SetRef
+from portguard.core.policy.sets import build_sets
+from portguard.core.sourcemap import KeyPath
+from portguard.core.tomlsource import TextError, TomlSource, parse_toml, validate
 
 ListReader = Callable[[Path], str]  # reads a list file; raises OSError
 
@@ -59,9 +65,13 @@ def compile_ruleset(
     problems: Sequence[Problem] = (),
     *,
     resolve: Resolver = no_resolver,
+    transient: Transient = always_transient,
     previous: RuleSet | None = None,
 ) -> RuleSet:
-    """Compile rule files given as (path, text), in rule order. Raises PolicyError."""
+    """Compile rule files given as (path, text), in rule order. Raises PolicyError.
+
+    The I/O comes in as functions: ``read_list`` reads a list file, ``resolve`` looks up a
+    host name and ``transient`` says whether its failure may keep the addresses in force."""
     unit = _Unit(previous, problems=list(problems))
     try:
         for path, text in files:
@@ -69,7 +79,7 @@ def compile_ruleset(
             _add_file(unit, path, text)
         unit.problems += cross_file_problems(unit.sources, unit.complete)
         _read_lists(unit, read_list)
-        _resolve_hosts(unit, resolve)
+        _resolve_hosts(unit, resolve, transient)
         if unit.problems:
             raise PolicyError(unit.problems)
         return _build(unit, files)
@@ -147,30 +157,35 @@ def _why(path: Path, error: Exception) -> str:
 # --- host names ----------------------------------------------------------------------------
 
 
-def _resolve_hosts(unit: _Unit, resolve: Resolver) -> None:
+def _resolve_hosts(unit: _Unit, resolve: Resolver, transient: Transient) -> None:
     for source in unit.sources:
         unit.current = source.path
         for name in raw_sets(source):
             for key, host in set_entries(source, name, "hosts"):
                 if host not in unit.resolved and host_name_problem(host) is None:
-                    _resolve_host(unit, source, key, host, resolve)
+                    _resolve_host(unit, source, key, host, resolve, transient)
 
 
 def _resolve_host(
-    unit: _Unit, source: TomlSource, key: KeyPath, host: str, resolve: Resolver
+    unit: _Unit,
+    source: TomlSource,
+    key: KeyPath,
+    host: str,
+    resolve: Resolver,
+    transient: Transient,
 ) -> None:
-    transient = False
+    passing = False
     try:
         addresses = _valid_addresses(resolve(host))
         reason = "resolves to no IP address"
     except OSError as error:
-        addresses, reason, transient = (), resolve_problem(error), is_transient(error)
+        addresses, reason, passing = (), resolve_problem(error), transient(error)
     if addresses:
         unit.resolved[host] = addresses
         return
     # only a transient failure keeps the addresses in force; a definite "no such name" must
     # not leave a decommissioned host's (maybe reassigned) addresses allowed for ever
-    kept = unit.previous.resolved.get(host) if unit.previous and transient else None
+    kept = unit.previous.resolved.get(host) if unit.previous and passing else None
     if kept:
         unit.resolved[host] = kept
         message = f'hosts: "{host}" did not resolve ({reason}); kept {", ".join(kept)}'
