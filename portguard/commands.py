@@ -13,7 +13,8 @@ from portguard.core.policy import format_explanation
 from portguard.core.policy.model import Connection, Direction
 from portguard.core.policy.report import CheckReport
 from portguard.io import interfaces
-from portguard.io.hook import HookBackend, HookError, cleanup_leftovers, select_backend
+from portguard.io.hooks.backend import HookBackend, HookError
+from portguard.io.hooks.factory import cleanup_leftovers, select_backend
 from portguard.io.policyfiles import load_ruleset
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -34,7 +34,7 @@ DEFAULT_STATE_DIR = Path("/var/lib/portguard")  # systemd's StateDirectory=portg
 # Postfix's 100 delivery processes at ~0.5 s a delivery open < 200 connections a second
 DEFAULT_PER_SOURCE_RATE = 200  # new hooked connections a second from one source
 DEFAULT_PER_SOURCE_BURST = 1000
-MAX_PER_SOURCE_RATE = 100_000  # io.hook.MAX_SOURCE_RATE: hashlimit is exact up to here
+MAX_PER_SOURCE_RATE = 100_000  # io.hooks.backend.MAX_SOURCE_RATE: hashlimit is exact up to here
 MAX_PER_SOURCE_BURST = 1_000_000
 RATE = re.compile(r"^(?P<count>\d+)/(second|s)$")
 

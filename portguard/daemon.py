@@ -24,15 +24,9 @@ from portguard.core.policy import RuleSet
 from portguard.decisionlog.outputs import make_writer
 from portguard.decisionlog.writer import EventQueue
 from portguard.io import notify
-from portguard.io.hook import (
-    HookBackend,
-    HookError,
-    HookSpec,
-    SourceLimit,
-    cleanup_leftovers,
-    select_backend,
-)
-from portguard.io.hookwatch import HookWatch
+from portguard.io.hooks.backend import HookBackend, HookError, HookSpec, SourceLimit
+from portguard.io.hooks.factory import cleanup_leftovers, select_backend
+from portguard.io.hooks.watch import HookWatch
 from portguard.io.queuestats import bound_queues
 from portguard.io.watchedhook import WatchedHook
 from portguard.metrics import MetricsServer, control_fetch

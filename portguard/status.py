@@ -24,7 +24,7 @@ from portguard import __version__
 from portguard.config import Config
 from portguard.core.gate import Gate
 from portguard.core.policy import RuleSet
-from portguard.io.hook import COUNTERS
+from portguard.io.hooks.backend import COUNTERS
 from portguard.io.queuestats import parse_queue_stats
 from portguard.io.watchedhook import HookState, WatchedHook
 

@@ -38,7 +38,7 @@ from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK, NFNLGRP_CONNTRACK_
 from pyroute2.netlink.nfnetlink.nfctsocket import IPCTNL_MSG_CT_DELETE
 
 from portguard.core.events.flowend import Counters, EndedFlow
-from portguard.io.hook import MARK_ALLOW, VERDICT_MASK, direction_of_mark
+from portguard.core.marks import MARK_ALLOW, VERDICT_MASK, direction_of_mark
 
 ACCOUNTING: Final = ("net.netfilter.nf_conntrack_acct", "net.netfilter.nf_conntrack_timestamp")
 PROC_SYS: Final = Path("/proc/sys")

@@ -13,8 +13,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from portguard.io.hook import COUNTER_INVALID, COUNTER_PER_SOURCE, HookBackend, HookSpec, HookStatus
-from portguard.io.hookwatch import repair_reason
+from portguard.io.hooks.backend import (
+    COUNTER_INVALID,
+    COUNTER_PER_SOURCE,
+    HookBackend,
+    HookSpec,
+    HookStatus,
+)
+from portguard.io.hooks.watch import repair_reason
 
 
 @dataclass(frozen=True, slots=True)

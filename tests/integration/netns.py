@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pytest
 
 from lab import netns as lab
-from portguard.io.hook import CommandResult, run_command
+from portguard.io.hooks.runner import CommandResult, run_command
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,12 @@ import pytest
 from netns import Netns, require_root, throwaway_netns
 
 from lab import netns as labns
+from portguard.core.marks import MARK_DROP, MARK_MASK, MARK_REJECT, VERDICT_MASK, mark_bits
 from portguard.core.policy.model import Direction
 from portguard.io.conntrack import TrackedConnection
-from portguard.io.hook import MARK_DROP, MARK_MASK, MARK_REJECT, VERDICT_MASK, HookSpec, mark_bits
-from portguard.io.iptables import IptablesBackend
-from portguard.io.nftables import NftablesBackend, queue_statement
+from portguard.io.hooks.backend import HookSpec
+from portguard.io.hooks.iptables import IptablesBackend
+from portguard.io.hooks.nftables import NftablesBackend, queue_statement
 
 pytestmark = pytest.mark.integration
 

@@ -27,8 +27,8 @@ import pytest
 from netns import Netns, require_root, throwaway_netns
 
 from lab import netns as labns
+from portguard.core.marks import MARK_ALLOW, MARK_MASK, mark_bits
 from portguard.core.policy.model import Direction
-from portguard.io.hook import MARK_ALLOW, MARK_MASK, mark_bits
 
 pytestmark = pytest.mark.integration
 

@@ -22,8 +22,8 @@ from netns import Netns
 from lab import Lab
 from lab import addresses as a
 from lab.daemon import HOOK_PORTS, LabDaemon, hooks_installed, hooks_leftover
-from portguard.io.hook import HookSpec, SourceLimit
-from portguard.io.iptables import IptablesBackend
+from portguard.io.hooks.backend import HookSpec, SourceLimit
+from portguard.io.hooks.iptables import IptablesBackend
 
 REPAIR_LIMIT = 5.0  # seconds: the promise
 SPEC = HookSpec(

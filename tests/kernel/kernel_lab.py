@@ -24,7 +24,7 @@ from lab.netns import NETNS_DIR
 from lab.peers import SendResult
 from lab.smtpc import attempt
 from lab.topology import client_address
-from portguard.io.hook import CommandResult, run_command
+from portguard.io.hooks.runner import CommandResult, run_command
 
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")

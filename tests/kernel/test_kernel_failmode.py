@@ -19,7 +19,7 @@ from lab import Lab
 from lab import addresses as a
 from lab.daemon import LabDaemon, hooks_leftover
 from lab.smtpc import attempt
-from portguard.io.nftables import NftablesBackend
+from portguard.io.hooks.nftables import NftablesBackend
 
 BURST = 3
 KEEP = "keep_on_stop = true"

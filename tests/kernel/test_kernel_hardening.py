@@ -20,8 +20,8 @@ from lab import Lab
 from lab import addresses as a
 from lab.daemon import LabDaemon, hooks_leftover
 from lab.synflood import FloodResult, SynTemplate, flood, raw_socket
-from portguard.io.hook import COUNTER_INVALID, COUNTER_PER_SOURCE
-from portguard.io.nftables import NftablesBackend
+from portguard.io.hooks.backend import COUNTER_INVALID, COUNTER_PER_SOURCE
+from portguard.io.hooks.nftables import NftablesBackend
 
 RATE, BURST = 10, 20
 FLOOD = 300  # SYNs in one second, from one source: far over RATE + BURST

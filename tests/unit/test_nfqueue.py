@@ -14,8 +14,8 @@ from collections.abc import Callable
 import pytest
 
 from portguard.core.gate import Outcome, Verdict
+from portguard.core.marks import MARK_ALLOW, MARK_MASK, MARK_REJECT, direction_of_mark
 from portguard.core.policy.model import Direction
-from portguard.io.hook import MARK_ALLOW, MARK_MASK, MARK_REJECT, direction_of_mark
 from portguard.io.nfqueue import (
     BATCH_PACKETS,
     COPY_RANGE,

@@ -21,7 +21,7 @@ from portguard.core.events.record import Observer
 from portguard.core.flow.table import FlowTable
 from portguard.core.gate import Gate
 from portguard.core.policy import RuleSet
-from portguard.io.hook import HookSpec, HookStatus
+from portguard.io.hooks.backend import HookSpec, HookStatus
 from portguard.io.policyfiles import load_ruleset
 from portguard.io.watchedhook import WatchedHook
 from portguard.policyload import Reply

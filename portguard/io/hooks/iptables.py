@@ -18,24 +18,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from portguard.io.hook import (
+from portguard.core.marks import MARK_ALLOW, MARK_DROP, MARK_MASK, MARK_REJECT, VERDICT_MASK
+from portguard.io.hooks.backend import (
     CHAINS,
-    COMMAND_NOT_FOUND,
     COUNTER_INVALID,
     COUNTER_PER_SOURCE,
     COUNTERS,
-    MARK_ALLOW,
-    MARK_DROP,
-    MARK_MASK,
-    MARK_REJECT,
-    VERDICT_MASK,
     HookSpec,
     HookStatus,
-    Runner,
-    checked,
-    run_command,
-    succeeded,
 )
+from portguard.io.hooks.runner import COMMAND_NOT_FOUND, Runner, checked, run_command, succeeded
 
 CHAIN: Final = "PORTGUARD"
 FAMILIES: Final = ("iptables", "ip6tables")

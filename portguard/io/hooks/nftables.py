@@ -19,23 +19,16 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from portguard.io.hook import (
-    COMMAND_NOT_FOUND,
-    COUNTER_INVALID,
-    COUNTER_PER_SOURCE,
+from portguard.core.marks import (
     DIRECTION_BITS,
     MARK_ALLOW,
     MARK_DROP,
     MARK_MASK,
     MARK_REJECT,
     VERDICT_MASK,
-    HookSpec,
-    HookStatus,
-    Runner,
-    checked,
-    run_command,
-    succeeded,
 )
+from portguard.io.hooks.backend import COUNTER_INVALID, COUNTER_PER_SOURCE, HookSpec, HookStatus
+from portguard.io.hooks.runner import COMMAND_NOT_FOUND, Runner, checked, run_command, succeeded
 
 TABLE: Final = "inet portguard"
 # Declaring the table first makes the delete succeed when it is absent: idempotent, one batch.

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Final
 
-from portguard.io.hook import HookBackend, HookError, HookSpec, HookStatus
+from portguard.io.hooks.backend import HookBackend, HookError, HookSpec, HookStatus
 
 DEFAULT_INTERVAL: Final = 2.0  # seconds between checks: a broken hook is back within about this
 
