@@ -54,17 +54,17 @@ from portguard.core.events.record import Event, Observer
 from portguard.core.flow.table import FlowTable
 from portguard.core.gate import Gate
 from portguard.core.policy import RuleSet
-from portguard.decisionlog.writer import EventWriter
 from portguard.io.policyfiles import load_ruleset
+from portguard.log.writer import EventWriter
 from portguard.shipped import RULES_DIR
 from portguard.worker import GIL_SWITCH_INTERVAL
 
 try:
-    from portguard.decisionlog.sinks import file_sink
+    from portguard.log.sinks import file_sink
 except ImportError:  # before issue 4 the sinks lived in writer.py
-    from portguard.decisionlog.writer import file_sink  # type: ignore[attr-defined, no-redef]
+    from portguard.log.writer import file_sink  # type: ignore[attr-defined, no-redef]
 try:
-    from portguard.decisionlog.logprocess import LogProcess
+    from portguard.log.logprocess import LogProcess
 except ImportError:  # outputs in threads of the worker only
     LogProcess = None  # type: ignore[assignment,misc]
 
@@ -143,7 +143,7 @@ class Feed:
         self.writer = EventWriter([] if mode == "inline" else sinks)
         self.process: Any = None
         if mode == "process":
-            assert LogProcess is not None, "no portguard.decisionlog.logprocess here"
+            assert LogProcess is not None, "no portguard.log.logprocess here"
             self.process = LogProcess(self._started, Observer("bench", "0"))
             self.process.start()  # the writer's threads start in the log process
         else:

@@ -21,14 +21,14 @@ from portguard.config import Config
 from portguard.core.errors import HOST_KEPT, SourceError, StartupError
 from portguard.core.events.record import Observer, lifecycle_event
 from portguard.core.policy import RuleSet
-from portguard.decisionlog.outputs import make_writer
-from portguard.decisionlog.writer import EventQueue
 from portguard.io import notify
 from portguard.io.hooks.backend import HookBackend, HookError, HookSpec, SourceLimit
 from portguard.io.hooks.factory import cleanup_leftovers, select_backend
 from portguard.io.hooks.watch import HookWatch
 from portguard.io.queuestats import bound_queues
 from portguard.io.watchedhook import WatchedHook
+from portguard.log.outputs import make_writer
+from portguard.log.writer import EventQueue
 from portguard.metrics import MetricsServer, control_fetch
 from portguard.policystate import RESOLVED_FILE, save_resolution, saved_resolution
 from portguard.status import DaemonFacts, worker_socket

@@ -44,7 +44,7 @@ class QueueCounters(Protocol):
 
 
 class LogCounters(Protocol):
-    """The worker's log process (portguard.decisionlog.logprocess.LogProcess)."""
+    """The worker's log process (portguard.log.logprocess.LogProcess)."""
 
     dropped: int  # events the hand-over to the log process dropped, as the worker counts them
 

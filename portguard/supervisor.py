@@ -30,9 +30,9 @@ from portguard.control import request as control_request
 from portguard.core.errors import PolicyError, Problem, StartupError
 from portguard.core.events.record import Observer, lifecycle_event
 from portguard.core.policy import RuleSet
-from portguard.decisionlog.writer import EventWriter
 from portguard.io import notify
 from portguard.io.signals import SignalPipe
+from portguard.log.writer import EventWriter
 from portguard.policyload import LoadResult, PolicyLoad, Reply, capped, same_files, same_resolution
 from portguard.policystate import remove_handovers, save_resolution, write_handover
 from portguard.status import DaemonFacts, collect, gather, worker_socket

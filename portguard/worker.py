@@ -19,15 +19,15 @@ from portguard.core.events.record import Event, Observer, lifecycle_event
 from portguard.core.flow.table import FlowTable
 from portguard.core.gate import Gate, Outcome, Verdict
 from portguard.core.policy import RuleSet
-from portguard.decisionlog.logprocess import LogProcess
-from portguard.decisionlog.outputs import make_writer, open_sinks
-from portguard.decisionlog.writer import EventQueue
 from portguard.io import notify
 from portguard.io.interfaces import WanInterfaces
 from portguard.io.nfqueue import QueueReader
 from portguard.io.policyfiles import load_ruleset
 from portguard.io.queueflags import set_fail_open
 from portguard.io.signals import SignalPipe
+from portguard.log.logprocess import LogProcess
+from portguard.log.outputs import make_writer, open_sinks
+from portguard.log.writer import EventQueue
 from portguard.periodic import Periodic
 from portguard.policyload import LoadResult, PolicyLoad, Reply, capped, same_files, same_resolution
 from portguard.policystate import is_handover, read_handover, save_resolution

@@ -12,7 +12,7 @@ from portguard.core.events.flowend import Counters, EndedFlow, FlowOrigin, flow_
 from portguard.core.events.record import Event, Observer, decision_event
 from portguard.core.flow.table import Flow, TcpState
 from portguard.core.policy.model import Action, Decision, Direction
-from portguard.decisionlog.formats import render
+from portguard.log.formats import render
 
 OBSERVER = Observer("gw1", "0.1.0")
 NOW = 1795798800.123456  # 2026-11-27T17:00:00.123456Z

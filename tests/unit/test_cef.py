@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from portguard.core.events.flood import summary
 from portguard.core.events.record import lifecycle_event
 from portguard.core.policy.model import Action, Direction
-from portguard.decisionlog.cef import cef_header_escape, cef_value_escape
-from portguard.decisionlog.formats import render
+from portguard.log.cef import cef_header_escape, cef_value_escape
+from portguard.log.formats import render
 from tests.events import NOW, OBSERVER, V6, decided, flow_end, parse_cef
 
 # --- CEF ------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from portguard.core.events.record import (
 )
 from portguard.core.flow.table import Flow, TcpState
 from portguard.core.policy.model import Action, Decision, Direction, Limit, LimitResult
-from portguard.decisionlog.sinks import render_line
+from portguard.log.sinks import render_line
 
 ECS_DIR = Path(__file__).resolve().parents[1] / "data" / "ecs"
 OBSERVER = Observer("gw1", "0.1.0")

@@ -9,7 +9,7 @@ from portguard.core.events.flowend import Counters, EndedFlow, FlowOrigin, flow_
 from portguard.core.events.record import ECS_VERSION, Observer, decision_event, timestamp
 from portguard.core.flow.table import Flow, TcpState
 from portguard.core.policy.model import Action, Decision, Direction
-from portguard.decisionlog import formats
+from portguard.log import formats
 
 OBSERVER = Observer("gw1", "0.1.0")
 NOW = 1795798800.123456  # 2026-11-27T17:00:00.123456Z

@@ -19,7 +19,7 @@ import pytest
 
 from lab.pki import Authority, issue, make_ca
 from lab.tls import CertPair
-from portguard.decisionlog.syslog import (
+from portguard.log.syslog import (
     SyslogSink,
     Target,
     TlsSettings,

@@ -18,8 +18,8 @@ import orjson
 import structlog
 
 from portguard.core.events.record import Event
-from portguard.decisionlog import formats
-from portguard.decisionlog.ecs import with_community_id
+from portguard.log import formats
+from portguard.log.ecs import with_community_id
 
 # syslog severities (RFC 5424) of the ECS log.level values portguard writes
 LEVELS: dict[str, int] = {"error": 3, "warning": 4, "notice": 5, "info": 6, "debug": 7}

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from portguard.decisionlog import formats
-from portguard.decisionlog.sinks import StateCallback, severity
+from portguard.log import formats
+from portguard.log.sinks import StateCallback, severity
 
 FACILITY_DAEMON = 3
 SCHEMES = ("udp", "tcp", "tls")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from portguard.core.events.record import DECISION_DATASET, FLOW_DATASET, LIFECYCLE_DATASET
-from portguard.decisionlog.ecs import (
+from portguard.log.ecs import (
     FLOW_END_NAME,
     VENDOR,
     Event,

@@ -31,8 +31,8 @@ import orjson
 
 from portguard.core.events.flowend import EndedFlow, flow_end_event
 from portguard.core.events.record import Event, Observer, lifecycle_event
-from portguard.decisionlog.writer import EventWriter
 from portguard.io.ctevents import FlowEndError, FlowEndListener, enable_accounting
+from portguard.log.writer import EventWriter
 
 SEND_BUFFER = 8 << 20  # bytes the packet loop may have waiting for the log process
 READ_SIZE = 1 << 20

@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-from portguard.decisionlog.cef import cef_line
-from portguard.decisionlog.ecs import Event, ecs_line, with_community_id
-from portguard.decisionlog.ocsf import ocsf_line
+from portguard.log.cef import cef_line
+from portguard.log.ecs import Event, ecs_line, with_community_id
+from portguard.log.ocsf import ocsf_line
 
 FORMATS: Final = ("ecs", "ocsf", "cef")
 

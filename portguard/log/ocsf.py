@@ -13,7 +13,7 @@ from typing import Any, Final
 import orjson
 
 from portguard.core.events.record import DECISION_DATASET, FLOW_DATASET, LIFECYCLE_DATASET
-from portguard.decisionlog.ecs import (
+from portguard.log.ecs import (
     FLOW_END_NAME,
     NS_PER_MS,
     VENDOR,

@@ -13,9 +13,9 @@ from pathlib import Path
 from portguard.config import Config, Output
 from portguard.core.errors import StartupError
 from portguard.core.events.record import Observer, lifecycle_event
-from portguard.decisionlog import syslog
-from portguard.decisionlog.sinks import EventSink, file_sink, stdout_sink
-from portguard.decisionlog.writer import Channel, EventWriter
+from portguard.log import syslog
+from portguard.log.sinks import EventSink, file_sink, stdout_sink
+from portguard.log.writer import Channel, EventWriter
 
 
 def make_sink(output: Output) -> EventSink:

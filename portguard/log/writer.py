@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from portguard.core.events.record import LIFECYCLE_DATASET, Event
-from portguard.decisionlog.sinks import LEVELS, EventSink, prepare, severity
+from portguard.log.sinks import LEVELS, EventSink, prepare, severity
 
 DEFAULT_BUFFER = 65536  # events a sink may have waiting
 LIFECYCLE_RESERVE = 256  # more places for lifecycle events only
