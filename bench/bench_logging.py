@@ -56,8 +56,8 @@ from portguard.core.gate import Gate
 from portguard.core.policy import RuleSet
 from portguard.io.policyfiles import load_ruleset
 from portguard.log.writer import EventWriter
+from portguard.service.worker import GIL_SWITCH_INTERVAL
 from portguard.shipped import RULES_DIR
-from portguard.worker import GIL_SWITCH_INTERVAL
 
 try:
     from portguard.log.sinks import file_sink

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from portguard.config import Config, Output
+from portguard.config.model import Config, Output
 from portguard.core.errors import StartupError
 from portguard.core.events.record import Observer, lifecycle_event
 from portguard.log import syslog

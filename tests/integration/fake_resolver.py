@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import portguard.io.policyfiles
-from portguard.cli import main
+from portguard.cli.main import main
 
 HOLD_LIMIT = 120.0  # seconds: a test that forgot the hold file does not hang the daemon forever
 

@@ -21,7 +21,7 @@ import pytest
 from lab import Lab
 from lab import addresses as a
 from lab.daemon import LabDaemon, hooks_installed
-from portguard.control import request as control_request
+from portguard.service.control import request as control_request
 
 LIVENESS = 5.0  # seconds: an answer within this is "answers" (liveness, not speed)
 RESOLVER = Path(__file__).with_name("fake_resolver.py")

@@ -33,7 +33,7 @@ HOOK_CHECKS = 2.0  # seconds between the daemon's hook checks (they read the ker
 ASK_STATUS = """
 import json, sys, time
 from pathlib import Path
-from portguard.control import request
+from portguard.service.control import request
 start = time.monotonic()
 try:
     doc = request(Path(sys.argv[1]), "status", timeout=float(sys.argv[2]))

@@ -32,7 +32,7 @@ from lab.peers import parse_send_result, python_env, server_specs
 from lab.smtpc import classify, coalesce, message_chunks
 from lab.smtpd import Listen, format_endpoint, parse_listen
 from lab.topology import client_address, parse_queue_stats
-from portguard.config import parse_config
+from portguard.config.model import parse_config
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
 lab_test = [pytest.mark.integration, needs_root]

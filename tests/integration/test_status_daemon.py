@@ -20,7 +20,7 @@ from lab import addresses as a
 from lab.daemon import LabDaemon, hooks_leftover
 from lab.netns import LabError
 from lab.peers import python_env
-from portguard.config import load_config
+from portguard.config.model import load_config
 
 LISTEN = "127.0.0.1:9477"  # the gateway namespace's own loopback
 METRICS = f'\n[metrics]\nlisten = "{LISTEN}"\n'

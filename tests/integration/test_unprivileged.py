@@ -39,8 +39,8 @@ from lab import Lab
 from lab import addresses as a
 from lab.daemon import SHIPPED_RULES, LabDaemon, hooks_installed, hooks_leftover
 from lab.netns import LabError
-from portguard.daemon import HOOK_CHECK_INTERVAL
 from portguard.io.queuestats import QUEUE_STATS_FILE, parse_queue_stats
+from portguard.service.daemon import HOOK_CHECK_INTERVAL
 
 CAP_NET_ADMIN = 12
 ROOT = Path(portguard.__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from portguard.cli import main
+from portguard.cli.main import main
 from portguard.io import policyfiles as loader
 from portguard.shipped import CONFIG_PATH, RULES_DIR
 from tests.unit.test_policy_loader import fake_dns

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from portguard.config import Config, parse_config
+from portguard.config.model import Config, parse_config
 from portguard.core.errors import HOST_KEPT, Problem
 from portguard.core.policy import RuleSet
 from portguard.core.policy.model import Action, Decision
-from portguard.daemon import first_policy
-from portguard.policystate import RESOLVED_FILE
+from portguard.service.daemon import first_policy
+from portguard.service.policystate import RESOLVED_FILE
 
 RULES = (
     '[sets.relays]\nhosts = ["relay.example"]\n'

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from portguard.config import Config, LogConfig, Output
+from portguard.config.model import Config, LogConfig, Output
 from portguard.core.errors import StartupError
 from portguard.core.events.record import Observer, lifecycle_event
 from portguard.log.outputs import make_sink, make_writer, open_sinks, tls_settings

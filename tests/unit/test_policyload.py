@@ -9,7 +9,7 @@ from typing import Any
 from portguard.core.errors import SourceError
 from portguard.core.policy import RuleSet
 from portguard.io.policyfiles import load_ruleset
-from portguard.policyload import MAX_REPORTED_ERRORS, LoadResult, PolicyLoad, capped
+from portguard.service.policyload import MAX_REPORTED_ERRORS, LoadResult, PolicyLoad, capped
 
 GOOD = '[[rule]]\nid = "r"\naction = "allow"\n'
 
@@ -90,7 +90,7 @@ def test_an_operator_request_overrides_a_waiting_resolve() -> None:
 
 
 def test_parked_reload_replies_are_bounded() -> None:
-    from portguard.policyload import BUSY, MAX_WAITING
+    from portguard.service.policyload import BUSY, MAX_WAITING
 
     gate = threading.Event()
 

@@ -9,7 +9,7 @@ import pytest
 
 from portguard.core.errors import PolicyError
 from portguard.io.policyfiles import load_ruleset
-from portguard.policystate import (
+from portguard.service.policystate import (
     RESOLVED_FILE,
     is_handover,
     read_handover,

@@ -7,7 +7,7 @@ from pathlib import Path
 from portguard.core.policy.model import Direction
 from portguard.io.conntrack import TrackedConnection
 from portguard.io.policyfiles import load_ruleset
-from portguard.reevaluate import denied
+from portguard.service.reevaluate import denied
 
 RULES = """
 [[rule]]

@@ -15,16 +15,16 @@ from typing import Any
 
 import pytest
 
-from portguard import supervisor as supervisor_module
-from portguard.config import parse_config
-from portguard.control import ControlStats
+from portguard.config.model import parse_config
 from portguard.core.errors import PolicyError
 from portguard.core.events.record import Observer
 from portguard.core.policy import RuleSet
 from portguard.io.policyfiles import load_ruleset
-from portguard.policyload import LoadResult, PolicyLoad, Reply
-from portguard.status import DaemonFacts, log_section
-from portguard.supervisor import (
+from portguard.service import supervisor as supervisor_module
+from portguard.service.control import ControlStats
+from portguard.service.policyload import LoadResult, PolicyLoad, Reply
+from portguard.service.status import DaemonFacts, log_section
+from portguard.service.supervisor import (
     ADOPT_TIMEOUT,
     MAX_HANDOVERS,
     MAX_STATUS_THREADS,

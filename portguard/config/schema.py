@@ -1,7 +1,7 @@
 """The shape of the daemon config file: every key with its type, default and limits.
 
-`ConfigSpec` is what `portguard.config` validates the TOML data against (an unknown key is an
-error); the values here are checked one by one, the checks across keys are in configchecks.
+`ConfigSpec` is what `portguard.config.model` validates the TOML data against (an unknown key is an
+error); the values here are checked one by one, the checks across keys are in checks.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
-from portguard.configchecks import MAX_QUEUE_NUM, MAX_WORKERS, listen_address_problem
+from portguard.config.checks import MAX_QUEUE_NUM, MAX_WORKERS, listen_address_problem
 from portguard.core.tomlsource import Spec
 
 FailMode = Literal["open", "closed"]

@@ -27,7 +27,7 @@ import orjson
 from portguard.core.errors import PolicyError, Problem
 from portguard.core.policy import RuleSet
 from portguard.core.policy.model import Action, Decision
-from portguard.statefile import StateError, read_trusted, write_atomic
+from portguard.service.statefile import StateError, read_trusted, write_atomic
 
 RESOLVED_FILE = "resolved.json"
 HANDOVER_PREFIX = "policy-"

@@ -17,42 +17,27 @@ import sys
 import time
 
 from portguard import __version__
-from portguard.config import Config
+from portguard.config.model import Config
 from portguard.core.errors import HOST_KEPT, SourceError, StartupError
 from portguard.core.events.record import Observer, lifecycle_event
 from portguard.core.policy import RuleSet
 from portguard.io import notify
-from portguard.io.hooks.backend import HookBackend, HookError, HookSpec, SourceLimit
+from portguard.io.hooks.backend import HookBackend, HookError
 from portguard.io.hooks.factory import cleanup_leftovers, select_backend
 from portguard.io.hooks.watch import HookWatch
 from portguard.io.queuestats import bound_queues
-from portguard.io.watchedhook import WatchedHook
 from portguard.log.outputs import make_writer
 from portguard.log.writer import EventQueue
-from portguard.metrics import MetricsServer, control_fetch
-from portguard.policystate import RESOLVED_FILE, save_resolution, saved_resolution
-from portguard.status import DaemonFacts, worker_socket
-from portguard.supervisor import Supervisor
-from portguard.worker import Worker
+from portguard.service.hookspec import hook_spec
+from portguard.service.metrics import MetricsServer, control_fetch
+from portguard.service.policystate import RESOLVED_FILE, save_resolution, saved_resolution
+from portguard.service.status import DaemonFacts, worker_socket
+from portguard.service.supervisor import Supervisor
+from portguard.service.watchedhook import WatchedHook
+from portguard.service.worker import Worker
 
 PR_SET_PDEATHSIG = 1
 HOOK_CHECK_INTERVAL = 2.0  # seconds: a removed or bypassed hook is back within about this
-
-
-def hook_spec(config: Config) -> HookSpec:
-    return HookSpec(
-        queue_num=config.queue.num,
-        workers=config.queue.workers,
-        ports=tuple(config.hook.ports),
-        chains=tuple(config.hook.chains),
-        fail_open=config.queue.fail_mode == "open",
-        per_source=per_source_limit(config),
-    )
-
-
-def per_source_limit(config: Config) -> SourceLimit | None:
-    limit = config.queue.per_source
-    return SourceLimit(limit.rate, limit.burst, limit.prefix6) if limit.enabled else None
 
 
 class Daemon:

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from portguard.status import VERDICTS
+from portguard.service.status import VERDICTS
 
 FETCH_TIMEOUT: Final = 5.0  # seconds a scrape waits for the status (Prometheus waits 10 s)
 Fetch = Callable[[], Mapping[str, Any]]
@@ -223,7 +223,7 @@ def registry_for(fetch: Fetch) -> CollectorRegistry:
 
 def control_fetch(control_socket: Path, timeout: float = FETCH_TIMEOUT) -> Fetch:
     """A status request on the daemon's control socket."""
-    from portguard.control import request
+    from portguard.service.control import request
 
     def fetch() -> Mapping[str, Any]:
         return request(control_socket, "status", timeout=timeout)

@@ -2,8 +2,8 @@
 
 It owns the daemon's control socket and systemd's notify socket. A reload (SIGHUP,
 `portguard reload`, the timed re-resolution of host names) is built ONCE, in the load thread
-(portguard.policyload), which also writes the compiled policy to the run-time directory
-(portguard.policystate). The loop then hands that file to every worker over the worker's
+(portguard.service.policyload), which also writes the compiled policy to the run-time directory
+(portguard.service.policystate). The loop then hands that file to every worker over the worker's
 private control socket (`adopt`, one short-lived thread per worker); each worker loads it in
 its own load thread, swaps it in and answers with the version it now runs. `portguard reload`
 is answered only when every worker has answered, and the answer lists each worker's version.
@@ -24,18 +24,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from portguard.config import Config
-from portguard.control import ControlServer
-from portguard.control import request as control_request
+from portguard.config.model import Config
 from portguard.core.errors import PolicyError, Problem, StartupError
 from portguard.core.events.record import Observer, lifecycle_event
 from portguard.core.policy import RuleSet
 from portguard.io import notify
 from portguard.io.signals import SignalPipe
 from portguard.log.writer import EventWriter
-from portguard.policyload import LoadResult, PolicyLoad, Reply, capped, same_files, same_resolution
-from portguard.policystate import remove_handovers, save_resolution, write_handover
-from portguard.status import DaemonFacts, collect, gather, worker_socket
+from portguard.service.control import ControlServer
+from portguard.service.control import request as control_request
+from portguard.service.policyload import (
+    LoadResult,
+    PolicyLoad,
+    Reply,
+    capped,
+    same_files,
+    same_resolution,
+)
+from portguard.service.policystate import remove_handovers, save_resolution, write_handover
+from portguard.service.status import DaemonFacts, collect, gather, worker_socket
 
 WORKER_STATUS_TIMEOUT = 2.0  # seconds the parent waits for each worker's status
 ADOPT_TIMEOUT = 120.0  # seconds a worker may take to load and swap in a handed-over policy

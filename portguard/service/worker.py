@@ -11,8 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from portguard.config import Config
-from portguard.control import ControlServer
+from portguard.config.model import Config
 from portguard.core.errors import StartupError
 from portguard.core.events.flood import DenyAggregator
 from portguard.core.events.record import Event, Observer, lifecycle_event
@@ -28,11 +27,19 @@ from portguard.io.signals import SignalPipe
 from portguard.log.logprocess import LogProcess
 from portguard.log.outputs import make_writer, open_sinks
 from portguard.log.writer import EventQueue
-from portguard.periodic import Periodic
-from portguard.policyload import LoadResult, PolicyLoad, Reply, capped, same_files, same_resolution
-from portguard.policystate import is_handover, read_handover, save_resolution
-from portguard.reevaluate import Reevaluator
-from portguard.status import DaemonFacts, collect, worker_section
+from portguard.service.control import ControlServer
+from portguard.service.periodic import Periodic
+from portguard.service.policyload import (
+    LoadResult,
+    PolicyLoad,
+    Reply,
+    capped,
+    same_files,
+    same_resolution,
+)
+from portguard.service.policystate import is_handover, read_handover, save_resolution
+from portguard.service.reevaluate import Reevaluator
+from portguard.service.status import DaemonFacts, collect, worker_section
 
 TICK = 1.0  # seconds between housekeeping rounds (flow expiry, counters)
 INTERFACE_REFRESH = 30.0  # seconds between forgetting cached interface names

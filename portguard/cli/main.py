@@ -61,14 +61,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from portguard import commands
-    from portguard.config import load_config
+    from portguard.cli import commands
+    from portguard.config.model import load_config
 
     if args.command == "check":  # loads the config itself: its errors in --format json too
         return commands.check(args.config, args.output_format, args.strict)
     config = load_config(args.config)
     if args.command == "run":
-        from portguard.daemon import run
+        from portguard.service.daemon import run
 
         return run(config)
     if args.command == "reload":

@@ -3,7 +3,7 @@
 Every key of the contract in DESIGN.md, nothing else: an unknown key is an error. Every error is
 reported at once as ``path:line: message`` (ConfigError.messages). Relative paths in the file
 (rule paths, a log file) resolve against the directory of the config file. The file's shape
-(keys, types, defaults, limits) is `configschema`; checks across keys are `configchecks`.
+(keys, types, defaults, limits) is `schema.py`; checks across keys are `checks.py`.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from portguard.configchecks import (
+from portguard.config.checks import (
     LISTEN_ADDRESS,
     SYSLOG_ADDRESS,
     checks,
     listen_address_problem,
     syslog_address_problem,
 )
-from portguard.configschema import (
+from portguard.config.schema import (
     DEFAULT_BUFFER,
     DEFAULT_CONTROL_SOCKET,
     DEFAULT_PER_SOURCE_BURST,

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from portguard.config import Config
+from portguard.config.model import Config
 from portguard.core.errors import Problem, SourceError, unexpected
 from portguard.core.policy import format_explanation
 from portguard.core.policy.model import Connection, Direction
@@ -16,6 +16,7 @@ from portguard.io import interfaces
 from portguard.io.hooks.backend import HookBackend, HookError
 from portguard.io.hooks.factory import cleanup_leftovers, select_backend
 from portguard.io.policyfiles import load_ruleset
+from portguard.service.hookspec import hook_spec
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -39,9 +40,9 @@ def check(config_path: Path, output_format: str = "text", strict: bool = False) 
 
 
 def _check_report(config_path: Path) -> CheckReport:
-    from portguard.config import load_config
+    from portguard.config.model import load_config
     from portguard.core.policy.lint import lint
-    from portguard.policystate import saved_resolution
+    from portguard.service.policystate import saved_resolution
 
     try:
         config = load_config(config_path)
@@ -62,7 +63,7 @@ def _check_report(config_path: Path) -> CheckReport:
 def wan_problems(config: Config) -> list[Problem]:
     """A warning for each WAN interface this host does not have (yet): while it is missing,
     the daemon sees no connection as outbound or inbound (only `internal`)."""
-    from portguard.config import config_problem
+    from portguard.config.model import config_problem
 
     wan = list(config.network.wan)
     problems = []
@@ -75,7 +76,7 @@ def wan_problems(config: Config) -> list[Problem]:
 
 def output_problems(config: Config) -> list[Problem]:
     """File outputs the daemon would refuse: a symbolic link at the path."""
-    from portguard.config import config_problem
+    from portguard.config.model import config_problem
 
     problems = []
     for index, output in enumerate(config.log.outputs):
@@ -88,7 +89,7 @@ def output_problems(config: Config) -> list[Problem]:
 
 def reload(config: Config) -> int:
     """Ask the running daemon to reload: 0 reloaded, 1 refused (errors), 3 no daemon."""
-    from portguard.control import request
+    from portguard.service.control import request
 
     path = config.daemon.control_socket
     try:
@@ -114,9 +115,9 @@ STATUS_TIMEOUT = 10.0  # seconds: the daemon answers from counters, at once unle
 
 def status(config: Config, as_json: bool = False) -> int:
     """Print the running daemon's status document: 0 answered, 1 not reachable or refused."""
-    from portguard.control import request
-    from portguard.status import fill_queue_counters
-    from portguard.statustext import format_status
+    from portguard.service.control import request
+    from portguard.service.status import fill_queue_counters
+    from portguard.service.statustext import format_status
 
     path = config.daemon.control_socket
     try:
@@ -151,8 +152,6 @@ def explain(
 def hook(config: Config, action: str) -> int:
     """install / remove / status. Remove and status look at both backends: removal leaves
     nothing whichever backend put it there, and status shows what is really installed."""
-    from portguard.daemon import hook_spec
-
     spec = hook_spec(config)
     try:
         chosen = select_backend(config.hook.backend)

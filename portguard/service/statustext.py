@@ -1,4 +1,4 @@
-"""`portguard status` without --json: the status document (portguard.status) for a terminal."""
+"""`portguard status` without --json: the status document (service/status.py) for a terminal."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from portguard.status import VERDICTS
+from portguard.service.status import VERDICTS
 
 
 def format_status(doc: Mapping[str, Any]) -> list[str]:

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from portguard import __version__
-from portguard.config import Config
+from portguard.config.model import Config
 from portguard.core.gate import Gate
 from portguard.core.policy import RuleSet
 from portguard.io.hooks.backend import COUNTERS
 from portguard.io.queuestats import parse_queue_stats
-from portguard.io.watchedhook import HookState, WatchedHook
+from portguard.service.watchedhook import HookState, WatchedHook
 
 # the process's own view of its network namespace: /proc/net is a link to it, and systemd's
 # ProcSubset=pid hides /proc/net but not /proc/self

@@ -1,7 +1,7 @@
 """Checks of the daemon config across values, on the raw TOML data (so they run even when
-other keys are wrong), and the address forms the config takes (portguard.config uses them).
+other keys are wrong), and the address forms the config takes (portguard.config.model uses them).
 
-Each check yields ``(key path, message)``; portguard.config turns them into ``path:line``
+Each check yields ``(key path, message)``; portguard.config.model turns them into ``path:line``
 problems next to the shape errors of its schema.
 """
 
