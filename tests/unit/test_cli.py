@@ -11,7 +11,7 @@ import pytest
 from portguard.cli.main import main
 from portguard.io import policyfiles as loader
 from portguard.shipped import CONFIG_PATH, RULES_DIR
-from tests.unit.test_policy_loader import fake_dns
+from tests.unit.test_policyfiles import fake_dns
 
 BROKEN = Path(__file__).resolve().parents[1] / "data" / "broken"
 LOCATED = re.compile(r"^(?P<path>/\S+?)(:(?P<line>\d+)(:\d+)?)?: \S.*$")
