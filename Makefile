@@ -60,12 +60,12 @@ test-kernel: venv
 	tests/kernel/vm.sh
 
 lint: venv
-	$(BIN)/ruff check portguard tests bench
-	$(BIN)/ruff format --check portguard tests bench
+	$(BIN)/ruff check portguard lab tests bench
+	$(BIN)/ruff format --check portguard lab tests bench
 	$(BIN)/mypy
 
 demo: venv
-	$(BIN)/python -m portguard.lab.demo
+	$(BIN)/python -m lab.demo
 
 bench: venv
 	$(BIN)/python bench/bench_fastpath.py

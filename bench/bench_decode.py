@@ -16,7 +16,7 @@ from collections.abc import Callable
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 
-from portguard.packet import decode
+from portguard.core.packet import decode
 
 OPTIONS = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (0xAABBCCDD, 0)), ("NOP", None),
            ("WScale", 7)]  # fmt: skip

@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from portguard.lab import Lab
-from portguard.lab import addresses as a
-from portguard.lab.daemon import LabDaemon
+from lab import Lab
+from lab import addresses as a
+from lab.daemon import LabDaemon
 
 TOOL = str(Path(__file__).resolve().parent / "tcpbulk.py")
 KERNEL_POLICY = [

@@ -1,6 +1,6 @@
 """Benchmark: the rate limiter's bucket tables: memory a bucket, and the cost of a decision.
 
-One rule's table (`portguard.policy.limits.BucketTable`) filled to its default `max_buckets`
+One rule's table (`portguard.core.policy.limits.BucketTable`) filled to its default `max_buckets`
 with depleted buckets, for IPv4 and IPv6 (per src: /32 and /64) sources. Figures:
 
 - memory: bytes a bucket (tracemalloc: the bucket, its key, its dict slot, its heap entry) and
@@ -18,8 +18,8 @@ import time
 import tracemalloc
 from collections.abc import Callable
 
-from portguard.policy.limits import BucketTable
-from portguard.policy.model import DEFAULT_MAX_BUCKETS, Action, Limit
+from portguard.core.policy.limits import BucketTable
+from portguard.core.policy.model import DEFAULT_MAX_BUCKETS, Action, Limit
 
 LIMIT = Limit("1/hour", 1 / 3600, 2, "src", 32, 64, Action.REJECT, DEFAULT_MAX_BUCKETS)
 BASES = {4: 0x64400000, 6: 0x20010DB8 << 96}  # 100.64.0.0, 2001:db8::

@@ -11,7 +11,7 @@
     the daemon's (0.5 ms) unless --switch-interval says otherwise. Runs alternate; medians.
 (b) End to end, as root, in the namespace lab: the real daemon (workers = 1, flood_window = 0
     so every attempt is its own decision event, a fresh daemon for every step) while
-    `portguard.lab.synflood` in the subscriber namespace sends SYNs to the MX's port 25 at
+    `lab.synflood` in the subscriber namespace sends SYNs to the MX's port 25 at
     increasing rates. Three set-ups alternate at every rate: the baseline (block-25 with
     `log = false`: the same decisions, no event), a file output, and a file output plus a
     syslog TCP output to a plain socket reader in the gateway namespace. Per step: SYNs sent,
@@ -46,24 +46,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from portguard.decisionlog.record import Event, Observer
-from portguard.decisionlog.writer import EventWriter
-from portguard.flow.table import FlowTable
-from portguard.gate import Gate
-from portguard.lab import Lab, synflood
-from portguard.lab import addresses as a
-from portguard.lab.daemon import SHIPPED_RULES, LabDaemon
-from portguard.lab.peers import python_env
-from portguard.policy import RuleSet, load_ruleset
+from lab import Lab, synflood
+from lab import addresses as a
+from lab.daemon import SHIPPED_RULES, LabDaemon
+from lab.peers import python_env
+from portguard.core.events.record import Event, Observer
+from portguard.core.flow.table import FlowTable
+from portguard.core.gate import Gate
+from portguard.core.policy import RuleSet
+from portguard.io.policyfiles import load_ruleset
+from portguard.log.writer import EventWriter
+from portguard.service.worker import GIL_SWITCH_INTERVAL
 from portguard.shipped import RULES_DIR
-from portguard.worker import GIL_SWITCH_INTERVAL
 
 try:
-    from portguard.decisionlog.sinks import file_sink
+    from portguard.log.sinks import file_sink
 except ImportError:  # before issue 4 the sinks lived in writer.py
-    from portguard.decisionlog.writer import file_sink  # type: ignore[attr-defined,no-redef]
+    from portguard.log.writer import file_sink  # type: ignore[attr-defined, no-redef]
 try:
-    from portguard.decisionlog.logprocess import LogProcess
+    from portguard.log.logprocess import LogProcess
 except ImportError:  # outputs in threads of the worker only
     LogProcess = None  # type: ignore[assignment,misc]
 
@@ -142,7 +143,7 @@ class Feed:
         self.writer = EventWriter([] if mode == "inline" else sinks)
         self.process: Any = None
         if mode == "process":
-            assert LogProcess is not None, "no portguard.decisionlog.logprocess here"
+            assert LogProcess is not None, "no portguard.log.logprocess here"
             self.process = LogProcess(self._started, Observer("bench", "0"))
             self.process.start()  # the writer's threads start in the log process
         else:
@@ -310,7 +311,7 @@ def daemon_cpu(pid: int) -> tuple[float, float]:
 
 def generator_argv(lab: Lab, rate: int, seconds: float, sources: int) -> list[str]:
     first = a.SUBSCRIBER.v4 if sources == 1 else "100.64.10.100"
-    return lab.python("portguard.lab.synflood", "--src", first, "--dst", a.MX.v4,
+    return lab.python("lab.synflood", "--src", first, "--dst", a.MX.v4,
                       "--dport", str(a.PORT_SMTP), "--rate", str(rate),
                       "--seconds", str(seconds), "--sources", str(sources))  # fmt: skip
 

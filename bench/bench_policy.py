@@ -29,7 +29,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from portguard.policy import Connection, Direction, RuleSet, load_ruleset
+from portguard.core.policy import Connection, Direction, RuleSet
+from portguard.io.policyfiles import load_ruleset
 from portguard.shipped import RULES_DIR
 
 FILLER_RULES = 5

@@ -20,9 +20,9 @@ import threading
 import time
 from pathlib import Path
 
-from portguard.lab import Lab
-from portguard.lab import addresses as a
-from portguard.lab.daemon import LabDaemon
+from lab import Lab
+from lab import addresses as a
+from lab.daemon import LabDaemon
 
 TOOL = str(Path(__file__).resolve().parent / "tcpbulk.py")
 RULES = """

@@ -1,5 +1,5 @@
 import sys
 
-from portguard.cli import main
+from portguard.cli.main import main
 
 sys.exit(main())

@@ -8,11 +8,11 @@ from typing import Any
 
 import orjson
 
-from portguard.decisionlog.flowend import Counters, EndedFlow, FlowOrigin, flow_end_event
-from portguard.decisionlog.formats import render
-from portguard.decisionlog.record import Event, Observer, decision_event
-from portguard.flow.table import Flow, TcpState
-from portguard.policy.model import Action, Decision, Direction
+from portguard.core.events.flowend import Counters, EndedFlow, FlowOrigin, flow_end_event
+from portguard.core.events.record import Event, Observer, decision_event
+from portguard.core.flow.table import Flow, TcpState
+from portguard.core.policy.model import Action, Decision, Direction
+from portguard.log.formats import render
 
 OBSERVER = Observer("gw1", "0.1.0")
 NOW = 1795798800.123456  # 2026-11-27T17:00:00.123456Z

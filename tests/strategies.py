@@ -1,6 +1,6 @@
 """Reusable hypothesis strategies: valid TCP/IP packets (IPv4/IPv6) as bytes, and mutations.
 
-The packets are built here with `struct`, independently of portguard.packet.decode, with
+The packets are built here with `struct`, independently of portguard.core.packet.decode, with
 correct IPv4 header and TCP checksums, so that scapy and the kernel accept them too.
 
 - `packet_specs()`: a PacketSpec (fields + `to_bytes()` + `expected()` decoded Packet).
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
-from portguard.packet.model import Packet
+from portguard.core.packet.model import Packet
 
 TCP = 6
 HOP_BY_HOP, ROUTING, FRAGMENT, AH, DEST_OPTIONS = 0, 43, 44, 51, 60

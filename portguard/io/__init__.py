@@ -1,1 +1,2 @@
-"""The edges: kernel queue, hook backends, netlink and the other parts that touch the system."""
+"""The edges: the kernel queue, the hooks, conntrack and netlink, systemd, signals, and the
+operator's files and DNS. Thin, and importing only the core."""

@@ -1,10 +1,11 @@
 """The conntrack edge: list the connections portguard allowed, and end one of them.
 
 An allowed connection's conntrack entry carries portguard's mark (connmark): the verdict allow and
-the connection's direction (see ``portguard.io.hook``). To end a connection, its verdict bits are
-rewritten to reject or drop; the hook's chain then answers the next packet of the connection,
-from either side, with a TCP reset (reject) or discards it (drop). The entry itself stays: deleting
-it would let conntrack pick the connection up again from its next packet, unmarked.
+the connection's direction (see ``portguard.core.marks``). To end a connection, its verdict
+bits are rewritten to reject or drop; the hook's chain then answers the next packet of the
+connection, from either side, with a TCP reset (reject) or discards it (drop). The entry itself
+stays: deleting it would let conntrack pick the connection up again from its next packet,
+unmarked.
 
 This module uses pyroute2's blocking ``Conntrack``, which runs an asyncio loop of its own for each
 call: call it from plain code or a thread, never from inside a running asyncio loop. It acts in
@@ -23,14 +24,8 @@ from pyroute2 import Conntrack
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
-from portguard.io.hook import (
-    MARK_ALLOW,
-    MARK_DROP,
-    MARK_REJECT,
-    VERDICT_MASK,
-    direction_of_mark,
-)
-from portguard.policy.model import Connection, Direction
+from portguard.core.marks import MARK_ALLOW, MARK_DROP, MARK_REJECT, VERDICT_MASK, direction_of_mark
+from portguard.core.policy.model import Connection, Direction
 
 Ending = Literal["reject", "drop"]
 ENDINGS: Final[dict[str, int]] = {"reject": MARK_REJECT, "drop": MARK_DROP}

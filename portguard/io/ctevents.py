@@ -37,8 +37,8 @@ from typing import Final
 from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK, NFNLGRP_CONNTRACK_DESTROY
 from pyroute2.netlink.nfnetlink.nfctsocket import IPCTNL_MSG_CT_DELETE
 
-from portguard.decisionlog.flowend import Counters, EndedFlow
-from portguard.io.hook import MARK_ALLOW, VERDICT_MASK, direction_of_mark
+from portguard.core.events.flowend import Counters, EndedFlow
+from portguard.core.marks import MARK_ALLOW, VERDICT_MASK, direction_of_mark
 
 ACCOUNTING: Final = ("net.netfilter.nf_conntrack_acct", "net.netfilter.nf_conntrack_timestamp")
 PROC_SYS: Final = Path("/proc/sys")

@@ -20,10 +20,10 @@ from typing import Any, Protocol
 
 from netfilterqueue import COPY_PACKET, NetfilterQueue
 
-from portguard.decisionlog.record import Event
-from portguard.gate import Outcome, Verdict
-from portguard.io.hook import MARK_ALLOW, MARK_REJECT, mark_bits, with_mark_bits
-from portguard.policy.model import Direction
+from portguard.core.events.record import Event
+from portguard.core.gate import Outcome, Verdict
+from portguard.core.marks import MARK_ALLOW, MARK_REJECT, mark_bits, with_mark_bits
+from portguard.core.policy.model import Direction
 
 # The most python-netfilterqueue lets a queue copy (1.1.0 caps `range` at 4016): the TCP header
 # of any SYN the hook matches, behind however many IPv6 extension headers, is read. SYNs are

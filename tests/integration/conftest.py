@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from portguard.lab.daemon import LabDaemon, hooks_leftover
-from portguard.lab.topology import Lab
+from lab.daemon import LabDaemon, hooks_leftover
+from lab.topology import Lab
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

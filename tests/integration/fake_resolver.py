@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-import portguard.policy.loader
-from portguard.cli import main
+import portguard.io.policyfiles
+from portguard.cli.main import main
 
 HOLD_LIMIT = 120.0  # seconds: a test that forgot the hold file does not hang the daemon forever
 
@@ -38,5 +38,5 @@ def fake_resolve(directory: Path, name: str) -> tuple[str, ...]:
 
 if __name__ == "__main__":
     folder = Path(sys.argv[1])
-    setattr(portguard.policy.loader, "resolve_host", lambda name: fake_resolve(folder, name))  # noqa: B010
+    setattr(portguard.io.policyfiles, "resolve_host", lambda name: fake_resolve(folder, name))  # noqa: B010
     sys.exit(main(sys.argv[2:]))

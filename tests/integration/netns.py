@@ -1,7 +1,7 @@
 """Throwaway network namespaces for integration tests (a helper module, not a conftest).
 
 Each namespace has a unique ``pgt-`` name and its loopback up, and is always deleted together with
-the processes left in it (portguard.lab.netns does the work). ``Netns.runner`` plugs the
+the processes left in it (lab.netns does the work). ``Netns.runner`` plugs the
 namespace into the hook backends. Test modules import ``netns_fixture`` to get the ``netns``
 fixture.
 """
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from portguard.io.hook import CommandResult, run_command
-from portguard.lab import netns as lab
+from lab import netns as lab
+from portguard.io.hooks.runner import CommandResult, run_command
 
 
 @dataclass(frozen=True)

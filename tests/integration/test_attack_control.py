@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from portguard.control import request as control_request
-from portguard.lab import Lab
-from portguard.lab import addresses as a
-from portguard.lab.daemon import LabDaemon, hooks_installed
+from lab import Lab
+from lab import addresses as a
+from lab.daemon import LabDaemon, hooks_installed
+from portguard.service.control import request as control_request
 
 LIVENESS = 5.0  # seconds: an answer within this is "answers" (liveness, not speed)
 RESOLVER = Path(__file__).with_name("fake_resolver.py")

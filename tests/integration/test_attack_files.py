@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from portguard.lab.daemon import LabDaemon
-from portguard.lab.netns import LabError
-from portguard.lab.peers import python_env
-from portguard.lab.topology import Lab
+from lab.daemon import LabDaemon
+from lab.netns import LabError
+from lab.peers import python_env
+from lab.topology import Lab
 
 LOCATED = re.compile(r"^(?P<path>/[^:]+?)(:(?P<line>\d+)(:\d+)?)?: \S.*$")
 LIVENESS = 120.0  # seconds: a generous bound for a check on 100+ MB of input on a slow machine

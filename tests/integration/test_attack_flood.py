@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from portguard.lab import addresses as a
-from portguard.lab.daemon import LabDaemon, hooks_leftover
-from portguard.lab.peers import python_env
-from portguard.lab.topology import Lab
+from lab import addresses as a
+from lab.daemon import LabDaemon, hooks_leftover
+from lab.peers import python_env
+from lab.topology import Lab
 
 FLOOD_SECONDS = 20
 FLOOD_RATE = 50_000  # asked for; the generator sends what the machine manages
@@ -33,7 +33,7 @@ HOOK_CHECKS = 2.0  # seconds between the daemon's hook checks (they read the ker
 ASK_STATUS = """
 import json, sys, time
 from pathlib import Path
-from portguard.control import request
+from portguard.service.control import request
 start = time.monotonic()
 try:
     doc = request(Path(sys.argv[1]), "status", timeout=float(sys.argv[2]))
@@ -104,7 +104,7 @@ def status(lab: Lab, daemon: LabDaemon) -> dict[str, Any]:
 
 
 def start_flood(lab: Lab, rate: int, seconds: float) -> subprocess.Popen[str]:
-    argv = lab.python("portguard.lab.synflood", "--src", a.SUBSCRIBER.v4, "--dst", a.MX.v4,
+    argv = lab.python("lab.synflood", "--src", a.SUBSCRIBER.v4, "--dst", a.MX.v4,
                       "--dport", "25", "--rate", str(rate), "--seconds", str(seconds))  # fmt: skip
     return lab.popen("sub", argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from portguard.lab import Lab
-from portguard.lab import addresses as a
-from portguard.lab.daemon import LabDaemon
-from portguard.lab.peers import python_env
+from lab import Lab
+from lab import addresses as a
+from lab.daemon import LabDaemon
+from lab.peers import python_env
 
 DEAD_END = "198.51.100.99"  # routed to `net`, where nothing answers: spoofed SYNs end there
 FLOOD_FIRST = "100.80.0.0"  # spoofed sources: 100.80.0.0/12, a million addresses
@@ -116,7 +116,7 @@ def hits(doc: dict[str, Any], rule: str) -> int:
 
 def spoof(lab: Lab, first: str, sources: int, dst: str = DEAD_END) -> None:
     """One SYN from each of `sources` consecutive addresses from `first` to dst:25."""
-    argv = lab.python("portguard.lab.synflood", "--src", first, "--dst", dst, "--dport", "25",
+    argv = lab.python("lab.synflood", "--src", first, "--dst", dst, "--dport", "25",
                       "--rate", str(FLOOD_RATE), "--seconds", str(sources / FLOOD_RATE),
                       "--sources", str(sources))  # fmt: skip
     proc = lab.run("sub", argv, capture_output=True, text=True, timeout=120, env=python_env())

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from portguard.lab import Lab
-from portguard.lab import addresses as a
-from portguard.lab.daemon import SHIPPED_RULES, LabDaemon
+from lab import Lab
+from lab import addresses as a
+from lab.daemon import SHIPPED_RULES, LabDaemon
 
 PROBE = Path(__file__).with_name("synprobe.py")
 REPLAY_RULE = (

@@ -1,6 +1,6 @@
 """The syslog sink against a real rsyslogd from Debian, both inside a throwaway namespace.
 
-rsyslogd (portguard.lab.collector) listens on 127.0.0.1:514 (TCP) and :6514 (TLS, a test CA)
+rsyslogd (lab.collector) listens on 127.0.0.1:514 (TCP) and :6514 (TLS, a test CA)
 in the namespace; the sink runs in a small Python process started in the same namespace, which
 takes commands on stdin ("send these events") and answers on stdout (which ones raised, the
 sink's on_state calls, how long it took).
@@ -20,16 +20,16 @@ from typing import Any
 import pytest
 from netns import Netns, netns_fixture  # noqa: F401 - the netns fixture
 
-from portguard.lab.collector import Collector
-from portguard.lab.pki import Authority, issue, make_ca
-from portguard.lab.tls import CertPair
+from lab.collector import Collector
+from lab.pki import Authority, issue, make_ca
+from lab.tls import CertPair
 
 TCP, TLS = "tcp://127.0.0.1:514", "tls://127.0.0.1:6514"
 
 SENDER = r"""
 import datetime, json, sys, threading, time
 from pathlib import Path
-from portguard.decisionlog.syslog import SyslogSink, TlsSettings
+from portguard.log.syslog import SyslogSink, TlsSettings
 
 settings = json.loads(sys.argv[1])
 tls = settings["tls"]

@@ -24,19 +24,13 @@ from typing import Any
 import pytest
 from netns import Netns, require_root, throwaway_netns
 
+from lab import netns as labns
+from portguard.core.marks import MARK_DROP, MARK_MASK, MARK_REJECT, VERDICT_MASK, mark_bits
+from portguard.core.policy.model import Direction
 from portguard.io.conntrack import TrackedConnection
-from portguard.io.hook import (
-    MARK_DROP,
-    MARK_MASK,
-    MARK_REJECT,
-    VERDICT_MASK,
-    HookSpec,
-    mark_bits,
-)
-from portguard.io.iptables import IptablesBackend
-from portguard.io.nftables import NftablesBackend, queue_statement
-from portguard.lab import netns as labns
-from portguard.policy.model import Direction
+from portguard.io.hooks.backend import HookSpec
+from portguard.io.hooks.iptables import IptablesBackend
+from portguard.io.hooks.nftables import NftablesBackend, queue_statement
 
 pytestmark = pytest.mark.integration
 
@@ -51,10 +45,10 @@ BINDER = f"""
 import sys
 sys.path.insert(0, {str(ROOT)!r})
 from netfilterqueue import NetfilterQueue
-from portguard.gate import Verdict
+from portguard.core.gate import Verdict
 from portguard.io.nfqueue import apply_verdict
-from portguard.packet.decode import decode
-from portguard.policy.model import Direction
+from portguard.core.packet.decode import decode
+from portguard.core.policy.model import Direction
 DIRECTIONS = {{25: Direction.OUTBOUND, 587: Direction.INBOUND}}
 def allow(packet):
     try:
@@ -119,7 +113,7 @@ from pyroute2 import Conntrack
 from portguard.io.conntrack import (
     TrackedConnection, allowed_connections, end_connection, original_tuple,
 )
-from portguard.policy.model import Direction
+from portguard.core.policy.model import Direction
 if sys.argv[1] == "list":
     print(json.dumps([dataclasses.asdict(conn) for conn in allowed_connections()]))
     sys.exit()

@@ -26,9 +26,9 @@ from typing import Any
 import pytest
 from netns import Netns, require_root, throwaway_netns
 
-from portguard.io.hook import MARK_ALLOW, MARK_MASK, mark_bits
-from portguard.lab import netns as labns
-from portguard.policy.model import Direction
+from lab import netns as labns
+from portguard.core.marks import MARK_ALLOW, MARK_MASK, mark_bits
+from portguard.core.policy.model import Direction
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from portguard.lab import addresses as a
-from portguard.lab.daemon import LabDaemon
-from portguard.lab.netns import sysctl
-from portguard.lab.topology import Lab
+from lab import addresses as a
+from lab.daemon import LabDaemon
+from lab.netns import sysctl
+from lab.topology import Lab
 
 
 def by_dataset(daemon: LabDaemon, dataset: str) -> list[dict[str, Any]]:

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from portguard.lab import Lab
-from portguard.lab import addresses as a
-from portguard.lab.daemon import LabDaemon, hooks_leftover
+from lab import Lab
+from lab import addresses as a
+from lab.daemon import LabDaemon, hooks_leftover
 
 VERSIONS = pytest.mark.parametrize("version", [4, 6], ids=["ipv4", "ipv6"])
 
@@ -364,9 +364,9 @@ def test_the_daemon_and_explain_agree_on_real_connections(
     daemon = every_deny_daemon
     import ipaddress
 
-    from portguard.lab.daemon import SHIPPED_RULES
-    from portguard.policy import load_ruleset
-    from portguard.policy.model import Connection, Direction
+    from lab.daemon import SHIPPED_RULES
+    from portguard.core.policy.model import Connection, Direction
+    from portguard.io.policyfiles import load_ruleset
 
     ruleset = load_ruleset([SHIPPED_RULES])
     cases = [
@@ -404,7 +404,7 @@ print(refused)
 
 
 def test_a_retrying_bot_makes_a_few_lines_whose_counts_add_up(lab: Lab) -> None:
-    from portguard.decisionlog.flood import represented
+    from portguard.core.events.flood import represented
 
     running = LabDaemon(lab)  # flood control on, 60 s window
     running.start()

@@ -10,9 +10,15 @@ from pathlib import Path
 import pytest
 from netns import Netns, netns_fixture  # noqa: F401 - the netns fixture
 
-from portguard.io.hook import HookSpec, SourceLimit, cleanup_leftovers
-from portguard.io.iptables import CHAIN, IptablesBackend, chain_rules
-from portguard.io.nftables import PROBE_RULESET, NftablesBackend, queue_statement, queue_supported
+from portguard.io.hooks.backend import HookSpec, SourceLimit
+from portguard.io.hooks.factory import cleanup_leftovers
+from portguard.io.hooks.iptables import CHAIN, IptablesBackend, chain_rules
+from portguard.io.hooks.nftables import (
+    PROBE_RULESET,
+    NftablesBackend,
+    queue_statement,
+    queue_supported,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from netns import Netns
 
-from portguard.io.hook import HookSpec, SourceLimit
-from portguard.io.iptables import IptablesBackend
-from portguard.lab import Lab
-from portguard.lab import addresses as a
-from portguard.lab.daemon import HOOK_PORTS, LabDaemon, hooks_installed, hooks_leftover
+from lab import Lab
+from lab import addresses as a
+from lab.daemon import HOOK_PORTS, LabDaemon, hooks_installed, hooks_leftover
+from portguard.io.hooks.backend import HookSpec, SourceLimit
+from portguard.io.hooks.iptables import IptablesBackend
 
 REPAIR_LIMIT = 5.0  # seconds: the promise
 SPEC = HookSpec(

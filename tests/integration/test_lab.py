@@ -23,16 +23,16 @@ from typing import Any
 
 import pytest
 
-from portguard.config import parse_config
-from portguard.lab import Lab, LabError, SendResult, topology
-from portguard.lab import addresses as a
-from portguard.lab.cases import CASES, Attempt, Case, match_events, plan, render_table, rows
-from portguard.lab.daemon import SHIPPED_RULES, render_config
-from portguard.lab.demo import run_demo
-from portguard.lab.peers import parse_send_result, python_env, server_specs
-from portguard.lab.smtpc import classify, coalesce, message_chunks
-from portguard.lab.smtpd import Listen, format_endpoint, parse_listen
-from portguard.lab.topology import client_address, parse_queue_stats
+from lab import Lab, LabError, SendResult, topology
+from lab import addresses as a
+from lab.cases import CASES, Attempt, Case, match_events, plan, render_table, rows
+from lab.daemon import SHIPPED_RULES, render_config
+from lab.demo import run_demo
+from lab.peers import parse_send_result, python_env, server_specs
+from lab.smtpc import classify, coalesce, message_chunks
+from lab.smtpd import Listen, format_endpoint, parse_listen
+from lab.topology import client_address, parse_queue_stats
+from portguard.config.model import parse_config
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
 lab_test = [pytest.mark.integration, needs_root]
@@ -88,7 +88,7 @@ def test_lab_is_removed_when_the_body_raises() -> None:
 
 HOLD_A_LAB = textwrap.dedent("""
     import signal
-    from portguard.lab import Lab
+    from lab import Lab
     with Lab() as lab:
         lab.start_smtp_servers()
         print(lab.prefix, flush=True)

@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from portguard.lab import Lab
-from portguard.lab import addresses as a
-from portguard.lab.daemon import LabDaemon
-from portguard.lab.peers import python_env
+from lab import Lab
+from lab import addresses as a
+from lab.daemon import LabDaemon
+from lab.peers import python_env
 
 SHIPPED = Path(__file__).resolve().parents[2] / "contrib" / "logrotate" / "portguard"
 SHIPPED_PATH = "/var/log/portguard/*.log"

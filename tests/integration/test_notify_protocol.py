@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from portguard.lab import Lab
-from portguard.lab import addresses as a
-from portguard.lab.daemon import LabDaemon, hooks_leftover
+from lab import Lab
+from lab import addresses as a
+from lab.daemon import LabDaemon, hooks_leftover
 
 WATCHDOG_USEC = 1_000_000
 HALF = WATCHDOG_USEC / 2e6  # seconds: systemd wants a ping at least this often

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from netns import Netns, link, require_root, throwaway_netns
 
-from portguard.io.hook import HookSpec
-from portguard.io.iptables import IptablesBackend
+from portguard.io.hooks.backend import HookSpec
+from portguard.io.hooks.iptables import IptablesBackend
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from portguard.lab import Lab
-from portguard.lab import addresses as a
-from portguard.lab.daemon import LabDaemon
+from lab import Lab
+from lab import addresses as a
+from lab.daemon import LabDaemon
 
 RELAY = '[[rule]]\nid = "relay"\ndst = ["198.51.100.26", "2001:db8:25::26"]\ndport = [25]\n'
 DIRECT = '[[rule]]\nid = "{id}"\ndst = ["198.51.100.25", "2001:db8:25::25"]\ndport = [25]\n'
@@ -33,7 +33,7 @@ def lab() -> Iterator[Lab]:
 
 def sessions(lab: Lab, to: str) -> subprocess.Popen[str]:
     """Three SMTP sessions sending NOOP every 100 ms for 8 s (started when this returns)."""
-    argv = lab.python("portguard.lab.sessions", "--to", to, "--count", "3", "--seconds", "8",
+    argv = lab.python("lab.sessions", "--to", to, "--count", "3", "--seconds", "8",
                       "--interval", "0.1")  # fmt: skip
     proc = lab.popen("sub", argv, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "STARTED"

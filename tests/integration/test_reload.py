@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from portguard.lab import Lab
-from portguard.lab import addresses as a
-from portguard.lab.daemon import LabDaemon
+from lab import Lab
+from lab import addresses as a
+from lab.daemon import LabDaemon
 
 ALLOW = '[[rule]]\nid = "relay"\ndst = "198.51.100.26/32"\ndport = [25]\naction = "allow"\n'
 EXTRA = '[[rule]]\nid = "extra-{n}"\ndst = "192.0.2.{n}"\ndport = [25]\naction = "drop"\n'
@@ -37,7 +37,7 @@ def test_50_long_sessions_survive_20_reloads(lab: Lab, tmp_path: Path) -> None:
     daemon = LabDaemon(lab, rules=[rules])
     daemon.start()
     try:
-        argv = lab.python("portguard.lab.sessions", "--to", a.SMARTHOST.v4, "--count", "50",
+        argv = lab.python("lab.sessions", "--to", a.SMARTHOST.v4, "--count", "50",
                           "--seconds", "10", "--interval", "0.2")  # fmt: skip
         sessions = lab.popen("sub", argv, stdout=subprocess.PIPE, text=True)
         assert sessions.stdout is not None and sessions.stdout.readline().strip() == "STARTED"

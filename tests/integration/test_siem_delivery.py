@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from portguard.lab import addresses as a
-from portguard.lab.collector import Collector
-from portguard.lab.daemon import LabDaemon
-from portguard.lab.topology import Lab
+from lab import addresses as a
+from lab.collector import Collector
+from lab.daemon import LabDaemon
+from lab.topology import Lab
 
 SYSLOG_PORT = 5514
 
@@ -70,7 +70,7 @@ def syslog_output(buffer: int = 65536) -> str:
 
 
 def flood(lab: Lab, rate: int, seconds: float) -> dict[str, Any]:
-    argv = lab.python("portguard.lab.synflood", "--src", a.SUBSCRIBER.v4, "--dst", a.MX.v4,
+    argv = lab.python("lab.synflood", "--src", a.SUBSCRIBER.v4, "--dst", a.MX.v4,
                       "--dport", "25", "--rate", str(rate), "--seconds", str(seconds))  # fmt: skip
     proc = lab.run("sub", argv, capture_output=True, text=True, timeout=seconds + 60)
     assert proc.returncode == 0, proc.stderr
@@ -79,7 +79,7 @@ def flood(lab: Lab, rate: int, seconds: float) -> dict[str, Any]:
 
 
 def start_flood(lab: Lab, rate: int, seconds: float) -> Any:
-    argv = lab.python("portguard.lab.synflood", "--src", a.SUBSCRIBER.v4, "--dst", a.MX.v4,
+    argv = lab.python("lab.synflood", "--src", a.SUBSCRIBER.v4, "--dst", a.MX.v4,
                       "--dport", "25", "--rate", str(rate), "--seconds", str(seconds))  # fmt: skip
     return lab.popen("sub", argv, stdout=-1, stderr=-1, text=True)
 

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from portguard.config import load_config
-from portguard.lab import Lab
-from portguard.lab import addresses as a
-from portguard.lab.daemon import LabDaemon, hooks_leftover
-from portguard.lab.netns import LabError
-from portguard.lab.peers import python_env
+from lab import Lab
+from lab import addresses as a
+from lab.daemon import LabDaemon, hooks_leftover
+from lab.netns import LabError
+from lab.peers import python_env
+from portguard.config.model import load_config
 
 LISTEN = "127.0.0.1:9477"  # the gateway namespace's own loopback
 METRICS = f'\n[metrics]\nlisten = "{LISTEN}"\n'

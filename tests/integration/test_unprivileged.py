@@ -35,12 +35,12 @@ from typing import Any
 import pytest
 
 import portguard
-from portguard.daemon import HOOK_CHECK_INTERVAL
+from lab import Lab
+from lab import addresses as a
+from lab.daemon import SHIPPED_RULES, LabDaemon, hooks_installed, hooks_leftover
+from lab.netns import LabError
 from portguard.io.queuestats import QUEUE_STATS_FILE, parse_queue_stats
-from portguard.lab import Lab
-from portguard.lab import addresses as a
-from portguard.lab.daemon import SHIPPED_RULES, LabDaemon, hooks_installed, hooks_leftover
-from portguard.lab.netns import LabError
+from portguard.service.daemon import HOOK_CHECK_INTERVAL
 
 CAP_NET_ADMIN = 12
 ROOT = Path(portguard.__file__).resolve().parents[1]

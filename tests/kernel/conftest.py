@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from portguard.lab import Lab
+from lab import Lab
 
 IN_VM = os.environ.get("PORTGUARD_KERNEL_VM") == "1"
 if not IN_VM:

@@ -3,7 +3,7 @@
 Under software emulation (TCG) every Python start-up costs seconds, so the clients of this suite
 are threads of the pytest process itself: a thread joins a lab namespace with setns(2) (a network
 namespace is per thread), and the sockets it opens live there. They run the lab's own SMTP
-client (`portguard.lab.smtpc.attempt`) and session code (`portguard.lab.sessions.session`).
+client (`lab.smtpc.attempt`) and session code (`lab.sessions.session`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from portguard.io.hook import CommandResult, run_command
-from portguard.lab import Lab
-from portguard.lab.daemon import LabDaemon
-from portguard.lab.netns import NETNS_DIR
-from portguard.lab.peers import SendResult
-from portguard.lab.smtpc import attempt
-from portguard.lab.topology import client_address
+from lab import Lab
+from lab.daemon import LabDaemon
+from lab.netns import NETNS_DIR
+from lab.peers import SendResult
+from lab.smtpc import attempt
+from lab.topology import client_address
+from portguard.io.hooks.runner import CommandResult, run_command
 
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")

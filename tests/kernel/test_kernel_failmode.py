@@ -15,11 +15,11 @@ from concurrent.futures import Future
 
 from kernel_lab import crash, gw_runner, kill_group, lifecycle, send, threads_in, wait_for
 
-from portguard.io.nftables import NftablesBackend
-from portguard.lab import Lab
-from portguard.lab import addresses as a
-from portguard.lab.daemon import LabDaemon, hooks_leftover
-from portguard.lab.smtpc import attempt
+from lab import Lab
+from lab import addresses as a
+from lab.daemon import LabDaemon, hooks_leftover
+from lab.smtpc import attempt
+from portguard.io.hooks.nftables import NftablesBackend
 
 BURST = 3
 KEEP = "keep_on_stop = true"

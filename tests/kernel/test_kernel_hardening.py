@@ -16,12 +16,12 @@ from kernel_lab import gw_runner, in_netns, queued, send
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 
-from portguard.io.hook import COUNTER_INVALID, COUNTER_PER_SOURCE
-from portguard.io.nftables import NftablesBackend
-from portguard.lab import Lab
-from portguard.lab import addresses as a
-from portguard.lab.daemon import LabDaemon, hooks_leftover
-from portguard.lab.synflood import FloodResult, SynTemplate, flood, raw_socket
+from lab import Lab
+from lab import addresses as a
+from lab.daemon import LabDaemon, hooks_leftover
+from lab.synflood import FloodResult, SynTemplate, flood, raw_socket
+from portguard.io.hooks.backend import COUNTER_INVALID, COUNTER_PER_SOURCE
+from portguard.io.hooks.nftables import NftablesBackend
 
 RATE, BURST = 10, 20
 FLOOD = 300  # SYNs in one second, from one source: far over RATE + BURST

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from kernel_lab import gw, legacy_rules, lifecycle, queued, send, wait_for
 
-from portguard.lab import Lab
-from portguard.lab import addresses as a
-from portguard.lab.daemon import LabDaemon
+from lab import Lab
+from lab import addresses as a
+from lab.daemon import LabDaemon
 
 LEGACY = Path("/usr/sbin/xtables-legacy-multi")
 TOOLS = ("iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save",

@@ -23,11 +23,11 @@ from kernel_lab import (
     wait_for,
 )
 
-from portguard.io.hook import select_backend
-from portguard.io.nftables import NftablesBackend
-from portguard.lab import Lab
-from portguard.lab import addresses as a
-from portguard.lab.daemon import SHIPPED_RULES, LabDaemon, hooks_leftover
+from lab import Lab
+from lab import addresses as a
+from lab.daemon import SHIPPED_RULES, LabDaemon, hooks_leftover
+from portguard.io.hooks.factory import select_backend
+from portguard.io.hooks.nftables import NftablesBackend
 
 VERSIONS = pytest.mark.parametrize("version", [4, 6], ids=["ipv4", "ipv6"])
 DROP_RULE = f"""[[rule]]

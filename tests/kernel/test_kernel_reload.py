@@ -13,10 +13,10 @@ from typing import Any
 
 from kernel_lab import events, lifecycle, send, threads_in, wait_for
 
-from portguard.lab import Lab
-from portguard.lab import addresses as a
-from portguard.lab.daemon import LabDaemon, hooks_leftover
-from portguard.lab.sessions import session
+from lab import Lab
+from lab import addresses as a
+from lab.daemon import LabDaemon, hooks_leftover
+from lab.sessions import session
 
 RELAY = f'[[rule]]\nid = "relay"\ndst = ["{a.SMARTHOST.v4}", "{a.SMARTHOST.v6}"]\ndport = [25]\n'
 DIRECT = f'[[rule]]\nid = "{{id}}"\ndst = ["{a.MX.v4}", "{a.MX.v6}"]\ndport = [25]\n'

@@ -21,9 +21,9 @@ from test_unprivileged import (
     unprivileged_daemon,
 )
 
-from portguard.lab import Lab
-from portguard.lab import addresses as a
-from portguard.lab.daemon import hooks_leftover
+from lab import Lab
+from lab import addresses as a
+from lab.daemon import hooks_leftover
 
 __all__ = ["stage"]  # the fixture, imported to be found here
 ETC = Path("/etc")

@@ -6,11 +6,11 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portguard.decisionlog.cef import cef_header_escape, cef_value_escape
-from portguard.decisionlog.flood import summary
-from portguard.decisionlog.formats import render
-from portguard.decisionlog.record import lifecycle_event
-from portguard.policy.model import Action, Direction
+from portguard.core.events.flood import summary
+from portguard.core.events.record import lifecycle_event
+from portguard.core.policy.model import Action, Direction
+from portguard.log.cef import cef_header_escape, cef_value_escape
+from portguard.log.formats import render
 from tests.events import NOW, OBSERVER, V6, decided, flow_end, parse_cef
 
 # --- CEF ------------------------------------------------------------------------------------

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from portguard.cli import main
-from portguard.policy import loader
+from portguard.cli.main import main
+from portguard.io import policyfiles as loader
 from portguard.shipped import CONFIG_PATH, RULES_DIR
-from tests.unit.test_policy_loader import fake_dns
+from tests.unit.test_policyfiles import fake_dns
 
 BROKEN = Path(__file__).resolve().parents[1] / "data" / "broken"
 LOCATED = re.compile(r"^(?P<path>/\S+?)(:(?P<line>\d+)(:\d+)?)?: \S.*$")
@@ -225,7 +225,7 @@ def test_check_refuses_a_symlinked_file_output(
 def test_an_unexpected_error_in_check_is_a_message_not_a_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from portguard.policy import lint
+    from portguard.core.policy import lint
 
     def broken(*args: object) -> object:
         raise ZeroDivisionError("a bug")

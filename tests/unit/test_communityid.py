@@ -8,7 +8,7 @@ import communityid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from portguard.decisionlog.communityid import community_id
+from portguard.core.events.communityid import community_id
 
 REFERENCE = communityid.CommunityID()
 

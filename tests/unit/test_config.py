@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from portguard import config as config_module
-from portguard.config import (
+from portguard.config import model as config_module
+from portguard.config.model import (
     Config,
     ConfigError,
     HookConfig,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from portguard.configchecks import checks, listen_address_problem
+from portguard.config.checks import checks, listen_address_problem
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from portguard.configschema import DEFAULT_PER_SOURCE_RATE, ConfigSpec, QueueSpec
+from portguard.config.schema import DEFAULT_PER_SOURCE_RATE, ConfigSpec, QueueSpec
 
 
 def test_an_empty_file_takes_every_default() -> None:

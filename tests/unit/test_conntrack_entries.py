@@ -15,6 +15,8 @@ import pytest
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
 
+from portguard.core.marks import MARK_ALLOW, MARK_DROP, MARK_REJECT, VERDICT_MASK
+from portguard.core.policy.model import Connection, Direction
 from portguard.io import conntrack
 from portguard.io.conntrack import (
     ConntrackError,
@@ -25,8 +27,6 @@ from portguard.io.conntrack import (
     original_tuple,
     parse_entry,
 )
-from portguard.io.hook import MARK_ALLOW, MARK_DROP, MARK_REJECT, VERDICT_MASK
-from portguard.policy.model import Connection, Direction
 
 V6_ALLOW_INBOUND_ZONE7 = bytes.fromhex(
     "2801000000010200ff000000550c00000a0000004c0001802c0001801400030020010db80000000000000000"

@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from portguard.decisionlog import formats
-from portguard.decisionlog.record import Observer, lifecycle_event
-from portguard.decisionlog.syslog import syslog_frame
+from portguard.core.events.record import Observer, lifecycle_event
+from portguard.log import formats
+from portguard.log.syslog import syslog_frame
 
 CONTRIB = Path(__file__).resolve().parents[2] / "contrib"
 LOGROTATE = CONTRIB / "logrotate" / "portguard"

@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 import pytest
 
-from portguard.control import ControlServer, parse_request, request
-from portguard.policyload import Reply
+from portguard.service.control import ControlServer, parse_request, request
+from portguard.service.policyload import Reply
 
 
 class Loop:
@@ -102,7 +102,7 @@ def test_stale_socket_is_replaced_live_one_refused(tmp_path: Path) -> None:
 
 
 def test_at_the_cap_the_oldest_idle_client_makes_room(loop: Loop) -> None:
-    from portguard.control import MAX_CLIENTS
+    from portguard.service.control import MAX_CLIENTS
 
     idle = [socket.socket(socket.AF_UNIX) for _ in range(MAX_CLIENTS + 4)]
     try:
@@ -148,7 +148,7 @@ def manual(tmp_path: Path, problems: list[tuple[str, str]]) -> Iterator[Manual]:
 
 
 def test_a_client_without_a_request_line_is_closed_after_the_idle_timeout(manual: Manual) -> None:
-    from portguard.control import IDLE_TIMEOUT
+    from portguard.service.control import IDLE_TIMEOUT
 
     with socket.socket(socket.AF_UNIX) as idle:
         idle.connect(str(manual.server.path))
@@ -182,7 +182,7 @@ class FailingListener:
 def test_out_of_descriptors_pauses_the_listener_and_says_so_once(
     manual: Manual, problems: list[tuple[str, str]], code: int
 ) -> None:
-    from portguard.control import ACCEPT_PAUSE
+    from portguard.service.control import ACCEPT_PAUSE
 
     real = manual.server.sock
     manual.server.sock = FailingListener(real, code)  # type: ignore[assignment]
@@ -211,7 +211,7 @@ def test_an_aborted_connection_does_not_pause_the_listener(manual: Manual) -> No
 
 
 def test_large_answers_use_a_bounded_number_of_threads() -> None:
-    from portguard.control import MAX_REPLY_THREADS, ControlStats, _replier, _reply_threads
+    from portguard.service.control import MAX_REPLY_THREADS, ControlStats, _replier, _reply_threads
 
     stats = ControlStats()
     taken = [_reply_threads.acquire(blocking=False) for _ in range(MAX_REPLY_THREADS)]
@@ -231,7 +231,7 @@ def test_large_answers_use_a_bounded_number_of_threads() -> None:
 
 
 def test_a_large_answer_to_a_client_that_does_not_read_never_blocks(tmp_path: Path) -> None:
-    from portguard.control import ControlStats, _replier
+    from portguard.service.control import ControlStats, _replier
 
     server, client = socket.socketpair()
     server.setblocking(False)

@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
 
-from portguard.decisionlog.flowend import Counters, EndedFlow
+from portguard.core.events.flowend import Counters, EndedFlow
+from portguard.core.policy.model import Direction
 from portguard.io.conntrack import parse_entry
 from portguard.io.ctevents import (
     ACCOUNTING,
@@ -34,7 +35,6 @@ from portguard.io.ctevents import (
     enable_accounting,
     parse_destroy,
 )
-from portguard.policy.model import Direction
 
 V4_ALLOW_OUTBOUND = bytes.fromhex(
     "0401000002010000000000000000000002000000340001801400018008000100c633640108000200c6336419"

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from portguard.config import Config, parse_config
-from portguard.daemon import first_policy
-from portguard.errors import HOST_KEPT, Problem
-from portguard.policy import RuleSet
-from portguard.policy.model import Action, Decision
-from portguard.policystate import RESOLVED_FILE
+from portguard.config.model import Config, parse_config
+from portguard.core.errors import HOST_KEPT, Problem
+from portguard.core.policy import RuleSet
+from portguard.core.policy.model import Action, Decision
+from portguard.service.daemon import first_policy
+from portguard.service.policystate import RESOLVED_FILE
 
 RULES = (
     '[sets.relays]\nhosts = ["relay.example"]\n'
@@ -35,10 +35,10 @@ def test_a_start_during_an_outage_logs_the_fallback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = configured(tmp_path)
-    monkeypatch.setattr("portguard.policy.loader.resolve_host", lambda name: ["198.51.100.26"])
+    monkeypatch.setattr("portguard.io.policyfiles.resolve_host", lambda name: ["198.51.100.26"])
     good, events = first_policy(config)
     assert events == [] and (tmp_path / "state" / RESOLVED_FILE).exists()
-    monkeypatch.setattr("portguard.policy.loader.resolve_host", down)
+    monkeypatch.setattr("portguard.io.policyfiles.resolve_host", down)
     started, events = first_policy(config)
     assert started.resolved == good.resolved
     [(action, message, extra)] = events
@@ -59,7 +59,7 @@ def test_the_fallback_event_follows_the_warning_kind_not_its_words(
     def loaded(paths: Any, previous: RuleSet | None = None) -> RuleSet:
         return RuleSet((), default, "v1", (), warnings=[reworded, lookalike])
 
-    monkeypatch.setattr("portguard.policy.load_ruleset", loaded)
+    monkeypatch.setattr("portguard.io.policyfiles.load_ruleset", loaded)
     _, events = first_policy(config)
     assert [(action, extra["warnings"]) for action, _, extra in events] == [
         ("resolve-fallback", [reworded.format()])

@@ -22,7 +22,7 @@ from scapy.layers.ipsec import AH
 from scapy.packet import Packet as ScapyPacket
 from scapy.packet import Raw
 
-from portguard.packet import ACK, SYN, DecodeError, Endpoints, Packet, decode, endpoints
+from portguard.core.packet import ACK, SYN, DecodeError, Endpoints, Packet, decode, endpoints
 from tests.strategies import PacketSpec, mutated_packets, packet_specs, random_packets
 
 # A Linux-style SYN 100.64.10.10:40312 -> 198.51.100.25:25 with MSS 1460, SACK permitted,

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import orjson
 
-from portguard.decisionlog.ecs import dataset, epoch_ms, with_community_id
-from portguard.decisionlog.formats import render
-from portguard.decisionlog.record import lifecycle_event
-from portguard.decisionlog.sinks import render_line
+from portguard.core.events.record import lifecycle_event
+from portguard.log.ecs import dataset, epoch_ms, with_community_id
+from portguard.log.formats import render
+from portguard.log.sinks import render_line
 from tests.events import COMMUNITY_ID, NOW, OBSERVER, decided, flow_end
 
 # --- ECS ------------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from portguard.decisionlog.flood import summary
-from portguard.decisionlog.flowend import Counters, EndedFlow, FlowOrigin, flow_end_event
-from portguard.decisionlog.record import (
+from portguard.core.events.flood import summary
+from portguard.core.events.flowend import Counters, EndedFlow, FlowOrigin, flow_end_event
+from portguard.core.events.record import (
     ECS_VERSION,
     LIFECYCLE_KINDS,
     Event,
@@ -29,9 +29,9 @@ from portguard.decisionlog.record import (
     lifecycle_event,
     malformed_event,
 )
-from portguard.decisionlog.sinks import render_line
-from portguard.flow.table import Flow, TcpState
-from portguard.policy.model import Action, Decision, Direction, Limit, LimitResult
+from portguard.core.flow.table import Flow, TcpState
+from portguard.core.policy.model import Action, Decision, Direction, Limit, LimitResult
+from portguard.log.sinks import render_line
 
 ECS_DIR = Path(__file__).resolve().parents[1] / "data" / "ecs"
 OBSERVER = Observer("gw1", "0.1.0")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from portguard.errors import (
+from portguard.core.errors import (
     ConfigError,
     PolicyError,
     Problem,

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from portguard.decisionlog.flood import DenyAggregator, deny_key, represented
-from portguard.decisionlog.record import (
+from portguard.core.events.flood import DenyAggregator, deny_key, represented
+from portguard.core.events.record import (
     Event,
     Observer,
     decision_event,
@@ -16,8 +16,8 @@ from portguard.decisionlog.record import (
     malformed_event,
     timestamp,
 )
-from portguard.flow.table import Flow, TcpState
-from portguard.policy.model import Action, Decision, Direction
+from portguard.core.flow.table import Flow, TcpState
+from portguard.core.policy.model import Action, Decision, Direction
 
 OBSERVER = Observer("gw1", "0.1.0")
 NOW = 1795798800.0  # 2026-11-27T17:00:00Z

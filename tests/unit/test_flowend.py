@@ -5,17 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from portguard.decisionlog import formats
-from portguard.decisionlog.flowend import (
-    Counters,
-    EndedFlow,
-    FlowOrigin,
-    flow_end_event,
-    iso_ns,
-)
-from portguard.decisionlog.record import ECS_VERSION, Observer, decision_event, timestamp
-from portguard.flow.table import Flow, TcpState
-from portguard.policy.model import Action, Decision, Direction
+from portguard.core.events.flowend import Counters, EndedFlow, FlowOrigin, flow_end_event, iso_ns
+from portguard.core.events.record import ECS_VERSION, Observer, decision_event, timestamp
+from portguard.core.flow.table import Flow, TcpState
+from portguard.core.policy.model import Action, Decision, Direction
+from portguard.log import formats
 
 OBSERVER = Observer("gw1", "0.1.0")
 NOW = 1795798800.123456  # 2026-11-27T17:00:00.123456Z

@@ -8,9 +8,9 @@ import io
 import orjson
 import pytest
 
-from portguard.decisionlog.formats import render
-from portguard.decisionlog.record import lifecycle_event
-from portguard.decisionlog.sinks import Sink, prepare, render_line
+from portguard.core.events.record import lifecycle_event
+from portguard.log.formats import render
+from portguard.log.sinks import Sink, prepare, render_line
 from tests.events import NOW, OBSERVER, ORIGIN, decided, flow_end, ocsf, parse_cef
 
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from portguard.decisionlog.record import Observer
-from portguard.flow.table import FlowTable
-from portguard.gate import (
+from portguard.core.events.record import Observer
+from portguard.core.flow.table import FlowTable
+from portguard.core.gate import (
     RETRANSMISSION_WINDOW,
     Gate,
     Outcome,
@@ -19,10 +19,11 @@ from portguard.gate import (
     direction_of,
     verdict_for,
 )
+from portguard.core.packet.model import ACK, SYN
+from portguard.core.policy import RuleSet
+from portguard.core.policy.model import Action, Connection, Decision, Direction
 from portguard.io.nfqueue import COPY_RANGE
-from portguard.packet.model import ACK, SYN
-from portguard.policy import RuleSet, load_ruleset
-from portguard.policy.model import Action, Connection, Decision, Direction
+from portguard.io.policyfiles import load_ruleset
 from portguard.shipped import RULES_DIR
 from tests import packetfuzz
 from tests.strategies import PacketSpec, packet_specs, tcp_packets

@@ -6,8 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from portguard.io.hook import (
-    COMMAND_NOT_FOUND,
+from portguard.core.marks import (
     DIRECTION_BITS,
     DIRECTION_MASK,
     MARK_ALLOW,
@@ -15,19 +14,14 @@ from portguard.io.hook import (
     MARK_MASK,
     MARK_REJECT,
     VERDICT_MASK,
-    CommandResult,
-    HookError,
-    HookSpec,
-    SourceLimit,
-    checked,
-    cleanup_leftovers,
     direction_of_mark,
     mark_bits,
-    run_command,
-    select_backend,
     with_mark_bits,
 )
-from portguard.io.iptables import (
+from portguard.core.policy.model import Direction
+from portguard.io.hooks.backend import HookError, HookSpec, SourceLimit
+from portguard.io.hooks.factory import cleanup_leftovers, select_backend
+from portguard.io.hooks.iptables import (
     IptablesBackend,
     chain_rules,
     hashlimit_rate,
@@ -35,7 +29,7 @@ from portguard.io.iptables import (
     jump_rule,
     parse_filter_table,
 )
-from portguard.io.nftables import (
+from portguard.io.hooks.nftables import (
     PROBE_RULESET,
     NftablesBackend,
     parse_table,
@@ -43,8 +37,8 @@ from portguard.io.nftables import (
     ruleset,
     source_key,
 )
-from portguard.io.nftables import chain_rules as chain_rules_nft
-from portguard.policy.model import Direction
+from portguard.io.hooks.nftables import chain_rules as chain_rules_nft
+from portguard.io.hooks.runner import COMMAND_NOT_FOUND, CommandResult, checked, run_command
 
 DEFAULT = HookSpec(
     queue_num=0, workers=1, ports=(25, 465, 587), chains=("forward",), fail_open=False

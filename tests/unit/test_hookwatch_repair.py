@@ -8,9 +8,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from portguard.io.hook import CommandResult, HookError, HookSpec, HookStatus
-from portguard.io.hookwatch import HookWatch, error_text, repair_reason
-from portguard.io.iptables import IptablesBackend, chain_rules
+from portguard.io.hooks.backend import HookError, HookSpec, HookStatus
+from portguard.io.hooks.iptables import IptablesBackend, chain_rules
+from portguard.io.hooks.runner import CommandResult
+from portguard.io.hooks.watch import HookWatch, error_text, repair_reason
 
 SPEC = HookSpec(queue_num=0, workers=1, ports=(25, 465, 587), chains=("forward",), fail_open=False)
 INTACT = HookStatus("fake", installed=True, complete=True, detail="fake: all there", rule_sets=1)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import orjson
 
-from portguard.decisionlog.logprocess import LogProcess, Outputs
-from portguard.decisionlog.record import Observer
-from portguard.decisionlog.sinks import file_sink
-from portguard.decisionlog.writer import EventWriter
+from portguard.core.events.record import Observer
+from portguard.log.logprocess import LogProcess, Outputs
+from portguard.log.sinks import file_sink
+from portguard.log.writer import EventWriter
 
 OBSERVER = Observer("gw1", "0.1.0")
 

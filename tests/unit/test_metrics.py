@@ -12,9 +12,9 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from portguard.config import ConfigError, parse_config
-from portguard.metrics import METRIC_NAMES, registry_for
-from portguard.status import DaemonFacts, build_document
+from portguard.config.model import ConfigError, parse_config
+from portguard.service.metrics import METRIC_NAMES, registry_for
+from portguard.service.status import DaemonFacts, build_document
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "contrib" / "grafana" / "portguard-dashboard.json"
 CONFIG = Path("/etc/portguard/portguard.toml")

@@ -13,8 +13,9 @@ from collections.abc import Callable
 
 import pytest
 
-from portguard.gate import Outcome, Verdict
-from portguard.io.hook import MARK_ALLOW, MARK_MASK, MARK_REJECT, direction_of_mark
+from portguard.core.gate import Outcome, Verdict
+from portguard.core.marks import MARK_ALLOW, MARK_MASK, MARK_REJECT, direction_of_mark
+from portguard.core.policy.model import Direction
 from portguard.io.nfqueue import (
     BATCH_PACKETS,
     COPY_RANGE,
@@ -23,7 +24,6 @@ from portguard.io.nfqueue import (
     QueueReader,
     apply_verdict,
 )
-from portguard.policy.model import Direction
 
 
 class RecordingPacket:
@@ -143,9 +143,9 @@ def test_every_packet_through_the_edge_gets_exactly_one_verdict() -> None:
     """Random and mutated packets through QueueReader with the real gate and shipped policy."""
     import random
 
-    from portguard.decisionlog.record import Observer
-    from portguard.gate import Gate
-    from portguard.policy import load_ruleset
+    from portguard.core.events.record import Observer
+    from portguard.core.gate import Gate
+    from portguard.io.policyfiles import load_ruleset
     from portguard.shipped import RULES_DIR
     from tests.strategies import PacketSpec
 

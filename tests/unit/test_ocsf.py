@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from portguard.decisionlog.flood import summary
-from portguard.decisionlog.ocsf import ocsf_record
-from portguard.decisionlog.record import ended_event, lifecycle_event, malformed_event
-from portguard.policy.model import Action, Decision, Direction
+from portguard.core.events.flood import summary
+from portguard.core.events.record import ended_event, lifecycle_event, malformed_event
+from portguard.core.policy.model import Action, Decision, Direction
+from portguard.log.ocsf import ocsf_record
 from tests.events import COMMUNITY_ID, NOW, OBSERVER, V4, V6, decided, flow_end, ocsf
 
 # --- OCSF -----------------------------------------------------------------------------------

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from portguard.config import Config, LogConfig, Output
-from portguard.decisionlog.outputs import make_sink, make_writer, open_sinks, tls_settings
-from portguard.decisionlog.record import Observer, lifecycle_event
-from portguard.decisionlog.sinks import Sink
-from portguard.errors import StartupError
+from portguard.config.model import Config, LogConfig, Output
+from portguard.core.errors import StartupError
+from portguard.core.events.record import Observer, lifecycle_event
+from portguard.log.outputs import make_sink, make_writer, open_sinks, tls_settings
+from portguard.log.sinks import Sink
 
 OBSERVER = Observer("gw-test", "0.0.0")
 

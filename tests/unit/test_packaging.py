@@ -154,7 +154,7 @@ def test_rules_build_the_venv_in_opt_portguard_with_the_system_python() -> None:
     assert "--builtin-venv --python $(PYTHON)" in text
     assert re.search(r"^PYTHON := /usr/bin/python3$", text, re.M)
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    assert scripts["project"]["scripts"]["portguard"] == "portguard.cli:main"
+    assert scripts["project"]["scripts"]["portguard"] == "portguard.cli.main:main"
 
 
 def test_rules_never_start_the_unit_on_install() -> None:

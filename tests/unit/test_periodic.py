@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from portguard.periodic import Periodic
+from portguard.service.periodic import Periodic
 
 
 def test_a_job_runs_when_due_and_then_an_interval_after_it_ran() -> None:

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portguard.policy import addresses
-from portguard.policy.addresses import (
+from portguard.core.policy import addresses
+from portguard.core.policy.addresses import (
     MAX_LIST_ERRORS,
     AddressSet,
     Network,
@@ -207,7 +207,7 @@ def test_covers_agrees_with_ipaddress(
 
 
 def test_block_wise_line_splitting_matches_splitlines() -> None:
-    from portguard.policy import addresses
+    from portguard.core.policy import addresses
 
     text = "".join(f"192.0.2.{n % 256}/32\r\n" if n % 3 else f"# {n}\n" for n in range(5000))
     original = addresses.LINES_BLOCK

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from portguard.policy.checks import Edge, cross_file_problems, find_cycles
-from portguard.tomlsource import TomlSource, parse_toml
+from portguard.core.policy.checks import Edge, cross_file_problems, find_cycles
+from portguard.core.tomlsource import TomlSource, parse_toml
 
 
 def source(name: str, text: str) -> TomlSource:

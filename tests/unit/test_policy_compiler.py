@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from portguard.errors import HOST_KEPT, PolicyError
-from portguard.policy.compiler import compile_ruleset
-from portguard.policy.model import Action, Connection, Direction, Limit
-from portguard.policy.ruleset import RuleSet
+from portguard.core.errors import HOST_KEPT, PolicyError
+from portguard.core.policy.compiler import compile_ruleset
+from portguard.core.policy.model import Action, Connection, Direction, Limit
+from portguard.core.policy.ruleset import RuleSet
 
 SETS = """
 [sets.subscribers]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from portguard.policy import Connection, Direction, RuleSet, format_explanation, load_ruleset
-from portguard.policy.compiler import compile_ruleset
-from portguard.policy.explain import format_connection, format_resolved
+from portguard.core.policy import Connection, Direction, RuleSet, format_explanation
+from portguard.core.policy.compiler import compile_ruleset
+from portguard.core.policy.explain import format_connection, format_resolved
+from portguard.io.policyfiles import load_ruleset
 from portguard.shipped import RULES_DIR
 
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from portguard.policy.hosts import host_name_problem, resolve_host, resolve_problem
+from portguard.core.policy.hosts import host_name_problem, resolve_problem
+from portguard.io.dns import resolve_host
 
 
 @pytest.mark.parametrize(
@@ -66,9 +67,9 @@ def test_resolve_problem_words() -> None:
 def test_nxdomain_is_definite_timeouts_are_transient(tmp_path: Any) -> None:
     from pathlib import Path
 
-    from portguard.errors import SourceError
-    from portguard.policy import load_ruleset
-    from portguard.policy.hosts import is_transient
+    from portguard.core.errors import SourceError
+    from portguard.io.dns import is_transient
+    from portguard.io.policyfiles import load_ruleset
 
     assert not is_transient(socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
     assert is_transient(socket.gaierror(socket.EAI_AGAIN, "Temporary failure"))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from portguard.policy.compiler import compile_ruleset
-from portguard.policy.limits import (
+from portguard.core.policy.compiler import compile_ruleset
+from portguard.core.policy.limits import (
     TABLE_FULL_LOG_INTERVAL,
     BucketTable,
     Limiter,
@@ -17,8 +17,8 @@ from portguard.policy.limits import (
     bucket_of,
     limited_decision,
 )
-from portguard.policy.model import Action, Connection, Direction, Limit
-from portguard.policy.ruleset import CompiledRule, RuleSet
+from portguard.core.policy.model import Action, Connection, Direction, Limit
+from portguard.core.policy.ruleset import CompiledRule, RuleSet
 
 BUSINESS = """
 [sets.business]

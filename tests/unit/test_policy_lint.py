@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from portguard.errors import Problem
-from portguard.policy import load_ruleset
-from portguard.policy.compiler import compile_ruleset
-from portguard.policy.lint import covers, lint
-from portguard.policy.ruleset import RuleSet
+from portguard.core.errors import Problem
+from portguard.core.policy.compiler import compile_ruleset
+from portguard.core.policy.lint import covers, lint
+from portguard.core.policy.ruleset import RuleSet
+from portguard.io.policyfiles import load_ruleset
 from portguard.shipped import PRESETS_DIR, RULES_DIR, preset_names
 
 HOOKED = (25, 465, 587)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from portguard.policy.ports import PortSet, format_ports, parse_port_entry
+from portguard.core.policy.ports import PortSet, format_ports, parse_port_entry
 
 
 @pytest.mark.parametrize(

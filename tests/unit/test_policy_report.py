@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from portguard.errors import PolicyError, Problem
-from portguard.policy.compiler import compile_ruleset
-from portguard.policy.report import EXIT_ERRORS, EXIT_OK, EXIT_WARNINGS, CheckReport
+from portguard.core.errors import PolicyError, Problem
+from portguard.core.policy.compiler import compile_ruleset
+from portguard.core.policy.report import EXIT_ERRORS, EXIT_OK, EXIT_WARNINGS, CheckReport
 
 CONFIG = Path("/etc/portguard/portguard.toml")
 RULES = (

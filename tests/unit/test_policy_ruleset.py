@@ -10,11 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portguard.policy import Condition, Connection, Direction, RuleSet, load_ruleset
-from portguard.policy.addresses import AddressSet, parse_network
-from portguard.policy.model import Action, Decision
-from portguard.policy.ports import PortSet
-from portguard.policy.ruleset import CompiledRule, first_mismatch, mismatch_reason
+from portguard.core.policy import Condition, Connection, Direction, RuleSet
+from portguard.core.policy.addresses import AddressSet, parse_network
+from portguard.core.policy.model import Action, Decision
+from portguard.core.policy.ports import PortSet
+from portguard.core.policy.ruleset import CompiledRule, first_mismatch, mismatch_reason
+from portguard.io.policyfiles import load_ruleset
 from portguard.shipped import RULES_DIR
 
 

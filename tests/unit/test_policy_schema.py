@@ -7,8 +7,8 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from portguard.policy.addresses import parse_network
-from portguard.policy.schema import (
+from portguard.core.policy.addresses import parse_network
+from portguard.core.policy.schema import (
     Rate,
     RuleSpec,
     SetRef,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from portguard.errors import PolicyError
-from portguard.policy.compiler import compile_ruleset
-from portguard.policy.ruleset import RuleSet
-from portguard.policy.sets import dependency_order
+from portguard.core.errors import PolicyError
+from portguard.core.policy.compiler import compile_ruleset
+from portguard.core.policy.ruleset import RuleSet
+from portguard.core.policy.sets import dependency_order
 
 DNS = {"smtp.example.net": ["198.51.100.26", "2001:db8:25::26"], "mx.example.net": ["192.0.2.25"]}
 

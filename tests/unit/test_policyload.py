@@ -6,9 +6,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from portguard.errors import SourceError
-from portguard.policy import RuleSet, load_ruleset
-from portguard.policyload import MAX_REPORTED_ERRORS, LoadResult, PolicyLoad, capped
+from portguard.core.errors import SourceError
+from portguard.core.policy import RuleSet
+from portguard.io.policyfiles import load_ruleset
+from portguard.service.policyload import MAX_REPORTED_ERRORS, LoadResult, PolicyLoad, capped
 
 GOOD = '[[rule]]\nid = "r"\naction = "allow"\n'
 
@@ -89,7 +90,7 @@ def test_an_operator_request_overrides_a_waiting_resolve() -> None:
 
 
 def test_parked_reload_replies_are_bounded() -> None:
-    from portguard.policyload import BUSY, MAX_WAITING
+    from portguard.service.policyload import BUSY, MAX_WAITING
 
     gate = threading.Event()
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from portguard.errors import PolicyError
-from portguard.policy import load_ruleset
-from portguard.policystate import (
+from portguard.core.errors import PolicyError
+from portguard.io.policyfiles import load_ruleset
+from portguard.service.policystate import (
     RESOLVED_FILE,
     is_handover,
     read_handover,

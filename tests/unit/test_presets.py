@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from portguard.cli import main
-from portguard.policy import Action, Connection, Direction, RuleSet, load_ruleset
+from portguard.cli.main import main
+from portguard.core.policy import Action, Connection, Direction, RuleSet
+from portguard.io.policyfiles import load_ruleset
 from portguard.shipped import PRESETS_DIR, RULES_DIR, preset_names
 
 CASE_KEYS = {"note", "src", "dst", "dport", "direction", "action", "rule"}

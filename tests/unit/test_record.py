@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portguard.decisionlog.record import (
+from portguard.core.events.record import (
     LIFECYCLE_KINDS,
     Observer,
     decision_event,
@@ -16,9 +16,9 @@ from portguard.decisionlog.record import (
     malformed_event,
     timestamp,
 )
-from portguard.flow.table import Flow, TcpState
-from portguard.packet.model import Endpoints
-from portguard.policy.model import Action, Decision, Direction
+from portguard.core.flow.table import Flow, TcpState
+from portguard.core.packet.model import Endpoints
+from portguard.core.policy.model import Action, Decision, Direction
 
 OBSERVER = Observer("gw1", "0.1.0")
 NOW = 1795798800.123456  # 2026-11-27T17:00:00.123456Z
@@ -124,7 +124,7 @@ def test_malformed_event_names_the_endpoints_it_knows() -> None:
 def test_address_text_matches_ipaddress() -> None:
     import ipaddress
 
-    from portguard.decisionlog.record import address_text
+    from portguard.core.events.record import address_text
 
     for text in (
         "0.0.0.0",

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from portguard.core.policy.model import Direction
 from portguard.io.conntrack import TrackedConnection
-from portguard.policy import load_ruleset
-from portguard.policy.model import Direction
-from portguard.reevaluate import denied
+from portguard.io.policyfiles import load_ruleset
+from portguard.service.reevaluate import denied
 
 RULES = """
 [[rule]]

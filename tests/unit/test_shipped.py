@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portguard.config import load_config, parse_config
-from portguard.policy import Action, Connection, Direction, RuleSet, load_ruleset
+from portguard.config.model import load_config, parse_config
+from portguard.core.policy import Action, Connection, Direction, RuleSet
+from portguard.io.policyfiles import load_ruleset
 from portguard.shipped import CONFIG_PATH, RULES_DIR, default_config_text
 
 

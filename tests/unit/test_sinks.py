@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from portguard.decisionlog.sinks import (
+from portguard.log.sinks import (
     Sink,
     SymlinkOutputError,
     file_sink,

@@ -7,7 +7,7 @@ import tomllib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portguard.sourcemap import SourceMap
+from portguard.core.sourcemap import SourceMap
 
 DOC = '''# comment line
 title = "x"   # trailing comment

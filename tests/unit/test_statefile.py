@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from portguard.statefile import FILE_MODE, StateError, read_trusted, write_atomic
+from portguard.service.statefile import FILE_MODE, StateError, read_trusted, write_atomic
 
 
 def test_write_replaces_the_file_whole_with_its_own_mode(tmp_path: Path) -> None:

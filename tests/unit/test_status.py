@@ -13,19 +13,18 @@ from typing import Any
 
 import pytest
 
-from portguard import control
-from portguard.cli import main
-from portguard.config import Config, parse_config
-from portguard.control import ControlServer
-from portguard.decisionlog.record import Observer
-from portguard.flow.table import FlowTable
-from portguard.gate import Gate
-from portguard.io.hook import HookSpec, HookStatus
-from portguard.io.watchedhook import WatchedHook
-from portguard.policy import RuleSet, load_ruleset
-from portguard.policyload import Reply
-from portguard.shipped import RULES_DIR
-from portguard.status import (
+from portguard.cli.main import main
+from portguard.config.model import Config, parse_config
+from portguard.core.events.record import Observer
+from portguard.core.flow.table import FlowTable
+from portguard.core.gate import Gate
+from portguard.core.policy import RuleSet
+from portguard.io.hooks.backend import HookSpec, HookStatus
+from portguard.io.policyfiles import load_ruleset
+from portguard.service import control
+from portguard.service.control import ControlServer
+from portguard.service.policyload import Reply
+from portguard.service.status import (
     DaemonFacts,
     build_document,
     gather,
@@ -34,8 +33,10 @@ from portguard.status import (
     worker_section,
     worker_socket,
 )
-from portguard.statustext import format_status
-from portguard.worker import Worker
+from portguard.service.statustext import format_status
+from portguard.service.watchedhook import WatchedHook
+from portguard.service.worker import Worker
+from portguard.shipped import RULES_DIR
 from tests.strategies import PacketSpec
 
 SUBSCRIBER, MX, SMARTHOST = 0x64400A0A, 0xC6336419, 0xC633641A  # 100.64.10.10, 198.51.100.x
@@ -391,7 +392,7 @@ def test_a_failing_request_gets_an_answer_and_the_loop_lives_on(tmp_path: Path) 
 
 
 def test_an_unprivileged_daemon_reports_queue_counters_unavailable(tmp_path: Path) -> None:
-    from portguard.status import queue_row, read_queue_rows
+    from portguard.service.status import queue_row, read_queue_rows
 
     unreadable = tmp_path / "nfnetlink_queue"
     unreadable.write_text("    0  12345     3 2 65531     7     9     1000  1\n")
@@ -405,7 +406,7 @@ def test_an_unprivileged_daemon_reports_queue_counters_unavailable(tmp_path: Pat
 
 
 def test_the_cli_fills_in_what_the_daemon_could_not_read(tmp_path: Path) -> None:
-    from portguard.status import fill_queue_counters
+    from portguard.service.status import fill_queue_counters
 
     stats = tmp_path / "nfnetlink_queue"
     stats.write_text("    0  12345     3 2 65531     7     9     1000  1\n")

@@ -15,15 +15,16 @@ from typing import Any
 
 import pytest
 
-from portguard import supervisor as supervisor_module
-from portguard.config import parse_config
-from portguard.control import ControlStats
-from portguard.decisionlog.record import Observer
-from portguard.errors import PolicyError
-from portguard.policy import RuleSet, load_ruleset
-from portguard.policyload import LoadResult, PolicyLoad, Reply
-from portguard.status import DaemonFacts, log_section
-from portguard.supervisor import (
+from portguard.config.model import parse_config
+from portguard.core.errors import PolicyError
+from portguard.core.events.record import Observer
+from portguard.core.policy import RuleSet
+from portguard.io.policyfiles import load_ruleset
+from portguard.service import supervisor as supervisor_module
+from portguard.service.control import ControlStats
+from portguard.service.policyload import LoadResult, PolicyLoad, Reply
+from portguard.service.status import DaemonFacts, log_section
+from portguard.service.supervisor import (
     ADOPT_TIMEOUT,
     MAX_HANDOVERS,
     MAX_STATUS_THREADS,
@@ -327,7 +328,7 @@ def test_the_load_writes_the_handover_and_keeps_the_resolution(
     make: Callable[..., Supervisor], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     running = make()
-    monkeypatch.setattr("portguard.policy.loader.resolve_host", lambda name: ["192.0.2.7"])
+    monkeypatch.setattr("portguard.io.policyfiles.resolve_host", lambda name: ["192.0.2.7"])
     built = running._load()
     assert built.resolved == {"relay.example": ("192.0.2.7",)}
     assert running._built is not None and running._built.parent == tmp_path / "run"
@@ -339,7 +340,7 @@ def test_a_handover_that_cannot_be_written_refuses_the_reload(
 ) -> None:
     running = make()
     before = running.policy
-    monkeypatch.setattr("portguard.policy.loader.resolve_host", lambda name: ["192.0.2.7"])
+    monkeypatch.setattr("portguard.io.policyfiles.resolve_host", lambda name: ["192.0.2.7"])
 
     def full(directory: Path, ruleset: RuleSet) -> Path:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory / "x.tmp"))

@@ -12,9 +12,9 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.utils import checksum as scapy_checksum
 
-from portguard.lab import synflood as sf
-from portguard.packet.decode import decode
-from portguard.packet.model import SYN
+from lab import synflood as sf
+from portguard.core.packet.decode import decode
+from portguard.core.packet.model import SYN
 
 SUB4, MX4 = int(ipaddress.IPv4Address("100.64.10.10")), int(ipaddress.IPv4Address("198.51.100.25"))
 SUB6 = int(ipaddress.IPv6Address("2001:db8:64:10::10"))

@@ -17,7 +17,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from portguard.decisionlog.syslog import (
+from lab.pki import Authority, issue, make_ca
+from lab.tls import CertPair
+from portguard.log.syslog import (
     SyslogSink,
     Target,
     TlsSettings,
@@ -25,8 +27,6 @@ from portguard.decisionlog.syslog import (
     parse_address,
     syslog_frame,
 )
-from portguard.lab.pki import Authority, issue, make_ca
-from portguard.lab.tls import CertPair
 
 EVENT = {
     "@timestamp": "2026-11-27T17:00:00.000000Z",

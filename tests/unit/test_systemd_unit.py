@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import portguard
-from portguard import cli
-from portguard.configschema import DEFAULT_CONTROL_SOCKET, DEFAULT_RULES_PATH, DEFAULT_STATE_DIR
+from portguard.cli import main as cli
+from portguard.config.schema import DEFAULT_CONTROL_SOCKET, DEFAULT_RULES_PATH, DEFAULT_STATE_DIR
 from portguard.io import queuestats
 
 UNIT = Path(portguard.__file__).resolve().parents[1] / "systemd" / "portguard.service"

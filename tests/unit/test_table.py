@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portguard.flow.table import FlowTable, TcpState, Timeouts
-from portguard.packet.model import ACK, FIN, RST, SYN, Packet
+from portguard.core.flow.table import FlowTable, TcpState, Timeouts
+from portguard.core.packet.model import ACK, FIN, RST, SYN, Packet
 
 CLIENT, SERVER = 0x64400A0A, 0xC6336419  # 100.64.10.10, 198.51.100.25
 

@@ -10,8 +10,8 @@ from typing import Annotated, Literal
 import pytest
 from pydantic import AfterValidator, Field
 
-from portguard.errors import Problem
-from portguard.tomlsource import (
+from portguard.core.errors import Problem
+from portguard.core.tomlsource import (
     MAX_NESTING,
     MIB,
     Spec,
@@ -19,12 +19,12 @@ from portguard.tomlsource import (
     TomlSource,
     data_path,
     parse_toml,
-    read_text,
     toml_type,
     toml_value,
     too_deep,
     validate,
 )
+from portguard.io.files import read_text
 
 
 def _positive(value: int) -> int:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from portguard.io.hook import HookSpec, HookStatus
-from portguard.io.watchedhook import DropReport, DropTotals, WatchedHook
+from portguard.io.hooks.backend import HookSpec, HookStatus
+from portguard.service.watchedhook import DropReport, DropTotals, WatchedHook
 
 SPEC = HookSpec(queue_num=0, workers=2, ports=(25,), chains=("forward",), fail_open=False)
 

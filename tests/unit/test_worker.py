@@ -6,11 +6,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from portguard.config import parse_config
-from portguard.decisionlog.record import Observer
-from portguard.policy import RuleSet, load_ruleset
-from portguard.policyload import MAX_REPORTED_ERRORS, LoadResult
-from portguard.worker import Worker
+from portguard.config.model import parse_config
+from portguard.core.events.record import Observer
+from portguard.core.policy import RuleSet
+from portguard.io.policyfiles import load_ruleset
+from portguard.service.policyload import MAX_REPORTED_ERRORS, LoadResult
+from portguard.service.worker import Worker
 
 RULES = (
     '[sets.relays]\nhosts = ["relay.example"]\n'

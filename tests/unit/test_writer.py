@@ -9,8 +9,8 @@ from pathlib import Path
 
 import orjson
 
-from portguard.decisionlog.sinks import Sink, file_sink, prepare, render_line
-from portguard.decisionlog.writer import Channel, EventWriter
+from portguard.log.sinks import Sink, file_sink, prepare, render_line
+from portguard.log.writer import Channel, EventWriter
 
 EVENT = {
     "@timestamp": "2026-11-27T17:00:00.000000Z",

@@ -1,0 +1,84 @@
+"""Command line: parses arguments and calls the part that does the work."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from portguard import __version__
+from portguard.core.errors import SourceError
+
+DEFAULT_CONFIG = Path("/etc/portguard/portguard.toml")
+DIRECTIONS = ("outbound", "inbound", "internal", "external")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="portguard", description="SMTP-port policy gateway")
+    parser.add_argument("--version", action="version", version=f"portguard {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("run", "run the daemon in the foreground"),
+        ("reload", "make the running daemon load the rule files (prints the check result)"),
+    ):
+        _with_config(commands.add_parser(name, help=text))
+    status = _with_config(commands.add_parser("status", help="the running daemon's counters"))
+    status.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
+    check = _with_config(commands.add_parser("check", help="validate the config and rules"))
+    check.add_argument("--format", choices=("text", "json"), default="text", dest="output_format")
+    check.add_argument("--strict", action="store_true", help="exit 2 when there are warnings")
+    explain = _with_config(commands.add_parser("explain", help="which rule decides a connection"))
+    explain.add_argument("--src", required=True, type=ipaddress.ip_address)
+    explain.add_argument("--dst", required=True, type=ipaddress.ip_address)
+    explain.add_argument("--dport", required=True, type=int)
+    explain.add_argument("--direction", default="outbound", choices=DIRECTIONS)
+    explain.add_argument("--all", action="store_true", dest="every", help="every matching rule")
+    hook = _with_config(commands.add_parser("hook", help="install, remove or show the hooks"))
+    hook.add_argument("action", choices=("install", "remove", "status"))
+    return parser
+
+
+def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="portguard.toml")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # logrotate's postrotate signals every process of the unit: SIGUSR1 must never kill one
+    # (the daemon handles it once it runs; a `check` or `reload` just ignores it)
+    for early in (signal.SIGUSR1, signal.SIGHUP):  # until the daemon's own handlers are in
+        signal.signal(early, signal.SIG_IGN)
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except SourceError as error:
+        for message in error.messages:
+            print(message, file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from portguard.cli import commands
+    from portguard.config.model import load_config
+
+    if args.command == "check":  # loads the config itself: its errors in --format json too
+        return commands.check(args.config, args.output_format, args.strict)
+    config = load_config(args.config)
+    if args.command == "run":
+        from portguard.service.daemon import run
+
+        return run(config)
+    if args.command == "reload":
+        return commands.reload(config)
+    if args.command == "status":
+        return commands.status(config, args.as_json)
+    if args.command == "explain":
+        return commands.explain(config, args.src, args.dst, args.dport, args.direction, args.every)
+    return commands.hook(config, args.action)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

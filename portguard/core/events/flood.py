@@ -1,0 +1,131 @@
+"""Flood control: identical denies inside a window become one logged event and one summary.
+
+A subscriber bot retrying thousands of times a minute must not produce thousands of lines.
+Denied decision events with the same source address, rule and action inside `window` seconds
+(counted from the first one) become: the first event, logged at once and unchanged, then, when
+the window closes, one summary event (a copy of the last denied event) carrying
+`portguard.aggregate` = {count, first, last, suppressed} and ECS `event.start` / `event.end`.
+A summary is emitted only when something was suppressed.
+
+Everything else (allowed decisions, lifecycle events, malformed-packet events, connections
+ended after a reload) passes through untouched and undelayed. Pure: `now` is passed in.
+Memory is bounded: at most `max_keys` windows are tracked; when full, the oldest window is
+closed early (its summary emitted) so that no count is ever lost.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from portguard.core.events.record import DECISION_DATASET, Event
+
+DEFAULT_WINDOW = 60.0  # seconds
+DEFAULT_MAX_KEYS = 10_000
+
+DenyKey = tuple[str, str, str]  # source.ip, rule.id, event.action
+
+
+@dataclass(slots=True)
+class _Window:
+    """The denies of one key since its first, logged one."""
+
+    start: float  # `now` of the first deny
+    first: str  # @timestamp of the first deny
+    last: Event  # the latest deny (the summary is a copy of it)
+    count: int  # denies in the window, including the first
+
+
+def deny_key(event: Event) -> DenyKey | None:
+    """The aggregation key of a denied connection decision, None for any other event."""
+    fields: dict[str, Any] = event.get("event") or {}
+    kinds = fields.get("type") or ()
+    if fields.get("dataset") != DECISION_DATASET or "denied" not in kinds or "end" in kinds:
+        return None  # "end": a connection ended after a reload is reported one by one
+    source = event.get("source") or {}
+    rule = event.get("rule") or {}
+    ip, rule_id, action = source.get("ip"), rule.get("id"), fields.get("action")
+    if ip is None or rule_id is None or action is None or rule_id == "malformed-packet":
+        return None  # malformed-packet events are rate-limited (one a second, counted) already
+    return (str(ip), str(rule_id), str(action))
+
+
+def represented(event: Event) -> int:
+    """How many denies one emitted event stands for: its suppressed count for a summary
+    (the first deny of its window was logged on its own), else 1."""
+    aggregate = (event.get("portguard") or {}).get("aggregate")
+    if aggregate is None:
+        return 1
+    return int(aggregate["suppressed"])
+
+
+class DenyAggregator:
+    """Turns a stream of events into the events to log now (see the module docstring)."""
+
+    def __init__(self, window: float = DEFAULT_WINDOW, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        if window <= 0:
+            raise ValueError(f"the flood-control window must be positive, not {window}")
+        if max_keys < 1:
+            raise ValueError(f"max_keys must be at least 1, not {max_keys}")
+        self.window = window
+        self.max_keys = max_keys
+        self._windows: OrderedDict[DenyKey, _Window] = OrderedDict()  # oldest first
+        self.suppressed = 0  # denies not logged individually, since start (for status)
+
+    def __len__(self) -> int:
+        """The number of keys tracked now."""
+        return len(self._windows)
+
+    def admit(self, event: Event, now: float) -> list[Event]:
+        """The events to log now: closed windows' summaries, then `event` unless suppressed."""
+        out = self.flush(now)
+        key = deny_key(event)
+        if key is None:
+            out.append(event)
+            return out
+        window = self._windows.get(key)
+        if window is not None:
+            window.last = event
+            window.count += 1
+            self.suppressed += 1
+            return out
+        if len(self._windows) >= self.max_keys:
+            out.extend(self._close(next(iter(self._windows))))
+        self._windows[key] = _Window(now, str(event.get("@timestamp")), event, 1)
+        out.append(event)
+        return out
+
+    def flush(self, now: float) -> list[Event]:
+        """Summaries of the windows that closed by `now` (call about once a second)."""
+        out: list[Event] = []
+        while self._windows:
+            key, window = next(iter(self._windows.items()))
+            if now < window.start + self.window:
+                break  # windows open in order, so the later ones are still open too
+            out.extend(self._close(key))
+        return out
+
+    def flush_all(self) -> list[Event]:
+        """Close every window (shutdown): the summaries of all of them."""
+        out: list[Event] = []
+        while self._windows:
+            out.extend(self._close(next(iter(self._windows))))
+        return out
+
+    def _close(self, key: DenyKey) -> list[Event]:
+        window = self._windows.pop(key)
+        if window.count < 2:
+            return []
+        return [summary(window.last, window.first, window.count)]
+
+
+def summary(last: Event, first: str, count: int) -> Event:
+    """A copy of the last deny of a window that stands for the `count - 1` suppressed ones."""
+    end = str(last.get("@timestamp"))
+    aggregate = {"count": count, "first": first, "last": end, "suppressed": count - 1}
+    return {
+        **last,
+        "event": {**last["event"], "start": first, "end": end},
+        "portguard": {**(last.get("portguard") or {}), "aggregate": aggregate},
+    }

@@ -1,0 +1,254 @@
+"""ECS event records for decisions and lifecycle changes (pure: `now` is passed in)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from portguard.core import inet
+from portguard.core.flow.table import Flow
+from portguard.core.packet.model import Endpoints
+from portguard.core.policy.model import Action, Decision, Direction
+
+ECS_VERSION = "8.11.0"
+Event = dict[str, Any]
+# event.dataset of each kind of event: what the formats, flood control and SIEMs tell apart
+DECISION_DATASET = "portguard.decision"
+FLOW_DATASET = "portguard.flow"
+LIFECYCLE_DATASET = "portguard.lifecycle"
+
+
+@dataclass(frozen=True, slots=True)
+class Observer:
+    """The gateway that makes the decisions (ECS observer.*)."""
+
+    hostname: str
+    version: str
+
+    def fields(self) -> dict[str, str]:
+        return {
+            "hostname": self.hostname,
+            "type": "firewall",
+            "vendor": "portguard",
+            "product": "portguard",
+            "version": self.version,
+        }
+
+
+_SECOND: list[Any] = [None, ""]  # the last second formatted, and its text
+
+
+def timestamp(now: float) -> str:
+    """ECS @timestamp: UTC, microseconds, a trailing Z. The date and time of day are
+    formatted once a second (a decision's event is built on the packet loop)."""
+    fraction, whole = math.modf(now)  # rounded as datetime.fromtimestamp rounds
+    second, micro = int(whole), round(fraction * 1_000_000)
+    if micro == 1_000_000:
+        second, micro = second + 1, 0
+    if second != _SECOND[0]:
+        moment = dt.datetime.fromtimestamp(second, dt.UTC).replace(tzinfo=None)
+        _SECOND[0], _SECOND[1] = second, moment.isoformat(timespec="seconds")
+    return f"{_SECOND[1]}.{micro:06d}Z"
+
+
+def address_text(version: int, value: int) -> str:
+    """An integer address as text (inet_ntop: several times faster than ipaddress)."""
+    if version == 4:
+        return inet.inet_ntop(inet.AF_INET, value.to_bytes(4, "big"))
+    return inet.inet_ntop(inet.AF_INET6, value.to_bytes(16, "big"))
+
+
+def decision_event(
+    decision: Decision,
+    flow: Flow,
+    direction: Direction,
+    policy_version: str,
+    observer: Observer,
+    now: float,
+) -> Event:
+    """One connection's decision as an ECS event (DESIGN.md, "Decision event")."""
+    extra = {"flow_id": flow.flow_id}
+    return connection_event(decision, flow.key, direction, policy_version, observer, now, extra)
+
+
+def ended_event(
+    decision: Decision,
+    key: tuple[int, int, int, int, int],
+    direction: Direction,
+    policy_version: str,
+    observer: Observer,
+    now: float,
+) -> Event:
+    """An allowed connection ended because a reloaded policy denies it (`reevaluate`)."""
+    event = connection_event(
+        decision, key, direction, policy_version, observer, now, {"reevaluated": True}
+    )
+    event["event"]["type"].append("end")
+    event["portguard"]["reason"] = f"ended after a reload: {decision.reason}"
+    return event
+
+
+def connection_event(
+    decision: Decision,
+    key: tuple[int, int, int, int, int],
+    direction: Direction,
+    policy_version: str,
+    observer: Observer,
+    now: float,
+    extra: dict[str, Any],
+) -> Event:
+    version, src, dst, sport, dport = key
+    details: dict[str, Any] = {
+        **extra,
+        "reason": decision.reason,
+        "policy_version": policy_version,
+    }
+    if decision.limit is not None:
+        details["limit"] = decision.limit.fields()
+    return {
+        "@timestamp": timestamp(now),
+        "ecs": {"version": ECS_VERSION},
+        "log": {"level": verdict_level(decision.action)},
+        "event": _verdict_fields(decision.action),
+        "rule": _rule_fields(decision),
+        "source": {"ip": address_text(version, src), "port": sport},
+        "destination": {"ip": address_text(version, dst), "port": dport},
+        "network": {
+            "transport": "tcp",
+            "iana_number": "6",
+            "type": f"ipv{version}",
+            "direction": direction.value,
+        },
+        "observer": observer.fields(),
+        "portguard": details,
+    }
+
+
+def verdict_level(action: Action) -> str:
+    """log.level of a decision: allowed connections are info, flagged ones notice, denied
+    ones warning (so a sink with `level = "warning"` carries exactly the denies)."""
+    if action is Action.LOG:
+        return "notice"
+    return "info" if action.allows else "warning"
+
+
+def _verdict_fields(action: Action) -> dict[str, Any]:
+    """ECS event.* of a firewall decision: the verdict is event.action."""
+    return {
+        "kind": "event",
+        "category": ["network"],
+        "type": ["connection", "allowed" if action.allows else "denied"],
+        "action": action.value,
+        "outcome": "success",
+        "dataset": DECISION_DATASET,
+    }
+
+
+def _rule_fields(decision: Decision) -> dict[str, str]:
+    fields = {"id": decision.rule_id, "ruleset": decision.ruleset}
+    if decision.description:
+        fields["description"] = decision.description
+    return fields
+
+
+def malformed_event(
+    reason: str,
+    action: Action,
+    count: int,
+    observer: Observer,
+    now: float,
+    found: Endpoints | None = None,
+) -> Event:
+    """A packet that could not be decoded (rate-limited by the caller; `count` since the last).
+
+    `found`: the addresses (and ports, when its TCP header's first bytes were there) of the
+    packet this event is about, the latest of the `count`; None when none could be read."""
+    event: Event = {
+        "@timestamp": timestamp(now),
+        "ecs": {"version": ECS_VERSION},
+        "log": {"level": "warning"},
+        "event": _verdict_fields(action),
+        "rule": {"id": "malformed-packet", "ruleset": "builtin"},
+        "network": {"transport": "tcp", "iana_number": "6"},
+        "observer": observer.fields(),
+        "portguard": {"reason": f"malformed packet: {reason}", "count": count},
+    }
+    if found is not None:
+        event["network"]["type"] = f"ipv{found.version}"
+        event["source"] = _endpoint(found.version, found.src, found.sport)
+        event["destination"] = _endpoint(found.version, found.dst, found.dport)
+    return event
+
+
+def _endpoint(version: int, address: int, port: int | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {"ip": address_text(version, address)}
+    if port is not None:
+        fields["port"] = port
+    return fields
+
+
+# ECS category, type and log.level of each lifecycle action (types allowed for the category)
+LIFECYCLE_KINDS: dict[str, tuple[str, str, str]] = {
+    "start": ("process", "start", "notice"),
+    "stop": ("process", "end", "notice"),
+    "reload": ("configuration", "change", "notice"),
+    "reload-failed": ("configuration", "change", "error"),
+    "reload-warning": ("configuration", "change", "warning"),
+    "reevaluated": ("configuration", "change", "notice"),
+    "reevaluate-failed": ("configuration", "change", "error"),
+    "hook-installed": ("configuration", "creation", "notice"),
+    "hook-removed": ("configuration", "deletion", "notice"),
+    "hook-repaired": ("configuration", "change", "warning"),
+    "hook-repair-failed": ("configuration", "change", "error"),
+    "sink-error": ("process", "info", "error"),
+    "sink-recovered": ("process", "info", "notice"),
+    "events-dropped": ("process", "info", "warning"),
+    "packet-error": ("process", "info", "error"),
+    "flow-end-lost": ("process", "info", "warning"),
+    "flow-end-failed": ("process", "info", "error"),
+    "flow-end-degraded": ("process", "info", "warning"),
+    "wan-missing": ("configuration", "info", "error"),
+    "wan-found": ("configuration", "info", "notice"),
+    "limit-table-full": ("process", "info", "warning"),
+    "prequeue-dropped": ("process", "info", "warning"),
+    "control-accept-error": ("process", "info", "warning"),
+    "resolve-fallback": ("configuration", "change", "warning"),
+    "state-error": ("process", "info", "warning"),
+}
+FAILURES = frozenset(
+    {
+        "reload-failed",
+        "packet-error",
+        "reevaluate-failed",
+        "hook-repair-failed",
+        "sink-error",
+        "flow-end-failed",
+        "wan-missing",
+    }
+)
+
+
+def lifecycle_event(
+    action: str, message: str, observer: Observer, now: float, **extra: Any
+) -> Event:
+    """Daemon lifecycle (start, reload, reload-failed, hook, stop) as an ECS event."""
+    category, kind, level = LIFECYCLE_KINDS.get(action, ("process", "info", "info"))
+    failed = action in FAILURES
+    return {
+        "@timestamp": timestamp(now),
+        "ecs": {"version": ECS_VERSION},
+        "log": {"level": level},
+        "message": message,
+        "event": {
+            "kind": "event",
+            "category": [category],
+            "type": [kind],
+            "action": action,
+            "outcome": "failure" if failed else "success",
+            "dataset": LIFECYCLE_DATASET,
+        },
+        "observer": observer.fields(),
+        "portguard": extra,
+    }

@@ -1,1 +1,0 @@
-"""Decision log: ECS event records (pure) and the sinks that write them (edge)."""

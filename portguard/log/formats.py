@@ -1,0 +1,40 @@
+"""Output formats of the decision log: ECS JSON, OCSF JSON and ArcSight CEF (chosen per sink).
+
+Every event is built once as an ECS dict (`record`); a sink renders it in its format here, as
+the bytes of one line without the newline. Pure: no clock, no I/O.
+
+- ``ecs``: the ECS event as JSON (orjson), with ``network.community_id`` added (`ecs`).
+- ``ocsf``: OCSF 1.1.0. Decisions and flow ends are Network Activity (class 4001) with the
+  security_control profile; lifecycle events are Application Lifecycle (class 6002) (`ocsf`).
+- ``cef``: ``CEF:0|portguard|portguard|version|signature|name|severity|extension`` (`cef`).
+
+The mapping is chosen by ``event.dataset``: ``portguard.decision`` (decisions, flood summaries,
+connections ended after a reload, malformed packets), ``portguard.flow`` (flow ends) and
+``portguard.lifecycle``; an event of any other dataset is rendered like a lifecycle event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from portguard.log.cef import cef_line
+from portguard.log.ecs import Event, ecs_line, with_community_id
+from portguard.log.ocsf import ocsf_line
+
+FORMATS: Final = ("ecs", "ocsf", "cef")
+
+
+def render(event: Event, fmt: str) -> bytes:
+    """One event as the bytes of one line of format ``fmt`` ("ecs", "ocsf" or "cef")."""
+    renderer = _RENDERERS.get(fmt)
+    if renderer is None:
+        raise ValueError(f"unknown log format {fmt!r} (known: {', '.join(FORMATS)})")
+    return renderer(with_community_id(event))
+
+
+_RENDERERS: dict[str, Callable[[Event], bytes]] = {
+    "ecs": ecs_line,
+    "ocsf": ocsf_line,
+    "cef": cef_line,
+}

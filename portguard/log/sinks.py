@@ -1,0 +1,219 @@
+"""Stream sinks (stdout, file) and what every sink shares: levels, the sink contract.
+
+A sink writes one event at a time in its own thread (writer.py gives each sink a bounded
+queue): `write` may block, and raises OSError when that event could not be written.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import sys
+from collections.abc import Callable, MutableMapping
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol, cast
+
+import orjson
+import structlog
+
+from portguard.core.events.record import Event
+from portguard.log import formats
+from portguard.log.ecs import with_community_id
+
+# syslog severities (RFC 5424) of the ECS log.level values portguard writes
+LEVELS: dict[str, int] = {"error": 3, "warning": 4, "notice": 5, "info": 6, "debug": 7}
+DEFAULT_SEVERITY = LEVELS["info"]
+LEADING_FIELDS = ("@timestamp", "ecs", "log", "message", "event")
+
+StateCallback = Callable[[bool, str], None]
+Processor = Callable[[Any, str, MutableMapping[str, Any]], Any]  # a structlog processor
+
+
+def severity(event: MutableMapping[str, Any]) -> int:
+    """The event's syslog severity, from ECS log.level (info when it has none)."""
+    level = event.get("log", {}).get("level")
+    return LEVELS.get(level, DEFAULT_SEVERITY) if isinstance(level, str) else DEFAULT_SEVERITY
+
+
+class EventSink(Protocol):
+    """What the writer drives, one thread per sink."""
+
+    name: str
+
+    def write(self, event: Event) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def reopen(self) -> None: ...
+
+    def interrupt(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def order_fields(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: @timestamp, ecs, log, message and event first, as people read them."""
+    leading = {key: event_dict[key] for key in LEADING_FIELDS if key in event_dict}
+    return leading | {k: v for k, v in event_dict.items() if k not in leading}
+
+
+def add_community_id(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: network.community_id for connection events (Community ID v1)."""
+    return with_community_id(dict(event_dict))
+
+
+PREPARE: tuple[Processor, ...] = (order_fields, add_community_id)
+
+
+def prepare(event: Event) -> Event:
+    """What every format shares, done once per event (not once per sink): readable field
+    order and the Community ID."""
+    prepared: MutableMapping[str, Any] = event
+    for processor in PREPARE:
+        prepared = processor(None, "msg", prepared)
+    return dict(prepared)
+
+
+def renderer(fmt: str, prefix: bool = False) -> Processor:
+    """structlog processor, the last of a sink's chain: the line in format `fmt`, optionally
+    behind journald's `<N>` priority prefix (so `journalctl -p warning` works)."""
+    if fmt not in formats.FORMATS:
+        raise ValueError(f"unknown log format {fmt!r} (known: {', '.join(formats.FORMATS)})")
+
+    ecs = structlog.processors.JSONRenderer(orjson.dumps)  # ECS is portguard's own model
+
+    def render(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> bytes:
+        if fmt == "ecs":
+            line = cast(bytes, ecs(logger, method, event_dict))
+        else:
+            line = formats.render(dict(event_dict), fmt)
+        return b"<%d>%s" % (severity(event_dict), line) if prefix else line
+
+    return render
+
+
+def render_line(event: Event) -> bytes:
+    """The exact bytes a sink writes for one ECS event (without the newline); used by tests."""
+    line: bytes = renderer("ecs")(None, "msg", prepare(event))
+    return line
+
+
+class Sink:
+    """One output: a binary stream written one line per event, in the sink's format."""
+
+    def __init__(
+        self,
+        name: str,
+        stream: BinaryIO,
+        owned: bool,
+        fmt: str = "ecs",
+        path: Path | None = None,
+        prefix: bool = False,
+    ) -> None:
+        self.name = name
+        self.format = fmt
+        self.owned = owned
+        self.path = path  # a file sink: reopened by name after log rotation
+        self.prefix = prefix
+        self.errors = 0
+        self._attach(stream)
+
+    def _attach(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self._render = renderer(self.format, self.prefix)
+
+    def reopen(self) -> None:
+        """After logrotate moved the file: continue in a new file of the same name."""
+        if self.path is None:
+            return
+        try:
+            fresh = open_output(self.path)
+        except OSError:
+            self.errors += 1
+            raise
+        old = self.stream
+        self._attach(fresh)
+        old.close()  # flushes what the old file still buffers
+
+    def write(self, event: Event) -> None:
+        """One line into the stream's buffer (prepared events: see `prepare`); the writer
+        flushes once its queue is empty, so a burst costs few system calls."""
+        self._guarded(self.stream.write, self._render(None, "msg", event) + b"\n")
+
+    def flush(self) -> None:
+        self._guarded(self.stream.flush)
+
+    def _guarded(self, action: Callable[..., object], *args: object) -> None:
+        """Run a stream operation; any failure is counted and raised as OSError."""
+        try:
+            action(*args)
+        except ValueError as error:  # a closed stream
+            self.errors += 1
+            raise OSError(str(error)) from None
+        except OSError:
+            self.errors += 1
+            raise
+
+    def interrupt(self) -> None:
+        """Nothing to interrupt: a write to a local stream returns on its own."""
+
+    def close(self) -> None:
+        if self.owned:
+            self.stream.close()
+
+
+def journald_stdout() -> bool:
+    """Whether stdout is connected to journald (systemd sets JOURNAL_STREAM=dev:inode)."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        info = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return False
+    return expected == f"{info.st_dev}:{info.st_ino}"
+
+
+def stdout_sink(fmt: str = "ecs", prefix: str = "auto") -> Sink:
+    """stdout; `prefix` "auto" adds `<N>` only when stdout goes to journald."""
+    with_prefix = prefix == "always" or (prefix == "auto" and journald_stdout())
+    return Sink("stdout", sys.stdout.buffer, owned=False, fmt=fmt, prefix=with_prefix)
+
+
+OUTPUT_MODE = 0o640  # a new log file: the owner writes, its group (a log shipper) reads
+OUTPUT_DIR_MODE = 0o750
+_OUTPUT_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class SymlinkOutputError(OSError):
+    """The output path is a symbolic link: a root daemon never writes where a link points."""
+
+
+def open_output(path: Path) -> BinaryIO:
+    """A log file opened as a root daemon must: never through a symbolic link at ``path``
+    (O_NOFOLLOW: whoever can write the directory could point it at /etc/shadow), created with
+    mode 0640, never a FIFO or device (O_NONBLOCK while opening, then checked)."""
+    try:
+        fd = os.open(path, _OUTPUT_FLAGS | os.O_NONBLOCK, OUTPUT_MODE)
+    except OSError as error:
+        if error.errno == errno.ELOOP or path.is_symlink():
+            raise SymlinkOutputError(
+                errno.ELOOP, f"{path} is a symbolic link; portguard does not write through one"
+            ) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "ab")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def file_sink(path: Path, fmt: str = "ecs") -> Sink:
+    path.parent.mkdir(mode=OUTPUT_DIR_MODE, parents=True, exist_ok=True)
+    return Sink(f"file:{path}", open_output(path), owned=True, fmt=fmt, path=path)

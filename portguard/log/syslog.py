@@ -1,0 +1,388 @@
+"""Syslog sink: RFC 5424 messages over UDP, TCP or TLS (RFC 5425), octet-counted on streams.
+
+The sink runs in its own writer thread (writer.py), so a slow or absent collector costs that
+sink's bounded queue, never a verdict. Over TCP and TLS, delivery is at most once:
+
+- while the collector is unreachable, `write` holds its event and retries the connection with
+  backoff (0.5, 1, 2, 5, 10 s), so the sink's queue fills and the writer counts what overflows;
+  `interrupt()` (shutdown, from another thread) makes a waiting `write` raise OSError at once;
+- a connection the collector closed between two events is replaced before the next event;
+- an event whose send failed part-way is lost (OSError): it is never sent twice.
+
+An event accepted by the kernel just before the collector dies is lost without notice: plain
+TCP syslog (RFC 6587) has no acknowledgements. UDP is fire and forget: a send error raises
+OSError for that event, nothing waits. TLS verifies the collector's certificate (the system
+trust store or `ca`) and name (`server_name` or the address's host); `cert` and `key` give a
+client certificate for collectors that require mutual TLS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from portguard.log import formats
+from portguard.log.sinks import StateCallback, severity
+
+FACILITY_DAEMON = 3
+SCHEMES = ("udp", "tcp", "tls")
+BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)  # seconds between connection attempts, the last repeats
+CONNECT_TIMEOUT = 10.0  # seconds for the TCP connect and the TLS handshake
+SETTLE = 0.2  # seconds a new connection must stay open (a collector refusing us closes it)
+SLICE = 0.1  # seconds a blocked connect, handshake or send waits before checking interrupt()
+USER_TIMEOUT_MS = 30_000  # data unacknowledged this long: the collector is gone (TCP_USER_TIMEOUT)
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+def syslog_frame(event: dict[str, Any], hostname: str, pid: int, fmt: str = "ecs") -> bytes:
+    """One RFC 5424 message: header, no structured data, the rendered event as MSG."""
+    pri = FACILITY_DAEMON * 8 + severity(event)
+    stamp = event.get("@timestamp", "-")
+    header = f"<{pri}>1 {stamp} {hostname} portguard {pid} - - "
+    return header.encode() + formats.render(event, fmt)
+
+
+def octet_count(message: bytes) -> bytes:
+    """RFC 6587 / RFC 5425 framing: MSG-LEN SP SYSLOG-MSG."""
+    return b"%d %s" % (len(message), message)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a syslog sink sends: transport, host (IPv6 without brackets), port."""
+
+    scheme: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def parse_address(address: str) -> Target:
+    """`udp://host:port`, `tcp://host:port` or `tls://host:port`; ValueError otherwise."""
+    parts = urlsplit(address)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme not in SCHEMES or not parts.hostname or not port:
+        raise ValueError(f"syslog address must be udp://, tcp:// or tls://host:port: {address}")
+    return Target(parts.scheme, parts.hostname, port)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """TLS for a `tls://` sink: trusted CA bundle (None: the system store), optional client
+    certificate and key, and the name to verify (None: the address's host)."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str | None = None
+
+
+def client_context(tls: TlsSettings) -> ssl.SSLContext:
+    """A verifying client context for `tls`; ValueError naming the file that is unusable."""
+    if tls.key is not None and tls.cert is None:
+        raise ValueError("syslog TLS: a client key needs its certificate (cert)")
+    try:
+        context = ssl.create_default_context(cafile=None if tls.ca is None else str(tls.ca))
+    except OSError as error:
+        raise ValueError(f"syslog TLS: CA bundle {tls.ca}: {error}") from error
+    if tls.cert is not None:
+        try:
+            context.load_cert_chain(tls.cert, tls.key)
+        except OSError as error:
+            raise ValueError(
+                f"syslog TLS: client cert {tls.cert}, key {tls.key}: {error}"
+            ) from error
+    return context
+
+
+def describe(error: OSError) -> str:
+    """A short reason for an operator: the verification error, the TLS alert or the errno."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {error.verify_message}"
+    if isinstance(error, ssl.SSLError):
+        return f"TLS error: {error.reason or error}"
+    return error.strerror or str(error) or type(error).__name__
+
+
+class Interrupted(ConnectionAbortedError):
+    """interrupt() was called: the sink is shutting down."""
+
+
+# --- the stream transport (TCP, TLS): non-blocking sockets, waits that heed interrupt() -----
+
+
+def _wait(sock: socket.socket, stop: threading.Event, deadline: float, write: bool) -> bool:
+    """Wait until `sock` is writable (or readable); False at the deadline. Interrupted when
+    `stop` is set."""
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT if write else select.POLLIN)
+    while not stop.is_set():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        if poller.poll(int(min(SLICE, remaining) * 1000) + 1):
+            return True
+    raise Interrupted("syslog sink interrupted")
+
+
+def _wait_or_timeout(
+    sock: socket.socket, stop: threading.Event, deadline: float, write: bool
+) -> None:
+    if not _wait(sock, stop, deadline, write):
+        raise TimeoutError(errno.ETIMEDOUT, "timed out connecting to the collector")
+
+
+def _tune(sock: socket.socket) -> None:
+    """Non-blocking, and a dead collector is noticed: keepalive and TCP_USER_TIMEOUT."""
+    sock.setblocking(False)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
+
+
+def _connect(sock: socket.socket, addr: Any, stop: threading.Event, deadline: float) -> None:
+    code = sock.connect_ex(addr)
+    if code == errno.EINPROGRESS:
+        _wait_or_timeout(sock, stop, deadline, write=True)
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code:
+        raise OSError(code, os.strerror(code))
+
+
+def _handshake(sock: ssl.SSLSocket, stop: threading.Event, deadline: float) -> None:
+    while True:
+        try:
+            sock.do_handshake()
+            return
+        except ssl.SSLWantReadError:
+            _wait_or_timeout(sock, stop, deadline, write=False)
+        except ssl.SSLWantWriteError:
+            _wait_or_timeout(sock, stop, deadline, write=True)
+
+
+def check_open(sock: socket.socket) -> None:
+    """OSError when the collector closed or reset the connection, or sent a TLS alert.
+
+    A collector sends nothing on a syslog connection, except TLS session tickets: whatever
+    arrives is read and discarded.
+    """
+    try:
+        while sock.recv(4096):
+            pass
+    except _WOULD_BLOCK:
+        return
+    raise ConnectionAbortedError(errno.ECONNABORTED, "the collector closed the connection")
+
+
+def send_all(sock: socket.socket, data: bytes, stop: threading.Event) -> None:
+    """Send all of `data` on a non-blocking socket, waiting as long as the collector needs."""
+    view, sent = memoryview(data), 0
+    while sent < len(view):
+        try:
+            sent += sock.send(view[sent:])
+        except (BlockingIOError, ssl.SSLWantWriteError):
+            _wait(sock, stop, float("inf"), write=True)
+        except ssl.SSLWantReadError:
+            _wait(sock, stop, float("inf"), write=False)
+
+
+def open_stream(
+    target: Target,
+    context: ssl.SSLContext | None,
+    server_name: str,
+    stop: threading.Event,
+    timeout: float = CONNECT_TIMEOUT,
+) -> socket.socket:
+    """A connected, non-blocking socket to `target` (TLS verified when `context` is given)
+    that stayed open for SETTLE seconds; OSError describing why not."""
+    deadline = time.monotonic() + timeout
+    failure: OSError = OSError(f"{target.host}: no address")
+    for family, kind, proto, _name, addr in socket.getaddrinfo(
+        target.host, target.port, type=socket.SOCK_STREAM
+    ):
+        sock = socket.socket(family, kind, proto)
+        try:
+            _tune(sock)
+            _connect(sock, addr, stop, deadline)
+            if context is not None:
+                wrap = context.wrap_socket
+                sock = wrap(sock, server_hostname=server_name, do_handshake_on_connect=False)
+                _handshake(sock, stop, deadline)
+            _wait(sock, stop, time.monotonic() + SETTLE, write=False)
+            check_open(sock)
+            return sock
+        except Interrupted:
+            sock.close()
+            raise
+        except OSError as error:
+            sock.close()
+            failure = error
+    raise failure
+
+
+def _close(sock: socket.socket) -> None:
+    """Close; a TLS connection says close_notify first (without waiting for the answer)."""
+    if isinstance(sock, ssl.SSLSocket):
+        with contextlib.suppress(OSError, ValueError):
+            sock.unwrap()
+    sock.close()
+
+
+def _datagram_socket(target: Target) -> socket.socket:
+    """A connected UDP socket: the kernel then reports an unreachable collector as an error."""
+    family, kind, proto, _name, addr = socket.getaddrinfo(
+        target.host, target.port, type=socket.SOCK_DGRAM
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        sock.connect(addr)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+# --- the sink -------------------------------------------------------------------------------
+
+
+class SyslogSink:
+    """An event sink that sends each event to a syslog collector (see the module docstring)."""
+
+    def __init__(
+        self,
+        address: str,
+        fmt: str = "ecs",
+        tls: TlsSettings | None = None,
+        backoff: Sequence[float] = BACKOFF,
+    ) -> None:
+        self.target = parse_address(address)
+        if tls is not None and self.target.scheme != "tls":
+            raise ValueError(f"syslog TLS settings need a tls:// address, not {address}")
+        if fmt not in formats.FORMATS:
+            raise ValueError(f"unknown log format {fmt!r} (known: {', '.join(formats.FORMATS)})")
+        self.name = f"syslog:{address}"
+        self.fmt = fmt
+        self.errors = 0  # events that raised OSError (lost)
+        self.reconnects = 0  # connections replaced without an outage (collector closed one)
+        self.on_state: StateCallback | None = None
+        self.hostname = socket.gethostname()
+        self.pid = os.getpid()
+        tls = tls or TlsSettings()
+        self._context = client_context(tls) if self.target.scheme == "tls" else None
+        self._server_name = tls.server_name or self.target.host
+        self._backoff = tuple(backoff) or BACKOFF
+        self._stop = threading.Event()
+        self._sock: socket.socket | None = None
+        self._incoming = select.poll()  # the stream connection: has the collector said anything?
+        self._down = False  # inside an outage: on_state(False, ...) was called
+        self._failures = 0  # connection attempts failed since the last good connection
+
+    def write(self, event: dict[str, Any]) -> None:
+        """Deliver one event; OSError when it is lost (see the module docstring)."""
+        message = syslog_frame(event, self.hostname, self.pid, self.fmt)
+        try:
+            if self.target.scheme == "udp":
+                self._send_datagram(message)
+            else:
+                self._send_frame(octet_count(message))
+        except OSError:
+            self.errors += 1
+            raise
+
+    def flush(self) -> None:
+        """Nothing buffered: every event was sent as it was written."""
+
+    def reopen(self) -> None:
+        """Nothing to reopen: a collector is reached by address, not by file name."""
+
+    def interrupt(self) -> None:
+        """Shutdown, from another thread: a waiting or blocked write raises OSError within
+        SLICE seconds, and later writes never wait."""
+        self._stop.set()
+
+    def close(self) -> None:
+        self._drop()
+
+    def _send_datagram(self, message: bytes) -> None:
+        try:
+            if self._sock is None:
+                self._sock = _datagram_socket(self.target)
+            self._sock.send(message)
+        except OSError as error:
+            self._report_down(f"{self.target}: {describe(error)}")
+            raise
+        self._report_up()
+
+    def _send_frame(self, frame: bytes) -> None:
+        sock = self._connection()
+        try:
+            send_all(sock, frame, self._stop)
+        except OSError as error:
+            self._drop()
+            if not isinstance(error, Interrupted):
+                self._report_down(f"{self.target}: send failed, event lost: {describe(error)}")
+            raise
+
+    def _connection(self) -> socket.socket:
+        """The open connection, or a new one: waits (with backoff) until the collector takes
+        it. Interrupted when interrupt() was called."""
+        if self._sock is not None and self._incoming.poll(0):
+            try:
+                check_open(self._sock)
+            except OSError:
+                self._drop()
+                self.reconnects += 1
+        while self._sock is None:
+            if self._stop.is_set():
+                raise Interrupted("syslog sink interrupted")
+            try:
+                self._sock = open_stream(self.target, self._context, self._server_name, self._stop)
+                self._incoming.register(self._sock, select.POLLIN)
+            except Interrupted:
+                raise
+            except OSError as error:
+                self._report_down(f"{self.target}: cannot connect: {describe(error)}")
+                self._stop.wait(self._backoff[min(self._failures, len(self._backoff) - 1)])
+                self._failures += 1
+        self._failures = 0
+        self._report_up()
+        return self._sock
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            if self.target.scheme != "udp":
+                self._incoming.unregister(self._sock)
+            _close(self._sock)
+            self._sock = None
+
+    def _report_down(self, reason: str) -> None:
+        if not self._down:
+            self._down = True
+            if self.on_state is not None:
+                self.on_state(False, reason)
+
+    def _report_up(self) -> None:
+        if self._down:
+            self._down = False
+            if self.on_state is not None:
+                self.on_state(True, "")
