@@ -2,14 +2,17 @@
 
 Every key of the contract in DESIGN.md, nothing else: an unknown key is an error. Every error is
 reported at once as ``path:line: message`` (ConfigError.messages). Relative paths in the file
-(rule paths, a log file) resolve against the directory of the config file. The file's shape
-(keys, types, defaults, limits) is `schema.py`; checks across keys are `checks.py`.
+(rule paths, a log file) resolve against the directory of the config file. Each table is one
+frozen pydantic model below (its keys, types and defaults, and the values derived from them);
+the kinds and limits of single values are `schema.py`, checks across keys are `checks.py`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, PrivateAttr
 
 from portguard.config.checks import (
     LISTEN_ADDRESS,
@@ -19,6 +22,7 @@ from portguard.config.checks import (
     syslog_address_problem,
 )
 from portguard.config.schema import (
+    ARRAY,
     DEFAULT_BUFFER,
     DEFAULT_CONTROL_SOCKET,
     DEFAULT_PER_SOURCE_BURST,
@@ -26,26 +30,36 @@ from portguard.config.schema import (
     DEFAULT_RESOLVE_INTERVAL,
     DEFAULT_RULES_PATH,
     DEFAULT_STATE_DIR,
-    RATE,
+    MAX_BUFFER,
+    MAX_PER_SOURCE_BURST,
+    MAX_RESOLVE_INTERVAL,
     Backend,
     Chain,
-    ConfigSpec,
     FailMode,
+    FileContext,
+    FilePath,
+    InterfaceName,
+    ListenAddress,
     LogFormat,
     LogLevel,
-    OutputSpec,
     OutputType,
-    PerSourceSpec,
+    PerSecond,
+    Port,
     Prefix,
+    QueueNum,
+    Text,
+    Workers,
+    within,
 )
 from portguard.core.errors import ConfigError, Problem, unexpected
 from portguard.core.sourcemap import KeyPath
-from portguard.core.tomlsource import MIB, TextError, parse_toml, validate
+from portguard.core.tomlsource import MIB, Spec, TextError, parse_toml, validate
 from portguard.io.files import read_text
 
 __all__ = [
     "Config",
     "ConfigError",
+    "DaemonConfig",
     "HookConfig",
     "LogConfig",
     "MetricsConfig",
@@ -61,34 +75,40 @@ __all__ = [
     "syslog_address_problem",
 ]
 
-# --- the resolved config -------------------------------------------------------------------
+# --- the config: one frozen model per table, each key with its type, limits and default ------
 
 
-@dataclass(frozen=True, slots=True)
-class PerSourceLimit:
+class PerSourceLimit(Spec):
     """The kernel's limit on new hooked connections from one source, before the queue.
 
     One IPv4 address, or one IPv6 prefix of ``prefix6`` bits (a /64 is one subscriber), may
     send ``rate`` SYNs a second to hooked ports, ``burst`` at once; the kernel drops the rest
-    (and counts them) before they reach the queue everyone shares. ``rate`` 0 = off.
+    (and counts them) before they reach the queue everyone shares. ``rate`` 0 = off; it is
+    written as in the file: ``"200/second"``.
     """
 
-    rate: int = DEFAULT_PER_SOURCE_RATE
-    burst: int = DEFAULT_PER_SOURCE_BURST
-    prefix6: int = 64
+    rate: PerSecond = DEFAULT_PER_SOURCE_RATE
+    burst: Annotated[int, within(1, MAX_PER_SOURCE_BURST)] = DEFAULT_PER_SOURCE_BURST
+    prefix6: Annotated[int, within(1, 128)] = 64
 
     @property
     def enabled(self) -> bool:
         return self.rate > 0
 
 
-@dataclass(frozen=True, slots=True)
-class QueueConfig:
-    num: int = 0
-    workers: int = 1
+def _switch(value: object) -> object:
+    """``per_source = false`` turns the limit off, ``true`` takes the defaults."""
+    if value is False:
+        return {"rate": "0/second"}
+    return {} if value is True else value
+
+
+class QueueConfig(Spec):
+    num: QueueNum = 0
+    workers: Workers = 1
     fail_mode: FailMode = "closed"
-    max_len: int = 4096
-    per_source: PerSourceLimit = field(default_factory=PerSourceLimit)
+    max_len: Annotated[int, within(1, 2**32 - 1)] = 4096
+    per_source: Annotated[PerSourceLimit, BeforeValidator(_switch)] = PerSourceLimit()
 
     @property
     def numbers(self) -> range:
@@ -96,38 +116,37 @@ class QueueConfig:
         return range(self.num, self.num + self.workers)
 
 
-@dataclass(frozen=True, slots=True)
-class NetworkConfig:
-    wan: tuple[str, ...] = ("eth0",)
+class NetworkConfig(Spec):
+    wan: Annotated[tuple[InterfaceName, ...], ARRAY] = ("eth0",)
 
 
-@dataclass(frozen=True, slots=True)
-class HookConfig:
+class HookConfig(Spec):
+    """The ``[hook]`` table (the backends' ``HookSpec`` is built from it and ``[queue]`` by
+    portguard.service.hookspec)."""
+
     backend: Backend = "auto"
-    ports: tuple[int, ...] = (25, 465, 587)
-    chains: tuple[Chain, ...] = ("forward",)
+    ports: Annotated[tuple[Port, ...], ARRAY] = (25, 465, 587)
+    chains: Annotated[tuple[Chain, ...], ARRAY] = ("forward",)
     keep_on_stop: bool = False  # SIGTERM leaves the hooks (fail_mode "closed" only)
 
 
-@dataclass(frozen=True, slots=True)
-class RulesConfig:
-    paths: tuple[Path, ...] = (DEFAULT_RULES_PATH,)
+class RulesConfig(Spec):
+    paths: Annotated[tuple[FilePath, ...], ARRAY] = (DEFAULT_RULES_PATH,)
     reevaluate: bool = False  # after a reload, end allowed connections the new policy denies
-    resolve_interval: int = DEFAULT_RESOLVE_INTERVAL  # seconds between reloads that re-resolve
-    # the host names of the rule files (only when some set names hosts); 0 = never
+    # seconds between reloads that re-resolve the host names of the rule files (only when some
+    # set names hosts); 0 = never
+    resolve_interval: Annotated[int, within(0, MAX_RESOLVE_INTERVAL)] = DEFAULT_RESOLVE_INTERVAL
 
 
-@dataclass(frozen=True, slots=True)
-class DaemonConfig:
-    control_socket: Path = DEFAULT_CONTROL_SOCKET  # `portguard reload` talks to the daemon here
-    state_dir: Path = DEFAULT_STATE_DIR  # kept across restarts: last good host resolution
+class DaemonConfig(Spec):
+    control_socket: FilePath = DEFAULT_CONTROL_SOCKET  # `portguard reload` talks to the daemon
+    state_dir: FilePath = DEFAULT_STATE_DIR  # kept across restarts: last good host resolution
 
 
-@dataclass(frozen=True, slots=True)
-class MetricsConfig:
+class MetricsConfig(Spec):
     """The Prometheus endpoint: ``listen = "127.0.0.1:9477"``; None (no [metrics]) = off."""
 
-    listen: str | None = None
+    listen: ListenAddress | None = None
 
     @property
     def address(self) -> tuple[str, int] | None:
@@ -138,21 +157,21 @@ class MetricsConfig:
         return match["host"].strip("[]"), int(match["port"])
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class Output(Spec):
     """A decision-log destination. ``path`` for type file, ``address`` for type syslog."""
 
     type: OutputType
-    path: Path | None = None
+    path: FilePath | None = None
     address: str | None = None  # "udp://host:port", "tcp://host:port" or "tls://host:port"
     format: LogFormat = "ecs"  # how its events are written: ECS JSON, OCSF JSON or CEF
     level: LogLevel = "info"  # the least severe event it takes
-    buffer: int = DEFAULT_BUFFER  # events that may wait for it; beyond: dropped and counted
+    # events that may wait for it; beyond: dropped and counted
+    buffer: Annotated[int, within(1, MAX_BUFFER)] = DEFAULT_BUFFER
     prefix: Prefix = "auto"  # stdout: journald's <N> priority prefix ("auto": under journald)
-    ca: Path | None = None  # tls: CA bundle that verifies the collector (default: the system's)
-    cert: Path | None = None  # tls: client certificate (mutual TLS), with key
-    key: Path | None = None
-    server_name: str | None = None  # tls: name checked in the certificate (default: host)
+    ca: FilePath | None = None  # tls: CA bundle that verifies the collector (default: system's)
+    cert: FilePath | None = None  # tls: client certificate (mutual TLS), with key
+    key: FilePath | None = None
+    server_name: Text | None = None  # tls: name checked in the certificate (default: host)
 
     @property
     def endpoint(self) -> tuple[str, str, int]:
@@ -163,78 +182,42 @@ class Output:
         return match["proto"], match["host"].strip("[]"), int(match["port"])
 
 
-@dataclass(frozen=True, slots=True)
-class LogConfig:
-    outputs: tuple[Output, ...] = (Output("stdout"),)
-    flood_window: float = 60.0  # seconds identical denies are counted, not logged (0 = off)
+class LogConfig(Spec):
+    outputs: Annotated[tuple[Output, ...], ARRAY] = (Output(type="stdout"),)
+    # seconds identical denies are counted, not logged (0 = off)
+    flood_window: Annotated[int, within(0, 86400)] = 60
     flow_end: bool = True  # a flow-end event (duration, packets, bytes) per allowed connection
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
-    path: Path
-    queue: QueueConfig = field(default_factory=QueueConfig)
-    network: NetworkConfig = field(default_factory=NetworkConfig)
-    hook: HookConfig = field(default_factory=HookConfig)
-    rules: RulesConfig = field(default_factory=RulesConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    daemon: DaemonConfig = field(default_factory=DaemonConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+class Config(Spec):
+    """The daemon config, every table of the file. ``path`` is the file it was read from (no
+    key of it): relative paths in the file were resolved against its directory. Made by
+    `parse_config` or `Config.for_file` (validation with a FileContext), never bare."""
+
+    queue: QueueConfig = QueueConfig()
+    network: NetworkConfig = NetworkConfig()
+    hook: HookConfig = HookConfig()
+    rules: RulesConfig = RulesConfig()
+    log: LogConfig = LogConfig()
+    daemon: DaemonConfig = DaemonConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    _path: Path = PrivateAttr()
+
+    @classmethod
+    def for_file(cls, path: Path, **tables: Any) -> Config:
+        """The config of ``tables`` (models or the file's data) as if read from ``path``."""
+        return cls.model_validate(tables, context=FileContext(path))
+
+    def model_post_init(self, context: Any, /) -> None:
+        if isinstance(context, FileContext):  # read from a file (parse_config, for_file)
+            self._path = context.path
+
+    @property
+    def path(self) -> Path:
+        return self._path
 
 
-# --- building the config -------------------------------------------------------------------
-
-
-def _resolve(base: Path, text: str) -> Path:
-    return base / Path(text).expanduser()
-
-
-def _build(spec: ConfigSpec, path: Path) -> Config:
-    base = path.absolute().parent
-    outputs = tuple(_output(o, base) for o in spec.log.outputs)
-    return Config(
-        path=path,
-        queue=QueueConfig(
-            spec.queue.num,
-            spec.queue.workers,
-            spec.queue.fail_mode,
-            spec.queue.max_len,
-            _per_source(spec.queue.per_source),
-        ),
-        network=NetworkConfig(tuple(spec.network.wan)),
-        hook=HookConfig(
-            spec.hook.backend,
-            tuple(spec.hook.ports),
-            tuple(spec.hook.chains),
-            spec.hook.keep_on_stop,
-        ),
-        rules=RulesConfig(
-            tuple(_resolve(base, p) for p in spec.rules.paths),
-            spec.rules.reevaluate,
-            spec.rules.resolve_interval,
-        ),
-        log=LogConfig(outputs, float(spec.log.flood_window), spec.log.flow_end),
-        daemon=DaemonConfig(
-            _resolve(base, spec.daemon.control_socket), _resolve(base, spec.daemon.state_dir)
-        ),
-        metrics=MetricsConfig(spec.metrics.listen),
-    )
-
-
-def _per_source(spec: PerSourceSpec) -> PerSourceLimit:
-    match = RATE.match(spec.rate)
-    assert match is not None  # validated
-    return PerSourceLimit(int(match["count"]), spec.burst, spec.prefix6)
-
-
-def _output(spec: OutputSpec, base: Path) -> Output:
-    def resolved(text: str | None) -> Path | None:
-        return _resolve(base, text) if text else None
-
-    return Output(
-        spec.type, resolved(spec.path), spec.address, spec.format, spec.level, spec.buffer,
-        spec.prefix, resolved(spec.ca), resolved(spec.cert), resolved(spec.key), spec.server_name,
-    )  # fmt: skip
+# --- reading the config --------------------------------------------------------------------
 
 
 def parse_config(text: str, path: Path) -> Config:
@@ -242,11 +225,11 @@ def parse_config(text: str, path: Path) -> Config:
     source = parse_toml(path, text)
     if isinstance(source, Problem):
         raise ConfigError([source])
-    spec = validate(source, ConfigSpec)
+    config = validate(source, Config, FileContext(path))
     problems = [source.problem(key, message) for key, message in checks(source.data)]
-    if isinstance(spec, list) or problems:
-        raise ConfigError([*problems, *(spec if isinstance(spec, list) else [])])
-    return _build(spec, path)
+    if isinstance(config, list) or problems:
+        raise ConfigError([*problems, *(config if isinstance(config, list) else [])])
+    return config
 
 
 MAX_CONFIG_FILE = MIB  # bytes: the config is a page or two

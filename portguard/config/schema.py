@@ -1,20 +1,23 @@
-"""The shape of the daemon config file: every key with its type, default and limits.
+"""The values the daemon config takes: their kinds, limits and shared defaults, and the checks
+of one value each (a number in range, an interface name, a rate, a path of the file).
 
-`ConfigSpec` is what `portguard.config.model` validates the TOML data against (an unknown key is an
-error); the values here are checked one by one, the checks across keys are in checks.py.
+`portguard.config.model` builds the config's tables from these types; the checks across keys
+are in checks.py. A value read from the file arrives as TOML gives it (arrays as lists, paths
+and rates as strings) and leaves as the model keeps it (tuples, resolved Paths, numbers).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, ValidationInfo
+from pydantic_core import PydanticCustomError
 
 from portguard.config.checks import MAX_QUEUE_NUM, MAX_WORKERS, listen_address_problem
-from portguard.core.tomlsource import Spec
 
 FailMode = Literal["open", "closed"]
 Backend = Literal["auto", "nftables", "iptables"]
@@ -39,6 +42,17 @@ MAX_PER_SOURCE_BURST = 1_000_000
 RATE = re.compile(r"^(?P<count>\d+)/(second|s)$")
 
 
+@dataclass(frozen=True, slots=True)
+class FileContext:
+    """The validation context of a config file: relative paths in it resolve against ``base``."""
+
+    path: Path
+
+    @property
+    def base(self) -> Path:
+        return self.path.absolute().parent
+
+
 def _within(low: int, high: int) -> Callable[[int], int]:
     def check(value: int) -> int:
         if not low <= value <= high:
@@ -46,6 +60,11 @@ def _within(low: int, high: int) -> Callable[[int], int]:
         return value
 
     return check
+
+
+def within(low: int, high: int) -> AfterValidator:
+    """An integer from ``low`` to ``high``: ``Annotated[int, within(1, 64)]``."""
+    return AfterValidator(_within(low, high))
 
 
 def _interface_name(name: str) -> str:
@@ -65,61 +84,34 @@ def _not_blank(text: str) -> str:
     return text
 
 
-def _per_second(text: str) -> str:
-    match = RATE.match(text)
+def _text(value: object) -> str:
+    """``value`` when it is a string; else the error a strict ``str`` field gives."""
+    if not isinstance(value, str):
+        raise PydanticCustomError("string_type", "Input should be a valid string")
+    return value
+
+
+def _per_second(value: object) -> int:
+    """A rate written as ``"200/second"`` (or ``"200/s"``): its count a second."""
+    match = RATE.match(_text(value))
     if match is None:
-        raise ValueError(f'"{text}" is not a rate per second (e.g. "200/second"; "0/second": off)')
-    _within(0, MAX_PER_SOURCE_RATE)(int(match["count"]))
-    return text
+        raise ValueError(f'"{value}" is not a rate per second (e.g. "200/second"; "0/second": off)')
+    return _within(0, MAX_PER_SOURCE_RATE)(int(match["count"]))
 
 
-def _switch(value: object) -> object:
-    """``per_source = false`` turns the limit off, ``true`` takes the defaults."""
-    if value is False:
-        return {"rate": "0/second"}
-    return {} if value is True else value
+def _file_path(value: object, info: ValidationInfo) -> object:
+    """A path written in the file, resolved against the file's directory (``~`` expanded); a
+    Path given in code is taken as it is."""
+    if isinstance(value, Path):
+        return value
+    path = Path(_not_blank(_text(value))).expanduser()
+    context = info.context
+    return context.base / path if isinstance(context, FileContext) else path
 
 
-class PerSourceSpec(Spec):
-    rate: Annotated[str, AfterValidator(_per_second)] = f"{DEFAULT_PER_SOURCE_RATE}/second"
-    burst: Annotated[int, AfterValidator(_within(1, MAX_PER_SOURCE_BURST))] = (
-        DEFAULT_PER_SOURCE_BURST
-    )
-    prefix6: Annotated[int, AfterValidator(_within(1, 128))] = 64
-
-
-class QueueSpec(Spec):
-    num: Annotated[int, AfterValidator(_within(0, MAX_QUEUE_NUM))] = 0
-    workers: Annotated[int, AfterValidator(_within(1, MAX_WORKERS))] = 1
-    fail_mode: FailMode = "closed"
-    max_len: Annotated[int, AfterValidator(_within(1, 2**32 - 1))] = 4096
-    per_source: Annotated[PerSourceSpec, BeforeValidator(_switch)] = PerSourceSpec()
-
-
-class NetworkSpec(Spec):
-    wan: list[Annotated[str, AfterValidator(_interface_name)]] = Field(default=["eth0"])
-
-
-class HookSpec(Spec):
-    backend: Backend = "auto"
-    ports: list[Annotated[int, AfterValidator(_within(1, 65535))]] = Field(default=[25, 465, 587])
-    chains: list[Chain] = Field(default=["forward"])
-    keep_on_stop: bool = False
-
-
-class RulesSpec(Spec):
-    paths: list[Annotated[str, AfterValidator(_not_blank)]] = Field(
-        default=[str(DEFAULT_RULES_PATH)]
-    )
-    reevaluate: bool = False
-    resolve_interval: Annotated[int, AfterValidator(_within(0, MAX_RESOLVE_INTERVAL))] = (
-        DEFAULT_RESOLVE_INTERVAL
-    )
-
-
-class DaemonSpec(Spec):
-    control_socket: Annotated[str, AfterValidator(_not_blank)] = str(DEFAULT_CONTROL_SOCKET)
-    state_dir: Annotated[str, AfterValidator(_not_blank)] = str(DEFAULT_STATE_DIR)
+def _array(value: object) -> object:
+    """A TOML array (a list) kept as a tuple; anything else is left to the tuple check."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _listen_address(address: str) -> str:
@@ -129,35 +121,12 @@ def _listen_address(address: str) -> str:
     return address
 
 
-class MetricsSpec(Spec):
-    listen: Annotated[str, AfterValidator(_listen_address)] | None = None
-
-
-class OutputSpec(Spec):
-    type: OutputType
-    path: Annotated[str, AfterValidator(_not_blank)] | None = None
-    address: str | None = None
-    format: LogFormat = "ecs"
-    level: LogLevel = "info"
-    buffer: Annotated[int, AfterValidator(_within(1, MAX_BUFFER))] = DEFAULT_BUFFER
-    prefix: Prefix = "auto"
-    ca: Annotated[str, AfterValidator(_not_blank)] | None = None
-    cert: Annotated[str, AfterValidator(_not_blank)] | None = None
-    key: Annotated[str, AfterValidator(_not_blank)] | None = None
-    server_name: Annotated[str, AfterValidator(_not_blank)] | None = None
-
-
-class LogSpec(Spec):
-    outputs: list[OutputSpec] = Field(default=[OutputSpec(type="stdout")])
-    flood_window: Annotated[int, AfterValidator(_within(0, 86400))] = 60
-    flow_end: bool = True
-
-
-class ConfigSpec(Spec):
-    queue: QueueSpec = QueueSpec()
-    network: NetworkSpec = NetworkSpec()
-    hook: HookSpec = HookSpec()
-    rules: RulesSpec = RulesSpec()
-    log: LogSpec = LogSpec()
-    daemon: DaemonSpec = DaemonSpec()
-    metrics: MetricsSpec = MetricsSpec()
+ARRAY = BeforeValidator(_array)  # on a tuple field: the file's array
+QueueNum = Annotated[int, within(0, MAX_QUEUE_NUM)]
+Workers = Annotated[int, within(1, MAX_WORKERS)]
+Port = Annotated[int, within(1, 65535)]
+InterfaceName = Annotated[str, AfterValidator(_interface_name)]
+Text = Annotated[str, AfterValidator(_not_blank)]
+FilePath = Annotated[Path, BeforeValidator(_file_path)]
+PerSecond = Annotated[int, BeforeValidator(_per_second)]
+ListenAddress = Annotated[str, AfterValidator(_listen_address)]

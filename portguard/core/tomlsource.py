@@ -103,10 +103,11 @@ def too_deep(data: dict[str, Any], limit: int) -> bool:
     return False
 
 
-def validate(source: TomlSource, model: type[M]) -> M | list[Problem]:
-    """Validate the whole document against ``model``; on failure, every error located."""
+def validate(source: TomlSource, model: type[M], context: object = None) -> M | list[Problem]:
+    """Validate the whole document against ``model`` (its validators get ``context``); on
+    failure, every error located."""
     try:
-        return model.model_validate(source.data)
+        return model.model_validate(source.data, context=context)
     except ValidationError as error:
         return validation_problems(error, source, model)
 
@@ -165,7 +166,7 @@ def describe(detail: ErrorDetails, key: KeyPath, model: type[BaseModel]) -> str:
     if kind == "missing":
         return f"missing required key '{key[-1]}'"
     subject = f"{name}: entry" if key and isinstance(key[-1], int) else f"{name}:"
-    if kind == "list_type" and isinstance(detail["input"], dict):
+    if kind in ("list_type", "tuple_type") and isinstance(detail["input"], dict):
         return f"{subject} must be an array of tables (write [[{name}]]), not a table"
     if kind in _EXPECTED:
         return f"{subject} must be {_EXPECTED[kind]}, not {toml_type(detail['input'])}"
@@ -229,8 +230,8 @@ def _keys_at(model: type[BaseModel], path: KeyPath) -> list[str]:
             field = current.model_fields.get(str(part))
             current = field.annotation if field else None
         else:
-            args = typing.get_args(current)
-            current = args[-1] if args else None
+            args = [arg for arg in typing.get_args(current) if arg is not Ellipsis]
+            current = args[-1] if args else None  # list[X], tuple[X, ...]: X
     current = _unwrap(current)
     if isinstance(current, type) and issubclass(current, BaseModel):
         return list(current.model_fields)

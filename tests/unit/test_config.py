@@ -15,7 +15,6 @@ from portguard.config.model import (
     LogConfig,
     NetworkConfig,
     Output,
-    PerSourceLimit,
     QueueConfig,
     RulesConfig,
     config_problem,
@@ -85,13 +84,13 @@ def test_broken_config_reports_located_message(name: str) -> None:
 
 def test_empty_file_gives_the_documented_defaults() -> None:
     config = parse_config("", Path("/etc/portguard/portguard.toml"))
-    assert config == Config(
-        path=Path("/etc/portguard/portguard.toml"),
+    assert config == Config.for_file(
+        Path("/etc/portguard/portguard.toml"),
         queue=QueueConfig(num=0, workers=1, fail_mode="closed", max_len=4096),
         network=NetworkConfig(wan=("eth0",)),
         hook=HookConfig(backend="auto", ports=(25, 465, 587), chains=("forward",)),
         rules=RulesConfig(paths=(Path("/etc/portguard/rules.d"),), resolve_interval=300),
-        log=LogConfig(outputs=(Output("stdout"),)),
+        log=LogConfig(outputs=(Output(type="stdout"),)),
     )
 
 
@@ -130,17 +129,21 @@ outputs = [
 
 def test_full_config_is_read_and_relative_paths_follow_the_file() -> None:
     config = parse_config(FULL, Path("/etc/portguard/portguard.toml"))
-    assert config.queue == QueueConfig(10, 4, "open", 1024)
+    assert config.queue == QueueConfig(num=10, workers=4, fail_mode="open", max_len=1024)
     assert list(config.queue.numbers) == [10, 11, 12, 13]
     assert config.network.wan == ("wan0", "ppp0")
-    assert config.hook == HookConfig("iptables", (25, 2525), ("forward", "output"))
+    assert config.hook == HookConfig(
+        backend="iptables", ports=(25, 2525), chains=("forward", "output")
+    )
     assert config.rules.resolve_interval == 60
     assert config.rules.paths == (
         Path("/etc/portguard/rules.d"),
         Path("/srv/extra.toml"),
         Path("~/more").expanduser(),
     )
-    assert config.log.outputs[1] == Output("file", Path("/etc/portguard/log/decisions.json"))
+    assert config.log.outputs[1] == Output(
+        type="file", path=Path("/etc/portguard/log/decisions.json")
+    )
     assert config.log.outputs[2].endpoint == ("tcp", "2001:db8::514", 6514)
 
 
@@ -152,7 +155,7 @@ outputs = [{ type = "stdout" },
 """
     outputs = parse_config(text, Path("/etc/portguard/portguard.toml")).log.outputs
     assert [o.format for o in outputs] == ["ecs", "ocsf", "cef"]
-    assert outputs[1] == Output("file", Path("/var/log/pg.ocsf"), format="ocsf")
+    assert outputs[1] == Output(type="file", path=Path("/var/log/pg.ocsf"), format="ocsf")
 
 
 def test_relative_config_path_anchors_to_its_directory(
@@ -205,7 +208,7 @@ def test_syslog_address(address: str, problem: str | None) -> None:
 
 def test_endpoint_of_a_non_syslog_output_is_an_error() -> None:
     with pytest.raises(ValueError, match="no syslog address"):
-        _ = Output("stdout").endpoint
+        _ = Output(type="stdout").endpoint
 
 
 def test_outputs_take_a_level_a_buffer_and_tls_settings(tmp_path: Path) -> None:
@@ -301,19 +304,20 @@ def test_config_problem_locates_a_key_of_the_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "limit"),
+    ("value", "limit"),  # limit: rate a second, burst, prefix6
     [
-        (None, PerSourceLimit(200, 1000, 64)),  # on by default
-        ("true", PerSourceLimit(200, 1000, 64)),
-        ("false", PerSourceLimit(0, 1000, 64)),
-        ('{ rate = "0/second" }', PerSourceLimit(0, 1000, 64)),
-        ('{ rate = "50/second", burst = 100, prefix6 = 56 }', PerSourceLimit(50, 100, 56)),
+        (None, (200, 1000, 64)),  # on by default
+        ("true", (200, 1000, 64)),
+        ("false", (0, 1000, 64)),
+        ('{ rate = "0/second" }', (0, 1000, 64)),
+        ('{ rate = "50/second", burst = 100, prefix6 = 56 }', (50, 100, 56)),
     ],
 )
-def test_per_source_limit(value: str | None, limit: PerSourceLimit) -> None:
+def test_per_source_limit(value: str | None, limit: tuple[int, int, int]) -> None:
     text = "[queue]\n" + (f"per_source = {value}\n" if value else "")
     per_source = parse_config(text, Path("/etc/portguard/portguard.toml")).queue.per_source
-    assert per_source == limit and per_source.enabled == (limit.rate > 0)
+    assert (per_source.rate, per_source.burst, per_source.prefix6) == limit
+    assert per_source.enabled == (limit[0] > 0)
 
 
 @pytest.mark.parametrize(
