@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import pytest
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from portguard.core.errors import Problem
 from portguard.core.tomlsource import (
@@ -100,6 +100,45 @@ def test_single_table_where_an_array_of_tables_belongs() -> None:
     assert problems('[items]\nname = "x"\n') == [
         "f.toml:1:1: items: must be an array of tables (write [[items]]), not a table"
     ]
+
+
+def _as_tuple(value: object) -> object:
+    return tuple(value) if isinstance(value, list) else value
+
+
+class Frozen(Spec):
+    """Arrays kept as tuples (how the daemon config keeps them)."""
+
+    items: Annotated[tuple[Inner, ...], BeforeValidator(_as_tuple)] = ()
+
+
+def test_a_tuple_of_tables_reads_like_an_array_of_tables() -> None:
+    def located(text: str) -> list[str]:
+        source = parse_toml(Path("f.toml"), text)
+        assert isinstance(source, TomlSource)
+        result = validate(source, Frozen)
+        assert isinstance(result, list)
+        return [p.format() for p in result]
+
+    assert located('[items]\nname = "x"\n') == [
+        "f.toml:1:1: items: must be an array of tables (write [[items]]), not a table"
+    ]
+    assert located('items = [{ name = "x", nmae = 1 }]') == [
+        "f.toml:1:24: unknown key 'nmae' (did you mean 'name'?)"
+    ]
+
+
+def test_validate_hands_its_context_to_the_validators() -> None:
+    seen: list[object] = []
+
+    class Seen(Spec):
+        def model_post_init(self, context: object, /) -> None:
+            seen.append(context)
+
+    source = parse_toml(Path("f.toml"), "")
+    assert isinstance(source, TomlSource)
+    validate(source, Seen, context="the file")
+    assert seen == ["the file"]
 
 
 def test_data_path_drops_pydantic_tags() -> None:
