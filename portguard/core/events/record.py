@@ -37,20 +37,41 @@ class Observer:
         }
 
 
-_SECOND: list[Any] = [None, ""]  # the last second formatted, and its text
-
-
 def timestamp(now: float) -> str:
-    """ECS @timestamp: UTC, microseconds, a trailing Z. The date and time of day are
-    formatted once a second (a decision's event is built on the packet loop)."""
-    fraction, whole = math.modf(now)  # rounded as datetime.fromtimestamp rounds
+    """ECS @timestamp: UTC, microseconds, a trailing Z (uncached: see `Timestamps`)."""
+    second, micro = _split(now)
+    return f"{_seconds_text(second)}.{micro:06d}Z"
+
+
+class Timestamps:
+    """`timestamp` with the date and time of day formatted once a second. Each builder of
+    many events (one thread) has its own: the cache is never shared between threads."""
+
+    __slots__ = ("_second", "_text")
+
+    def __init__(self) -> None:
+        self._second: int | None = None
+        self._text = ""
+
+    def __call__(self, now: float) -> str:
+        second, micro = _split(now)
+        if second != self._second:
+            self._second, self._text = second, _seconds_text(second)
+        return f"{self._text}.{micro:06d}Z"
+
+
+def _split(now: float) -> tuple[int, int]:
+    """Whole seconds and microseconds, rounded as datetime.fromtimestamp rounds."""
+    fraction, whole = math.modf(now)
     second, micro = int(whole), round(fraction * 1_000_000)
     if micro == 1_000_000:
-        second, micro = second + 1, 0
-    if second != _SECOND[0]:
-        moment = dt.datetime.fromtimestamp(second, dt.UTC).replace(tzinfo=None)
-        _SECOND[0], _SECOND[1] = second, moment.isoformat(timespec="seconds")
-    return f"{_SECOND[1]}.{micro:06d}Z"
+        return second + 1, 0
+    return second, micro
+
+
+def _seconds_text(second: int) -> str:
+    moment = dt.datetime.fromtimestamp(second, dt.UTC).replace(tzinfo=None)
+    return moment.isoformat(timespec="seconds")
 
 
 def address_text(version: int, value: int) -> str:
