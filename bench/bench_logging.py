@@ -1,10 +1,11 @@
 """Logging benchmark: what logging every decision costs, in process and in the running daemon.
 
 (a) In process, per decision, on distinct subscriber -> MX port-25 SYNs (rule block-25):
-    `Gate.handle` alone (baseline; it already builds the event dict) against `Gate.handle` plus
-    `EventWriter.submit` to a real file sink, in the formats ecs, ocsf and cef (and ecs to two
-    file sinks); for reference the sink's `write` called in the loop (no writer thread), and
-    the writer behind a LogProcess (forked; the loop only serialises and hands over). Figures:
+    `Gate.handle` alone (baseline; it builds the decision's record, plain values) against
+    `Gate.handle` plus building the event and `EventWriter.submit` to a real file sink, in the
+    formats ecs, ocsf and cef (and ecs to two file sinks); for reference the sink's `write`
+    called in the loop (no writer thread), and the writer behind a LogProcess (forked; the loop
+    only hands the record over, the log process builds and renders the event). Figures:
     the packet loop's wall time (handle + submit: what the verdicts wait for) and its thread's
     CPU time, the wall time until `close()` has drained every event to the file, and the CPU
     time of the whole process (loop, writer threads, log process). The GIL switch interval is
@@ -50,11 +51,19 @@ from lab import Lab, synflood
 from lab import addresses as a
 from lab.daemon import SHIPPED_RULES, LabDaemon
 from lab.peers import python_env
-from portguard.core.events.record import Event, Observer
+from portguard.core.events.record import (
+    DecisionRecord,
+    Event,
+    Loggable,
+    Observer,
+    Timestamps,
+    connection_event,
+)
 from portguard.core.flow.table import FlowTable
 from portguard.core.gate import Gate
 from portguard.core.policy import RuleSet
 from portguard.io.policyfiles import load_ruleset
+from portguard.log.sinks import prepare
 from portguard.log.writer import EventWriter
 from portguard.service.worker import GIL_SWITCH_INTERVAL
 from portguard.shipped import RULES_DIR
@@ -162,12 +171,24 @@ class Feed:
         self.writer.start()
         return self.writer
 
-    def submits(self) -> list[Callable[[Event], object]]:
-        if self.mode == "inline":
-            return [sink.write for sink in self.sinks]
+    def submits(self) -> list[Callable[[Loggable], object]]:
         if not self.sinks:
             return []
-        return [self.process.submit if self.process else self.writer.submit]
+        if self.process:
+            return [self.process.submit]  # the record itself: the log process builds the event
+        observer, stamp = Observer("bench", "0"), Timestamps()
+
+        def built(submit: Callable[[Event], object]) -> Callable[[Loggable], object]:
+            def build_and_submit(logged: Loggable) -> object:
+                if isinstance(logged, DecisionRecord):
+                    return submit(connection_event(logged, observer, stamp))
+                return submit(logged)
+
+            return build_and_submit
+
+        if self.mode == "inline":  # a sink writes prepared events (the writer prepares them)
+            return [built(lambda event, w=sink.write: w(prepare(event))) for sink in self.sinks]
+        return [built(self.writer.submit)]
 
     def close(self) -> None:
         if self.process is not None:

@@ -4,14 +4,13 @@ loop's interpreter lock.
 Threads cannot do this in CPython: while a sink thread renders, the packet loop waits for the
 GIL after every system call (the "convoy effect"), and decisions fell to a quarter of their
 rate under a stream of events. So a worker forks one log process before it binds its queue.
-The packet loop serialises each event (orjson, a few µs) and writes it, without waiting, into a
-unix stream socket with a large buffer; when the buffer is full the event is dropped and
-counted ("handoff" drops). The log process reads the lines and feeds the writer (one bounded
-queue and thread per output, writer.py), reports drops as `events-dropped` events, and writes
-the stop event last, with the final counters.
-
-Messages on the socket are lines: a JSON event starts with "{"; "R" reopens the file outputs;
-"D<n>" carries the running count of handoff drops; "S{...}" is the stop event.
+The packet loop hands over a decision as a record of plain values (handoff.py: a marshalled
+tuple, well under a µs) and writes it, without waiting, into a unix stream socket with a
+large buffer; when the buffer is full the record is dropped and counted ("handoff" drops).
+The log process reads the frames, builds each decision's event once (with its own timestamp
+cache), applies flood control (`[log] flood_window`), and feeds the writer (one bounded queue
+and thread per output, writer.py); it reports drops as `events-dropped` events and writes the
+stop event last, with the final counters.
 """
 
 from __future__ import annotations
@@ -29,9 +28,18 @@ from typing import Any
 
 import orjson
 
+from portguard.core.events.flood import DenyAggregator
 from portguard.core.events.flowend import EndedFlow, flow_end_event
-from portguard.core.events.record import Event, Observer, lifecycle_event
+from portguard.core.events.record import (
+    Event,
+    Loggable,
+    Observer,
+    Timestamps,
+    connection_event,
+    lifecycle_event,
+)
 from portguard.io.ctevents import FlowEndError, FlowEndListener, enable_accounting
+from portguard.log import handoff
 from portguard.log.writer import EventWriter
 
 SEND_BUFFER = 8 << 20  # bytes the packet loop may have waiting for the log process
@@ -50,13 +58,15 @@ class LogProcess:
 
     def __init__(
         self, make_writer: WriterFactory, observer: Observer, flow_end: bool = False,
-        **extra: object,
+        flood_window: float = 0.0, **extra: object,
     ) -> None:  # fmt: skip
         """`flow_end`: this log process also turns conntrack DESTROY events into flow-end
-        events (one process per network namespace should)."""
+        events (one process per network namespace should). `flood_window`: seconds identical
+        denies are aggregated (0: every deny is logged)."""
         self.make_writer = make_writer
         self.observer = observer
         self.flow_end = flow_end
+        self.flood_window = flood_window
         self.extra = extra
         self._lock = threading.Lock()  # the packet loop, reevaluation and hook threads submit
         self.dropped = 0  # events the log process never got (its socket buffer was full)
@@ -84,28 +94,35 @@ class LogProcess:
 
     def _outputs(self) -> Outputs:
         """In the log process: the writer and, when asked for, the flow-end listener."""
-        outputs = Outputs(self.make_writer(), self.observer, self.extra)
+        outputs = Outputs(self.make_writer(), self.observer, self.extra, self.flood_window)
         if self.flow_end:
             outputs.listen_for_flow_ends()
         return outputs
 
-    def submit(self, event: Event) -> bool:
-        """Hand an event over; never blocks. False when it had to be dropped."""
-        line = orjson.dumps(event) + b"\n"
+    def submit(self, logged: Loggable) -> bool:
+        """Hand a decision record or an event over; never blocks. False when it had to be
+        dropped."""
+        message = handoff.loggable_frame(logged)
         with self._lock:
-            if self._send(line):
+            if self._send(message):
                 return True
             self.dropped += 1
         return False
 
     def reopen(self) -> None:
         with self._lock:
-            self._send(b"R\n")
+            self._send(handoff.frame(handoff.REOPEN))
+
+    def flush_floods(self) -> None:
+        """Close every flood-control window now (at stop: the summaries before the last
+        lifecycle events)."""
+        with self._lock:
+            self._send(handoff.frame(handoff.FLUSH))
 
     def report_drops(self) -> None:
         """Tell the log process about handoff drops (call it now and then, e.g. every second)."""
         with self._lock:
-            if self.dropped != self._reported and self._send(b"D%d\n" % self.dropped):
+            if self.dropped != self._reported and self._send(self._drops()):
                 self._reported = self.dropped
 
     def restart(self) -> None:
@@ -147,20 +164,23 @@ class LogProcess:
         process to write it and everything before it, then reap it."""
         if self._sock is None:
             return
-        message = b"S" + orjson.dumps(stop_event or {}) + b"\n"
+        message = handoff.frame(handoff.STOP, orjson.dumps(stop_event or {}))
         deadline = time.monotonic() + timeout
         self._lock.acquire()  # no submit after this (a late one drops: the socket is gone)
         self._sock.setblocking(True)
         self._sock.settimeout(max(0.1, deadline - time.monotonic()))
         with contextlib.suppress(OSError):
-            self._sock.sendall(self._pending + b"D%d\n" % self.dropped + message)
+            self._sock.sendall(self._pending + self._drops() + message)
         self._sock.close()
         self._sock = None
         self._lock.release()
         _reap(self.pid, deadline)
 
+    def _drops(self) -> bytes:
+        return handoff.frame(handoff.DROPS, b"%d" % self.dropped)
+
     def _send(self, line: bytes) -> bool:
-        """Write a whole line or nothing new (a part the socket took stays pending)."""
+        """Write a whole frame or nothing new (a part the socket took stays pending)."""
         if self._sock is None:
             return False
         try:
@@ -217,13 +237,14 @@ def run_outputs(sock: socket.socket, make_outputs: Callable[[], Outputs]) -> int
             data = sock.recv(READ_SIZE)
             if not data:
                 break  # the worker is gone
-            *lines, buffer = (buffer + data).split(b"\n")
-            for line in lines:
-                outputs.handle(line)
+            frames, buffer = handoff.split_frames(buffer + data)
+            for message in frames:
+                outputs.handle(message)
             if len(data) < READ_SIZE:
                 time.sleep(GATHER)  # let events gather: one wake-up and one flush per batch
         if time.monotonic() >= next_report:
             next_report = time.monotonic() + REPORT_INTERVAL
+            outputs.flush_floods(time.time())
             outputs.report_drops()
             _send_stats(sock, outputs.stats())
     outputs.finish(None)
@@ -237,12 +258,19 @@ def _send_stats(sock: socket.socket, stats: dict[str, Any]) -> None:
 
 
 class Outputs:
-    """The log process's side: the writer, drop reports, the stop event with final counts."""
+    """The log process's side: events built from records, flood control, the writer, drop
+    reports, the stop event with final counts."""
 
-    def __init__(self, writer: EventWriter, observer: Observer, extra: dict[str, object]) -> None:
+    def __init__(
+        self, writer: EventWriter, observer: Observer, extra: dict[str, object],
+        flood_window: float = 0.0,
+    ) -> None:  # fmt: skip
         self.writer = writer
         self.observer = observer
         self.extra = extra
+        self._stamp = Timestamps()  # the reading thread's own cache
+        # a bot's 10,000 identical denies become a few lines (window 0: every deny is logged)
+        self.floods = DenyAggregator(flood_window) if flood_window > 0 else None
         self.handoff_dropped = 0
         self.stopped = False
         self._reported = 0
@@ -270,23 +298,46 @@ class Outputs:
     def dropped(self) -> int:
         return self.handoff_dropped + self.writer.dropped
 
-    def handle(self, line: bytes) -> None:
-        """One line from the worker; a line that fails is reported, never fatal."""
+    def handle(self, message: bytes) -> None:
+        """One frame from the worker (kind byte, payload); one that fails is reported, never
+        fatal."""
         try:
-            self._handle(line)
+            self._handle(message[:1], message[1:])
         except Exception as error:
-            print(f"portguard: log process: {line[:80]!r}: {error!r}", file=sys.stderr, flush=True)
+            print(f"portguard: log process: {message[:80]!r}: {error!r}", file=sys.stderr,
+                  flush=True)  # fmt: skip
 
-    def _handle(self, line: bytes) -> None:
-        if line.startswith(b"{"):
-            with contextlib.suppress(orjson.JSONDecodeError):  # the worker wrote it: valid
-                self.writer.submit(orjson.loads(line))
-        elif line == b"R":
+    def _handle(self, kind: bytes, payload: bytes) -> None:
+        if kind == handoff.DECISION:
+            record = handoff.decision_of(payload)
+            self._admit(connection_event(record, self.observer, self._stamp), record.now)
+        elif kind == handoff.EVENT:
+            self._admit(orjson.loads(payload), time.time())
+        elif kind == handoff.REOPEN:
             self.writer.reopen()
-        elif line.startswith(b"D"):
-            self.handoff_dropped = max(self.handoff_dropped, int(line[1:] or b"0"))
-        elif line.startswith(b"S"):
-            self.finish(orjson.loads(line[1:]))
+        elif kind == handoff.DROPS:
+            self.handoff_dropped = max(self.handoff_dropped, int(payload or b"0"))
+        elif kind == handoff.FLUSH:
+            self._flush_all_floods()
+        elif kind == handoff.STOP:
+            self.finish(orjson.loads(payload))
+
+    def _admit(self, event: Event, now: float) -> None:
+        """An event from the worker, through flood control, to the writer."""
+        if self.floods is None:
+            self.writer.submit(event)
+            return
+        for admitted in self.floods.admit(event, now):
+            self.writer.submit(admitted)
+
+    def flush_floods(self, now: float) -> None:
+        """The summaries of the flood-control windows closed by `now` (once a second)."""
+        for summary in self.floods.flush(now) if self.floods is not None else ():
+            self.writer.submit(summary)
+
+    def _flush_all_floods(self) -> None:
+        for summary in self.floods.flush_all() if self.floods is not None else ():
+            self.writer.submit(summary)
 
     def report_drops(self) -> None:
         self._report_flow_end_losses()
@@ -323,6 +374,7 @@ class Outputs:
         self.stopped = True
         if self.flow_ends is not None:
             self.flow_ends.stop()
+        self._flush_all_floods()  # the worker asked for it already, unless it died
         if stop_event:
             if not self.writer.settle(SETTLE):  # an output is stuck: give up on it first,
                 self.writer.close_unsettled()  # so the counters in the stop event are final
