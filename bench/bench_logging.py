@@ -62,6 +62,7 @@ from portguard.core.events.record import (
 from portguard.core.flow.table import FlowTable
 from portguard.core.gate import Gate
 from portguard.core.policy import RuleSet
+from portguard.io.nfqueue import BATCH_PACKETS
 from portguard.io.policyfiles import load_ruleset
 from portguard.log.sinks import prepare
 from portguard.log.writer import EventWriter
@@ -124,11 +125,13 @@ def run_once(packets: list[bytes], formats: Sequence[str], mode: str, directory:
     handle, now, submits = gate.handle, 1.8e9, feed.submits()
     child = children_seconds()
     cpu, start, thread = cpu_seconds(), time.perf_counter(), time.thread_time()
-    for packet in packets:
+    for n, packet in enumerate(packets, 1):
         event = handle(packet, False, True, now).event
         if event is not None:
             for submit in submits:
                 submit(event)
+        if n % BATCH_PACKETS == 0:  # the worker's loop after each batch of packets
+            feed.flush()
     loop, thread = time.perf_counter() - start, time.thread_time() - thread
     feed.close()
     drained, cpu = time.perf_counter() - start, cpu_seconds() - cpu
@@ -175,7 +178,7 @@ class Feed:
         if not self.sinks:
             return []
         if self.process:
-            return [self.process.submit]  # the record itself: the log process builds the event
+            return [self.process.add]  # the record itself: the log process builds the event
         observer, stamp = Observer("bench", "0"), Timestamps()
 
         def built(submit: Callable[[Event], object]) -> Callable[[Loggable], object]:
@@ -189,6 +192,10 @@ class Feed:
         if self.mode == "inline":  # a sink writes prepared events (the writer prepares them)
             return [built(lambda event, w=sink.write: w(prepare(event))) for sink in self.sinks]
         return [built(self.writer.submit)]
+
+    def flush(self) -> None:
+        if self.process is not None:
+            self.process.flush()
 
     def close(self) -> None:
         if self.process is not None:

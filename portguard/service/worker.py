@@ -101,10 +101,10 @@ class Worker:
         signals = SignalPipe()
         self.loads = PolicyLoad(self._load, signals.wake)
         fallback = Verdict.ACCEPT if self.fail_open else Verdict.DROP
-        # a decision's record (or a malformed packet's event) straight to the log process,
-        # which builds the event and applies flood control
+        # a decision's record (or a malformed packet's event) to the log process, which
+        # builds the event and applies flood control; sent once per batch of packets
         reader = self.reader = QueueReader(
-            self.queue_num, self.config.queue.max_len, self.decide, writer.submit, fallback
+            self.queue_num, self.config.queue.max_len, self.decide, writer.add, fallback
         )
         deciding = False
         try:
@@ -277,7 +277,8 @@ class Worker:
         load: a batch that ended on its bound means more may be waiting, so the next select
         only polls; signals, control requests, reloads and the watchdog are served between
         batches, never after the queue runs dry."""
-        queue_fd = reader.fileno()
+        queue_fd, writer = reader.fileno(), self.writer
+        assert writer is not None
         with selectors.DefaultSelector() as selector:
             selector.register(queue_fd, selectors.EVENT_READ, reader.read)
             selector.register(signals.fileno(), selectors.EVENT_READ, signals.drain)
@@ -291,6 +292,7 @@ class Worker:
                 for key, _ in selector.select(timeout):
                     if key.fd == queue_fd:
                         more = reader.read()
+                        writer.flush()  # the batch's records: one send
                     else:
                         key.data()
                 self._between_packets(signals, jobs)

@@ -17,7 +17,8 @@ from portguard.core.events.record import (
 )
 from portguard.core.policy.model import Action, Decision, Direction
 from portguard.log import handoff
-from portguard.log.logprocess import LogProcess, Outputs
+from portguard.log.logloop import Outputs
+from portguard.log.logprocess import BATCH_FRAMES, LogProcess
 from portguard.log.sinks import file_sink, render_line
 from portguard.log.writer import EventWriter
 
@@ -173,3 +174,36 @@ def test_the_log_process_aggregates_identical_denies(tmp_path: Path) -> None:
     written = lines(tmp_path / "x.log")
     assert [e["source"]["port"] for e in written] == [1000, 2000, 1009]  # type: ignore[index]
     assert written[-1]["portguard"]["aggregate"]["count"] == 10  # type: ignore[index]
+
+
+def test_added_records_go_in_one_send_per_batch_in_order_with_submits(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    process = LogProcess(writer_factory(path), OBSERVER, queue=0)
+    process.start()
+    for port in range(1000, 1100):  # the packet loop: a batch is sent whole at 64 or by flush
+        process.add(decided(port))
+    assert len(process._batch) == 100 - BATCH_FRAMES
+    assert process.submit(event(7))  # another thread: sent after what was collected
+    assert not process._batch
+    process.add(decided(2000))
+    process.flush()
+    process.close(None)
+    ports = [e["source"]["port"] for e in lines(path)]  # type: ignore[index]
+    assert ports == [*range(1000, 1100), 7, 2000]
+
+
+def test_a_batch_that_does_not_fit_is_dropped_whole_and_counted(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    process = LogProcess(writer_factory(path, delay=2.0), OBSERVER, queue=0)
+    process.start()
+    added = 0
+    for port in range(200):  # nobody reads for 2 s: the socket buffer fills
+        for _ in range(BATCH_FRAMES):
+            process.add(event(port, padding=2000))
+            added += 1
+        process.flush()
+    assert process.dropped > 0 and process.dropped % BATCH_FRAMES == 0
+    process.close({"event": {"action": "stop"}})
+    written = lines(path)
+    assert len(written) - 1 + process.dropped == added  # the last line is the stop event
+    assert written[-1]["portguard"]["handoff_dropped"] == process.dropped  # type: ignore[index]
