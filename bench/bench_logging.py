@@ -1,10 +1,11 @@
 """Logging benchmark: what logging every decision costs, in process and in the running daemon.
 
 (a) In process, per decision, on distinct subscriber -> MX port-25 SYNs (rule block-25):
-    `Gate.handle` alone (baseline; it already builds the event dict) against `Gate.handle` plus
-    `EventWriter.submit` to a real file sink, in the formats ecs, ocsf and cef (and ecs to two
-    file sinks); for reference the sink's `write` called in the loop (no writer thread), and
-    the writer behind a LogProcess (forked; the loop only serialises and hands over). Figures:
+    `Gate.handle` alone (baseline; it builds the decision's record, plain values) against
+    `Gate.handle` plus building the event and `EventWriter.submit` to a real file sink, in the
+    formats ecs, ocsf and cef (and ecs to two file sinks); for reference the sink's `write`
+    called in the loop (no writer thread), and the writer behind a LogProcess (forked; the loop
+    only hands the record over, the log process builds and renders the event). Figures:
     the packet loop's wall time (handle + submit: what the verdicts wait for) and its thread's
     CPU time, the wall time until `close()` has drained every event to the file, and the CPU
     time of the whole process (loop, writer threads, log process). The GIL switch interval is
@@ -50,11 +51,20 @@ from lab import Lab, synflood
 from lab import addresses as a
 from lab.daemon import SHIPPED_RULES, LabDaemon
 from lab.peers import python_env
-from portguard.core.events.record import Event, Observer
+from portguard.core.events.record import (
+    DecisionRecord,
+    Event,
+    Loggable,
+    Observer,
+    Timestamps,
+    connection_event,
+)
 from portguard.core.flow.table import FlowTable
 from portguard.core.gate import Gate
 from portguard.core.policy import RuleSet
+from portguard.io.nfqueue import BATCH_PACKETS
 from portguard.io.policyfiles import load_ruleset
+from portguard.log.sinks import prepare
 from portguard.log.writer import EventWriter
 from portguard.service.worker import GIL_SWITCH_INTERVAL
 from portguard.shipped import RULES_DIR
@@ -85,6 +95,7 @@ class Costs:
     drained: float  # wall time until every event is in the file
     cpu: float  # process CPU time, all threads (and a log process)
     dropped: float  # events a log process never got (its socket buffer was full)
+    log_cpu: float = 0.0  # CPU time of the log process (reaped child), per event
 
 
 def syn_packets(count: int) -> list[bytes]:
@@ -112,21 +123,31 @@ def run_once(packets: list[bytes], formats: Sequence[str], mode: str, directory:
     sinks = [file_sink(path, fmt) for path, fmt in zip(paths, formats, strict=True)]
     feed = Feed(sinks, mode)
     handle, now, submits = gate.handle, 1.8e9, feed.submits()
+    child = children_seconds()
     cpu, start, thread = cpu_seconds(), time.perf_counter(), time.thread_time()
-    for packet in packets:
+    for n, packet in enumerate(packets, 1):
         event = handle(packet, False, True, now).event
         if event is not None:
             for submit in submits:
                 submit(event)
+        if n % BATCH_PACKETS == 0:  # the worker's loop after each batch of packets
+            feed.flush()
     loop, thread = time.perf_counter() - start, time.thread_time() - thread
     feed.close()
     drained, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    child = children_seconds() - child
     for path in paths:
         lines = path.read_bytes().count(b"\n")
         assert lines + feed.dropped() == len(packets), f"{path.name}: {lines} lines"
         path.unlink()
     per = 1e6 / len(packets)
-    return Costs(loop * per, thread * per, drained * per, cpu * per, feed.dropped())
+    return Costs(loop * per, thread * per, drained * per, cpu * per, feed.dropped(), child * per)
+
+
+def children_seconds() -> float:
+    """CPU time of this process's reaped children (a log process)."""
+    times = os.times()
+    return times.children_user + times.children_system
 
 
 def cpu_seconds() -> float:
@@ -153,12 +174,28 @@ class Feed:
         self.writer.start()
         return self.writer
 
-    def submits(self) -> list[Callable[[Event], object]]:
-        if self.mode == "inline":
-            return [sink.write for sink in self.sinks]
+    def submits(self) -> list[Callable[[Loggable], object]]:
         if not self.sinks:
             return []
-        return [self.process.submit if self.process else self.writer.submit]
+        if self.process:
+            return [self.process.add]  # the record itself: the log process builds the event
+        observer, stamp = Observer("bench", "0"), Timestamps()
+
+        def built(submit: Callable[[Event], object]) -> Callable[[Loggable], object]:
+            def build_and_submit(logged: Loggable) -> object:
+                if isinstance(logged, DecisionRecord):
+                    return submit(connection_event(logged, observer, stamp))
+                return submit(logged)
+
+            return build_and_submit
+
+        if self.mode == "inline":  # a sink writes prepared events (the writer prepares them)
+            return [built(lambda event, w=sink.write: w(prepare(event))) for sink in self.sinks]
+        return [built(self.writer.submit)]
+
+    def flush(self) -> None:
+        if self.process is not None:
+            self.process.flush()
 
     def close(self) -> None:
         if self.process is not None:
@@ -205,13 +242,13 @@ def in_process_report(figures: dict[str, Costs], decisions: int, rounds: int) ->
         f"(a) in process: {decisions:,} decisions per run, median of {rounds} rounds, GIL switch "
         f"interval {sys.getswitchinterval() * 1e3:g} ms; µs per decision, ratio to Gate.handle",
         f"{'set-up':32} {'loop µs':>8} {'ratio':>6} {'loop CPU':>8} {'drained µs':>10} "
-        f"{'ratio':>6} {'CPU µs':>7} {'ratio':>6} {'dropped':>7}",
+        f"{'ratio':>6} {'CPU µs':>7} {'ratio':>6} {'dropped':>7} {'log proc µs':>11}",
     ]
     for name, c in figures.items():
         lines.append(
             f"{name:32} {c.loop:8.1f} {c.loop / base.loop:6.2f} {c.loop_cpu:8.1f} "
             f"{c.drained:10.1f} {c.drained / base.drained:6.2f} {c.cpu:7.1f} "
-            f"{c.cpu / base.cpu:6.2f} {c.dropped:7.0f}"
+            f"{c.cpu / base.cpu:6.2f} {c.dropped:7.0f} {c.log_cpu:11.1f}"
         )
     return "\n".join(lines)
 

@@ -10,7 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from portguard.core.events.record import Event, Observer, decision_event, malformed_event
+from portguard.core.events.record import (
+    Loggable,
+    Observer,
+    decision_record,
+    malformed_event,
+)
 from portguard.core.flow.table import FlowTable, is_initial_syn, packet_key
 from portguard.core.packet.decode import decode, endpoints
 from portguard.core.packet.model import DecodeError, Packet
@@ -33,7 +38,9 @@ class Verdict(StrEnum):
 @dataclass(frozen=True, slots=True)
 class Outcome:
     verdict: Verdict
-    event: Event | None  # the decision event to log, None when nothing new was decided
+    # what to log, None when nothing new was decided: a decision's record (the log process
+    # builds its event), or the event of a malformed packet
+    event: Loggable | None
     direction: Direction | None = None  # the connection's, for the mark the kernel keeps
 
 
@@ -100,8 +107,9 @@ class Gate:
         verdict = verdict_for(decision.action)
         if not decision.log:  # the rule says `log = false`
             return Outcome(verdict, None, direction)
-        event = decision_event(decision, flow, direction, self.ruleset.version, self.observer, now)
-        return Outcome(verdict, event, direction)
+        record = decision_record(decision, flow.key, flow.flow_id, direction,
+                                 self.ruleset.version, now)  # fmt: skip
+        return Outcome(verdict, record, direction)
 
     def decide(
         self, key: tuple[int, int, int, int, int], direction: Direction, now: float

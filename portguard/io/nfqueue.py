@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from netfilterqueue import COPY_PACKET, NetfilterQueue
 
-from portguard.core.events.record import Event
+from portguard.core.events.record import Loggable
 from portguard.core.gate import Outcome, Verdict
 from portguard.core.marks import MARK_ALLOW, MARK_REJECT, mark_bits, with_mark_bits
 from portguard.core.policy.model import Direction
@@ -114,7 +114,7 @@ class QueueReader:
         queue_num: int,
         max_len: int,
         decide: Decider,
-        on_event: Callable[[Event], object],
+        on_event: Callable[[Loggable], object],
         fallback: Verdict,
     ) -> None:
         self.queue_num = queue_num

@@ -25,15 +25,25 @@ from portguard.log.ocsf import ocsf_line
 FORMATS: Final = ("ecs", "ocsf", "cef")
 
 
-def render(event: Event, fmt: str) -> bytes:
-    """One event as the bytes of one line of format ``fmt`` ("ecs", "ocsf" or "cef")."""
-    renderer = _RENDERERS.get(fmt)
-    if renderer is None:
+Renderer = Callable[[Event], bytes]
+
+
+def renderer(fmt: str) -> Renderer:
+    """The one function that renders format ``fmt`` ("ecs", "ocsf" or "cef") for every output
+    (stdout, file, syslog): a prepared event (its Community ID added, `sinks.prepare`) in, the
+    bytes of one line out."""
+    render_format = _RENDERERS.get(fmt)
+    if render_format is None:
         raise ValueError(f"unknown log format {fmt!r} (known: {', '.join(FORMATS)})")
-    return renderer(with_community_id(event))
+    return render_format
 
 
-_RENDERERS: dict[str, Callable[[Event], bytes]] = {
+def render(event: Event, fmt: str) -> bytes:
+    """One event, prepared or not, as the bytes of one line of format ``fmt``."""
+    return renderer(fmt)(with_community_id(event))
+
+
+_RENDERERS: dict[str, Renderer] = {
     "ecs": ecs_line,
     "ocsf": ocsf_line,
     "cef": cef_line,

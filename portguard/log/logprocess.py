@@ -4,24 +4,23 @@ loop's interpreter lock.
 Threads cannot do this in CPython: while a sink thread renders, the packet loop waits for the
 GIL after every system call (the "convoy effect"), and decisions fell to a quarter of their
 rate under a stream of events. So a worker forks one log process before it binds its queue.
-The packet loop serialises each event (orjson, a few µs) and writes it, without waiting, into a
-unix stream socket with a large buffer; when the buffer is full the event is dropped and
-counted ("handoff" drops). The log process reads the lines and feeds the writer (one bounded
-queue and thread per output, writer.py), reports drops as `events-dropped` events, and writes
-the stop event last, with the final counters.
-
-Messages on the socket are lines: a JSON event starts with "{"; "R" reopens the file outputs;
-"D<n>" carries the running count of handoff drops; "S{...}" is the stop event.
+The packet loop hands over a decision as a record of plain values (handoff.py: a marshalled
+tuple, well under a µs), collects a batch of them (`add`) and writes the batch with one
+`send`, without waiting, into a unix stream socket with a large buffer (`flush`, after each
+batch of packets); when the buffer is full the batch is dropped and counted ("handoff"
+drops, one per record). Other threads `submit` (sent at once, after what was collected).
+The log process (logloop.py) reads the frames, builds each decision's event once (with its
+own timestamp cache), applies flood control (`[log] flood_window`), and feeds the writer (one
+bounded queue and thread per output, writer.py); it reports drops as `events-dropped` events
+and writes the stop event last, with the final counters.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,17 +28,13 @@ from typing import Any
 
 import orjson
 
-from portguard.core.events.flowend import EndedFlow, flow_end_event
-from portguard.core.events.record import Event, Observer, lifecycle_event
-from portguard.io.ctevents import FlowEndError, FlowEndListener, enable_accounting
+from portguard.core.events.record import Event, Loggable, Observer
+from portguard.log import handoff
+from portguard.log.logloop import READ_SIZE, Outputs, run_outputs
 from portguard.log.writer import EventWriter
 
 SEND_BUFFER = 8 << 20  # bytes the packet loop may have waiting for the log process
-READ_SIZE = 1 << 20
-REPORT_INTERVAL = 1.0  # seconds between checks for new drops
-SETTLE = 5.0  # seconds the outputs get to catch up before the stop event is counted
-GATHER = 0.01  # seconds the log process lets events gather in its socket between reads
-SWITCH_INTERVAL = 0.005  # Python's default: fewer thread switches between reader and sinks
+BATCH_FRAMES = 64  # frames the packet loop collects at most before it sends them (`add`)
 CLOSE_GRACE = 15.0  # seconds the log process gets to finish after the stop event
 
 WriterFactory = Callable[[], EventWriter]
@@ -50,19 +45,22 @@ class LogProcess:
 
     def __init__(
         self, make_writer: WriterFactory, observer: Observer, flow_end: bool = False,
-        **extra: object,
+        flood_window: float = 0.0, **extra: object,
     ) -> None:  # fmt: skip
         """`flow_end`: this log process also turns conntrack DESTROY events into flow-end
-        events (one process per network namespace should)."""
+        events (one process per network namespace should). `flood_window`: seconds identical
+        denies are aggregated (0: every deny is logged)."""
         self.make_writer = make_writer
         self.observer = observer
         self.flow_end = flow_end
+        self.flood_window = flood_window
         self.extra = extra
         self._lock = threading.Lock()  # the packet loop, reevaluation and hook threads submit
         self.dropped = 0  # events the log process never got (its socket buffer was full)
         self.pid = 0
         self._sock: socket.socket | None = None
-        self._pending = b""  # the rest of a line the socket took only in part
+        self._pending = b""  # the rest of a message the socket took only in part
+        self._batch: list[bytes] = []  # the packet loop's frames not sent yet (`add`)
         self._reported = 0
         self._stats_buffer = b""
         self.stats: dict[str, Any] = {}  # the log process's last report (see `read_stats`)
@@ -84,28 +82,59 @@ class LogProcess:
 
     def _outputs(self) -> Outputs:
         """In the log process: the writer and, when asked for, the flow-end listener."""
-        outputs = Outputs(self.make_writer(), self.observer, self.extra)
+        outputs = Outputs(self.make_writer(), self.observer, self.extra, self.flood_window)
         if self.flow_end:
             outputs.listen_for_flow_ends()
         return outputs
 
-    def submit(self, event: Event) -> bool:
-        """Hand an event over; never blocks. False when it had to be dropped."""
-        line = orjson.dumps(event) + b"\n"
+    def submit(self, logged: Loggable) -> bool:
+        """Hand a decision record or an event over now (after what `add` collected); never
+        blocks. False when it had to be dropped."""
+        message = handoff.loggable_frame(logged)
         with self._lock:
-            if self._send(line):
+            self._flush()
+            if self._send(message):
                 return True
             self.dropped += 1
         return False
 
+    def add(self, logged: Loggable) -> None:
+        """The packet loop's hand-over: collected until `flush` (after each batch of packets),
+        so a batch costs one `send`, not one per decision; never blocks."""
+        message = handoff.loggable_frame(logged)
+        with self._lock:
+            self._batch.append(message)
+            if len(self._batch) >= BATCH_FRAMES:
+                self._flush()
+
+    def flush(self) -> None:
+        """Send what `add` collected: all of it, or none of it dropped and counted."""
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._batch:
+            batch, self._batch = self._batch, []
+            if not self._send(b"".join(batch)):
+                self.dropped += len(batch)
+
     def reopen(self) -> None:
         with self._lock:
-            self._send(b"R\n")
+            self._flush()
+            self._send(handoff.frame(handoff.REOPEN))
+
+    def flush_floods(self) -> None:
+        """Close every flood-control window now (at stop: the summaries before the last
+        lifecycle events)."""
+        with self._lock:
+            self._flush()
+            self._send(handoff.frame(handoff.FLUSH))
 
     def report_drops(self) -> None:
         """Tell the log process about handoff drops (call it now and then, e.g. every second)."""
         with self._lock:
-            if self.dropped != self._reported and self._send(b"D%d\n" % self.dropped):
+            self._flush()
+            if self.dropped != self._reported and self._send(self._drops()):
                 self._reported = self.dropped
 
     def restart(self) -> None:
@@ -147,20 +176,24 @@ class LogProcess:
         process to write it and everything before it, then reap it."""
         if self._sock is None:
             return
-        message = b"S" + orjson.dumps(stop_event or {}) + b"\n"
+        message = handoff.frame(handoff.STOP, orjson.dumps(stop_event or {}))
         deadline = time.monotonic() + timeout
         self._lock.acquire()  # no submit after this (a late one drops: the socket is gone)
         self._sock.setblocking(True)
         self._sock.settimeout(max(0.1, deadline - time.monotonic()))
         with contextlib.suppress(OSError):
-            self._sock.sendall(self._pending + b"D%d\n" % self.dropped + message)
+            batch, self._batch = b"".join(self._batch), []
+            self._sock.sendall(self._pending + batch + self._drops() + message)
         self._sock.close()
         self._sock = None
         self._lock.release()
         _reap(self.pid, deadline)
 
+    def _drops(self) -> bytes:
+        return handoff.frame(handoff.DROPS, b"%d" % self.dropped)
+
     def _send(self, line: bytes) -> bool:
-        """Write a whole line or nothing new (a part the socket took stays pending)."""
+        """Write a whole frame or nothing new (a part the socket took stays pending)."""
         if self._sock is None:
             return False
         try:
@@ -197,144 +230,3 @@ def _reap(pid: int, deadline: float) -> None:
         os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
-
-
-# --- the log process ---------------------------------------------------------------------
-
-
-def run_outputs(sock: socket.socket, make_outputs: Callable[[], Outputs]) -> int:
-    """The log process: lines in, events out, until the stop event or the worker is gone."""
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_IGN)  # the worker decides when logging ends
-    signal.set_wakeup_fd(-1)
-    sys.setswitchinterval(SWITCH_INTERVAL)  # the worker's short interval suits a packet loop
-    outputs = make_outputs()
-    buffer = b""
-    next_report = time.monotonic() + REPORT_INTERVAL
-    while not outputs.stopped:
-        readable, _, _ = select.select([sock], [], [], REPORT_INTERVAL)
-        if readable:
-            data = sock.recv(READ_SIZE)
-            if not data:
-                break  # the worker is gone
-            *lines, buffer = (buffer + data).split(b"\n")
-            for line in lines:
-                outputs.handle(line)
-            if len(data) < READ_SIZE:
-                time.sleep(GATHER)  # let events gather: one wake-up and one flush per batch
-        if time.monotonic() >= next_report:
-            next_report = time.monotonic() + REPORT_INTERVAL
-            outputs.report_drops()
-            _send_stats(sock, outputs.stats())
-    outputs.finish(None)
-    return 0
-
-
-def _send_stats(sock: socket.socket, stats: dict[str, Any]) -> None:
-    """Counters back to the worker (for `portguard status`); skipped when it is not reading."""
-    with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
-        sock.send(orjson.dumps(stats) + b"\n", socket.MSG_DONTWAIT)
-
-
-class Outputs:
-    """The log process's side: the writer, drop reports, the stop event with final counts."""
-
-    def __init__(self, writer: EventWriter, observer: Observer, extra: dict[str, object]) -> None:
-        self.writer = writer
-        self.observer = observer
-        self.extra = extra
-        self.handoff_dropped = 0
-        self.stopped = False
-        self._reported = 0
-        self.flow_ends: FlowEndListener | None = None
-        self._flow_ends_lost = 0
-
-    def listen_for_flow_ends(self) -> None:
-        """Flow-end events from conntrack DESTROY (needs accounting: turned on here)."""
-        problems = enable_accounting()
-        for setting, reason in problems.items():
-            self._log("flow-end-degraded", f"cannot set {setting}: {reason}; flow-end events "
-                      "lack packet and byte counts or times", setting=setting)  # fmt: skip
-        listener = FlowEndListener(self._flow_ended)
-        try:
-            listener.start()
-        except (FlowEndError, OSError) as error:
-            self._log("flow-end-failed", f"no flow-end events: {error}", error=str(error))
-            return
-        self.flow_ends = listener
-
-    def _flow_ended(self, ended: EndedFlow) -> None:
-        self.writer.submit(flow_end_event(ended, self.observer, time.time()))
-
-    @property
-    def dropped(self) -> int:
-        return self.handoff_dropped + self.writer.dropped
-
-    def handle(self, line: bytes) -> None:
-        """One line from the worker; a line that fails is reported, never fatal."""
-        try:
-            self._handle(line)
-        except Exception as error:
-            print(f"portguard: log process: {line[:80]!r}: {error!r}", file=sys.stderr, flush=True)
-
-    def _handle(self, line: bytes) -> None:
-        if line.startswith(b"{"):
-            with contextlib.suppress(orjson.JSONDecodeError):  # the worker wrote it: valid
-                self.writer.submit(orjson.loads(line))
-        elif line == b"R":
-            self.writer.reopen()
-        elif line.startswith(b"D"):
-            self.handoff_dropped = max(self.handoff_dropped, int(line[1:] or b"0"))
-        elif line.startswith(b"S"):
-            self.finish(orjson.loads(line[1:]))
-
-    def report_drops(self) -> None:
-        self._report_flow_end_losses()
-        dropped = self.dropped
-        if dropped == self._reported:
-            return
-        since, self._reported = dropped - self._reported, dropped
-        stats = [s.fields() for s in self.writer.stats() if s.dropped]
-        names = ", ".join(str(s["name"]) for s in stats) or "the hand-over to the log process"
-        self._log("events-dropped", f"{since} events dropped by {names} (slow or down)",
-                  events_dropped=dropped, handoff_dropped=self.handoff_dropped,
-                  sinks=stats)  # fmt: skip
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "sinks": [s.fields() for s in self.writer.stats()],
-            "events_dropped": self.dropped,
-            "handoff_dropped": self.handoff_dropped,
-            "flow_end_lost": self.flow_ends.lost if self.flow_ends is not None else 0,
-            "flow_ends": self.flow_ends.reported if self.flow_ends is not None else 0,
-        }
-
-    def _report_flow_end_losses(self) -> None:
-        lost = self.flow_ends.lost if self.flow_ends is not None else 0
-        if lost != self._flow_ends_lost:
-            self._flow_ends_lost = lost
-            self._log("flow-end-lost", "the kernel dropped conntrack events: some allowed "
-                      "connections will have no flow-end event", flow_end_lost=lost)  # fmt: skip
-
-    def finish(self, stop_event: dict[str, Any] | None) -> None:
-        """Write the stop event with the final counters, then close the outputs."""
-        if self.stopped:
-            return
-        self.stopped = True
-        if self.flow_ends is not None:
-            self.flow_ends.stop()
-        if stop_event:
-            if not self.writer.settle(SETTLE):  # an output is stuck: give up on it first,
-                self.writer.close_unsettled()  # so the counters in the stop event are final
-            stop_event.setdefault("portguard", {}).update(
-                events_dropped=self.dropped,
-                handoff_dropped=self.handoff_dropped,
-                sinks=[s.fields() for s in self.writer.stats()],
-            )
-            self.writer.submit(stop_event)
-        self.writer.close()
-
-    def _log(self, action: str, message: str, **details: object) -> None:
-        event = lifecycle_event(action, message, self.observer, time.time(), **self.extra,
-                                **details)  # fmt: skip
-        self.writer.submit(event)

@@ -10,12 +10,9 @@ import errno
 import os
 import stat
 import sys
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, cast
-
-import orjson
-import structlog
+from typing import Any, BinaryIO, Protocol
 
 from portguard.core.events.record import Event
 from portguard.log import formats
@@ -24,13 +21,11 @@ from portguard.log.ecs import with_community_id
 # syslog severities (RFC 5424) of the ECS log.level values portguard writes
 LEVELS: dict[str, int] = {"error": 3, "warning": 4, "notice": 5, "info": 6, "debug": 7}
 DEFAULT_SEVERITY = LEVELS["info"]
-LEADING_FIELDS = ("@timestamp", "ecs", "log", "message", "event")
 
 StateCallback = Callable[[bool, str], None]
-Processor = Callable[[Any, str, MutableMapping[str, Any]], Any]  # a structlog processor
 
 
-def severity(event: MutableMapping[str, Any]) -> int:
+def severity(event: Mapping[str, Any]) -> int:
     """The event's syslog severity, from ECS log.level (info when it has none)."""
     level = event.get("log", {}).get("level")
     return LEVELS.get(level, DEFAULT_SEVERITY) if isinstance(level, str) else DEFAULT_SEVERITY
@@ -52,55 +47,15 @@ class EventSink(Protocol):
     def close(self) -> None: ...
 
 
-def order_fields(
-    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    """structlog processor: @timestamp, ecs, log, message and event first, as people read them."""
-    leading = {key: event_dict[key] for key in LEADING_FIELDS if key in event_dict}
-    return leading | {k: v for k, v in event_dict.items() if k not in leading}
-
-
-def add_community_id(
-    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    """structlog processor: network.community_id for connection events (Community ID v1)."""
-    return with_community_id(dict(event_dict))
-
-
-PREPARE: tuple[Processor, ...] = (order_fields, add_community_id)
-
-
 def prepare(event: Event) -> Event:
-    """What every format shares, done once per event (not once per sink): readable field
-    order and the Community ID."""
-    prepared: MutableMapping[str, Any] = event
-    for processor in PREPARE:
-        prepared = processor(None, "msg", prepared)
-    return dict(prepared)
-
-
-def renderer(fmt: str, prefix: bool = False) -> Processor:
-    """structlog processor, the last of a sink's chain: the line in format `fmt`, optionally
-    behind journald's `<N>` priority prefix (so `journalctl -p warning` works)."""
-    if fmt not in formats.FORMATS:
-        raise ValueError(f"unknown log format {fmt!r} (known: {', '.join(formats.FORMATS)})")
-
-    ecs = structlog.processors.JSONRenderer(orjson.dumps)  # ECS is portguard's own model
-
-    def render(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> bytes:
-        if fmt == "ecs":
-            line = cast(bytes, ecs(logger, method, event_dict))
-        else:
-            line = formats.render(dict(event_dict), fmt)
-        return b"<%d>%s" % (severity(event_dict), line) if prefix else line
-
-    return render
+    """What every format shares, done once per event in the log process (not once per sink):
+    the Community ID. The event's fields are already in reading order (`core/events`)."""
+    return with_community_id(event)
 
 
 def render_line(event: Event) -> bytes:
     """The exact bytes a sink writes for one ECS event (without the newline); used by tests."""
-    line: bytes = renderer("ecs")(None, "msg", prepare(event))
-    return line
+    return formats.render(event, "ecs")
 
 
 class Sink:
@@ -120,12 +75,12 @@ class Sink:
         self.owned = owned
         self.path = path  # a file sink: reopened by name after log rotation
         self.prefix = prefix
+        self._render = formats.renderer(fmt)  # ValueError for an unknown format
         self.errors = 0
         self._attach(stream)
 
     def _attach(self, stream: BinaryIO) -> None:
         self.stream = stream
-        self._render = renderer(self.format, self.prefix)
 
     def reopen(self) -> None:
         """After logrotate moved the file: continue in a new file of the same name."""
@@ -143,7 +98,10 @@ class Sink:
     def write(self, event: Event) -> None:
         """One line into the stream's buffer (prepared events: see `prepare`); the writer
         flushes once its queue is empty, so a burst costs few system calls."""
-        self._guarded(self.stream.write, self._render(None, "msg", event) + b"\n")
+        line = self._render(event)
+        if self.prefix:  # journald's `<N>` priority prefix (so `journalctl -p warning` works)
+            line = b"<%d>%s" % (severity(event), line)
+        self._guarded(self.stream.write, line + b"\n")
 
     def flush(self) -> None:
         self._guarded(self.stream.flush)

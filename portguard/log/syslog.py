@@ -47,10 +47,14 @@ _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 def syslog_frame(event: dict[str, Any], hostname: str, pid: int, fmt: str = "ecs") -> bytes:
     """One RFC 5424 message: header, no structured data, the rendered event as MSG."""
+    return syslog_header(event, hostname, pid) + formats.render(event, fmt)
+
+
+def syslog_header(event: dict[str, Any], hostname: str, pid: int) -> bytes:
+    """RFC 5424 header of a message, no structured data: what syslog adds to a format's line."""
     pri = FACILITY_DAEMON * 8 + severity(event)
     stamp = event.get("@timestamp", "-")
-    header = f"<{pri}>1 {stamp} {hostname} portguard {pid} - - "
-    return header.encode() + formats.render(event, fmt)
+    return f"<{pri}>1 {stamp} {hostname} portguard {pid} - - ".encode()
 
 
 def octet_count(message: bytes) -> bytes:
@@ -278,10 +282,9 @@ class SyslogSink:
         self.target = parse_address(address)
         if tls is not None and self.target.scheme != "tls":
             raise ValueError(f"syslog TLS settings need a tls:// address, not {address}")
-        if fmt not in formats.FORMATS:
-            raise ValueError(f"unknown log format {fmt!r} (known: {', '.join(formats.FORMATS)})")
         self.name = f"syslog:{address}"
         self.fmt = fmt
+        self._render = formats.renderer(fmt)  # ValueError for an unknown format
         self.errors = 0  # events that raised OSError (lost)
         self.reconnects = 0  # connections replaced without an outage (collector closed one)
         self.on_state: StateCallback | None = None
@@ -299,7 +302,7 @@ class SyslogSink:
 
     def write(self, event: dict[str, Any]) -> None:
         """Deliver one event; OSError when it is lost (see the module docstring)."""
-        message = syslog_frame(event, self.hostname, self.pid, self.fmt)
+        message = syslog_header(event, self.hostname, self.pid) + self._render(event)
         try:
             if self.target.scheme == "udp":
                 self._send_datagram(message)

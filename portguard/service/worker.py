@@ -13,7 +13,6 @@ from typing import Any
 
 from portguard.config.model import Config
 from portguard.core.errors import StartupError
-from portguard.core.events.flood import DenyAggregator
 from portguard.core.events.record import Event, Observer, lifecycle_event
 from portguard.core.flow.table import FlowTable
 from portguard.core.gate import Gate, Outcome, Verdict
@@ -72,9 +71,6 @@ class Worker:
         self.gate = Gate(ruleset, observer, flows)
         self.wan = WanInterfaces(config.network.wan)
         self.writer: LogProcess | None = None
-        # a bot's 10,000 identical denies become a few lines (window 0: every deny is logged)
-        window = config.log.flood_window
-        self.floods: DenyAggregator | None = DenyAggregator(window) if window > 0 else None
         self._reported = {"dropped": 0, "errors": 0}
         # systemd's watchdog, fed by the loop (a forked worker beats to its parent instead)
         self.heartbeat = notify.watchdog()
@@ -105,8 +101,10 @@ class Worker:
         signals = SignalPipe()
         self.loads = PolicyLoad(self._load, signals.wake)
         fallback = Verdict.ACCEPT if self.fail_open else Verdict.DROP
+        # a decision's record (or a malformed packet's event) to the log process, which
+        # builds the event and applies flood control; sent once per batch of packets
         reader = self.reader = QueueReader(
-            self.queue_num, self.config.queue.max_len, self.decide, self._submit, fallback
+            self.queue_num, self.config.queue.max_len, self.decide, writer.add, fallback
         )
         deciding = False
         try:
@@ -138,8 +136,7 @@ class Worker:
         """Flush the flood summaries, remove the hooks when `orderly`, unbind, log the stop."""
         assert self.writer is not None
         notify.stopping()
-        for line in self.floods.flush_all() if self.floods else ():  # before the stop event
-            self.writer.submit(line)
+        self.writer.flush_floods()  # the flood summaries before the hooks' and stop events
         self._shut_down(reader, on_stop if orderly else None, drain=deciding)
         for closing in (self.control_server, signals):
             if closing is not None:
@@ -154,7 +151,8 @@ class Worker:
         for sink in open_sinks(config):  # fail here, with a clear message, on a bad output
             sink.close()
         process = LogProcess(lambda: make_writer(config, observer, queue=queue_num), observer,
-                             flow_end=self.reports_flow_ends, queue=queue_num)  # fmt: skip
+                             flow_end=self.reports_flow_ends,
+                             flood_window=config.log.flood_window, queue=queue_num)  # fmt: skip
         process.start()
         return process
 
@@ -193,15 +191,6 @@ class Worker:
                     reader.drain()  # SYNs queued before the hooks went get their verdicts
         finally:
             reader.close()
-
-    def _submit(self, event: Event) -> None:
-        """Decision events go through flood control on their way to the writer."""
-        assert self.writer is not None
-        if self.floods is None:
-            self.writer.submit(event)
-            return
-        for line in self.floods.admit(event, time.time()):
-            self.writer.submit(line)
 
     def decide(self, data: bytes, indev: int, outdev: int) -> Outcome:
         return self.gate.handle(data, self.wan.is_wan(indev), self.wan.is_wan(outdev), time.time())
@@ -288,7 +277,8 @@ class Worker:
         load: a batch that ended on its bound means more may be waiting, so the next select
         only polls; signals, control requests, reloads and the watchdog are served between
         batches, never after the queue runs dry."""
-        queue_fd = reader.fileno()
+        queue_fd, writer = reader.fileno(), self.writer
+        assert writer is not None
         with selectors.DefaultSelector() as selector:
             selector.register(queue_fd, selectors.EVENT_READ, reader.read)
             selector.register(signals.fileno(), selectors.EVENT_READ, signals.drain)
@@ -302,6 +292,7 @@ class Worker:
                 for key, _ in selector.select(timeout):
                     if key.fd == queue_fd:
                         more = reader.read()
+                        writer.flush()  # the batch's records: one send
                     else:
                         key.data()
                 self._between_packets(signals, jobs)
@@ -374,8 +365,6 @@ class Worker:
         if self.control_server is not None:
             self.control_server.sweep()  # idle control clients, a paused listener
         assert self.writer is not None
-        for line in self.floods.flush(time.time()) if self.floods else ():
-            self.writer.submit(line)
         self.writer.report_drops()
         self.writer.read_stats()  # keep the newest counters (the socket holds only a few)
         if not self.writer.alive():

@@ -4,6 +4,7 @@ its format (ECS, OCSF and CEF in detail: test_ecs, test_ocsf, test_cef)."""
 from __future__ import annotations
 
 import io
+import socket
 
 import orjson
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from portguard.core.events.record import lifecycle_event
 from portguard.log.formats import render
 from portguard.log.sinks import Sink, prepare, render_line
+from portguard.log.syslog import SyslogSink, syslog_header
 from tests.events import NOW, OBSERVER, ORIGIN, decided, flow_end, ocsf, parse_cef
 
 
@@ -66,3 +68,26 @@ def test_sink_writes_its_format(fmt: str, kind: str) -> None:
 def test_sink_with_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown log format"):
         Sink("memory", io.BytesIO(), owned=False, fmt="xml")
+
+
+@pytest.mark.parametrize("fmt", ["ecs", "ocsf", "cef"])
+def test_every_output_writes_the_same_bytes_syslog_adds_its_header(fmt: str) -> None:
+    """One renderer per format: stdout, a file and syslog carry the same line."""
+    events = [
+        prepare(decided()),
+        prepare(flow_end()),
+        lifecycle_event("start", "up", OBSERVER, NOW),
+    ]
+    stream = io.BytesIO()
+    sink = Sink("file", stream, owned=False, fmt=fmt)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.settimeout(2)
+        syslog = SyslogSink(f"udp://127.0.0.1:{server.getsockname()[1]}", fmt)
+        for event in events:
+            sink.write(event)
+            syslog.write(event)
+            header = syslog_header(event, syslog.hostname, syslog.pid)
+            assert server.recv(65535) == header + render(event, fmt)
+        syslog.close()
+    assert stream.getvalue() == b"".join(render(event, fmt) + b"\n" for event in events)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from portguard.core.events.record import Observer
+from portguard.core.events.record import DecisionRecord, Event, Observer, connection_event
 from portguard.core.flow.table import FlowTable
 from portguard.core.gate import (
     RETRANSMISSION_WINDOW,
@@ -29,6 +29,15 @@ from tests import packetfuzz
 from tests.strategies import PacketSpec, packet_specs, tcp_packets
 
 OBSERVER = Observer("gw-test", "0.0.0")
+
+
+def ev(outcome: Outcome) -> Event:
+    """The event an outcome logs: a decision's record becomes its event (in the log process)."""
+    logged = outcome.event
+    assert logged is not None
+    return connection_event(logged, OBSERVER) if isinstance(logged, DecisionRecord) else logged
+
+
 SUBSCRIBER, MX, SMARTHOST = 0x64400A0A, 0xC6336419, 0xC633641A
 SHIPPED: RuleSet = load_ruleset([RULES_DIR])
 
@@ -57,12 +66,12 @@ def test_subscriber_to_mx_is_rejected_and_every_repeat_is_decided_again() -> Non
     g = gate()
     first = g.handle(syn(SUBSCRIBER, MX, 25), False, True, 100.0)
     assert first.verdict is Verdict.REJECT
-    assert first.event is not None and first.event["rule"]["id"] == "block-25"
-    assert first.event["network"]["direction"] == "outbound"
+    assert first.event is not None and ev(first)["rule"]["id"] == "block-25"
+    assert ev(first)["network"]["direction"] == "outbound"
     # the client got a RST: the same SYN again is a new attempt, with its own event
     again = g.handle(syn(SUBSCRIBER, MX, 25), False, True, 100.5)
     assert again.verdict is Verdict.REJECT and again.event is not None
-    assert again.event["portguard"]["flow_id"] != first.event["portguard"]["flow_id"]
+    assert ev(again)["portguard"]["flow_id"] != ev(first)["portguard"]["flow_id"]
     assert g.hits[("block-25", Action.REJECT)] == 2
 
 
@@ -71,7 +80,7 @@ def test_smarthost_allowed_and_inbound_denied() -> None:
     assert g.handle(syn(SUBSCRIBER, SMARTHOST, 25), False, True, 0.0).verdict is Verdict.ALLOW
     inbound = g.handle(syn(MX, SUBSCRIBER, 25), True, False, 0.0)
     assert inbound.verdict is Verdict.REJECT
-    assert inbound.event is not None and inbound.event["rule"]["id"] == "inbound-25-subscribers"
+    assert inbound.event is not None and ev(inbound)["rule"]["id"] == "inbound-25-subscribers"
 
 
 def test_any_queued_packet_is_judged_with_its_sender_as_the_source() -> None:
@@ -79,11 +88,11 @@ def test_any_queued_packet_is_judged_with_its_sender_as_the_source() -> None:
     # the hook queues only SYNs; should anything else arrive, its sender is the source
     reply = g.handle(syn(MX, SUBSCRIBER, 40312, sport=25, flags=SYN | ACK), True, False, 0.0)
     assert reply.event is not None
-    assert reply.event["source"]["ip"] == "198.51.100.25"
-    assert reply.event["network"]["direction"] == "inbound"
+    assert ev(reply)["source"]["ip"] == "198.51.100.25"
+    assert ev(reply)["network"]["direction"] == "inbound"
     # a packet the other way is judged on its own tuple and direction, not the reply's verdict
     back = g.handle(syn(SUBSCRIBER, MX, 25, sport=40312, flags=ACK), False, True, 0.1)
-    assert back.event is not None and back.event["rule"]["id"] == "block-25"
+    assert back.event is not None and ev(back)["rule"]["id"] == "block-25"
     assert back.verdict is Verdict.REJECT
 
 
@@ -93,8 +102,8 @@ def test_a_reverse_direction_syn_is_decided_on_its_own_direction() -> None:
     assert out.verdict is Verdict.ALLOW and out.direction is Direction.OUTBOUND
     back = g.handle(syn(SMARTHOST, SUBSCRIBER, 25, sport=25), True, False, 1.0)
     assert back.verdict is Verdict.REJECT and back.direction is Direction.INBOUND
-    assert back.event is not None and back.event["rule"]["id"] == "inbound-25-subscribers"
-    assert back.event["source"] == {"ip": "198.51.100.26", "port": 25}
+    assert back.event is not None and ev(back)["rule"]["id"] == "inbound-25-subscribers"
+    assert ev(back)["source"] == {"ip": "198.51.100.26", "port": 25}
 
 
 def test_a_replayed_allowed_syn_spends_a_token_and_gets_a_fresh_event(tmp_path: Path) -> None:
@@ -106,14 +115,13 @@ def test_a_replayed_allowed_syn_spends_a_token_and_gets_a_fresh_event(tmp_path: 
     g = Gate(load_ruleset([rules]), OBSERVER, FlowTable())
     replays = [g.handle(syn(SUBSCRIBER, MX, 25), False, True, 0.5 * n) for n in range(6)]
     assert [o.verdict for o in replays] == [Verdict.ALLOW] * 2 + [Verdict.REJECT] * 4
-    events = [o.event for o in replays]
-    assert all(event is not None for event in events)
-    assert len({event["portguard"]["flow_id"] for event in events if event}) == 6
+    assert all(o.event is not None for o in replays)
+    assert len({ev(o)["portguard"]["flow_id"] for o in replays}) == 6
     assert g.hits == {("biz", Action.ALLOW): 2, ("biz", Action.REJECT): 4}
     g.ruleset = SHIPPED  # a reload applies to the next replay
     after = g.handle(syn(SUBSCRIBER, MX, 25), False, True, 4.0)
     assert after.verdict is Verdict.REJECT
-    assert after.event is not None and after.event["rule"]["id"] == "block-25"
+    assert after.event is not None and ev(after)["rule"]["id"] == "block-25"
 
 
 def drop_gate(tmp_path: Path) -> Gate:
@@ -169,7 +177,7 @@ def test_malformed_packets_are_dropped_and_rate_limited() -> None:
     g = gate()
     outcomes = [g.handle(b"\x45\x00", False, True, 0.0 + i / 10) for i in range(15)]
     assert {o.verdict for o in outcomes} == {Verdict.DROP}
-    logged = [o.event for o in outcomes if o.event is not None]
+    logged = [ev(o) for o in outcomes if o.event is not None]
     assert len(logged) == 2  # t=0.0 and t=1.0
     assert logged[1]["portguard"]["count"] == 10
     assert logged[1]["event"]["action"] == "drop"
@@ -181,13 +189,13 @@ def test_the_malformed_event_names_what_could_be_read() -> None:
     esp = PacketSpec(6, 0x2001_0DB8_0064_0010 << 64 | 0x10, 0x2001_0DB8_0025 << 80 | 0x25,
                      40312, 25, SYN, 1, 0, 64240, 64).to_bytes()  # fmt: skip
     esp = esp[:6] + bytes([50]) + esp[7:]  # next header ESP: the TCP header is unreadable
-    event = gate().handle(esp, False, True, 0.0).event
-    assert event is not None and event["rule"]["id"] == "malformed-packet"
+    event = ev(gate().handle(esp, False, True, 0.0))
+    assert event["rule"]["id"] == "malformed-packet"
     assert event["source"] == {"ip": "2001:db8:64:10::10"}
     assert event["destination"] == {"ip": "2001:db8:25::25"}
     cut = syn(SUBSCRIBER, MX, 25)[:30]  # the TCP header cut after its ports
-    event = gate().handle(cut, False, True, 0.0).event
-    assert event is not None and event["network"]["type"] == "ipv4"
+    event = ev(gate().handle(cut, False, True, 0.0))
+    assert event["network"]["type"] == "ipv4"
     assert event["source"] == {"ip": "100.64.10.10", "port": 40312}
     assert event["destination"] == {"ip": "198.51.100.25", "port": 25}
 
@@ -235,7 +243,7 @@ def test_100k_random_and_mutated_packets_all_get_a_verdict(
         outcome = g.handle(data, wan[0], wan[1], float(seed % 1000) + index / 1000)
         assert isinstance(outcome.verdict, Verdict) and outcome.verdict is not Verdict.ACCEPT
         if outcome.event is not None:
-            assert outcome.event["event"]["action"] in {"allow", "drop", "reject", "log"}
+            assert ev(outcome)["event"]["action"] in {"allow", "drop", "reject", "log"}
     assert len(g.flows) <= g.flows.capacity
 
 
@@ -276,7 +284,7 @@ def test_a_million_fuzzed_packets_get_one_verdict_each_and_linux_syns_the_policy
         want = expected[key]
         assert g.malformed == malformed, f"Linux accepts this SYN: {data.hex()}"
         assert outcome.verdict is verdict_for(want.action), data.hex()
-        assert outcome.event is not None and outcome.event["rule"]["id"] == want.rule_id
+        assert outcome.event is not None and ev(outcome)["rule"]["id"] == want.rule_id
     assert outcomes == FUZZ_PACKETS
     assert by_policy > FUZZ_PACKETS // 10 and g.malformed > FUZZ_PACKETS // 10  # both explored
 
@@ -309,8 +317,8 @@ def test_explain_and_the_gate_agree_on_1000_random_connections() -> None:
         outcome = g.handle(spec.to_bytes(), *WAN_FLAGS[direction], float(n))
         explained = SHIPPED.explain(Connection(version, int(src), int(dst), dport, direction))
         assert outcome.event is not None
-        assert outcome.event["rule"]["id"] == explained.decision.rule_id, (src, dst, dport)
-        assert outcome.event["event"]["action"] == explained.decision.action.value
+        assert ev(outcome)["rule"]["id"] == explained.decision.rule_id, (src, dst, dport)
+        assert ev(outcome)["event"]["action"] == explained.decision.action.value
 
 
 def test_the_outcome_carries_the_direction_for_the_connmark() -> None:
@@ -331,8 +339,8 @@ def test_rate_limit_and_log_false(tmp_path: Path) -> None:
     customer, other = 0xCB00710A, 0xCB00710B  # 203.0.113.10 and .11
     verdicts = [g.handle(syn(customer, MX, 25, sport=p), False, True, 0.1 * p) for p in range(6)]
     assert [o.verdict for o in verdicts] == [Verdict.ALLOW] * 5 + [Verdict.REJECT]
-    sixth = verdicts[5].event
-    assert sixth is not None and sixth["rule"]["id"] == "biz"
+    sixth = ev(verdicts[5])
+    assert sixth["rule"]["id"] == "biz"
     assert sixth["portguard"]["limit"]["exceeded"] is True
     assert sixth["portguard"]["limit"]["rate"] == "5/minute"
     assert g.handle(syn(other, MX, 25), False, True, 1.0).verdict is Verdict.ALLOW

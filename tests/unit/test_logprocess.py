@@ -9,12 +9,21 @@ from pathlib import Path
 
 import orjson
 
-from portguard.core.events.record import Observer
-from portguard.log.logprocess import LogProcess, Outputs
-from portguard.log.sinks import file_sink
+from portguard.core.events.record import (
+    DecisionRecord,
+    Observer,
+    connection_event,
+    decision_record,
+)
+from portguard.core.policy.model import Action, Decision, Direction
+from portguard.log import handoff
+from portguard.log.logloop import Outputs
+from portguard.log.logprocess import BATCH_FRAMES, LogProcess
+from portguard.log.sinks import file_sink, render_line
 from portguard.log.writer import EventWriter
 
 OBSERVER = Observer("gw1", "0.1.0")
+NOW = 1795798800.123456
 
 
 def event(port: int, padding: int = 0) -> dict[str, object]:
@@ -132,3 +141,69 @@ def test_a_dead_log_process_is_noticed_and_restarted(tmp_path: Path) -> None:
     written = lines(path)
     assert [e["source"]["port"] for e in written if "source" in e] == [1, 3]  # type: ignore[index]
     assert written[-1]["portguard"]["handoff_dropped"] == process.dropped >= 1  # type: ignore[index]
+
+
+def decided(port: int, action: Action = Action.DROP, now: float = NOW) -> DecisionRecord:
+    decision = Decision(action, "block-25", "10-isp.toml", "no direct mail", "matched")
+    return decision_record(decision, (4, 0x64400A0A, 0xC6336419, port, 25), f"0-{port:x}",
+                           Direction.OUTBOUND, "v1", now)  # fmt: skip
+
+
+def test_records_become_the_events_the_builder_makes_byte_for_byte(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    process = LogProcess(writer_factory(path), OBSERVER, queue=0)
+    process.start()
+    records = [decided(port, now=NOW + port * 0.37) for port in range(1000, 1300)]
+    for sent in records:
+        assert process.submit(sent)
+    process.close(None)
+    expected = [render_line(connection_event(sent, OBSERVER)) for sent in records]
+    assert path.read_bytes().splitlines() == expected
+
+
+def test_the_log_process_aggregates_identical_denies(tmp_path: Path) -> None:
+    writer = EventWriter([file_sink(tmp_path / "x.log")])
+    writer.start()
+    outputs = Outputs(writer, OBSERVER, {}, flood_window=60.0)
+    for port in range(1000, 1010):  # the same source, rule and action: one window
+        outputs.handle(handoff.loggable_frame(decided(port, now=NOW + port - 1000))[4:])
+    outputs.handle(handoff.loggable_frame(decided(2000, Action.ALLOW))[4:])  # never aggregated
+    outputs.flush_floods(NOW + 30)  # the window is still open
+    outputs.handle(handoff.frame(handoff.FLUSH)[4:])  # the worker stops: close every window
+    outputs.finish(None)
+    written = lines(tmp_path / "x.log")
+    assert [e["source"]["port"] for e in written] == [1000, 2000, 1009]  # type: ignore[index]
+    assert written[-1]["portguard"]["aggregate"]["count"] == 10  # type: ignore[index]
+
+
+def test_added_records_go_in_one_send_per_batch_in_order_with_submits(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    process = LogProcess(writer_factory(path), OBSERVER, queue=0)
+    process.start()
+    for port in range(1000, 1100):  # the packet loop: a batch is sent whole at 64 or by flush
+        process.add(decided(port))
+    assert len(process._batch) == 100 - BATCH_FRAMES
+    assert process.submit(event(7))  # another thread: sent after what was collected
+    assert not process._batch
+    process.add(decided(2000))
+    process.flush()
+    process.close(None)
+    ports = [e["source"]["port"] for e in lines(path)]  # type: ignore[index]
+    assert ports == [*range(1000, 1100), 7, 2000]
+
+
+def test_a_batch_that_does_not_fit_is_dropped_whole_and_counted(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    process = LogProcess(writer_factory(path, delay=2.0), OBSERVER, queue=0)
+    process.start()
+    added = 0
+    for port in range(200):  # nobody reads for 2 s: the socket buffer fills
+        for _ in range(BATCH_FRAMES):
+            process.add(event(port, padding=2000))
+            added += 1
+        process.flush()
+    assert process.dropped > 0 and process.dropped % BATCH_FRAMES == 0
+    process.close({"event": {"action": "stop"}})
+    written = lines(path)
+    assert len(written) - 1 + process.dropped == added  # the last line is the stop event
+    assert written[-1]["portguard"]["handoff_dropped"] == process.dropped  # type: ignore[index]

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from portguard.core.events.record import (
     LIFECYCLE_KINDS,
     Observer,
+    Timestamps,
     decision_event,
     lifecycle_event,
     malformed_event,
@@ -167,3 +168,14 @@ def test_timestamp_matches_datetime_formatting(now: float) -> None:
     # the once-a-second cache must round exactly as datetime does
     moment = dt.datetime.fromtimestamp(now, dt.UTC).replace(tzinfo=None)
     assert timestamp(now) == moment.isoformat(timespec="microseconds") + "Z"
+    assert CACHED(now) == timestamp(now)  # one builder's cache, whatever second came before
+
+
+CACHED = Timestamps()
+
+
+def test_each_builder_has_its_own_timestamp_cache() -> None:
+    first, second = Timestamps(), Timestamps()
+    assert second(NOW + 3600) == timestamp(NOW + 3600)
+    assert first(NOW) == second(NOW) == timestamp(NOW)  # second's cache moved; first's fresh
+    assert first(NOW + 1.5) == timestamp(NOW + 1.5)

@@ -27,6 +27,12 @@ class Events:
         self.seen.append(event)
         return True
 
+    def add(self, event: dict[str, Any]) -> None:  # the packet loop's hand-over
+        self.seen.append(event)
+
+    def flush(self) -> None:
+        pass
+
     def actions(self) -> list[str]:
         return [e["event"]["action"] for e in self.seen]
 

@@ -8,9 +8,12 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 
+from portguard.core.events.record import Event
 from portguard.log.sinks import Sink, file_sink, prepare, render_line
 from portguard.log.writer import Channel, EventWriter
+from tests.unit.test_ecs_schema import events as every_event
 
 EVENT = {
     "@timestamp": "2026-11-27T17:00:00.000000Z",
@@ -28,12 +31,20 @@ def test_community_id_matches_the_reference_value() -> None:
     assert "community_id" not in EVENT["network"]  # the caller's event is not changed
 
 
-def test_sinks_write_the_leading_fields_first() -> None:
+def test_sinks_write_the_fields_in_the_order_the_event_has() -> None:
     stream = io.BytesIO()
     Sink("memory", stream, owned=False).write(
-        prepare({"source": {}, "event": {"a": 1}, "@timestamp": "t"})
+        prepare({"@timestamp": "t", "event": {"a": 1}, "source": {}})
     )
     assert list(orjson.loads(stream.getvalue())) == ["@timestamp", "event", "source"]
+
+
+@pytest.mark.parametrize(("name", "event"), list(every_event()))
+def test_every_event_is_built_with_the_leading_fields_first(name: str, event: Event) -> None:
+    """Nothing re-orders an event on its way out: each is built in reading order."""
+    leading = ["@timestamp", "ecs", "log", "message", "event"]
+    present = [key for key in leading if key in event]
+    assert list(event)[: len(present)] == present, name
 
 
 def test_events_without_addresses_render_unchanged() -> None:

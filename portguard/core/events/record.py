@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 from portguard.core import inet
 from portguard.core.flow.table import Flow
@@ -37,20 +38,41 @@ class Observer:
         }
 
 
-_SECOND: list[Any] = [None, ""]  # the last second formatted, and its text
-
-
 def timestamp(now: float) -> str:
-    """ECS @timestamp: UTC, microseconds, a trailing Z. The date and time of day are
-    formatted once a second (a decision's event is built on the packet loop)."""
-    fraction, whole = math.modf(now)  # rounded as datetime.fromtimestamp rounds
+    """ECS @timestamp: UTC, microseconds, a trailing Z (uncached: see `Timestamps`)."""
+    second, micro = _split(now)
+    return f"{_seconds_text(second)}.{micro:06d}Z"
+
+
+class Timestamps:
+    """`timestamp` with the date and time of day formatted once a second. Each builder of
+    many events (one thread) has its own: the cache is never shared between threads."""
+
+    __slots__ = ("_second", "_text")
+
+    def __init__(self) -> None:
+        self._second: int | None = None
+        self._text = ""
+
+    def __call__(self, now: float) -> str:
+        second, micro = _split(now)
+        if second != self._second:
+            self._second, self._text = second, _seconds_text(second)
+        return f"{self._text}.{micro:06d}Z"
+
+
+def _split(now: float) -> tuple[int, int]:
+    """Whole seconds and microseconds, rounded as datetime.fromtimestamp rounds."""
+    fraction, whole = math.modf(now)
     second, micro = int(whole), round(fraction * 1_000_000)
     if micro == 1_000_000:
-        second, micro = second + 1, 0
-    if second != _SECOND[0]:
-        moment = dt.datetime.fromtimestamp(second, dt.UTC).replace(tzinfo=None)
-        _SECOND[0], _SECOND[1] = second, moment.isoformat(timespec="seconds")
-    return f"{_SECOND[1]}.{micro:06d}Z"
+        return second + 1, 0
+    return second, micro
+
+
+def _seconds_text(second: int) -> str:
+    moment = dt.datetime.fromtimestamp(second, dt.UTC).replace(tzinfo=None)
+    return moment.isoformat(timespec="seconds")
 
 
 def address_text(version: int, value: int) -> str:
@@ -58,6 +80,48 @@ def address_text(version: int, value: int) -> str:
     if version == 4:
         return inet.inet_ntop(inet.AF_INET, value.to_bytes(4, "big"))
     return inet.inet_ntop(inet.AF_INET6, value.to_bytes(16, "big"))
+
+
+class DecisionRecord(NamedTuple):
+    """A logged decision as plain values: what the packet loop hands the log process, which
+    builds the event from it (`connection_event`). Building this costs the loop a tuple; the
+    addresses stay integers and the time a float until the log process formats them."""
+
+    now: float
+    version: int  # 4 or 6
+    src: int
+    dst: int
+    sport: int
+    dport: int
+    direction: str  # a Direction's value
+    action: str  # an Action's value
+    rule_id: str
+    ruleset: str
+    description: str
+    reason: str
+    policy_version: str
+    flow_id: str  # "" for a connection ended after a reload
+    limit: dict[str, object] | None  # LimitResult.fields() when the rule has a limit
+
+
+Loggable = DecisionRecord | Event  # what the packet loop logs: a decision's record, or an event
+
+
+def decision_record(
+    decision: Decision,
+    key: tuple[int, int, int, int, int],
+    flow_id: str,
+    direction: Direction,
+    policy_version: str,
+    now: float,
+) -> DecisionRecord:
+    """One connection's decision as the values of its event (built on the packet loop)."""
+    version, src, dst, sport, dport = key
+    return DecisionRecord(
+        now, version, src, dst, sport, dport, direction.value, decision.action.value,
+        decision.rule_id, decision.ruleset, decision.description, decision.reason,
+        policy_version, flow_id, decision.limit.fields() if decision.limit else None,
+    )  # fmt: skip
 
 
 def decision_event(
@@ -69,8 +133,8 @@ def decision_event(
     now: float,
 ) -> Event:
     """One connection's decision as an ECS event (DESIGN.md, "Decision event")."""
-    extra = {"flow_id": flow.flow_id}
-    return connection_event(decision, flow.key, direction, policy_version, observer, now, extra)
+    record = decision_record(decision, flow.key, flow.flow_id, direction, policy_version, now)
+    return connection_event(record, observer)
 
 
 def ended_event(
@@ -82,44 +146,41 @@ def ended_event(
     now: float,
 ) -> Event:
     """An allowed connection ended because a reloaded policy denies it (`reevaluate`)."""
-    event = connection_event(
-        decision, key, direction, policy_version, observer, now, {"reevaluated": True}
-    )
+    ended = replace(decision, reason=f"ended after a reload: {decision.reason}")
+    record = decision_record(ended, key, "", direction, policy_version, now)
+    event = connection_event(record, observer, reevaluated=True)
     event["event"]["type"].append("end")
-    event["portguard"]["reason"] = f"ended after a reload: {decision.reason}"
     return event
 
 
 def connection_event(
-    decision: Decision,
-    key: tuple[int, int, int, int, int],
-    direction: Direction,
-    policy_version: str,
+    record: DecisionRecord,
     observer: Observer,
-    now: float,
-    extra: dict[str, Any],
+    stamp: Callable[[float], str] = timestamp,
+    reevaluated: bool = False,
 ) -> Event:
-    version, src, dst, sport, dport = key
-    details: dict[str, Any] = {
-        **extra,
-        "reason": decision.reason,
-        "policy_version": policy_version,
-    }
-    if decision.limit is not None:
-        details["limit"] = decision.limit.fields()
+    """The ECS event of a decision record: the one builder of connection events. `stamp`
+    formats the time (a `Timestamps` of the builder's own, or the uncached `timestamp`)."""
+    details: dict[str, Any] = {"reevaluated": True} if reevaluated else {"flow_id": record.flow_id}
+    details["reason"] = record.reason
+    details["policy_version"] = record.policy_version
+    if record.limit is not None:
+        details["limit"] = record.limit
+    action = Action(record.action)
+    version = record.version
     return {
-        "@timestamp": timestamp(now),
+        "@timestamp": stamp(record.now),
         "ecs": {"version": ECS_VERSION},
-        "log": {"level": verdict_level(decision.action)},
-        "event": _verdict_fields(decision.action),
-        "rule": _rule_fields(decision),
-        "source": {"ip": address_text(version, src), "port": sport},
-        "destination": {"ip": address_text(version, dst), "port": dport},
+        "log": {"level": verdict_level(action)},
+        "event": _verdict_fields(action),
+        "rule": _rule_fields(record.rule_id, record.ruleset, record.description),
+        "source": {"ip": address_text(version, record.src), "port": record.sport},
+        "destination": {"ip": address_text(version, record.dst), "port": record.dport},
         "network": {
             "transport": "tcp",
             "iana_number": "6",
             "type": f"ipv{version}",
-            "direction": direction.value,
+            "direction": record.direction,
         },
         "observer": observer.fields(),
         "portguard": details,
@@ -146,10 +207,10 @@ def _verdict_fields(action: Action) -> dict[str, Any]:
     }
 
 
-def _rule_fields(decision: Decision) -> dict[str, str]:
-    fields = {"id": decision.rule_id, "ruleset": decision.ruleset}
-    if decision.description:
-        fields["description"] = decision.description
+def _rule_fields(rule_id: str, ruleset: str, description: str) -> dict[str, str]:
+    fields = {"id": rule_id, "ruleset": ruleset}
+    if description:
+        fields["description"] = description
     return fields
 
 
