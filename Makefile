@@ -15,7 +15,7 @@ include packaging/packaging.mk
 help:
 	@echo "sudo make demo   run the namespace lab demo (real daemon, real SMTP traffic)"
 	@echo "sudo make test   install what is missing, then run unit and integration tests"
-	@echo "sudo make test-kernel  the nftables backend on Debian's stock kernel, in a VM (docs/lab.md)"
+	@echo "sudo make test-kernel  tests/kernel on Debian's stock kernel in a VM: nftables, iptables-legacy, fail modes (docs/lab.md)"
 	@echo "make lint        ruff and mypy"
 	@echo "sudo make bench  kernel fast path benchmark (writes figures to stdout)"
 	@echo "sudo make install  venv in /opt/portguard, config in /etc/portguard, the unit enabled"

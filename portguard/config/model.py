@@ -1,10 +1,11 @@
 """The daemon config (``/etc/portguard/portguard.toml``): parse, validate, resolve paths.
 
-Every key of the contract in DESIGN.md, nothing else: an unknown key is an error. Every error is
-reported at once as ``path:line: message`` (ConfigError.messages). Relative paths in the file
-(rule paths, a log file) resolve against the directory of the config file. Each table is one
-frozen pydantic model below (its keys, types and defaults, and the values derived from them);
-the kinds and limits of single values are `schema.py`, checks across keys are `checks.py`.
+Every key of docs/config.md, nothing else: an unknown key is an error. Every error is
+reported at once as ``path:line:col: message`` (ConfigError.messages). Relative paths in the
+file (rule paths, output and TLS files, [daemon] paths) resolve against the directory of the
+config file. Each table is one frozen pydantic model below (its keys, types and defaults, and
+the values derived from them); the kinds and limits of single values are `schema.py`, checks
+across keys are `checks.py`.
 """
 
 from __future__ import annotations

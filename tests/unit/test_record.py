@@ -1,4 +1,4 @@
-"""ECS records: the decision event of DESIGN.md, lifecycle and malformed-packet events."""
+"""ECS records: the decision event of docs/logging.md, lifecycle and malformed-packet events."""
 
 from __future__ import annotations
 

@@ -132,7 +132,7 @@ def decision_event(
     observer: Observer,
     now: float,
 ) -> Event:
-    """One connection's decision as an ECS event (DESIGN.md, "Decision event")."""
+    """One connection's decision as an ECS event (docs/logging.md, "Decision event")."""
     record = decision_record(decision, flow.key, flow.flow_id, direction, policy_version, now)
     return connection_event(record, observer)
 

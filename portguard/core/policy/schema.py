@@ -1,6 +1,6 @@
 """The shape of a rule file (``rules.d/*.toml``), validated strictly with pydantic.
 
-Only the keys of the contract in DESIGN.md; anything else is an ``unknown key``. Values are
+Only the keys of docs/rules.md; anything else is an ``unknown key``. Values are
 parsed here (addresses, port ranges); references between files (set names, unique ids) are
 checked by the compiler.
 """
