@@ -94,8 +94,8 @@ uninstall:
 	@if [ -n "$(PURGE)" ]; then \
 	  rm -rf $(DESTDIR)$(PG_CONFDIR) $(DESTDIR)$(SYSCONFDIR)/logrotate.d/portguard \
 	    $(DESTDIR)$(SYSCONFDIR)/logrotate.d/portguard.dpkg-dist \
-	    $(DESTDIR)/var/log/portguard; \
-	else echo "kept $(DESTDIR)$(PG_CONFDIR), $(DESTDIR)$(SYSCONFDIR)/logrotate.d/portguard and the logs (PURGE=1 removes them)"; fi
+	    $(DESTDIR)/var/log/portguard $(DESTDIR)/var/lib/portguard; \
+	else echo "kept $(DESTDIR)$(PG_CONFDIR), $(DESTDIR)$(SYSCONFDIR)/logrotate.d/portguard the logs and the state (PURGE=1 removes them)"; fi
 	@if [ -z "$(DESTDIR)" ]; then sh packaging/system-setup.sh reload; \
 	  echo "the portguard user stays (userdel portguard removes it)"; fi
 

@@ -247,9 +247,13 @@ def test_install_upgrade_keeping_an_edit_and_purge(debs: Debs) -> None:
         assert LIST_FILE.read_text(encoding="utf-8").endswith(B_LIST_LINE)  # unedited: B's
         assert "ok" in portguard_check()
 
+        state = Path("/var/lib/portguard")  # the unit's StateDirectory (saved resolutions)
+        state.mkdir(exist_ok=True)
+        (state / "resolved.json").write_text("{}")
         run(["apt-get", "purge", "-y", "-q", "portguard"])
         assert not OPT.exists()
         assert not ETC.exists()
+        assert not state.exists()
         assert not Path("/usr/bin/portguard").exists()
         assert installed_version() is None
         listed = subprocess.run(["dpkg", "-l", "portguard"], capture_output=True, text=True)
