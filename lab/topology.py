@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ipaddress
+import json
 import secrets
 import shutil
 import signal
@@ -270,6 +271,17 @@ class Lab:
         if proc.returncode != 0:
             return None  # nfnetlink_queue not loaded: no queue bound anywhere
         return parse_queue_stats(proc.stdout, queue_num)
+
+    def link_drops(self) -> int:
+        """Packets the subscriber link dropped (sub0 sending, gw-sub receiving): with the queue's
+        and the hook's counters, what accounts for every SYN a flood sent."""
+        total = 0
+        for ns, dev, side in (("sub", a.SUB_IF, "tx"), ("gw", a.GW_SUB_IF, "rx")):
+            proc = self.run(ns, ["ip", "-s", "-j", "link", "show", dev], capture_output=True,
+                            text=True, check=True)  # fmt: skip
+            (link,) = json.loads(proc.stdout)
+            total += int(link["stats64"][side]["dropped"])
+        return total
 
     # --- SMTP peers -----------------------------------------------------------------------------
 

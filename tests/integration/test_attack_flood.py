@@ -109,16 +109,6 @@ def start_flood(lab: Lab, rate: int, seconds: float) -> subprocess.Popen[str]:
     return lab.popen("sub", argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def link_drops(lab: Lab) -> int:
-    """Packets the lab's subscriber link dropped (sub0 sending, gw-sub receiving)."""
-    total = 0
-    for ns, dev, side in (("sub", a.SUB_IF, "tx"), ("gw", a.GW_SUB_IF, "rx")):
-        proc = lab.run(ns, ["ip", "-s", "-j", "link", "show", dev], capture_output=True, text=True)
-        (link,) = json.loads(proc.stdout)
-        total += int(link["stats64"][side]["dropped"])
-    return total
-
-
 def rule_hits(doc: dict[str, Any], rule: str) -> int:
     return sum(int(r["hits"]) for r in doc["rules"] if r["id"] == rule)
 
@@ -156,7 +146,7 @@ def test_one_source_flood_leaves_status_and_other_customers_alive(
     the loop comes back: status answers every time."""
     limited = "per_source-default" in request.node.callspec.id
     before = settled_status(lab, daemon)
-    links_before = link_drops(lab)
+    links_before = lab.link_drops()
     generator = start_flood(lab, FLOOD_RATE, FLOOD_SECONDS)
     slow: list[float] = []
     sessions: list[str] = []
@@ -179,7 +169,7 @@ def test_one_source_flood_leaves_status_and_other_customers_alive(
     decided = rule_hits(after, "block-25") - rule_hits(before, "block-25")
     in_queue = queue_losses(after) - queue_losses(before)
     kernel = kernel_dropped(after, "per_source") - kernel_dropped(before, "per_source")
-    on_link = link_drops(lab) - links_before
+    on_link = lab.link_drops() - links_before
     print(f"\nsent {sent}: decided {decided}, dropped in the queue {in_queue}, before the "
           f"queue {kernel}, on the link {on_link}; slow status answers {slow}; "
           f"sessions {sessions}")  # fmt: skip

@@ -46,16 +46,6 @@ def unlimited_daemon(lab: Lab, **options: Any) -> LabDaemon:
     return daemon
 
 
-def link_drops(lab: Lab) -> int:
-    """Packets the lab's subscriber link dropped (sub0 sending, gw-sub receiving)."""
-    total = 0
-    for ns, dev, side in (("sub", a.SUB_IF, "tx"), ("gw", a.GW_SUB_IF, "rx")):
-        proc = lab.run(ns, ["ip", "-s", "-j", "link", "show", dev], capture_output=True, text=True)
-        (link,) = json.loads(proc.stdout)
-        total += int(link["stats64"][side]["dropped"])
-    return total
-
-
 def assert_every_decision_counted(stop: dict[str, Any], decided: int, sink: dict[str, int]) -> None:
     """Each decision event reached the output (written or dropped there) or was dropped at
     the hand-over to the log process; the output wrote or dropped all it was given."""
@@ -122,12 +112,12 @@ def test_20k_decisions_a_second_for_30_s_are_all_counted(lab: Lab, collector: Co
     are not: received + dropped == submitted for the syslog output."""
     daemon = unlimited_daemon(lab, flood_window=0, extra_outputs=[syslog_output()])
     daemon.start()
-    before, links = lab.queue_stats() or {}, link_drops(lab)
+    before, links = lab.queue_stats() or {}, lab.link_drops()
     try:
         sent = flood(lab, rate=20_000, seconds=30)
         settled_count(collector)
         after = lab.queue_stats() or {}
-        on_link = link_drops(lab) - links
+        on_link = lab.link_drops() - links
     finally:
         assert daemon.stop() == 0
     file_events = daemon.events()
@@ -157,7 +147,7 @@ def test_collector_killed_mid_run_reconnects_and_reports_its_drops(
     gets the outage's sink-error/sink-recovered and the count of what was dropped."""
     daemon = unlimited_daemon(lab, flood_window=0, extra_outputs=[syslog_output(buffer=2000)])
     daemon.start()
-    before, links = lab.queue_stats() or {}, link_drops(lab)
+    before, links = lab.queue_stats() or {}, lab.link_drops()
     try:
         generator = start_flood(lab, rate=2000, seconds=14)
         time.sleep(3)
@@ -176,7 +166,7 @@ def test_collector_killed_mid_run_reconnects_and_reports_its_drops(
     lost_by_queue = queue_losses(before, after)
     (stop,) = lifecycle(file_events, "stop")
     # the verdicts go on while the collector is down: every SYN decided or accounted for
-    assert stop["portguard"]["packets"] + lost_by_queue + link_drops(lab) - links == sent["sent"]
+    assert stop["portguard"]["packets"] + lost_by_queue + lab.link_drops() - links == sent["sent"]
     assert_every_decision_counted(stop, len(decided), sink_stats(stop, "file:"))
     syslog = sink_stats(stop, "syslog:")
     assert syslog["dropped"] > 0  # a 2,000-event buffer cannot hold 5 s of 2,000/s
