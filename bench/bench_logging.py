@@ -59,7 +59,6 @@ from portguard.core.events.record import (
     Timestamps,
     connection_event,
 )
-from portguard.core.flow.table import FlowTable
 from portguard.core.gate import Gate
 from portguard.core.policy import RuleSet
 from portguard.io.nfqueue import BATCH_PACKETS
@@ -118,7 +117,7 @@ def run_once(packets: list[bytes], formats: Sequence[str], mode: str, directory:
     """One pass over `packets` with a fresh gate and a file sink per entry of `formats`, fed
     by the loop through `mode`: "writer" (queue + thread per sink), "inline" (the loop calls
     the sink's write) or "process" (LogProcess: the writer in a forked process)."""
-    gate = Gate(shipped_rules(), Observer("bench", "0"), FlowTable(len(packets) + 1))
+    gate = Gate(shipped_rules(), Observer("bench", "0"))
     paths = [directory / f"events-{n}.{fmt}" for n, fmt in enumerate(formats)]
     sinks = [file_sink(path, fmt) for path, fmt in zip(paths, formats, strict=True)]
     feed = Feed(sinks, mode)

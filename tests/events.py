@@ -10,7 +10,6 @@ import orjson
 
 from portguard.core.events.flowend import Counters, EndedFlow, FlowOrigin, flow_end_event
 from portguard.core.events.record import Event, Observer, decision_event
-from portguard.core.flow.table import Flow, TcpState
 from portguard.core.policy.model import Action, Decision, Direction
 from portguard.log.formats import render
 
@@ -26,8 +25,7 @@ ORIGIN = FlowOrigin("smarthost", "10-isp.toml", flow_id="2a", policy_version="v7
 
 def decided(action: Action = Action.REJECT, key: tuple[int, int, int, int, int] = V4) -> Event:
     decision = Decision(action, "block-25", "10-isp.toml", "no direct mail", "matched rule")
-    flow = Flow(key, "2a", TcpState.SYN_SENT, NOW, NOW)
-    return decision_event(decision, flow, Direction.OUTBOUND, "v1", OBSERVER, NOW)
+    return decision_event(decision, key, "2a", Direction.OUTBOUND, "v1", OBSERVER, NOW)
 
 
 def flow_end(

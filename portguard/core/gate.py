@@ -7,8 +7,9 @@ interface) and returns what the edge must do. It never raises for any input byte
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import OrderedDict
 from enum import StrEnum
+from typing import NamedTuple
 
 from portguard.core.events.record import (
     Loggable,
@@ -16,11 +17,10 @@ from portguard.core.events.record import (
     decision_record,
     malformed_event,
 )
-from portguard.core.flow.table import FlowTable, is_initial_syn, packet_key
-from portguard.core.packet.decode import decode, endpoints
-from portguard.core.packet.model import DecodeError, Packet
+from portguard.core.packet.decode import decode_syn, endpoints
+from portguard.core.packet.model import ACK, FIN, RST, SYN, DecodeError
 from portguard.core.policy import RuleSet
-from portguard.core.policy.limits import Limiter
+from portguard.core.policy.limits import Limiter, limited_decision
 from portguard.core.policy.model import Action, Connection, Decision, Direction
 
 
@@ -35,8 +35,10 @@ class Verdict(StrEnum):
     ACCEPT = "accept"
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
+    """What the edge must do with one queued packet (a NamedTuple: one is built per packet,
+    several times cheaper than a frozen dataclass)."""
+
     verdict: Verdict
     # what to log, None when nothing new was decided: a decision's record (the log process
     # builds its event), or the event of a malformed packet
@@ -51,22 +53,41 @@ MALFORMED_LOG_INTERVAL = 1.0  # seconds between two events about malformed packe
 # attempt's first retries are covered; anything later, or after an allow or a reject (the
 # client got an answer), is decided afresh by the policy in force.
 RETRANSMISSION_WINDOW = 3.0
+RECENT_DROPS = 65536  # dropped SYNs remembered for RETRANSMISSION_WINDOW, at most
+
+FlowKey = tuple[int, int, int, int, int]  # (ip version, src, dst, sport, dport) of a SYN
+_INITIAL_SYN = (SYN | ACK | RST | FIN, SYN)  # (mask, value): a SYN without ACK, RST or FIN
+
+
+_VERDICTS = {
+    Action.ALLOW: Verdict.ALLOW,
+    Action.LOG: Verdict.ALLOW,
+    Action.REJECT: Verdict.REJECT,
+    Action.DROP: Verdict.DROP,
+}
+# (arrives on a WAN interface, leaves through one) -> the connection's direction
+_DIRECTIONS = {
+    (True, True): Direction.EXTERNAL,
+    (False, True): Direction.OUTBOUND,
+    (True, False): Direction.INBOUND,
+    (False, False): Direction.INTERNAL,
+}
 
 
 def verdict_for(action: Action) -> Verdict:
-    if action.allows:
-        return Verdict.ALLOW
-    return Verdict.REJECT if action is Action.REJECT else Verdict.DROP
+    return _VERDICTS[action]
 
 
 def direction_of(arrives_on_wan: bool, leaves_on_wan: bool) -> Direction:
-    if arrives_on_wan and leaves_on_wan:
-        return Direction.EXTERNAL
-    if leaves_on_wan:
-        return Direction.OUTBOUND
-    if arrives_on_wan:
-        return Direction.INBOUND
-    return Direction.INTERNAL
+    return _DIRECTIONS[bool(arrives_on_wan), bool(leaves_on_wan)]
+
+
+class _Drop(NamedTuple):
+    """A dropped SYN, remembered to tell its retransmissions from new attempts."""
+
+    seq: int
+    direction: Direction
+    at: float
 
 
 class Gate:
@@ -77,59 +98,92 @@ class Gate:
     own tuple and direction: a replay of an allowed tuple spends a rate-limit token and gets
     its own event and flow id. The one exception is a retransmitted dropped SYN (see
     RETRANSMISSION_WINDOW). A packet that cannot be decoded is dropped, whatever the fail mode.
+
+    The kernel's conntrack tracks every connection after its SYN, so the gate keeps no flow
+    table: only a flow id counter, and the SYNs it dropped in the last RETRANSMISSION_WINDOW
+    seconds (at most RECENT_DROPS of them).
     """
 
-    def __init__(
-        self, ruleset: RuleSet, observer: Observer, flows: FlowTable | None = None
-    ) -> None:
+    def __init__(self, ruleset: RuleSet, observer: Observer, id_prefix: str = "") -> None:
         self.ruleset = ruleset
         self.observer = observer
-        self.flows = flows if flows is not None else FlowTable()
+        self.id_prefix = id_prefix  # makes flow ids unique across workers and restarts
         self.limiter = Limiter()  # token buckets outlive reloads
         self.malformed = 0
+        self.decided = 0  # SYNs decided by the policy (the last one's flow id is its number)
+        self.retransmissions = 0  # dropped SYNs resent within the window, dropped again
         self.hits: dict[tuple[str, Action], int] = {}  # (rule id, action) -> decisions
+        self.recent_drops: OrderedDict[FlowKey, _Drop] = OrderedDict()  # oldest first
         self._malformed_unlogged = 0
         self._malformed_logged_at = float("-inf")
 
     def handle(self, data: bytes, arrives_on_wan: bool, leaves_on_wan: bool, now: float) -> Outcome:
         try:
-            packet = decode(data)
+            version, src, dst, sport, dport, flags, seq = decode_syn(data)
         except DecodeError as error:
             return self._malformed(data, str(error), now)
-        direction = direction_of(arrives_on_wan, leaves_on_wan)
-        if self._retransmits_a_drop(packet, direction, now):
+        direction = _DIRECTIONS[bool(arrives_on_wan), bool(leaves_on_wan)]
+        key = (version, src, dst, sport, dport)
+        if self.recent_drops and self._retransmits_a_drop(key, flags, seq, direction, now):
             return Outcome(Verdict.DROP, None, direction)
-        flow = self.flows.start(packet, now)
-        decision = self.decide(flow.key, direction, now)
-        flow.decision, flow.direction = decision, direction
+        decision = self.decide(key, direction, now)
         hit = (decision.rule_id, decision.action)
         self.hits[hit] = self.hits.get(hit, 0) + 1
-        verdict = verdict_for(decision.action)
+        self.decided += 1
+        verdict = _VERDICTS[decision.action]
+        if verdict is Verdict.DROP:
+            self._remember_drop(key, _Drop(seq, direction, now))
+        elif self.recent_drops:
+            self.recent_drops.pop(key, None)  # answered this time: a resend is a new attempt
         if not decision.log:  # the rule says `log = false`
             return Outcome(verdict, None, direction)
-        record = decision_record(decision, flow.key, flow.flow_id, direction,
-                                 self.ruleset.version, now)  # fmt: skip
+        flow_id = f"{self.id_prefix}{self.decided:x}"
+        record = decision_record(decision, key, flow_id, direction, self.ruleset.version, now)
         return Outcome(verdict, record, direction)
 
-    def decide(
-        self, key: tuple[int, int, int, int, int], direction: Direction, now: float
-    ) -> Decision:
+    def decide(self, key: FlowKey, direction: Direction, now: float) -> Decision:
         """The rule set's decision, with the deciding rule's rate limit applied."""
         version, src, dst, _sport, dport = key
-        return self.limiter.decide(
-            self.ruleset, Connection(version, src, dst, dport, direction), now
-        )
+        ruleset = self.ruleset
+        rule = ruleset.first_match(version, src, dst, dport, direction)
+        if rule is None:
+            return ruleset.default
+        if rule.limit is None:
+            return rule.decision
+        conn = Connection(version, src, dst, dport, direction)
+        return limited_decision(rule, self.limiter.take(rule, conn, now))
 
-    def _retransmits_a_drop(self, packet: Packet, direction: Direction, now: float) -> bool:
-        """Whether `packet` resends a SYN dropped less than RETRANSMISSION_WINDOW ago."""
-        flow = self.flows.get(packet_key(packet))
-        if flow is None or flow.decision is None or flow.decision.action is not Action.DROP:
+    def forget_drops(self, now: float) -> int:
+        """Forget the dropped SYNs older than RETRANSMISSION_WINDOW (call about once a
+        second); how many were forgotten."""
+        drops, forgotten = self.recent_drops, 0
+        while drops:
+            key, drop = next(iter(drops.items()))
+            if 0.0 <= now - drop.at <= RETRANSMISSION_WINDOW:
+                break  # remembered in order: the later ones are younger
+            del drops[key]
+            forgotten += 1
+        return forgotten
+
+    def _remember_drop(self, key: FlowKey, drop: _Drop) -> None:
+        drops = self.recent_drops
+        drops.pop(key, None)  # to the end: the order stays the order of the drops
+        if len(drops) >= RECENT_DROPS:
+            drops.popitem(last=False)
+        drops[key] = drop
+
+    def _retransmits_a_drop(
+        self, key: FlowKey, flags: int, seq: int, direction: Direction, now: float
+    ) -> bool:
+        """Whether this SYN resends one dropped less than RETRANSMISSION_WINDOW ago."""
+        drop = self.recent_drops.get(key)
+        if drop is None or flags & _INITIAL_SYN[0] != _INITIAL_SYN[1]:
             return False
-        if not is_initial_syn(packet) or packet.seq != flow.isn or flow.direction is not direction:
+        if seq != drop.seq or drop.direction is not direction:
             return False
-        if not 0.0 <= now - flow.created <= RETRANSMISSION_WINDOW:
+        if not 0.0 <= now - drop.at <= RETRANSMISSION_WINDOW:
             return False
-        flow.syn_retransmits += 1
+        self.retransmissions += 1
         return True
 
     def _malformed(self, data: bytes, reason: str, now: float) -> Outcome:

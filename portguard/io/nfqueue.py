@@ -88,18 +88,25 @@ class BatchSocket:
         return data
 
 
+# (verdict, direction) -> portguard's bits of the mark that verdict repeats the packet with
+_MARKS: dict[tuple[Verdict, Direction | None], int] = {
+    (verdict, direction): mark_bits(bits, direction)
+    for verdict, bits in ((Verdict.ALLOW, MARK_ALLOW), (Verdict.REJECT, MARK_REJECT))
+    for direction in (*Direction, None)
+}
+
+
 def apply_verdict(packet: Any, verdict: Verdict, direction: Direction | None = None) -> None:
     """Tell the kernel what to do with `packet` (a netfilterqueue.Packet).
 
     Allow and reject mark the packet with the verdict and the connection's `direction` (None:
-    internal); allow's mark, direction included, is saved to the connmark by the hook's chain.
+    internal) and repeat it: the hook's chain sees the mark and saves it, direction included,
+    to the connmark and returns (allow), or answers with a TCP RST (reject).
     """
-    if verdict is Verdict.ALLOW:
-        packet.set_mark(with_mark_bits(packet.get_mark(), mark_bits(MARK_ALLOW, direction)))
-        packet.repeat()  # the hook's chain sees the mark, saves it to the connmark, returns
-    elif verdict is Verdict.REJECT:
-        packet.set_mark(with_mark_bits(packet.get_mark(), mark_bits(MARK_REJECT, direction)))
-        packet.repeat()  # the hook's chain sees the mark and rejects with a TCP RST
+    bits = _MARKS.get((verdict, direction))
+    if bits is not None:
+        packet.set_mark(with_mark_bits(packet.get_mark(), bits))
+        packet.repeat()
     elif verdict is Verdict.ACCEPT:
         packet.accept()
     else:

@@ -2,9 +2,11 @@
 
 A frame is a 4-byte length (of what follows), a kind byte and its payload:
 
-- ``d``: a decision record (`DecisionRecord`) as a marshalled tuple of plain values: the
-  packet loop's whole cost per decision is a tuple, `marshal.dumps` (~0.5 µs) and a `send`;
-  the log process builds the event from it, once;
+- ``r``: the decision records (`DecisionRecord`) the packet loop collected in a row, as one
+  marshalled list of tuples of plain values (`Batch`): a decision costs the loop a tuple and
+  a share of one `marshal.dumps` and one `send` per batch of packets; the log process builds
+  each event from its record, once;
+- ``d``: one decision record as a marshalled tuple (records other threads submit);
 - ``e``: any other event, built as a dict (lifecycle, malformed packets, connections ended
   after a reload), as JSON;
 - ``R``: reopen the file outputs; ``D``: the running count of handoff drops (ASCII digits);
@@ -23,6 +25,7 @@ import orjson
 
 from portguard.core.events.record import DecisionRecord, Loggable
 
+RECORDS: Final = b"r"
 DECISION: Final = b"d"
 EVENT: Final = b"e"
 REOPEN: Final = b"R"
@@ -43,6 +46,38 @@ def loggable_frame(logged: Loggable) -> bytes:
     return frame(EVENT, orjson.dumps(logged))
 
 
+class Batch:
+    """What the packet loop collected since its last send, in order: each run of decision
+    records becomes one ``r`` frame, any other event one ``e`` frame."""
+
+    __slots__ = ("_frames", "_records", "count")
+
+    def __init__(self) -> None:
+        self._frames: list[bytes] = []
+        self._records: list[tuple[object, ...]] = []
+        self.count = 0  # records and events collected (what a failed send drops)
+
+    def add(self, logged: Loggable) -> None:
+        if type(logged) is DecisionRecord:
+            self._records.append(tuple(logged))
+        else:
+            self._end_run()
+            self._frames.append(frame(EVENT, orjson.dumps(logged)))
+        self.count += 1
+
+    def take(self) -> tuple[bytes, int]:
+        """The frames collected, and how many records and events they hold; empties it."""
+        self._end_run()
+        data, count = b"".join(self._frames), self.count
+        self._frames, self.count = [], 0
+        return data, count
+
+    def _end_run(self) -> None:
+        if self._records:
+            self._frames.append(frame(RECORDS, marshal.dumps(self._records)))
+            self._records = []
+
+
 def split_frames(data: bytes) -> tuple[list[bytes], bytes]:
     """The whole frames at the start of `data` (each its kind byte and payload), and the rest."""
     frames: list[bytes] = []
@@ -60,3 +95,8 @@ def split_frames(data: bytes) -> tuple[list[bytes], bytes]:
 def decision_of(payload: bytes) -> DecisionRecord:
     """The record a ``d`` frame's payload carries."""
     return DecisionRecord._make(marshal.loads(payload))
+
+
+def records_of(payload: bytes) -> list[DecisionRecord]:
+    """The records an ``r`` frame's payload carries, in order."""
+    return [DecisionRecord._make(values) for values in marshal.loads(payload)]

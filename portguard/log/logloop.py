@@ -120,7 +120,10 @@ class Outputs:
                   flush=True)  # fmt: skip
 
     def _handle(self, kind: bytes, payload: bytes) -> None:
-        if kind == handoff.DECISION:
+        if kind == handoff.RECORDS:
+            for record in handoff.records_of(payload):
+                self._admit(connection_event(record, self.observer, self._stamp), record.now)
+        elif kind == handoff.DECISION:
             record = handoff.decision_of(payload)
             self._admit(connection_event(record, self.observer, self._stamp), record.now)
         elif kind == handoff.EVENT:

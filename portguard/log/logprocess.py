@@ -60,7 +60,7 @@ class LogProcess:
         self.pid = 0
         self._sock: socket.socket | None = None
         self._pending = b""  # the rest of a message the socket took only in part
-        self._batch: list[bytes] = []  # the packet loop's frames not sent yet (`add`)
+        self._batch = handoff.Batch()  # what the packet loop collected, not sent yet (`add`)
         self._reported = 0
         self._stats_buffer = b""
         self.stats: dict[str, Any] = {}  # the log process's last report (see `read_stats`)
@@ -101,10 +101,9 @@ class LogProcess:
     def add(self, logged: Loggable) -> None:
         """The packet loop's hand-over: collected until `flush` (after each batch of packets),
         so a batch costs one `send`, not one per decision; never blocks."""
-        message = handoff.loggable_frame(logged)
         with self._lock:
-            self._batch.append(message)
-            if len(self._batch) >= BATCH_FRAMES:
+            self._batch.add(logged)
+            if self._batch.count >= BATCH_FRAMES:
                 self._flush()
 
     def flush(self) -> None:
@@ -113,10 +112,9 @@ class LogProcess:
             self._flush()
 
     def _flush(self) -> None:
-        if self._batch:
-            batch, self._batch = self._batch, []
-            if not self._send(b"".join(batch)):
-                self.dropped += len(batch)
+        data, count = self._batch.take()
+        if data and not self._send(data):
+            self.dropped += count
 
     def reopen(self) -> None:
         with self._lock:
@@ -182,7 +180,7 @@ class LogProcess:
         self._sock.setblocking(True)
         self._sock.settimeout(max(0.1, deadline - time.monotonic()))
         with contextlib.suppress(OSError):
-            batch, self._batch = b"".join(self._batch), []
+            batch, _count = self._batch.take()
             self._sock.sendall(self._pending + batch + self._drops() + message)
         self._sock.close()
         self._sock = None

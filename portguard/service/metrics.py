@@ -28,7 +28,7 @@ METRIC_NAMES: Final = (
     "portguard_status_ok",
     "portguard_decisions_total",
     "portguard_rule_hits_total",
-    "portguard_flows_tracked",
+    "portguard_recent_drops",
     "portguard_packets_total",
     "portguard_packet_errors_total",
     "portguard_malformed_packets_total",
@@ -64,7 +64,11 @@ def status_metrics(doc: Mapping[str, Any]) -> list[Metric]:
     metrics: list[Metric] = [
         _gauge("portguard_status_ok", "1: the daemon answered the status request", 1),
         *_decision_metrics(doc),
-        _gauge("portguard_flows_tracked", "TCP flows in the flow tables", doc["flows_tracked"]),
+        _gauge(
+            "portguard_recent_drops",
+            "Dropped SYNs remembered to recognise their resends",
+            doc["recent_drops"],
+        ),
         _counter("portguard_packets", "Packets the kernel queued to portguard", doc["packets"]),
         _counter(
             "portguard_packet_errors",

@@ -1,8 +1,9 @@
 """The status document: what `portguard status` prints and the metrics endpoint exports.
 
 Each worker reports its own counters as a *section* (`worker_section`): the policy in force,
-hits per (rule, verdict), flows tracked, packets, its log process's counters. The process that
-serves the control socket (the worker itself with `workers = 1`, the parent otherwise) adds
+hits per (rule, verdict), dropped SYNs remembered, packets, its log process's counters. The
+process that serves the control socket (the worker itself with `workers = 1`, the parent
+otherwise) adds
 what only it knows — uptime, fail mode, the hook as the hook watch last saw it, the kernel's
 queue counters — and merges the sections into one document (`build_document`, pure).
 
@@ -89,7 +90,7 @@ def worker_section(
             "rules": policy_rules(gate.ruleset),
         },
         "hits": [[rule, str(action), count] for (rule, action), count in gate.hits.items()],
-        "flows": len(gate.flows),
+        "recent_drops": len(gate.recent_drops),
         "malformed": gate.malformed,
         "limit_table_full": dict(gate.limiter.table_full),  # rule -> new sources refused
         "packets": reader.packets if reader is not None else 0,
@@ -293,7 +294,7 @@ def build_document(
 
 
 _SUMMED = (
-    ("flows_tracked", "flows"),
+    ("recent_drops", "recent_drops"),
     ("packets", "packets"),
     ("packet_errors", "packet_errors"),
     ("malformed_packets", "malformed"),

@@ -24,7 +24,7 @@ def format_status(doc: Mapping[str, Any]) -> list[str]:
         + ", ".join(f"{verdict} {decisions[verdict]}" for verdict in VERDICTS)
         + f"); packets: {doc['packets']}, packet errors: {doc['packet_errors']}, "
         f"malformed: {doc['malformed_packets']}",
-        f"flows tracked: {doc['flows_tracked']}",
+        f"dropped SYNs remembered: {doc['recent_drops']}",
         *_table_full_lines(doc.get("limit_table_full", {})),
         *_kernel_dropped_line(doc.get("kernel_dropped") or {}),
         *(_queue_line(queue) for queue in doc["queues"]),

@@ -14,7 +14,6 @@ from typing import Any
 from portguard.config.model import Config
 from portguard.core.errors import StartupError
 from portguard.core.events.record import Event, Observer, lifecycle_event
-from portguard.core.flow.table import FlowTable
 from portguard.core.gate import Gate, Outcome, Verdict
 from portguard.core.policy import RuleSet
 from portguard.io import notify
@@ -40,7 +39,7 @@ from portguard.service.policystate import is_handover, read_handover, save_resol
 from portguard.service.reevaluate import Reevaluator
 from portguard.service.status import DaemonFacts, collect, worker_section
 
-TICK = 1.0  # seconds between housekeeping rounds (flow expiry, counters)
+TICK = 1.0  # seconds between housekeeping rounds (old drops forgotten, counters)
 INTERFACE_REFRESH = 30.0  # seconds between forgetting cached interface names
 GIL_SWITCH_INTERVAL = 0.0005  # seconds (Python's default is 0.005)
 
@@ -67,8 +66,8 @@ class Worker:
         self.queue_num = queue_num
         self.observer = observer
         self.fail_open = config.queue.fail_mode == "open"
-        flows = FlowTable(id_prefix=f"{queue_num}-{int(time.time()):x}-")  # unique across restarts
-        self.gate = Gate(ruleset, observer, flows)
+        id_prefix = f"{queue_num}-{int(time.time()):x}-"  # flow ids unique across restarts
+        self.gate = Gate(ruleset, observer, id_prefix)
         self.wan = WanInterfaces(config.network.wan)
         self.writer: LogProcess | None = None
         self._reported = {"dropped": 0, "errors": 0}
@@ -358,7 +357,7 @@ class Worker:
             self._log(action, message, interfaces=names)
 
     def _housekeeping(self, reader: QueueReader) -> None:
-        self.gate.flows.expire(time.time())
+        self.gate.forget_drops(time.time())
         self._recheck_wan()
         for full in self.gate.limiter.housekeeping(time.time()):  # prune; limit-table-full
             self._log("limit-table-full", full.message, **full.fields())

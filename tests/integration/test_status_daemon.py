@@ -89,7 +89,7 @@ def make_connections(lab: Lab) -> None:
 def test_status_counters_match_the_decisions_made(lab: Lab, daemon: LabDaemon) -> None:
     workers = load_config(daemon.config).queue.workers
     before = status(lab, daemon)
-    assert before["decisions"]["total"] == 0 and before["flows_tracked"] == 0
+    assert before["decisions"]["total"] == 0 and before["recent_drops"] == 0
     make_connections(lab)
     doc = hook_checked(lab, daemon)
     assert doc["errors"] == []
@@ -100,7 +100,7 @@ def test_status_counters_match_the_decisions_made(lab: Lab, daemon: LabDaemon) -
     assert hits.pop("smarthost") == ("allow", ALLOWED, {"allow": ALLOWED})
     assert hits.pop("block-25") == ("reject", DENIED, {"reject": DENIED})
     assert all(count == 0 for _action, count, _verdicts in hits.values()), hits
-    assert doc["flows_tracked"] == ALLOWED + DENIED  # SYN_SENT flows live 30 s
+    assert doc["recent_drops"] == 0  # rejected, not dropped: nothing to recognise
     queues = doc["queues"]
     assert [q["queue"] for q in queues] == list(range(workers)) and all(q["bound"] for q in queues)
     for queue in queues:
@@ -128,7 +128,7 @@ def test_metrics_show_the_same_counts(lab: Lab, daemon: LabDaemon) -> None:
     assert samples[("portguard_decisions_total", (("verdict", "drop"),))] == 0
     assert samples[("portguard_rule_hits_total", (("rule", "smarthost"),))] == ALLOWED
     assert samples[("portguard_rule_hits_total", (("rule", "block-25"),))] == DENIED
-    assert samples[("portguard_flows_tracked", ())] == ALLOWED + DENIED
+    assert samples[("portguard_recent_drops", ())] == 0
     assert samples[("portguard_hook_complete", ())] == 1
     assert samples[("portguard_policy_info", (("version", doc["policy"]["version"]),))] == 1
     for queue in doc["queues"]:

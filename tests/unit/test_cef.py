@@ -107,7 +107,7 @@ def test_cef_escaping_round_trips(reason: str, description: str) -> None:
     assert parsed["header"][5] == description
     decision = decided()
     decision["portguard"]["reason"] = reason
-    decision["rule"]["ruleset"] = description
+    decision["rule"] = {**decision["rule"], "ruleset": description}  # parts are shared: replace
     line = render(decision, "cef").decode()
     assert "\n" not in line and "\r" not in line
     extension = parse_cef(line)["extension"]

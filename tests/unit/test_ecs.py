@@ -15,11 +15,14 @@ from tests.events import COMMUNITY_ID, NOW, OBSERVER, decided, flow_end
 
 
 def test_ecs_is_the_json_line_the_sinks_always_wrote() -> None:
-    event = decided()
-    line = render(event, "ecs")
-    assert line == render_line(event)
+    event = decided()  # a decision's event carries its Community ID from the start
+    assert event["network"]["community_id"] == COMMUNITY_ID
+    network = {k: v for k, v in event["network"].items() if k != "community_id"}
+    bare = {**event, "network": network}  # an event built without it gets it at rendering
+    line = render(bare, "ecs")
+    assert line == render_line(event) == render(event, "ecs")
     assert orjson.loads(line)["network"]["community_id"] == COMMUNITY_ID
-    assert "community_id" not in event["network"]  # the caller's event is not changed
+    assert "community_id" not in bare["network"]  # the caller's event is not changed
 
 
 def test_community_id_only_for_events_with_both_ends() -> None:

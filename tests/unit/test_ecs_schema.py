@@ -29,7 +29,6 @@ from portguard.core.events.record import (
     lifecycle_event,
     malformed_event,
 )
-from portguard.core.flow.table import Flow, TcpState
 from portguard.core.policy.model import Action, Decision, Direction, Limit, LimitResult
 from portguard.log.sinks import render_line
 
@@ -67,13 +66,11 @@ def decisions() -> Iterator[tuple[str, Event]]:
     for action in Action:
         plain = Decision(action, "block-25", "10-isp.toml", "no direct mail", "matched")
         for key in (V4, V6):
-            flow = Flow(key, "2a", TcpState.SYN_SENT, NOW, NOW)
-            event = decision_event(plain, flow, Direction.OUTBOUND, "v1", OBSERVER, NOW)
+            event = decision_event(plain, key, "2a", Direction.OUTBOUND, "v1", OBSERVER, NOW)
             yield f"decision-{action.value}-ipv{key[0]}", event
-    flow = Flow(V4, "2b", TcpState.SYN_SENT, NOW, NOW)
     yield (
         "decision-limited",
-        decision_event(limited(), flow, Direction.INBOUND, "v1", OBSERVER, NOW),
+        decision_event(limited(), V4, "2b", Direction.INBOUND, "v1", OBSERVER, NOW),
     )
 
 

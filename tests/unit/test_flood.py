@@ -16,7 +16,6 @@ from portguard.core.events.record import (
     malformed_event,
     timestamp,
 )
-from portguard.core.flow.table import Flow, TcpState
 from portguard.core.policy.model import Action, Decision, Direction
 
 OBSERVER = Observer("gw1", "0.1.0")
@@ -34,8 +33,8 @@ def decided(
     sport: int = 40312,
 ) -> Event:
     decision = Decision(action, rule, "10-isp.toml", "", f"matched rule {rule!r}")
-    flow = Flow((4, src, MX, sport, 25), f"f{sport}", TcpState.SYN_SENT, now, now)
-    return decision_event(decision, flow, Direction.OUTBOUND, "v1", OBSERVER, now)
+    key = (4, src, MX, sport, 25)
+    return decision_event(decision, key, f"f{sport}", Direction.OUTBOUND, "v1", OBSERVER, now)
 
 
 def denies_represented(events: list[Event]) -> int:

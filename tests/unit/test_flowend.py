@@ -7,7 +7,6 @@ from pathlib import Path
 
 from portguard.core.events.flowend import Counters, EndedFlow, FlowOrigin, flow_end_event, iso_ns
 from portguard.core.events.record import ECS_VERSION, Observer, decision_event, timestamp
-from portguard.core.flow.table import Flow, TcpState
 from portguard.core.policy.model import Action, Decision, Direction
 from portguard.log import formats
 
@@ -127,9 +126,7 @@ def test_the_flow_key_is_the_decision_key() -> None:
 def test_the_community_id_joins_the_flow_end_to_its_decision() -> None:
     """The writer adds network.community_id to this event shape, the same as the decision's."""
     allow = Decision(Action.ALLOW, "smarthost", "10-isp.toml", "", "matched")
-    decision = decision_event(
-        allow, Flow(V4, "2a", TcpState.SYN_SENT, NOW, NOW), Direction.OUTBOUND, "v1", OBSERVER, NOW
-    )
+    decision = decision_event(allow, V4, "2a", Direction.OUTBOUND, "v1", OBSERVER, NOW)
     flow_end = json.loads(formats.render(flow_end_event(ended(), OBSERVER, NOW), "ecs"))
     expected = json.loads(formats.render(decision, "ecs"))["network"]["community_id"]
     assert flow_end["network"]["community_id"] == expected

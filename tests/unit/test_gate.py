@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from portguard.core.events.record import DecisionRecord, Event, Observer, connection_event
-from portguard.core.flow.table import FlowTable
 from portguard.core.gate import (
+    RECENT_DROPS,
     RETRANSMISSION_WINDOW,
     Gate,
     Outcome,
@@ -48,7 +48,7 @@ def syn(src: int, dst: int, dport: int, sport: int = 40312, flags: int = SYN) ->
 
 
 def gate() -> Gate:
-    return Gate(SHIPPED, OBSERVER, FlowTable(capacity=1024))
+    return Gate(SHIPPED, OBSERVER)
 
 
 def test_verdicts_and_directions() -> None:
@@ -112,7 +112,7 @@ def test_a_replayed_allowed_syn_spends_a_token_and_gets_a_fresh_event(tmp_path: 
         '[[rule]]\nid = "biz"\ndport = [25]\naction = "allow"\n'
         'limit = { rate = "1/minute", burst = 2, per = "src" }\n'
     )
-    g = Gate(load_ruleset([rules]), OBSERVER, FlowTable())
+    g = Gate(load_ruleset([rules]), OBSERVER)
     replays = [g.handle(syn(SUBSCRIBER, MX, 25), False, True, 0.5 * n) for n in range(6)]
     assert [o.verdict for o in replays] == [Verdict.ALLOW] * 2 + [Verdict.REJECT] * 4
     assert all(o.event is not None for o in replays)
@@ -127,7 +127,7 @@ def test_a_replayed_allowed_syn_spends_a_token_and_gets_a_fresh_event(tmp_path: 
 def drop_gate(tmp_path: Path) -> Gate:
     rules = tmp_path / "drop.toml"
     rules.write_text('[[rule]]\nid = "quiet-drop"\ndport = [25]\naction = "drop"\n')
-    return Gate(load_ruleset([rules]), OBSERVER, FlowTable())
+    return Gate(load_ruleset([rules]), OBSERVER)
 
 
 def test_a_retransmitted_dropped_syn_is_dropped_again_without_an_event(tmp_path: Path) -> None:
@@ -244,10 +244,10 @@ def test_100k_random_and_mutated_packets_all_get_a_verdict(
         assert isinstance(outcome.verdict, Verdict) and outcome.verdict is not Verdict.ACCEPT
         if outcome.event is not None:
             assert ev(outcome)["event"]["action"] in {"allow", "drop", "reject", "log"}
-    assert len(g.flows) <= g.flows.capacity
+    assert len(g.recent_drops) <= RECENT_DROPS
 
 
-PROPERTY_GATE = Gate(SHIPPED, OBSERVER, FlowTable(capacity=512))
+PROPERTY_GATE = Gate(SHIPPED, OBSERVER)
 
 
 FUZZ_PACKETS = 1_000_000
@@ -260,7 +260,7 @@ def test_a_million_fuzzed_packets_get_one_verdict_each_and_linux_syns_the_policy
     copy range: no exception, one Outcome each, never Verdict.ACCEPT; and every packet Linux
     would accept as a SYN to a hooked port is decided by the policy, not as malformed."""
     assert packetfuzz.COPY_RANGE == COPY_RANGE
-    g = Gate(SHIPPED, OBSERVER, FlowTable(capacity=4096))
+    g = Gate(SHIPPED, OBSERVER)
     wans = list(WAN_FLAGS.items())
     expected: dict[tuple[object, ...], Decision] = {}
     outcomes = by_policy = 0
@@ -335,7 +335,7 @@ def test_rate_limit_and_log_false(tmp_path: Path) -> None:
         'limit = { rate = "5/minute", burst = 5, per = "src", exceed = "reject" }\n'
         '[[rule]]\nid = "quiet"\ndport = [587]\naction = "allow"\nlog = false\n'
     )
-    g = Gate(load_ruleset([rules]), OBSERVER, FlowTable())
+    g = Gate(load_ruleset([rules]), OBSERVER)
     customer, other = 0xCB00710A, 0xCB00710B  # 203.0.113.10 and .11
     verdicts = [g.handle(syn(customer, MX, 25, sport=p), False, True, 0.1 * p) for p in range(6)]
     assert [o.verdict for o in verdicts] == [Verdict.ALLOW] * 5 + [Verdict.REJECT]
@@ -348,3 +348,29 @@ def test_rate_limit_and_log_false(tmp_path: Path) -> None:
     assert later.verdict is Verdict.ALLOW
     quiet = g.handle(syn(customer, MX, 587, sport=100), False, True, 14.0)
     assert quiet.verdict is Verdict.ALLOW and quiet.event is None
+
+
+def test_dropped_syns_are_remembered_for_the_window_and_no_more(tmp_path: Path) -> None:
+    rules = tmp_path / "drop.toml"
+    rules.write_text('[[rule]]\nid = "d"\naction = "drop"\ndport = [25]\n')
+    g = Gate(load_ruleset([rules]), OBSERVER)
+    for sport in range(1000, 1010):
+        assert g.handle(syn(SUBSCRIBER, MX, 25, sport), False, True, 10.0).verdict is Verdict.DROP
+    assert len(g.recent_drops) == 10
+    assert g.forget_drops(10.0 + RETRANSMISSION_WINDOW) == 0
+    assert g.forget_drops(10.1 + RETRANSMISSION_WINDOW) == 10 and not g.recent_drops
+    # forgotten: the same SYN again is decided (and logged) afresh
+    again = g.handle(syn(SUBSCRIBER, MX, 25, 1000), False, True, 14.0)
+    assert again.event is not None and g.decided == 11
+
+
+def test_recent_drops_never_outgrow_their_bound(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr("portguard.core.gate.RECENT_DROPS", 8)
+    rules = tmp_path / "drop.toml"
+    rules.write_text('[[rule]]\nid = "d"\naction = "drop"\ndport = [25]\n')
+    g = Gate(load_ruleset([rules]), OBSERVER)
+    for sport in range(1000, 1100):
+        g.handle(syn(SUBSCRIBER, MX, 25, sport), False, True, 10.0)
+    assert list(g.recent_drops) == [(4, SUBSCRIBER, MX, sport, 25) for sport in range(1092, 1100)]

@@ -48,3 +48,23 @@ def test_control_frames_carry_their_kind() -> None:
     messages, _ = handoff.split_frames(handoff.frame(handoff.DROPS, b"12") +
                                        handoff.frame(handoff.REOPEN))  # fmt: skip
     assert messages == [b"D12", b"R"]
+
+
+def test_a_batch_carries_runs_of_records_and_events_in_order() -> None:
+    batch = handoff.Batch()
+    sent: list[object] = [record(), record(None), {"message": "malformed"}, record(), record()]
+    for logged in sent:
+        batch.add(logged)  # type: ignore[arg-type]
+    data, count = batch.take()
+    assert count == 5 and batch.take() == (b"", 0)
+    frames, rest = handoff.split_frames(data)
+    kinds = [f[:1] for f in frames]
+    assert rest == b"" and kinds == [handoff.RECORDS, handoff.EVENT, handoff.RECORDS]
+    received: list[object] = []
+    for message in frames:
+        if message[:1] == handoff.RECORDS:
+            received.extend(handoff.records_of(message[1:]))
+        else:
+            received.append(orjson.loads(message[1:]))
+    assert received == sent
+    assert all(type(r) is DecisionRecord for r in received if not isinstance(r, dict))

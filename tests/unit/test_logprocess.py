@@ -182,9 +182,9 @@ def test_added_records_go_in_one_send_per_batch_in_order_with_submits(tmp_path: 
     process.start()
     for port in range(1000, 1100):  # the packet loop: a batch is sent whole at 64 or by flush
         process.add(decided(port))
-    assert len(process._batch) == 100 - BATCH_FRAMES
+    assert process._batch.count == 100 - BATCH_FRAMES
     assert process.submit(event(7))  # another thread: sent after what was collected
-    assert not process._batch
+    assert process._batch.count == 0
     process.add(decided(2000))
     process.flush()
     process.close(None)

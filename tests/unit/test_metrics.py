@@ -29,7 +29,7 @@ def section(queue: int, hits: list[list[Any]], flows: int, sinks: list[dict[str,
                    "rules": [["smarthost", "allow"], ["block-25", "reject"],
                              ["default", "allow"]]},
         "hits": hits,
-        "flows": flows,
+        "recent_drops": flows,
         "malformed": 1,
         "packets": 20,
         "packet_errors": 0,
@@ -76,7 +76,7 @@ def test_the_counters_of_the_status_document_are_exported() -> None:
     assert samples[("portguard_rule_hits_total", (("rule", "smarthost"),))] == 5
     assert samples[("portguard_rule_hits_total", (("rule", "block-25"),))] == 5
     assert samples[("portguard_rule_hits_total", (("rule", "default"),))] == 0
-    assert samples[("portguard_flows_tracked", ())] == 11
+    assert samples[("portguard_recent_drops", ())] == 11
     assert samples[("portguard_queue_length", (("queue", "0"),))] == 2
     assert samples[("portguard_queue_dropped_total", (("kind", "queue"), ("queue", "0")))] == 5
     assert samples[("portguard_queue_dropped_total", (("kind", "user"), ("queue", "0")))] == 6
@@ -200,6 +200,6 @@ def test_the_dashboard_is_a_grafana_dashboard_with_the_promised_panels() -> None
         "sum by (rule) (increase(portguard_rule_hits_total",
         "rate(portguard_queue_dropped_total",
         "rate(portguard_log_events_dropped_total",
-        "portguard_flows_tracked",
+        "portguard_recent_drops",
     ):
         assert wanted in exprs, wanted

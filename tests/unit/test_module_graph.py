@@ -128,7 +128,7 @@ def test_cycles_finds_a_cycle() -> None:
 def test_the_graph_sees_lazy_imports_and_packages() -> None:
     edges = graph("portguard")
     assert "portguard.service.daemon" in edges["portguard.cli.main"]  # inside a function
-    assert "portguard.core.policy" in edges["portguard.core.flow.table"]  # the package runs
+    assert "portguard.core.policy" in edges["portguard.core.gate"]  # the package runs
 
 
 @pytest.mark.parametrize("package", ["portguard", "lab"])

@@ -14,7 +14,12 @@ from portguard.core.policy import Condition, Connection, Direction, RuleSet
 from portguard.core.policy.addresses import AddressSet, parse_network
 from portguard.core.policy.model import Action, Decision
 from portguard.core.policy.ports import PortSet
-from portguard.core.policy.ruleset import CompiledRule, first_mismatch, mismatch_reason
+from portguard.core.policy.ruleset import (
+    MAX_CANDIDATES,
+    CompiledRule,
+    first_mismatch,
+    mismatch_reason,
+)
 from portguard.io.policyfiles import load_ruleset
 from portguard.shipped import RULES_DIR
 
@@ -189,3 +194,29 @@ def test_where_locates_each_rule_in_its_file() -> None:
     assert lines == [(RULES_DIR / "10-isp.toml", line, 1) for line in (29, 36, 45, 53, 61)]
     loose = rule()  # built by hand: no file to point at
     assert ruleset.where(loose) == (Path("f.toml"), None, None)
+
+
+@given(
+    src=st.integers(0, 2**32 - 1),
+    dst=st.integers(0, 2**32 - 1),
+    dport=st.sampled_from([25, 465, 587, 2525, 80]),
+    direction=st.sampled_from(list(Direction)),
+)
+def test_first_match_tries_only_candidates_and_agrees_with_a_full_scan(
+    src: int, dst: int, dport: int, direction: Direction
+) -> None:
+    """The gate's indexed match against every rule tried in order with `first_mismatch`."""
+    ruleset = shipped()
+    connection = Connection(4, src, dst, dport, direction)
+    scanned = next((r for r in ruleset.rules if first_mismatch(r, connection) is None), None)
+    assert ruleset.first_match(4, src, dst, dport, direction) is scanned
+    assert ruleset.match(connection) is scanned
+
+
+def test_candidates_are_remembered_up_to_a_bound() -> None:
+    ruleset = load_ruleset([RULES_DIR])
+    for port in range(MAX_CANDIDATES + 10):
+        ruleset.first_match(4, 1, 2, port, Direction.OUTBOUND)
+    assert len(ruleset._candidates) == MAX_CANDIDATES
+    outbound_25 = ruleset.first_match(4, 0x64400A0A, 0xC6336419, 25, Direction.OUTBOUND)
+    assert outbound_25 is not None and outbound_25.id == "block-25"

@@ -17,7 +17,6 @@ from portguard.core.events.record import (
     malformed_event,
     timestamp,
 )
-from portguard.core.flow.table import Flow, TcpState
 from portguard.core.packet.model import Endpoints
 from portguard.core.policy.model import Action, Decision, Direction
 
@@ -25,12 +24,13 @@ OBSERVER = Observer("gw1", "0.1.0")
 NOW = 1795798800.123456  # 2026-11-27T17:00:00.123456Z
 
 
-def flow(version: int = 4) -> Flow:
+def flow(version: int = 4) -> tuple[tuple[int, int, int, int, int], str]:
+    """A connection's key and flow id."""
     if version == 4:
         key = (4, 0x64400A0A, 0xC6336419, 40312, 25)
     else:
         key = (6, 0x20010DB8006400100000000000000010, 0x20010DB8002500000000000000000025, 40312, 25)
-    return Flow(key, "2a", TcpState.SYN_SENT, NOW, NOW)
+    return key, "2a"
 
 
 def decision(action: Action) -> Decision:
@@ -43,7 +43,7 @@ def test_timestamp_is_utc_with_microseconds() -> None:
 
 def test_reject_event_has_the_contract_fields() -> None:
     event = decision_event(
-        decision(Action.REJECT), flow(), Direction.OUTBOUND, "abc", OBSERVER, NOW
+        decision(Action.REJECT), *flow(), Direction.OUTBOUND, "abc", OBSERVER, NOW
     )
     assert event["@timestamp"] == "2026-11-27T17:00:00.123456Z"
     assert event["event"] == {
@@ -73,7 +73,7 @@ def test_reject_event_has_the_contract_fields() -> None:
 
 def test_allow_and_log_are_allowed_ipv6() -> None:
     for action in (Action.ALLOW, Action.LOG):
-        event = decision_event(decision(action), flow(6), Direction.INBOUND, "v", OBSERVER, NOW)
+        event = decision_event(decision(action), *flow(6), Direction.INBOUND, "v", OBSERVER, NOW)
         assert event["event"]["type"] == ["connection", "allowed"]
         assert event["event"]["action"] == action.value
         assert event["source"]["ip"] == "2001:db8:64:10::10"
@@ -81,13 +81,13 @@ def test_allow_and_log_are_allowed_ipv6() -> None:
 
 
 def test_drop_is_denied() -> None:
-    event = decision_event(decision(Action.DROP), flow(), Direction.OUTBOUND, "v", OBSERVER, NOW)
+    event = decision_event(decision(Action.DROP), *flow(), Direction.OUTBOUND, "v", OBSERVER, NOW)
     assert event["event"]["type"] == ["connection", "denied"]
 
 
 def test_empty_description_is_left_out() -> None:
     bare = Decision(Action.ALLOW, "default", "default", "", "no rule matched")
-    event = decision_event(bare, flow(), Direction.OUTBOUND, "v", OBSERVER, NOW)
+    event = decision_event(bare, *flow(), Direction.OUTBOUND, "v", OBSERVER, NOW)
     assert "description" not in event["rule"]
 
 
@@ -152,7 +152,7 @@ def test_timestamp_of_a_whole_second_keeps_microseconds() -> None:
 )  # fmt: skip
 def test_decision_level_follows_the_verdict(action: Action, level: str) -> None:
     decision = Decision(action, "r", "rules.toml", "", "because")
-    event = decision_event(decision, flow(), Direction.OUTBOUND, "v", OBSERVER, NOW)
+    event = decision_event(decision, *flow(), Direction.OUTBOUND, "v", OBSERVER, NOW)
     assert event["log"] == {"level": level}
 
 

@@ -16,7 +16,6 @@ import pytest
 from portguard.cli.main import main
 from portguard.config.model import Config, parse_config
 from portguard.core.events.record import Observer
-from portguard.core.flow.table import FlowTable
 from portguard.core.gate import Gate
 from portguard.core.policy import RuleSet
 from portguard.io.hooks.backend import HookSpec, HookStatus
@@ -56,7 +55,7 @@ def syn(src: int, dst: int, dport: int, sport: int) -> bytes:
 
 def decided_gate(allowed: int, rejected: int, first_port: int = 40000) -> Gate:
     """A gate that decided `allowed` smarthost and `rejected` direct-to-MX connections."""
-    gate = Gate(SHIPPED, OBSERVER, FlowTable(capacity=1024))
+    gate = Gate(SHIPPED, OBSERVER)
     for n in range(allowed):
         gate.handle(syn(SUBSCRIBER, SMARTHOST, 25, first_port + n), False, True, 10.0)
     for n in range(rejected):
@@ -126,7 +125,7 @@ def test_a_worker_section_reports_its_counters() -> None:
     assert section["policy"]["loaded_at"] == 1234.5
     assert section["policy"]["rules"][-1] == ["default", str(SHIPPED.default.action)]
     assert sorted(section["hits"]) == [["block-25", "reject", 1], ["smarthost", "allow", 2]]
-    assert (section["flows"], section["packets"], section["packet_errors"]) == (3, 9, 2)
+    assert (section["recent_drops"], section["packets"], section["packet_errors"]) == (0, 9, 2)
     assert section["log"]["handoff_dropped"] == 4  # the worker knows of drops first
 
 
@@ -142,7 +141,7 @@ def test_sections_of_two_workers_add_up() -> None:
     assert hits["block-25"] == ("reject", 5, {"reject": 5})
     assert hits["business-25"] == ("allow", 0, {})
     assert [rule["id"] for rule in doc["rules"]][-1] == "default"
-    assert (doc["flows_tracked"], doc["packets"], doc["packet_errors"]) == (8, 9, 2)
+    assert (doc["recent_drops"], doc["packets"], doc["packet_errors"]) == (0, 9, 2)
     assert doc["log"]["sinks"] == [{"name": "file", "submitted": 12, "written": 10, "dropped": 2}]
     assert doc["log"]["events_dropped"] == 2 and doc["log"]["flow_end_lost"] == 2
     assert doc["queues"][0] == {"queue": 0, "bound": True, "waiting": 3, "queue_dropped": 7,

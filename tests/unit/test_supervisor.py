@@ -402,7 +402,7 @@ def section(queue: int, packets: int, hits: int) -> dict[str, Any]:
         "policy": {"version": "v1", "loaded_at": 10.0, "rules": [["relay", "allow"],
                                                                  ["default", "deny"]]},
         "hits": [["relay", "allow", hits]],
-        "flows": 1,
+        "recent_drops": 1,
         "malformed": 0,
         "limit_table_full": {},
         "packets": packets,
@@ -430,7 +430,7 @@ def test_status_sums_the_workers_and_names_the_silent_one(
     running._answer_status(answers)
     document = answers.seen[0]
     assert asked == [(f"control.sock.{q}", WORKER_STATUS_TIMEOUT) for q in (0, 1, 2)]
-    assert document["packets"] == 30 and document["flows_tracked"] == 2
+    assert document["packets"] == 30 and document["recent_drops"] == 2
     assert document["decisions"]["total"] == 3
     assert document["daemon"]["workers"] == 3 and document["daemon"]["workers_answering"] == 2
     assert document["errors"] == ["worker on queue 2 did not answer: timed out"]

@@ -18,14 +18,25 @@ from portguard.core import inet
 IPPROTO_TCP = 6
 
 
+_SEED = struct.Struct("!H")
+_TAIL = struct.Struct("!BBHH")  # protocol, pad, ports
+
+
 def community_id(src: str, dst: str, sport: int, dport: int, seed: int = 0) -> str:
     """The Community ID of a TCP flow given as address strings and ports."""
-    saddr, daddr = _packed(src), _packed(dst)
-    if (saddr, sport) > (daddr, dport):
+    return _hashed(_packed(src), _packed(dst), sport, dport, seed)
+
+
+def community_id_of(version: int, src: int, dst: int, sport: int, dport: int, seed: int = 0) -> str:
+    """The same from integer addresses (what a decision record holds): no parsing."""
+    size = 4 if version == 4 else 16
+    return _hashed(src.to_bytes(size, "big"), dst.to_bytes(size, "big"), sport, dport, seed)
+
+
+def _hashed(saddr: bytes, daddr: bytes, sport: int, dport: int, seed: int) -> str:
+    if (saddr, sport) > (daddr, dport):  # the same order both ways
         saddr, daddr, sport, dport = daddr, saddr, dport, sport
-    data = (
-        struct.pack("!H", seed) + saddr + daddr + struct.pack("!BBHH", IPPROTO_TCP, 0, sport, dport)
-    )
+    data = _SEED.pack(seed) + saddr + daddr + _TAIL.pack(IPPROTO_TCP, 0, sport, dport)
     return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode()
 
 

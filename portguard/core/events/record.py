@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 from portguard.core import inet
-from portguard.core.flow.table import Flow
+from portguard.core.events.communityid import community_id_of
 from portguard.core.packet.model import Endpoints
 from portguard.core.policy.model import Action, Decision, Direction
 
@@ -126,14 +126,15 @@ def decision_record(
 
 def decision_event(
     decision: Decision,
-    flow: Flow,
+    key: tuple[int, int, int, int, int],
+    flow_id: str,
     direction: Direction,
     policy_version: str,
     observer: Observer,
     now: float,
 ) -> Event:
     """One connection's decision as an ECS event (docs/logging.md, "Decision event")."""
-    record = decision_record(decision, flow.key, flow.flow_id, direction, policy_version, now)
+    record = decision_record(decision, key, flow_id, direction, policy_version, now)
     return connection_event(record, observer)
 
 
@@ -149,7 +150,8 @@ def ended_event(
     ended = replace(decision, reason=f"ended after a reload: {decision.reason}")
     record = decision_record(ended, key, "", direction, policy_version, now)
     event = connection_event(record, observer, reevaluated=True)
-    event["event"]["type"].append("end")
+    fields = event["event"]
+    event["event"] = {**fields, "type": [*fields["type"], "end"]}  # its parts are shared
     return event
 
 
@@ -160,31 +162,75 @@ def connection_event(
     reevaluated: bool = False,
 ) -> Event:
     """The ECS event of a decision record: the one builder of connection events. `stamp`
-    formats the time (a `Timestamps` of the builder's own, or the uncached `timestamp`)."""
+    formats the time (a `Timestamps` of the builder's own, or the uncached `timestamp`).
+
+    Built once per decision in the log process, so the parts every event of a rule, action
+    and observer has in common are built once and shared (read-only: whoever changes an
+    event replaces the part, as `ended_event` and flood summaries do), and the Community ID
+    comes from the integer addresses."""
     details: dict[str, Any] = {"reevaluated": True} if reevaluated else {"flow_id": record.flow_id}
     details["reason"] = record.reason
     details["policy_version"] = record.policy_version
     if record.limit is not None:
         details["limit"] = record.limit
-    action = Action(record.action)
-    version = record.version
+    version, src, dst, sport, dport = (record.version, record.src, record.dst, record.sport,
+                                       record.dport)  # fmt: skip
+    shared = _shared_parts(record.action, record.rule_id, record.ruleset, record.description)
     return {
         "@timestamp": stamp(record.now),
-        "ecs": {"version": ECS_VERSION},
-        "log": {"level": verdict_level(action)},
-        "event": _verdict_fields(action),
-        "rule": _rule_fields(record.rule_id, record.ruleset, record.description),
-        "source": {"ip": address_text(version, record.src), "port": record.sport},
-        "destination": {"ip": address_text(version, record.dst), "port": record.dport},
+        "ecs": _ECS,
+        "log": shared.log,
+        "event": shared.event,
+        "rule": shared.rule,
+        "source": {"ip": address_text(version, src), "port": sport},
+        "destination": {"ip": address_text(version, dst), "port": dport},
         "network": {
             "transport": "tcp",
             "iana_number": "6",
-            "type": f"ipv{version}",
+            "type": _NETWORK_TYPES[version],
             "direction": record.direction,
+            "community_id": community_id_of(version, src, dst, sport, dport),
         },
-        "observer": observer.fields(),
+        "observer": _observer_fields(observer),
         "portguard": details,
     }
+
+
+_ECS: dict[str, str] = {"version": ECS_VERSION}
+_NETWORK_TYPES = {4: "ipv4", 6: "ipv6"}
+MAX_SHARED = 4096  # rules x actions whose shared event parts are kept
+
+
+class _Shared(NamedTuple):
+    """The parts of a decision event that depend on its rule and action only."""
+
+    log: dict[str, str]
+    event: dict[str, Any]
+    rule: dict[str, str]
+
+
+_shared: dict[tuple[str, str, str, str], _Shared] = {}
+_observers: dict[Observer, dict[str, str]] = {}
+
+
+def _shared_parts(action: str, rule_id: str, ruleset: str, description: str) -> _Shared:
+    key = (action, rule_id, ruleset, description)
+    found = _shared.get(key)
+    if found is None:
+        verdict = Action(action)
+        found = _Shared({"level": verdict_level(verdict)}, _verdict_fields(verdict),
+                        _rule_fields(rule_id, ruleset, description))  # fmt: skip
+        if len(_shared) >= MAX_SHARED:
+            _shared.clear()
+        _shared[key] = found
+    return found
+
+
+def _observer_fields(observer: Observer) -> dict[str, str]:
+    found = _observers.get(observer)
+    if found is None:
+        found = _observers[observer] = observer.fields()
+    return found
 
 
 def verdict_level(action: Action) -> str:

@@ -34,6 +34,14 @@ _TCP = struct.Struct("!HHIIBBH")
 _EXT_HEADER = struct.Struct("!BB")  # next header, length field
 _FRAGMENT = struct.Struct("!BxH")  # next header, reserved, offset (13 bits) | flags
 _PORTS = struct.Struct("!HH")
+# an IPv4 header without options and the TCP header's fields the gate needs, in one unpack:
+# version/IHL, total length, flags/fragment offset, protocol, src, dst, sport, dport, seq,
+# data offset, flags
+_V4_SYN = struct.Struct("!BxHxxHxBxxIIHHIxxxxBB")
+_V4_TCP_FIXED = 40  # an IPv4 header without options and a TCP header without options
+
+# (version, src, dst, sport, dport, TCP flags, sequence number): what the gate decides on
+SynFields = tuple[int, int, int, int, int, int, int]
 
 IPV4_HEADER_LEN = 20
 IPV6_HEADER_LEN = 40
@@ -59,17 +67,45 @@ _Options = tuple[tuple[int, bytes], ...]
 
 def decode(data: bytes) -> Packet:
     """Decode one IP packet carrying a TCP header; raise DecodeError when it is not one."""
+    version, src, dst, ttl, offset, end, total = _ip_header(data)
+    return _decode_tcp(data, offset, end, total, version, src, dst, ttl)
+
+
+def decode_syn(data: bytes) -> SynFields:
+    """What the gate needs of a queued packet, at the cost of the fixed headers only: the
+    same packets are refused, with the same errors, as by `decode` (the TCP options, which
+    never make a packet undecodable, are not parsed)."""
+    if data and data[0] >> 4 == 4 and len(data) >= _V4_TCP_FIXED:  # the common case, inline
+        vihl, total, frag, proto, src, dst, sport, dport, seq, data_offset, flags = (
+            _V4_SYN.unpack_from(data)
+        )
+        tcp_len = (data_offset >> 4) * 4
+        if (
+            vihl == 0x45  # no IP options: the TCP header at 20
+            and total >= _V4_TCP_FIXED
+            and not frag & _V4_FRAGMENT_OFFSET
+            and proto == IPPROTO_TCP
+            and TCP_HEADER_LEN <= tcp_len <= min(total, len(data)) - IPV4_HEADER_LEN
+        ):
+            return (4, src, dst, sport, dport, flags, seq)
+    version, src, dst, _ttl, offset, end, _total = _ip_header(data)
+    sport, dport, seq, _ack, data_offset, flags, _window = _tcp_header(data, offset, end)
+    return (version, src, dst, sport, dport, flags, seq)
+
+
+def _ip_header(data: bytes) -> tuple[int, int, int, int, int, int, int]:
+    """(version, src, dst, ttl, TCP header offset, end of the packet's bytes, stated length)."""
     if not data:
         raise DecodeError("empty packet")
     version = data[0] >> 4
     if version == 4:
-        return _decode_ipv4(data)
+        return _ipv4_header(data)
     if version == 6:
-        return _decode_ipv6(data)
+        return _ipv6_header(data)
     raise DecodeError(f"IP version {version} is neither 4 nor 6")
 
 
-def _decode_ipv4(data: bytes) -> Packet:
+def _ipv4_header(data: bytes) -> tuple[int, int, int, int, int, int, int]:
     if len(data) < IPV4_HEADER_LEN:
         raise DecodeError(f"IPv4 header truncated: {len(data)} bytes")
     vihl, _tos, total, _id, frag, ttl, proto, _sum, src, dst = _IPV4.unpack_from(data)
@@ -82,10 +118,10 @@ def _decode_ipv4(data: bytes) -> Packet:
         raise DecodeError("IPv4 non-first fragment carries no TCP header")
     if proto != IPPROTO_TCP:
         raise DecodeError(f"IPv4 protocol {proto} is not TCP")
-    return _decode_tcp(data, ihl, min(total, len(data)), total, 4, src, dst, ttl)
+    return 4, src, dst, ttl, ihl, min(total, len(data)), total
 
 
-def _decode_ipv6(data: bytes) -> Packet:
+def _ipv6_header(data: bytes) -> tuple[int, int, int, int, int, int, int]:
     if len(data) < IPV6_HEADER_LEN:
         raise DecodeError(f"IPv6 header truncated: {len(data)} bytes")
     _vcl, plen, next_header, hops, src_hi, src_lo, dst_hi, dst_lo = _IPV6.unpack_from(data)
@@ -96,9 +132,7 @@ def _decode_ipv6(data: bytes) -> Packet:
     offset = IPV6_HEADER_LEN
     if next_header != IPPROTO_TCP:
         offset = _skip_ipv6_extensions(data, next_header, end)
-    src = (src_hi << 64) | src_lo
-    dst = (dst_hi << 64) | dst_lo
-    return _decode_tcp(data, offset, end, total, 6, src, dst, hops)
+    return 6, (src_hi << 64) | src_lo, (dst_hi << 64) | dst_lo, hops, offset, end, total
 
 
 def _skip_ipv6_extensions(data: bytes, next_header: int, end: int) -> int:
@@ -143,15 +177,8 @@ def _decode_tcp(
     data: bytes, offset: int, end: int, total: int, version: int, src: int, dst: int, ttl: int
 ) -> Packet:
     """Decode the TCP header at `offset`; `end` is where the packet's bytes in `data` stop."""
-    if offset + TCP_HEADER_LEN > end:
-        raise DecodeError(f"TCP header at offset {offset} truncated: packet ends at {end}")
-    sport, dport, seq, ack, data_offset, flags, window = _TCP.unpack_from(data, offset)
-    header_len = (data_offset >> 4) * 4
-    if header_len < TCP_HEADER_LEN:
-        raise DecodeError(f"TCP data offset {header_len} below 20")
-    options_end = offset + header_len
-    if options_end > end:
-        raise DecodeError(f"TCP header with options truncated: needs {header_len} bytes")
+    sport, dport, seq, ack, data_offset, flags, window = _tcp_header(data, offset, end)
+    options_end = offset + (data_offset >> 4) * 4
     options = _parse_options(data, offset + TCP_HEADER_LEN, options_end)
     return Packet(
         version,
@@ -168,6 +195,20 @@ def _decode_tcp(
         options,
         total - options_end,
     )
+
+
+def _tcp_header(data: bytes, offset: int, end: int) -> tuple[int, int, int, int, int, int, int]:
+    """The fixed TCP header's fields, once the whole header (options included) is known to
+    lie within the packet's bytes."""
+    if offset + TCP_HEADER_LEN > end:
+        raise DecodeError(f"TCP header at offset {offset} truncated: packet ends at {end}")
+    fields: tuple[int, int, int, int, int, int, int] = _TCP.unpack_from(data, offset)
+    header_len = (fields[4] >> 4) * 4
+    if header_len < TCP_HEADER_LEN:
+        raise DecodeError(f"TCP data offset {header_len} below 20")
+    if offset + header_len > end:
+        raise DecodeError(f"TCP header with options truncated: needs {header_len} bytes")
+    return fields
 
 
 def _parse_options(data: bytes, offset: int, end: int) -> _Options:

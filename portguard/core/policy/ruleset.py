@@ -19,6 +19,8 @@ from portguard.core.policy.model import Action, Connection, Decision, Direction,
 from portguard.core.policy.ports import PortSet
 from portguard.core.sourcemap import SourceMap
 
+MAX_CANDIDATES = 4096  # (direction, dport) pairs whose candidate rules a RuleSet remembers
+
 
 class Condition(StrEnum):
     """The part of a rule that a connection can fail, in the order they are checked."""
@@ -129,6 +131,7 @@ class RuleSet:
     """A compiled policy: first matching rule wins, else the default. Read-only."""
 
     __slots__ = (
+        "_candidates",
         "_positions",
         "default",
         "disabled",
@@ -166,6 +169,9 @@ class RuleSet:
         self.warnings: tuple[Problem, ...] = tuple(warnings)  # e.g. a host kept from before
         self.texts: dict[Path, str] = dict(texts or {})  # rule files, to locate rules
         self._positions: dict[Path, SourceMap] = {}
+        # (direction, dport) -> the rules whose direction and dport conditions it meets, in
+        # order: what `first_match` tries (filled as connections come, at most MAX_CANDIDATES)
+        self._candidates: dict[tuple[Direction, int], tuple[CompiledRule, ...]] = {}
 
     @property
     def has_hosts(self) -> bool:
@@ -174,17 +180,39 @@ class RuleSet:
 
     def match(self, conn: Connection) -> CompiledRule | None:
         """The first rule that ``conn`` matches (limits aside), or None."""
-        for rule in self.rules:
-            if first_mismatch(rule, conn) is None:
+        return self.first_match(conn.version, conn.src, conn.dst, conn.dport, conn.direction)
+
+    def first_match(
+        self, version: int, src: int, dst: int, dport: int, direction: Direction
+    ) -> CompiledRule | None:
+        """`match` on the connection's fields (the gate's hot path): only the rules whose
+        direction and dport conditions the connection meets are tried, on src and dst."""
+        candidates = self._candidates.get((direction, dport))
+        if candidates is None:
+            candidates = self._candidates_for(direction, dport)
+        for rule in candidates:
+            if rule.src is not None and not rule.src.contains(version, src):
+                continue
+            if rule.dst is None or rule.dst.contains(version, dst):
                 return rule
         return None
 
+    def _candidates_for(self, direction: Direction, dport: int) -> tuple[CompiledRule, ...]:
+        """The rules a (direction, dport) can match, by `first_mismatch`'s own conditions."""
+        probe = Connection(4, 0, 0, dport, direction)
+        found = tuple(
+            rule
+            for rule in self.rules
+            if first_mismatch(rule, probe) not in (Condition.DIRECTION, Condition.DPORT)
+        )
+        if len(self._candidates) < MAX_CANDIDATES:
+            self._candidates[(direction, dport)] = found
+        return found
+
     def decide(self, conn: Connection) -> Decision:
         """The deciding rule's decision, without its limit (see Limiter.decide for that)."""
-        for rule in self.rules:
-            if first_mismatch(rule, conn) is None:
-                return rule.decision
-        return self.default
+        rule = self.match(conn)
+        return self.default if rule is None else rule.decision
 
     def explain(self, conn: Connection, every: bool = False) -> Explanation:
         """Each rule tried, up to the deciding one; with ``every``, all of them."""
