@@ -28,8 +28,11 @@ def ecs_line(event: Event) -> bytes:
 
 def with_community_id(event: Event) -> Event:
     """The event with ``network.community_id`` when it names both ends of a flow."""
-    network, src, dst = (event.get(k) for k in ("network", "source", "destination"))
-    if network is None or src is None or dst is None or "community_id" in network:
+    network = event.get("network")
+    if network is None or "community_id" in network:  # a decision's event has it already
+        return event
+    src, dst = event.get("source"), event.get("destination")
+    if src is None or dst is None:
         return event
     if "port" not in src or "port" not in dst:
         return event  # a malformed packet whose TCP ports could not be read

@@ -34,7 +34,8 @@ from portguard.log.logloop import READ_SIZE, Outputs, run_outputs
 from portguard.log.writer import EventWriter
 
 SEND_BUFFER = 8 << 20  # bytes the packet loop may have waiting for the log process
-BATCH_FRAMES = 64  # frames the packet loop collects at most before it sends them (`add`)
+BATCH_FRAMES = 64  # records and events the packet loop collects at most before it sends them
+HANDOVER_DELAY = 0.005  # seconds a collected record waits at most for more (`due`)
 CLOSE_GRACE = 15.0  # seconds the log process gets to finish after the stop event
 
 WriterFactory = Callable[[], EventWriter]
@@ -61,6 +62,7 @@ class LogProcess:
         self._sock: socket.socket | None = None
         self._pending = b""  # the rest of a message the socket took only in part
         self._batch = handoff.Batch()  # what the packet loop collected, not sent yet (`add`)
+        self.due = float("inf")  # monotonic time the batch must be sent by (`flush_if_due`)
         self._reported = 0
         self._stats_buffer = b""
         self.stats: dict[str, Any] = {}  # the log process's last report (see `read_stats`)
@@ -99,12 +101,20 @@ class LogProcess:
         return False
 
     def add(self, logged: Loggable) -> None:
-        """The packet loop's hand-over: collected until `flush` (after each batch of packets),
-        so a batch costs one `send`, not one per decision; never blocks."""
+        """The packet loop's hand-over: collected until BATCH_FRAMES are there or the first
+        waited HANDOVER_DELAY (`flush_if_due`), so a send carries many decisions even at a low
+        rate (a send wakes the log process: it costs more than deciding); never blocks."""
         with self._lock:
+            if not self._batch.count:
+                self.due = time.monotonic() + HANDOVER_DELAY
             self._batch.add(logged)
             if self._batch.count >= BATCH_FRAMES:
                 self._flush()
+
+    def flush_if_due(self, now: float) -> None:
+        """Send the batch once its first record has waited HANDOVER_DELAY (`now`: monotonic)."""
+        if now >= self.due:
+            self.flush()
 
     def flush(self) -> None:
         """Send what `add` collected: all of it, or none of it dropped and counted."""
@@ -112,6 +122,7 @@ class LogProcess:
             self._flush()
 
     def _flush(self) -> None:
+        self.due = float("inf")
         data, count = self._batch.take()
         if data and not self._send(data):
             self.dropped += count

@@ -286,14 +286,16 @@ class Worker:
             jobs = self._periodic_jobs(reader, time.monotonic())
             more = False  # the last batch was full: packets may be waiting
             while not signals.stop:
-                timeout = 0.0 if more else self.heartbeat.wait(time.monotonic(), TICK)
+                now = time.monotonic()
+                timeout = 0.0 if more else self.heartbeat.wait(now, TICK)
+                timeout = max(0.0, min(timeout, writer.due - now))  # records waiting to go
                 more = False
                 for key, _ in selector.select(timeout):
                     if key.fd == queue_fd:
                         more = reader.read()
-                        writer.flush()  # the batch's records: one send
                     else:
                         key.data()
+                writer.flush_if_due(time.monotonic())  # the records of some batches: one send
                 self._between_packets(signals, jobs)
 
     def _periodic_jobs(self, reader: QueueReader, start: float) -> list[Periodic]:

@@ -18,7 +18,7 @@ from portguard.core.events.record import (
 from portguard.core.policy.model import Action, Decision, Direction
 from portguard.log import handoff
 from portguard.log.logloop import Outputs
-from portguard.log.logprocess import BATCH_FRAMES, LogProcess
+from portguard.log.logprocess import BATCH_FRAMES, HANDOVER_DELAY, LogProcess
 from portguard.log.sinks import file_sink, render_line
 from portguard.log.writer import EventWriter
 
@@ -207,3 +207,20 @@ def test_a_batch_that_does_not_fit_is_dropped_whole_and_counted(tmp_path: Path) 
     written = lines(path)
     assert len(written) - 1 + process.dropped == added  # the last line is the stop event
     assert written[-1]["portguard"]["handoff_dropped"] == process.dropped  # type: ignore[index]
+
+
+def test_records_wait_for_more_at_most_the_handover_delay(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    process = LogProcess(writer_factory(path), OBSERVER, queue=0)
+    process.start()
+    assert process.due == float("inf")  # nothing collected: nothing due
+    started = time.monotonic()
+    process.add(decided(1000))
+    process.add(decided(1001))
+    assert started + HANDOVER_DELAY <= process.due <= time.monotonic() + HANDOVER_DELAY
+    process.flush_if_due(process.due - 0.001)  # not yet: still collected
+    assert process._batch.count == 2
+    process.flush_if_due(process.due)
+    assert process._batch.count == 0 and process.due == float("inf")
+    process.close(None)
+    assert [e["source"]["port"] for e in lines(path)] == [1000, 1001]  # type: ignore[index]

@@ -20,6 +20,8 @@ RULES = (
 
 
 class Events:
+    due = float("inf")  # the log process's hand-over: nothing waiting to be sent
+
     def __init__(self) -> None:
         self.seen: list[dict[str, Any]] = []
 
@@ -31,6 +33,9 @@ class Events:
         self.seen.append(event)
 
     def flush(self) -> None:
+        pass
+
+    def flush_if_due(self, now: float) -> None:
         pass
 
     def actions(self) -> list[str]:
