@@ -1,13 +1,18 @@
 """Syslog sink: RFC 5424 messages over UDP, TCP or TLS (RFC 5425), octet-counted on streams.
 
 The sink runs in its own writer thread (writer.py), so a slow or absent collector costs that
-sink's bounded queue, never a verdict. Over TCP and TLS, delivery is at most once:
+sink's bounded queue, never a verdict. Over TCP and TLS the frames of a run of events are
+collected by `write` and sent together by `flush` (the writer flushes after every run, and at
+least every FLUSH_EVERY events: writer.py), so a busy stream costs a system call per run, not
+per event; the writer counts a run as written only once its flush succeeded. Delivery is at
+most once:
 
 - while the collector is unreachable, `write` holds its event and retries the connection with
   backoff (0.5, 1, 2, 5, 10 s), so the sink's queue fills and the writer counts what overflows;
   `interrupt()` (shutdown, from another thread) makes a waiting `write` raise OSError at once;
 - a connection the collector closed between two events is replaced before the next event;
-- an event whose send failed part-way is lost (OSError): it is never sent twice.
+- a run whose send failed part-way is lost (OSError), all of it counted as dropped even if
+  the collector got its first frames: nothing is ever sent twice.
 
 An event accepted by the kernel just before the collector dies is lost without notice: plain
 TCP syslog (RFC 6587) has no acknowledgements. UDP is fire and forget: a send error raises
@@ -299,21 +304,31 @@ class SyslogSink:
         self._incoming = select.poll()  # the stream connection: has the collector said anything?
         self._down = False  # inside an outage: on_state(False, ...) was called
         self._failures = 0  # connection attempts failed since the last good connection
+        self._frames: list[bytes] = []  # written, not sent yet (streams: sent by `flush`)
 
     def write(self, event: dict[str, Any]) -> None:
-        """Deliver one event; OSError when it is lost (see the module docstring)."""
+        """Send one event (UDP: OSError when it is lost) or collect its frame for `flush`
+        (TCP, TLS)."""
         message = syslog_header(event, self.hostname, self.pid) + self._render(event)
+        if self.target.scheme != "udp":
+            self._frames.append(octet_count(message))
+            return
         try:
-            if self.target.scheme == "udp":
-                self._send_datagram(message)
-            else:
-                self._send_frame(octet_count(message))
+            self._send_datagram(message)
         except OSError:
             self.errors += 1
             raise
 
     def flush(self) -> None:
-        """Nothing buffered: every event was sent as it was written."""
+        """Send the frames `write` collected (TCP, TLS); OSError when they are lost."""
+        if not self._frames:
+            return
+        frames, self._frames = b"".join(self._frames), []
+        try:
+            self._send_frame(frames)
+        except OSError:
+            self.errors += 1
+            raise
 
     def reopen(self) -> None:
         """Nothing to reopen: a collector is reached by address, not by file name."""

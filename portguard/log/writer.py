@@ -20,6 +20,7 @@ from portguard.core.events.record import LIFECYCLE_DATASET, Event
 from portguard.log.sinks import LEVELS, EventSink, prepare, severity
 
 DEFAULT_BUFFER = 65536  # events a sink may have waiting
+FLUSH_EVERY = 256  # events a sink writes at most between two flushes (and counts)
 LIFECYCLE_RESERVE = 256  # more places for lifecycle events only
 _STOP = object()
 _REOPEN = object()
@@ -170,6 +171,9 @@ class Channel:
         written = dropped = 0
         items = self._items
         while items:
+            if written + dropped >= FLUSH_EVERY:  # a long run: out with what it wrote so far
+                self._end_run(written, dropped)
+                written = dropped = 0
             item = items.popleft()
             if item is _STOP:
                 self._end_run(written, dropped)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -35,6 +36,12 @@ EVENT = {
 }
 FAST = (0.05, 0.1)  # backoff for tests
 RFC5424 = re.compile(rb"^<(\d+)>1 (\S+) (\S+) portguard (\d+) - - (.*)$", re.S)
+
+
+def send(sink: SyslogSink, event: dict[str, Any]) -> None:
+    """What the writer does with one event: write it, then flush (a stream sends on flush)."""
+    sink.write(event)
+    sink.flush()
 
 
 def event(seq: int, message: str = "") -> dict[str, object]:
@@ -179,7 +186,7 @@ class Writing(threading.Thread):
 
     def run(self) -> None:
         try:
-            self.sink.write(self.event)
+            send(self.sink, self.event)
         except OSError as error:
             self.error = error
         self.ended = time.monotonic()
@@ -255,7 +262,7 @@ def test_udp_delivery_on_loopback() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
         server.bind(("127.0.0.1", 0))
         sink = SyslogSink(f"udp://127.0.0.1:{server.getsockname()[1]}")
-        sink.write(dict(EVENT))
+        send(sink, dict(EVENT))
         sink.close()
         server.settimeout(2)
         assert RFC5424.match(server.recv(65535))
@@ -263,11 +270,11 @@ def test_udp_delivery_on_loopback() -> None:
 
 def test_udp_send_error_raises_for_that_event_without_waiting() -> None:
     sink, states = sink_for(f"udp://127.0.0.1:{_free_port()}")
-    sink.write(event(1))  # no one listens: the kernel's ICMP answer fails the next send
+    send(sink, event(1))  # no one listens: the kernel's ICMP answer fails the next send
     time.sleep(0.05)
     started = time.monotonic()
     with pytest.raises(ConnectionRefusedError):
-        sink.write(event(2))
+        send(sink, event(2))
     assert time.monotonic() - started < 0.05
     assert sink.errors == 1
     assert states == [(False, f"udp://127.0.0.1:{sink.target.port}: Connection refused")]
@@ -281,7 +288,7 @@ def test_tcp_delivery_with_octet_counting() -> None:
     with serving() as server:
         sink, states = sink_for(f"tcp://127.0.0.1:{server.port}")
         for seq in range(3):
-            sink.write(event(seq, "ü" * seq))  # octets, not characters, are counted
+            send(sink, event(seq, "ü" * seq))  # octets, not characters, are counted
         wait_until(lambda: len(server.frames) == 3)
         sink.close()
     assert [sequence(frame) for frame in server.frames] == [0, 1, 2]
@@ -291,11 +298,11 @@ def test_tcp_delivery_with_octet_counting() -> None:
 def test_a_connection_closed_between_events_is_replaced_without_loss() -> None:
     with serving() as server:
         sink, states = sink_for(f"tcp://127.0.0.1:{server.port}")
-        sink.write(event(1))
+        send(sink, event(1))
         wait_until(lambda: len(server.frames) == 1)
         server.drop_connections()  # an idle timeout, a collector reload
         time.sleep(0.05)
-        sink.write(event(2))
+        send(sink, event(2))
         wait_until(lambda: len(server.frames) == 2)
         sink.close()
     assert [sequence(frame) for frame in server.frames] == [1, 2]
@@ -306,7 +313,7 @@ def test_a_connection_closed_between_events_is_replaced_without_loss() -> None:
 def test_collector_down_holds_the_event_until_it_is_back() -> None:
     with serving() as first:
         sink, states = sink_for(f"tcp://127.0.0.1:{first.port}")
-        sink.write(event(1))
+        send(sink, event(1))
         wait_until(lambda: len(first.frames) == 1)
     writing = Writing(sink, event(2))  # the collector is gone: write waits, holding event 2
     wait_until(lambda: len(states) == 1)
@@ -339,7 +346,7 @@ def test_interrupt_ends_a_write_waiting_for_the_collector() -> None:
     assert sink.errors == 1
     started = time.monotonic()
     with pytest.raises(OSError):  # after interrupt() nothing waits any more
-        sink.write(event(2))
+        send(sink, event(2))
     assert time.monotonic() - started < 0.05
 
 
@@ -378,7 +385,7 @@ def test_an_event_cut_off_mid_send_is_lost_not_sent_twice() -> None:
         stalled.close()  # RST
         writing.join(2)
         assert isinstance(writing.error, ConnectionResetError)
-        sink.write(event(2))  # goes out alone, on a new connection
+        send(sink, event(2))  # goes out alone, on a new connection
         wait_until(lambda: len(server.frames) == 1)
         sink.close()
     assert [sequence(frame) for frame in server.frames] == [2]
@@ -408,8 +415,8 @@ def test_tls_delivery_verifies_the_collector(pki: Pki) -> None:
         for name, host in (("collector.test", "127.0.0.1"), (None, "127.0.0.1")):
             tls = TlsSettings(ca=pki.ca.cert, server_name=name)  # by DNS name, by IP address
             sink, states = sink_for(f"tls://{host}:{server.port}", tls)
-            sink.write(event(1))
-            sink.write(event(2))
+            send(sink, event(1))
+            send(sink, event(2))
             sink.close()
             assert states == []
         wait_until(lambda: len(server.frames) == 4)
@@ -420,7 +427,7 @@ def test_mutual_tls(pki: Pki) -> None:
     with serving(pki.server_context(require_client_cert=True)) as server:
         tls = TlsSettings(pki.ca.cert, pki.client.cert, pki.client.key, "collector.test")
         sink, states = sink_for(f"tls://127.0.0.1:{server.port}", tls)
-        sink.write(event(1))
+        send(sink, event(1))
         wait_until(lambda: len(server.frames) == 1)
         sink.close()
         assert states == []

@@ -12,7 +12,7 @@ import pytest
 
 from portguard.core.events.record import Event
 from portguard.log.sinks import Sink, file_sink, prepare, render_line
-from portguard.log.writer import Channel, EventWriter
+from portguard.log.writer import FLUSH_EVERY, Channel, EventWriter
 from tests.unit.test_ecs_schema import events as every_event
 
 EVENT = {
@@ -280,3 +280,55 @@ def test_a_reopen_never_waits_on_a_full_queue(tmp_path: Path) -> None:
     assert time.monotonic() - started < 0.1
     gate.set()
     writer.close()
+
+
+class Batching:
+    """A sink that keeps lines until `flush` (as a stream syslog sink does); its flush fails
+    while `down`."""
+
+    name = "batching"
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.flushed: list[int] = []
+        self.down = False
+
+    def write(self, event: dict[str, object]) -> None:
+        self.pending += 1
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, 0
+        if self.down:
+            raise OSError("collector gone")
+        self.flushed.append(pending)
+
+    def reopen(self) -> None: ...
+
+    def interrupt(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def test_a_long_run_is_flushed_and_counted_every_flush_every_events() -> None:
+    sink = Batching()
+    writer = EventWriter([sink], capacity=10_000)
+    for _ in range(2 * FLUSH_EVERY + 10):  # queued before the thread starts: one run
+        writer.submit(dict(EVENT))
+    writer.start()
+    writer.close()
+    assert sink.flushed == [FLUSH_EVERY, FLUSH_EVERY, 10]
+    (stats,) = writer.stats()
+    total = 2 * FLUSH_EVERY + 10
+    assert (stats.submitted, stats.written, stats.dropped) == (total, total, 0)
+
+
+def test_a_run_whose_flush_fails_is_counted_dropped_whole() -> None:
+    sink = Batching()
+    sink.down = True
+    writer = EventWriter([sink], capacity=10_000)
+    for _ in range(10):
+        writer.submit(dict(EVENT))
+    writer.start()
+    writer.close()
+    (stats,) = writer.stats()
+    assert (stats.submitted, stats.written, stats.dropped, sink.flushed) == (10, 0, 10, [])
