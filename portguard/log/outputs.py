@@ -15,6 +15,7 @@ from portguard.core.errors import StartupError
 from portguard.core.events.record import Observer, lifecycle_event
 from portguard.log import syslog
 from portguard.log.sinks import EventSink, file_sink, stdout_sink
+from portguard.log.syslogtarget import TlsSettings
 from portguard.log.writer import Channel, EventWriter
 
 
@@ -26,10 +27,10 @@ def make_sink(output: Output) -> EventSink:
     return stdout_sink(output.format, output.prefix)
 
 
-def tls_settings(output: Output) -> syslog.TlsSettings | None:
+def tls_settings(output: Output) -> TlsSettings | None:
     if output.address is None or not output.address.startswith("tls://"):
         return None
-    return syslog.TlsSettings(output.ca, output.cert, output.key, output.server_name)
+    return TlsSettings(output.ca, output.cert, output.key, output.server_name)
 
 
 def open_sinks(config: Config) -> list[EventSink]:

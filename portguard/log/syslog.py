@@ -32,16 +32,19 @@ import ssl
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from portguard.log import formats
 from portguard.log.sinks import StateCallback, severity
+from portguard.log.syslogtarget import (
+    Target,
+    TlsSettings,
+    client_context,
+    describe,
+    parse_address,
+)
 
 FACILITY_DAEMON = 3
-SCHEMES = ("udp", "tcp", "tls")
 BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)  # seconds between connection attempts, the last repeats
 CONNECT_TIMEOUT = 10.0  # seconds for the TCP connect and the TLS handshake
 SETTLE = 0.2  # seconds a new connection must stay open (a collector refusing us closes it)
@@ -65,69 +68,6 @@ def syslog_header(event: dict[str, Any], hostname: str, pid: int) -> bytes:
 def octet_count(message: bytes) -> bytes:
     """RFC 6587 / RFC 5425 framing: MSG-LEN SP SYSLOG-MSG."""
     return b"%d %s" % (len(message), message)
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where a syslog sink sends: transport, host (IPv6 without brackets), port."""
-
-    scheme: str
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
-
-
-def parse_address(address: str) -> Target:
-    """`udp://host:port`, `tcp://host:port` or `tls://host:port`; ValueError otherwise."""
-    parts = urlsplit(address)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if parts.scheme not in SCHEMES or not parts.hostname or not port:
-        raise ValueError(f"syslog address must be udp://, tcp:// or tls://host:port: {address}")
-    return Target(parts.scheme, parts.hostname, port)
-
-
-@dataclass(frozen=True, slots=True)
-class TlsSettings:
-    """TLS for a `tls://` sink: trusted CA bundle (None: the system store), optional client
-    certificate and key, and the name to verify (None: the address's host)."""
-
-    ca: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
-    server_name: str | None = None
-
-
-def client_context(tls: TlsSettings) -> ssl.SSLContext:
-    """A verifying client context for `tls`; ValueError naming the file that is unusable."""
-    if tls.key is not None and tls.cert is None:
-        raise ValueError("syslog TLS: a client key needs its certificate (cert)")
-    try:
-        context = ssl.create_default_context(cafile=None if tls.ca is None else str(tls.ca))
-    except OSError as error:
-        raise ValueError(f"syslog TLS: CA bundle {tls.ca}: {error}") from error
-    if tls.cert is not None:
-        try:
-            context.load_cert_chain(tls.cert, tls.key)
-        except OSError as error:
-            raise ValueError(
-                f"syslog TLS: client cert {tls.cert}, key {tls.key}: {error}"
-            ) from error
-    return context
-
-
-def describe(error: OSError) -> str:
-    """A short reason for an operator: the verification error, the TLS alert or the errno."""
-    if isinstance(error, ssl.SSLCertVerificationError):
-        return f"TLS certificate verification failed: {error.verify_message}"
-    if isinstance(error, ssl.SSLError):
-        return f"TLS error: {error.reason or error}"
-    return error.strerror or str(error) or type(error).__name__
 
 
 class Interrupted(ConnectionAbortedError):

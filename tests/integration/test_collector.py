@@ -29,7 +29,8 @@ TCP, TLS = "tcp://127.0.0.1:514", "tls://127.0.0.1:6514"
 SENDER = r"""
 import datetime, json, sys, threading, time
 from pathlib import Path
-from portguard.log.syslog import SyslogSink, TlsSettings
+from portguard.log.syslog import SyslogSink
+from portguard.log.syslogtarget import TlsSettings
 
 settings = json.loads(sys.argv[1])
 tls = settings["tls"]

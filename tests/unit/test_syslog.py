@@ -20,14 +20,8 @@ import pytest
 
 from lab.pki import Authority, issue, make_ca
 from lab.tls import CertPair
-from portguard.log.syslog import (
-    SyslogSink,
-    Target,
-    TlsSettings,
-    octet_count,
-    parse_address,
-    syslog_frame,
-)
+from portguard.log.syslog import SyslogSink, octet_count, syslog_frame
+from portguard.log.syslogtarget import Target, TlsSettings, parse_address
 
 EVENT = {
     "@timestamp": "2026-11-27T17:00:00.000000Z",
