@@ -42,6 +42,9 @@ class Outcome:
     # builds its event), or the event of a malformed packet
     event: Loggable | None
     direction: Direction | None = None  # the connection's, for the mark the kernel keeps
+    # what the policy decided (None when nothing was: a malformed packet, a retransmission);
+    # the queue edge needs only the verdict, `portguard replay` the rule too
+    decision: Decision | None = None
 
 
 MALFORMED_LOG_INTERVAL = 1.0  # seconds between two events about malformed packets
@@ -106,10 +109,10 @@ class Gate:
         self.hits[hit] = self.hits.get(hit, 0) + 1
         verdict = verdict_for(decision.action)
         if not decision.log:  # the rule says `log = false`
-            return Outcome(verdict, None, direction)
+            return Outcome(verdict, None, direction, decision)
         record = decision_record(decision, flow.key, flow.flow_id, direction,
                                  self.ruleset.version, now)  # fmt: skip
-        return Outcome(verdict, record, direction)
+        return Outcome(verdict, record, direction, decision)
 
     def decide(
         self, key: tuple[int, int, int, int, int], direction: Direction, now: float
