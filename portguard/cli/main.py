@@ -45,13 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
 def _replay_parser(replay: argparse.ArgumentParser) -> None:
     _with_config(replay)
     replay.add_argument("capture", type=Path, metavar="CAPTURE", help="a pcap or pcapng file")
-    replay.add_argument("--inside", action="append", default=[], metavar="CIDR",
-                        help="an address block behind the gateway (repeatable; default: "
-                        "[network] internal)")
-    replay.add_argument("--compare", type=Path, metavar="CONFIG2",
-                        help="print the connections CONFIG2 decides differently (exit 3)")
-    replay.add_argument("--format", choices=("table", "json"), default="table",
-                        dest="output_format")
+    replay.add_argument(
+        "--inside",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="an address block behind the gateway (repeatable; default: [network] internal)",
+    )
+    replay.add_argument(
+        "--compare",
+        type=Path,
+        metavar="CONFIG2",
+        help="print the connections CONFIG2 decides differently (exit 3)",
+    )
+    replay.add_argument(
+        "--format", choices=("table", "json"), default="table", dest="output_format"
+    )
     replay.add_argument("--progress", action="store_true", help="progress on stderr every 5 s")
 
 

@@ -93,7 +93,9 @@ def _replay(args: ReplayArgs, out: TextIO, err: TextIO) -> int:
     return 0
 
 
-def inside_of(given: Sequence[str], config: Config, fallback: AddressSet | None = None) -> AddressSet:
+def inside_of(
+    given: Sequence[str], config: Config, fallback: AddressSet | None = None
+) -> AddressSet:
     """The address space behind the gateway: --inside, else [network] internal."""
     if given:
         try:

@@ -40,8 +40,8 @@ def differences(found: Sequence[Difference], decided: int, output_format: str) -
         return "".join(orjson.dumps(_as_json(d)).decode() + "\n" for d in found)
     if not found:
         return f"no difference: all {decided:,} SYNs decided alike\n"
-    rows = [("time", "source", "destination", "port", "old rule", "old verdict", "new rule",
-             "new verdict")]  # fmt: skip
+    rows: list[tuple[str, ...]] = [("time", "source", "destination", "port", "old rule",
+                                    "old verdict", "new rule", "new verdict")]  # fmt: skip
     rows += [_row(d) for d in found]
     summary = f"{len(found):,} of {decided:,} SYNs decided differently"
     return "\n".join([*_columns(rows, right={3}), "", summary]) + "\n"

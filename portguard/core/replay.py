@@ -115,7 +115,8 @@ class Replayer:
         try:
             stripped = ip_packet(frame.linktype, frame.data)
         except LinkError as error:
-            return self._broken(frame, str(error))
+            self._broken(frame, str(error))
+            return None
         if stripped is None:
             self.counts.not_ip += 1
             return None
@@ -129,7 +130,8 @@ class Replayer:
         try:
             packet = decode(data)
         except DecodeError as error:
-            return self._broken(Frame(number, now, 0, data), f"not decodable: {error}")
+            self._broken(Frame(number, now, 0, data), f"not decodable: {error}")
+            return None
         if not is_initial_syn(packet) or packet.dport not in self.ports:
             self.counts.other += 1
             return None
@@ -169,7 +171,6 @@ class Replayer:
         self.counts.broken += 1
         if not self.counts.first_broken:
             self.counts.first_broken = f"packet {frame.number}: {reason}"
-        return None
 
 
 def decisions(frames: Iterable[Frame], replayer: Replayer) -> Iterator[Decided]:

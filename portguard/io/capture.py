@@ -134,7 +134,9 @@ class Capture:
             except EOFError:
                 self.number -= 1
                 return
-            except (OSError, EOFError, ValueError) as error:  # gzip, struct, scapy's own
+            except CaptureError:
+                raise
+            except Exception as error:  # gzip, struct, scapy's own (Scapy_Exception)
                 raise CaptureError(f"packet {self.number}: cannot read: {error}") from None
             yield frame
 
@@ -199,7 +201,7 @@ def _make_reader(ng: bool, name: str, stream: _Counted, magic: bytes) -> Any:
     from scapy.error import Scapy_Exception
 
     cls = _ng_reader_class() if ng else _pcap_reader_class()
-    reader = object.__new__(cls)  # around the metaclass, which would open the file again
+    reader: Any = object.__new__(cls)  # around the metaclass, which would open the file again
     try:
         reader.__init__(name, stream, magic)
     except (Scapy_Exception, EOFError, OSError) as error:
@@ -212,7 +214,7 @@ def _make_reader(ng: bool, name: str, stream: _Counted, magic: bytes) -> Any:
 def _pcap_reader_class() -> type:
     from scapy.utils import RawPcapReader
 
-    return RawPcapReader  # type: ignore[no-any-return]
+    return RawPcapReader
 
 
 _NG: list[type] = []
@@ -224,9 +226,10 @@ def _ng_reader_class() -> type:
         return _NG[0]
     from scapy.utils import RawPcapNgReader
 
-    class BlockReader(RawPcapNgReader):  # type: ignore[misc]
+    class BlockReader(RawPcapNgReader):
         def _read_block(self, size: int = 65535) -> Any:
-            self.block_start = self.f.mark()
+            stream: Any = self.f  # a _Counted
+            self.block_start = stream.mark()
             return super()._read_block(size)
 
     _NG.append(BlockReader)
