@@ -29,9 +29,12 @@ def syn(src: str, dst: str, dport: int = 25, sport: int = 40000, seq: int = 1000
 
 def framed(link: str, ip: Packet, outgoing: bool = False) -> Packet:
     """`ip` in a frame of link type `link` (one of LINK_TYPES)."""
-    ethertype = 0x86DD if ip.version == 6 else 0x0800
+    if ip.haslayer(ARP):
+        ethertype = 0x0806
+    else:
+        ethertype = 0x86DD if ip.version == 6 else 0x0800
     if link == "ethernet":
-        return Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / ip
+        return Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=ethertype) / ip
     if link == "dot1q":
         return Ether() / Dot1Q(vlan=42) / ip
     if link == "qinq":
@@ -70,4 +73,5 @@ def write_ng(path: Path, packets: Sequence[tuple[float, Packet]]) -> Path:
 
 
 def arp() -> Packet:
-    return Ether() / ARP()
+    """An ARP request (framed like the IP packets by `framed`)."""
+    return ARP(psrc=SUB4, pdst="100.64.0.1")

@@ -42,7 +42,8 @@ def test_sll2_with_a_vlan_tag() -> None:
 
 
 def test_frames_without_ip_are_none() -> None:
-    assert ip_packet(1, bytes(arp())) is None
+    assert ip_packet(1, bytes(framed("ethernet", arp()))) is None
+    assert ip_packet(113, bytes(framed("sll", arp()))) is None
     assert ip_packet(101, b"") is None
     assert ip_packet(228, bytes(syn(SUB6, MX6))) is None  # a raw IPv4 link: only IPv4
     assert ip_packet(229, bytes(syn(SUB4, MX4))) is None
