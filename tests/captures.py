@@ -18,6 +18,7 @@ SMARTHOST4 = "198.51.100.26"
 INSIDE = ("100.64.0.0/10", "2001:db8:64::/48")
 
 # link type -> (linktype number for wrpcap, frame builder around an IP packet)
+ETHERTYPES = {4: 0x0800, 6: 0x86DD, 0: 0x0806}  # IP version (0: ARP) -> EtherType
 LINK_TYPES = ("ethernet", "dot1q", "qinq", "sll", "sll2", "raw4", "raw6", "raw")
 
 
@@ -29,10 +30,7 @@ def syn(src: str, dst: str, dport: int = 25, sport: int = 40000, seq: int = 1000
 
 def framed(link: str, ip: Packet, outgoing: bool = False) -> Packet:
     """`ip` in a frame of link type `link` (one of LINK_TYPES)."""
-    if ip.haslayer(ARP):
-        ethertype = 0x0806
-    else:
-        ethertype = 0x86DD if ip.version == 6 else 0x0800
+    ethertype = ETHERTYPES[6 if ip.haslayer(IPv6) else 4 if ip.haslayer(IP) else 0]
     if link == "ethernet":
         return Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=ethertype) / ip
     if link == "dot1q":

@@ -267,8 +267,8 @@ def test_allowed_memory_is_bounded(tmp_path: Path) -> None:
 def test_compare_reports_only_what_differs(tmp_path: Path) -> None:
     old_rules = ruleset(tmp_path)
     (tmp_path / "new").mkdir()
-    new_rules = ruleset(tmp_path / "new", RULES.replace('rate = "6/minute", burst = 5',
-                                                        'rate = "60/minute", burst = 10'))  # fmt: skip
+    faster = RULES.replace('rate = "6/minute", burst = 5', 'rate = "60/minute", burst = 10')
+    new_rules = ruleset(tmp_path / "new", faster)
     frames = syns_to_submission(0.1)
     found = list(compare(frames, replayer(old_rules), replayer(new_rules)))
     assert [(d.old.verdict, d.new.verdict) for d in found] == [(Verdict.REJECT, Verdict.ALLOW)] * 5
