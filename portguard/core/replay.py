@@ -32,11 +32,12 @@ from portguard.core.flow.table import FlowKey, is_initial_syn, packet_key
 from portguard.core.gate import Gate, Verdict
 from portguard.core.packet.decode import decode
 from portguard.core.packet.linklayer import LinkError, ip_packet
-from portguard.core.packet.model import DecodeError
+from portguard.core.packet.model import ACK, FIN, IPPROTO_TCP, RST, SYN, DecodeError
 from portguard.core.policy.addresses import AddressSet
 from portguard.core.policy.model import Direction
 
 HOUSEKEEPING_INTERVAL = 1.0  # seconds of capture time, as the worker's housekeeping tick
+SYN_MASK = FIN | SYN | RST | ACK  # the hook queues SYNs with none of the other three
 ALLOWED_MEMORY = 1 << 18  # allowed connections remembered (tuple and ISN), oldest forgotten
 
 # the gate's two interface facts (arrives on a WAN interface, leaves through one)
@@ -90,6 +91,24 @@ class Counts:
                 + self.retransmissions + self.decided)  # fmt: skip
 
 
+def maybe_queued(data: bytes, ports: frozenset[int]) -> bool:
+    """False when the hook surely would not queue this IP packet (a TCP segment that is not a
+    bare SYN, or not to a hooked port): a look at three bytes instead of a full decode for
+    most of a capture. True when it may: the decoder then reads the whole header."""
+    if len(data) < 40:
+        return True
+    version = data[0] >> 4
+    if version == 4 and data[9] == IPPROTO_TCP and not data[6] & 0x1F and not data[7]:
+        tcp = (data[0] & 0x0F) * 4  # not a fragment: the TCP header follows the IP header
+    elif version == 6 and data[6] == IPPROTO_TCP:
+        tcp = 40
+    else:
+        return True  # extension headers, fragments, not TCP: the decoder decides
+    if len(data) < tcp + 14:
+        return True  # cut short: the decoder words why
+    return data[tcp + 13] & SYN_MASK == SYN and (data[tcp + 2] << 8 | data[tcp + 3]) in ports
+
+
 def direction_between(inside: AddressSet, version: int, src: int, dst: int) -> Direction:
     """A connection's direction as seen from the address space behind the gateway."""
     src_in, dst_in = inside.contains(version, src), inside.contains(version, dst)
@@ -127,6 +146,9 @@ class Replayer:
 
     def offer_packet(self, number: int, now: float, data: bytes) -> Decided | None:
         """The decision on one IP packet captured at `now`."""
+        if not maybe_queued(data, self.ports):
+            self.counts.other += 1
+            return None
         try:
             packet = decode(data)
         except DecodeError as error:

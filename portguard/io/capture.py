@@ -48,10 +48,12 @@ class _Counted:
 
     def read(self, size: int = -1) -> bytes:
         data = self.stream.read(size)
-        self.position += len(data)
-        self.largest_ask = max(self.largest_ask, size)
-        if size > 0 and len(data) < size:
+        got = len(data)
+        self.position += got
+        if got < size:
             self.short = True
+        if size > self.largest_ask:
+            self.largest_ask = size
         return data
 
     def mark(self) -> int:

@@ -9,10 +9,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from scapy.packet import Packet
 
 from portguard.core.events.record import Observer
+from portguard.core.flow.table import is_initial_syn
 from portguard.core.gate import Gate, Verdict, direction_of
+from portguard.core.packet.decode import decode
+from portguard.core.packet.model import ACK, FIN, RST, SYN, DecodeError
 from portguard.core.policy import RuleSet
 from portguard.core.policy.addresses import AddressSet, parse_network
 from portguard.core.policy.model import Direction
@@ -26,6 +31,7 @@ from portguard.core.replay import (
     compare,
     decisions,
     direction_between,
+    maybe_queued,
 )
 from portguard.io.capture import Capture
 from portguard.io.policyfiles import load_ruleset
@@ -44,6 +50,7 @@ from tests.captures import (
     syn,
     write,
 )
+from tests.strategies import PacketSpec, packet_specs
 
 OBSERVER = Observer("gw-test", "0.0.0")
 RULES = """
@@ -283,3 +290,33 @@ def test_compare_tells_a_different_rule_with_the_same_verdict(tmp_path: Path) ->
     renamed = ruleset(tmp_path / "new", RULES.replace('id = "block-25"', 'id = "no-direct-mail"'))
     found = list(compare([frame(1, T0, syn(SUB4, MX4))], replayer(old_rules), replayer(renamed)))
     assert [(d.old.rule_id, d.new.rule_id) for d in found] == [("block-25", "no-direct-mail")]
+
+
+@given(
+    spec=packet_specs(
+        dports=st.sampled_from([25, 80, 465, 587, 2525]),
+        flags=st.sampled_from([SYN, SYN | ACK, SYN | FIN, SYN | RST, ACK, SYN | 0x08, SYN | 0x40]),
+    )
+)
+def test_the_quick_look_never_skips_a_packet_the_hook_queues(spec: PacketSpec) -> None:
+    data = spec.to_bytes()
+    packet = decode(data)
+    queued = is_initial_syn(packet) and packet.dport in PORTS
+    assert maybe_queued(data, PORTS) or not queued  # True when unsure (extension headers)
+
+
+def test_the_quick_look_skips_plain_segments_without_a_decode() -> None:
+    assert not maybe_queued(bytes(syn(SUB4, MX4, flags="A")), PORTS)
+    assert not maybe_queued(bytes(syn(SUB6, MX6, flags="SA")), PORTS)
+    assert not maybe_queued(bytes(syn(SUB4, MX4, dport=80)), PORTS)
+    assert maybe_queued(bytes(syn(SUB4, MX4)), PORTS) and maybe_queued(bytes(syn(SUB6, MX6)), PORTS)
+
+
+@given(data=st.binary(max_size=80))
+def test_the_quick_look_takes_any_bytes(data: bytes) -> None:
+    if not maybe_queued(data, PORTS):  # then it read a TCP header that is surely not queued
+        try:
+            packet = decode(data)
+        except DecodeError:
+            return  # the daemon drops it as malformed: not decided either
+        assert not (is_initial_syn(packet) and packet.dport in PORTS)
