@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +30,6 @@ INSIDE = ("100.64.10.0/24", "2001:db8:64:10::/64", "203.0.113.0/24", "2001:db8:b
 Connection = tuple[str, int, str, int]  # source, source port, destination, destination port
 
 pytestmark = pytest.mark.skipif(shutil.which("tcpdump") is None, reason="needs tcpdump")
-
-
-@pytest.fixture
-def quiet_daemon(lab: Lab) -> Iterator[LabDaemon]:
-    """The shipped rules, every deny logged on its own (no flood control) to compare one by one."""
-    running = LabDaemon(lab, flood_window=0)
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def start_capture(lab: Lab, path: Path) -> subprocess.Popen[bytes]:
@@ -105,9 +93,9 @@ def replay(config: Path, capture: Path, *extra: str) -> subprocess.CompletedProc
 
 
 def test_replay_of_a_tcpdump_capture_gives_the_daemons_decisions(
-    lab: Lab, quiet_daemon: LabDaemon
+    lab: Lab, every_deny_daemon: LabDaemon
 ) -> None:
-    capture = quiet_daemon.dir / "gateway.pcap"
+    capture = every_deny_daemon.dir / "gateway.pcap"
     tcpdump = start_capture(lab, capture)
     try:
         seen = traffic(lab)
@@ -117,12 +105,12 @@ def test_replay_of_a_tcpdump_capture_gives_the_daemons_decisions(
     outcomes = {outcome for _, outcome in seen}
     assert {"delivered", "refused"} <= outcomes, seen
     deadline = time.monotonic() + 5
-    while len(logged_decisions(quiet_daemon)) < len(seen) and time.monotonic() < deadline:
+    while len(logged_decisions(every_deny_daemon)) < len(seen) and time.monotonic() < deadline:
         time.sleep(0.1)
-    live = logged_decisions(quiet_daemon)
+    live = logged_decisions(every_deny_daemon)
     assert len(live) == len(seen), (live, seen)  # one decision per connection, each logged
 
-    result = replay(quiet_daemon.config, capture, "--format", "json")
+    result = replay(every_deny_daemon.config, capture, "--format", "json")
     assert result.returncode == 0, result.stderr
     replayed = decisions_of([json.loads(line) for line in result.stdout.splitlines()])
     assert replayed == live
@@ -130,5 +118,5 @@ def test_replay_of_a_tcpdump_capture_gives_the_daemons_decisions(
     assert rules == {"block-25", "smarthost", "submission", "business-25",
                      "inbound-25-subscribers"}  # fmt: skip
 
-    same = replay(quiet_daemon.config, capture, "--compare", str(quiet_daemon.config))
+    same = replay(every_deny_daemon.config, capture, "--compare", str(every_deny_daemon.config))
     assert (same.returncode, same.stderr) == (0, ""), same.stdout
