@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := iptables nftables iproute2 conntrack gcc make python3-dev python3-venv \
 	libnetfilter-queue-dev openssl swaks procps kmod \
-	rsyslog rsyslog-openssl rsyslog-elasticsearch logrotate python3-yaml
+	rsyslog rsyslog-openssl rsyslog-elasticsearch logrotate python3-yaml tcpdump
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 include packaging/packaging.mk
 

@@ -38,7 +38,30 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--all", action="store_true", dest="every", help="every matching rule")
     hook = _with_config(commands.add_parser("hook", help="install, remove or show the hooks"))
     hook.add_argument("action", choices=("install", "remove", "status"))
+    _replay_parser(commands.add_parser("replay", help="decide a capture's SYNs by the policy"))
     return parser
+
+
+def _replay_parser(replay: argparse.ArgumentParser) -> None:
+    _with_config(replay)
+    replay.add_argument("capture", type=Path, metavar="CAPTURE", help="a pcap or pcapng file")
+    replay.add_argument(
+        "--inside",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="an address block behind the gateway (repeatable; default: [network] internal)",
+    )
+    replay.add_argument(
+        "--compare",
+        type=Path,
+        metavar="CONFIG2",
+        help="print the connections CONFIG2 decides differently (exit 3)",
+    )
+    replay.add_argument(
+        "--format", choices=("table", "json"), default="table", dest="output_format"
+    )
+    replay.add_argument("--progress", action="store_true", help="progress on stderr every 5 s")
 
 
 def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -66,6 +89,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "check":  # loads the config itself: its errors in --format json too
         return commands.check(args.config, args.output_format, args.strict)
+    if args.command == "replay":  # loads its configs itself; imports scapy only now
+        from portguard.cli.replay import ReplayArgs, replay
+
+        return replay(ReplayArgs(args.config, args.capture, args.inside, args.compare,
+                                 args.output_format, args.progress))  # fmt: skip
     config = load_config(args.config)
     if args.command == "run":
         from portguard.service.daemon import run

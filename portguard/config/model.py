@@ -36,6 +36,7 @@ from portguard.config.schema import (
     MAX_RESOLVE_INTERVAL,
     Backend,
     Chain,
+    Cidr,
     FailMode,
     FileContext,
     FilePath,
@@ -53,6 +54,7 @@ from portguard.config.schema import (
     within,
 )
 from portguard.core.errors import ConfigError, Problem, unexpected
+from portguard.core.policy.addresses import Network, parse_network
 from portguard.core.sourcemap import KeyPath
 from portguard.core.tomlsource import MIB, Spec, TextError, parse_toml, validate
 from portguard.io.files import read_text
@@ -119,6 +121,13 @@ class QueueConfig(Spec):
 
 class NetworkConfig(Spec):
     wan: Annotated[tuple[InterfaceName, ...], ARRAY] = ("eth0",)
+    # the address space behind the gateway (the subscribers' side): what `portguard replay`
+    # takes the direction of a captured connection from; the daemon itself uses `wan`
+    internal: Annotated[tuple[Cidr, ...], ARRAY] = ()
+
+    @property
+    def internal_networks(self) -> tuple[Network, ...]:
+        return tuple(parse_network(text) for text in self.internal)
 
 
 class HookConfig(Spec):

@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BeforeValidator, ValidationInfo
 from pydantic_core import PydanticCustomError
 
 from portguard.config.checks import MAX_QUEUE_NUM, MAX_WORKERS, listen_address_problem
+from portguard.core.policy.addresses import parse_network
 
 FailMode = Literal["open", "closed"]
 Backend = Literal["auto", "nftables", "iptables"]
@@ -114,6 +115,12 @@ def _array(value: object) -> object:
     return tuple(value) if isinstance(value, list) else value
 
 
+def _cidr(text: str) -> str:
+    """An address or CIDR as the rule files take it (host bits must be zero)."""
+    parse_network(text)  # raises ValueError with the operator's message
+    return text
+
+
 def _listen_address(address: str) -> str:
     problem = listen_address_problem(address)
     if problem:
@@ -130,3 +137,4 @@ Text = Annotated[str, AfterValidator(_not_blank)]
 FilePath = Annotated[Path, BeforeValidator(_file_path)]
 PerSecond = Annotated[int, BeforeValidator(_per_second)]
 ListenAddress = Annotated[str, AfterValidator(_listen_address)]
+Cidr = Annotated[str, AfterValidator(_cidr)]

@@ -44,6 +44,9 @@ class Outcome(NamedTuple):
     # builds its event), or the event of a malformed packet
     event: Loggable | None
     direction: Direction | None = None  # the connection's, for the mark the kernel keeps
+    # what the policy decided (None when nothing was: a malformed packet, a retransmission);
+    # the queue edge needs only the verdict, `portguard replay` the rule too
+    decision: Decision | None = None
 
 
 MALFORMED_LOG_INTERVAL = 1.0  # seconds between two events about malformed packets
@@ -136,10 +139,10 @@ class Gate:
         elif self.recent_drops:
             self.recent_drops.pop(key, None)  # answered this time: a resend is a new attempt
         if not decision.log:  # the rule says `log = false`
-            return Outcome(verdict, None, direction)
+            return Outcome(verdict, None, direction, decision)
         flow_id = f"{self.id_prefix}{self.decided:x}"
         record = decision_record(decision, key, flow_id, direction, self.ruleset.version, now)
-        return Outcome(verdict, record, direction)
+        return Outcome(verdict, record, direction, decision)
 
     def decide(self, key: FlowKey, direction: Direction, now: float) -> Decision:
         """The rule set's decision, with the deciding rule's rate limit applied."""

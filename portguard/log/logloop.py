@@ -14,17 +14,11 @@ from typing import Any
 
 import orjson
 
-from portguard.core.events.flood import DenyAggregator
 from portguard.core.events.flowend import EndedFlow, flow_end_event
-from portguard.core.events.record import (
-    Event,
-    Observer,
-    Timestamps,
-    connection_event,
-    lifecycle_event,
-)
+from portguard.core.events.record import Event, Observer, lifecycle_event
 from portguard.io.ctevents import FlowEndError, FlowEndListener, enable_accounting
 from portguard.log import handoff
+from portguard.log.eventflow import EventFlow
 from portguard.log.writer import EventWriter
 
 READ_SIZE = 1 << 20
@@ -80,9 +74,8 @@ class Outputs:
         self.writer = writer
         self.observer = observer
         self.extra = extra
-        self._stamp = Timestamps()  # the reading thread's own cache
-        # a bot's 10,000 identical denies become a few lines (window 0: every deny is logged)
-        self.floods = DenyAggregator(flood_window) if flood_window > 0 else None
+        # each event built once, flood control (window 0: every deny is logged)
+        self.events = EventFlow(observer, flood_window)
         self.handoff_dropped = 0
         self.stopped = False
         self._reported = 0
@@ -121,13 +114,13 @@ class Outputs:
 
     def _handle(self, kind: bytes, payload: bytes) -> None:
         if kind == handoff.RECORDS:
+            decision = self.events.decision
             for record in handoff.records_of(payload):
-                self._admit(connection_event(record, self.observer, self._stamp), record.now)
+                self._submit(decision(record))
         elif kind == handoff.DECISION:
-            record = handoff.decision_of(payload)
-            self._admit(connection_event(record, self.observer, self._stamp), record.now)
+            self._submit(self.events.decision(handoff.decision_of(payload)))
         elif kind == handoff.EVENT:
-            self._admit(orjson.loads(payload), time.time())
+            self._submit(self.events.admit(orjson.loads(payload), time.time()))
         elif kind == handoff.REOPEN:
             self.writer.reopen()
         elif kind == handoff.DROPS:
@@ -137,22 +130,16 @@ class Outputs:
         elif kind == handoff.STOP:
             self.finish(orjson.loads(payload))
 
-    def _admit(self, event: Event, now: float) -> None:
-        """An event from the worker, through flood control, to the writer."""
-        if self.floods is None:
+    def _submit(self, events: list[Event]) -> None:
+        for event in events:
             self.writer.submit(event)
-            return
-        for admitted in self.floods.admit(event, now):
-            self.writer.submit(admitted)
 
     def flush_floods(self, now: float) -> None:
         """The summaries of the flood-control windows closed by `now` (once a second)."""
-        for summary in self.floods.flush(now) if self.floods is not None else ():
-            self.writer.submit(summary)
+        self._submit(self.events.flush(now))
 
     def _flush_all_floods(self) -> None:
-        for summary in self.floods.flush_all() if self.floods is not None else ():
-            self.writer.submit(summary)
+        self._submit(self.events.flush_all())
 
     def report_drops(self) -> None:
         self._report_flow_end_losses()

@@ -37,3 +37,14 @@ def daemon(lab: Lab) -> Iterator[LabDaemon]:
     finally:
         running.stop()
     assert not hooks_leftover(lab), "SIGTERM must remove every hook"
+
+
+@pytest.fixture
+def every_deny_daemon(lab: Lab) -> Iterator[LabDaemon]:
+    """The shipped rules with flood control off: every decision has its own event."""
+    running = LabDaemon(lab, flood_window=0)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -345,17 +344,6 @@ def test_rate_limit_rejects_the_sixth_connection_of_one_customer_only(
     finally:
         assert running.stop() == 0
         lab.run("biz", ["ip", "addr", "del", f"{other}/24", "dev", "biz0"])
-
-
-@pytest.fixture
-def every_deny_daemon(lab: Lab) -> Iterator[LabDaemon]:
-    """The shipped rules with flood control off: every decision has its own event."""
-    running = LabDaemon(lab, flood_window=0)
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def test_the_daemon_and_explain_agree_on_real_connections(

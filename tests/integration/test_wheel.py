@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 import subprocess
 import sys
 import zipfile
@@ -78,6 +79,7 @@ def test_every_module_imports_in_a_venv_without_extras(wheel: Path, tmp_path: Pa
     installed = run([python, "-I", "-m", "pip", "list", "--format=json"], tmp_path).stdout
     names = {entry["name"].lower() for entry in json.loads(installed)}
     assert not names & {"aiosmtpd", "communityid", "pytest", "hypothesis"}  # no test extra
+    assert "scapy" in names  # a runtime dependency: `portguard replay` reads captures with it
     modules = module_names(wheel)
     assert "portguard.io.nfqueue" in modules and "portguard.core.gate" in modules
     failed = run([python, "-I", "-c", IMPORT_ALL, json.dumps(modules)], tmp_path).stdout
@@ -88,3 +90,22 @@ def test_every_module_imports_in_a_venv_without_extras(wheel: Path, tmp_path: Pa
     assert lab.returncode != 0  # the lab is not installed
     version = run([str(venv / "bin" / "portguard"), "--version"], tmp_path).stdout
     assert version.split() == ["portguard", __version__]
+    replayed = run([str(venv / "bin" / "portguard"), *replay_args(tmp_path)], tmp_path).stdout
+    assert "1 packets, 1 SYNs decided" in replayed and "block-25" in replayed
+
+
+# a SYN from a subscriber to port 25 of another network, as raw IPv4 (checksums not checked)
+SYN = bytes.fromhex(
+    "45000028000100004006000064400a0ac63364199d78001900000001000000005002faf000000000"
+)
+
+
+def replay_args(folder: Path) -> list[str]:
+    """`portguard replay` of a one-packet capture with the shipped rules (scapy reads it)."""
+    capture = folder / "one.pcap"
+    header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 228)  # LINKTYPE_IPV4
+    capture.write_bytes(header + struct.pack("<IIII", 1795798800, 0, len(SYN), len(SYN)) + SYN)
+    config = folder / "replay.toml"
+    rules = json.dumps(str(ROOT / "portguard" / "shipped" / "rules"))
+    config.write_text(f'[network]\ninternal = ["100.64.0.0/10"]\n[rules]\npaths = [{rules}]\n')
+    return ["replay", "--config", str(config), str(capture)]

@@ -334,3 +334,36 @@ def test_per_source_errors_are_located(value: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(f"[queue]\nper_source = {value}\n", Path("/etc/pg.toml"))
     assert any(message in line for line in caught.value.messages), caught.value.messages
+
+
+def test_internal_address_space(tmp_path: Path) -> None:
+    """[network] internal: the address space behind the gateway (for `portguard replay`)."""
+    path = tmp_path / "c.toml"
+    assert parse_config("", path).network.internal == ()
+    text = '[network]\ninternal = ["100.64.0.0/10", "2001:db8:64::/48", "192.0.2.7"]\n'
+    config = parse_config(text, path)
+    assert [str(network) for network in config.network.internal_networks] == [
+        "100.64.0.0/10",
+        "2001:db8:64::/48",
+        "192.0.2.7",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            '["10.0.0.1/8"]',
+            '2:13: internal: "10.0.0.1/8" has host bits set (the network is 10.0.0.0/8)',
+        ),
+        ('["eth0"]', '2:13: internal: "eth0" is not a valid IP address or CIDR'),
+        ('"10.0.0.0/8"', "2:1: internal: must be an array, not a string"),
+    ],
+)
+def test_internal_errors_are_located(tmp_path: Path, value: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"[network]\ninternal = {value}\n", path)
+    assert any(m.startswith(f"{path}:{message}") for m in caught.value.messages), (
+        caught.value.messages
+    )

@@ -8,12 +8,7 @@ category/type pair must be one ECS expects.
 
 from __future__ import annotations
 
-import ipaddress
-import json
 from collections.abc import Iterator
-from functools import cache
-from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -30,30 +25,22 @@ from portguard.core.events.record import (
     malformed_event,
 )
 from portguard.core.policy.model import Action, Decision, Direction, Limit, LimitResult
-from portguard.log.sinks import render_line
+from tests.ecs import (
+    CUSTOM,
+    categorization_problems,
+    fits,
+    flatten,
+    mistyped_fields,
+    nonconformities,
+    rendered,
+    schema,
+    unknown_fields,
+)
 
-ECS_DIR = Path(__file__).resolve().parents[1] / "data" / "ecs"
 OBSERVER = Observer("gw1", "0.1.0")
 NOW = 1795798800.123456
 V4 = (4, 0x64400A0A, 0xC6336419, 40312, 25)
 V6 = (6, 0x20010DB8006400100000000000000010, 0x20010DB8002500000000000000000025, 40312, 25)
-CUSTOM = "portguard"
-
-
-@cache
-def schema() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((ECS_DIR / f"ecs_flat_{ECS_VERSION}.json").read_text())
-    return data
-
-
-def flatten(value: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """Dotted field names and their leaf values (lists are leaves: ECS arrays)."""
-    for key, item in value.items():
-        name = f"{prefix}{key}"
-        if isinstance(item, dict) and item:
-            yield from flatten(item, f"{name}.")
-        else:
-            yield name, item
 
 
 def limited() -> Decision:
@@ -96,12 +83,6 @@ def flow_ends() -> Iterator[tuple[str, Event]]:
     yield "flow-end-bare", flow_end_event(bare, OBSERVER, NOW)
 
 
-def rendered(event: Event) -> dict[str, Any]:
-    """The event as a sink writes it (with network.community_id added)."""
-    data: dict[str, Any] = json.loads(render_line(event))
-    return data
-
-
 CASES = dict(events())
 
 
@@ -112,48 +93,20 @@ def test_the_field_list_is_the_declared_version() -> None:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_every_field_is_an_ecs_field_or_custom(name: str) -> None:
-    fields = schema()["fields"]
     flat = dict(flatten(rendered(CASES[name])))
-    unknown = [f for f in flat if f not in fields and not f.startswith(f"{CUSTOM}.")]
-    assert unknown == []
+    assert unknown_fields(rendered(CASES[name])) == []
     assert flat["ecs.version"] == ECS_VERSION
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_every_value_has_its_ecs_type(name: str) -> None:
-    fields = schema()["fields"]
-    for field, value in flatten(rendered(CASES[name])):
-        if field in fields:
-            spec = fields[field]
-            values = value if spec.get("array") else [value]
-            assert isinstance(values, list), f"{field} must be an array"
-            assert all(fits(spec["type"], v) for v in values), (field, value)
-
-
-def fits(kind: str, value: Any) -> bool:
-    if kind == "long":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "ip":
-        return isinstance(value, str) and bool(ipaddress.ip_address(value))
-    if kind == "date":
-        return isinstance(value, str) and value.endswith("Z")
-    if kind in {"keyword", "match_only_text", "text", "wildcard", "constant_keyword"}:
-        return isinstance(value, str)
-    return False
+    assert mistyped_fields(rendered(CASES[name])) == []
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_event_categorization_values_are_allowed(name: str) -> None:
-    allowed = schema()["allowed_values"]
-    fields = CASES[name]["event"]
-    assert fields["kind"] in allowed["event.kind"]
-    assert fields["outcome"] in allowed["event.outcome"]
-    assert fields["category"] and fields["type"]
-    for category in fields["category"]:
-        expected = allowed["event.category"][category]
-        for kind in fields["type"]:
-            assert kind in allowed["event.type"]
-            assert kind in expected, f"type {kind!r} is not expected for category {category!r}"
+    assert categorization_problems(CASES[name]) == []
+    assert nonconformities(CASES[name]) == []
 
 
 def test_the_checks_can_fail() -> None:
@@ -163,3 +116,15 @@ def test_the_checks_can_fail() -> None:
     assert "portguard.free" in flat
     assert "denied" not in schema()["allowed_values"]["event.category"]["process"]
     assert not fits("long", "6") and not fits("keyword", 6)
+    assert unknown_fields(bad) == ["source.addr"]
+    assert mistyped_fields({"source": {"port": "25"}}) == [("source.port", "25")]
+    assert categorization_problems(
+        {
+            "event": {
+                "kind": "event",
+                "outcome": "success",
+                "category": ["process"],
+                "type": ["denied"],
+            }
+        }
+    )

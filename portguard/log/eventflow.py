@@ -1,0 +1,47 @@
+"""Decision records to the events a log writes: each ECS event built once, then flood control.
+
+One object does it for the log process (`logloop.Outputs`) and for `portguard replay`, so a
+replay prints exactly the events the daemon would have written for the same decisions.
+Pure apart from its own timestamp cache: `now` is passed in.
+"""
+
+from __future__ import annotations
+
+from portguard.core.events.flood import DenyAggregator
+from portguard.core.events.record import (
+    DecisionRecord,
+    Event,
+    Observer,
+    Timestamps,
+    connection_event,
+)
+
+
+class EventFlow:
+    """Records and events in, the events to write now out (`[log] flood_window` seconds of
+    flood control; 0 = every deny is written)."""
+
+    def __init__(self, observer: Observer, flood_window: float = 0.0) -> None:
+        self.observer = observer
+        self._stamp = Timestamps()  # the builder's own cache (one thread)
+        # a bot's 10,000 identical denies become a few lines
+        self.floods = DenyAggregator(flood_window) if flood_window > 0 else None
+
+    def decision(self, record: DecisionRecord) -> list[Event]:
+        """A decision's event, through flood control (at the decision's own time)."""
+        return self.admit(connection_event(record, self.observer, self._stamp), record.now)
+
+    def admit(self, event: Event, now: float) -> list[Event]:
+        """Any event through flood control: closed windows' summaries first, then the event
+        unless flood control holds it back."""
+        if self.floods is None:
+            return [event]
+        return self.floods.admit(event, now)
+
+    def flush(self, now: float) -> list[Event]:
+        """The summaries of the flood-control windows closed by `now`."""
+        return self.floods.flush(now) if self.floods is not None else []
+
+    def flush_all(self) -> list[Event]:
+        """The summaries of every open window (at the end)."""
+        return self.floods.flush_all() if self.floods is not None else []
