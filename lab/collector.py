@@ -109,6 +109,23 @@ def _command_name(pid: int) -> str:
         return ""
 
 
+def _message(line: bytes) -> dict[str, Any] | None:
+    """One line of the output: a message, or the message a restarted rsyslogd appended to the
+    part of one its killed predecessor wrote (that part is lost, as in its memory); None when
+    nothing whole is left."""
+    try:
+        return dict(json.loads(line))
+    except ValueError:
+        pass
+    start = line.rfind(b'{"')
+    while start > 0:
+        try:
+            return dict(json.loads(line[start:]))
+        except ValueError:
+            start = line.rfind(b'{"', 0, start)
+    return None
+
+
 class Collector:
     """rsyslogd in the foreground (`-n`), run through `argv_prefix` (e.g. `ip netns exec NS`)."""
 
@@ -231,7 +248,7 @@ class Collector:
         except FileNotFoundError:
             return []
         complete = data[: data.rfind(b"\n") + 1]
-        return [json.loads(line) for line in complete.splitlines()]
+        return [found for line in complete.splitlines() if (found := _message(line)) is not None]
 
     def events(self) -> list[Any]:
         """The MSG of every message, parsed as JSON (portguard's ECS events)."""
