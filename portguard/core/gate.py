@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from portguard.core.denycache import cacheable
 from portguard.core.events.record import (
     Loggable,
     Observer,
@@ -42,6 +43,7 @@ class Outcome:
     # builds its event), or the event of a malformed packet
     event: Loggable | None
     direction: Direction | None = None  # the connection's, for the mark the kernel keeps
+    cache: bool = False  # a deny the kernel's deny cache answers again (core/denycache.py)
 
 
 MALFORMED_LOG_INTERVAL = 1.0  # seconds between two events about malformed packets
@@ -86,6 +88,7 @@ class Gate:
         self.observer = observer
         self.flows = flows if flows is not None else FlowTable()
         self.limiter = Limiter()  # token buckets outlive reloads
+        self.cache_period = 0.0  # [queue] deny_cache: seconds a cached deny lives at most
         self.malformed = 0
         self.hits: dict[tuple[str, Action], int] = {}  # (rule id, action) -> decisions
         self._malformed_unlogged = 0
@@ -105,11 +108,12 @@ class Gate:
         hit = (decision.rule_id, decision.action)
         self.hits[hit] = self.hits.get(hit, 0) + 1
         verdict = verdict_for(decision.action)
+        cache = cacheable(decision, self.cache_period)
         if not decision.log:  # the rule says `log = false`
-            return Outcome(verdict, None, direction)
+            return Outcome(verdict, None, direction, cache)
         record = decision_record(decision, flow.key, flow.flow_id, direction,
                                  self.ruleset.version, now)  # fmt: skip
-        return Outcome(verdict, record, direction)
+        return Outcome(verdict, record, direction, cache)
 
     def decide(
         self, key: tuple[int, int, int, int, int], direction: Direction, now: float

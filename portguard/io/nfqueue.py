@@ -22,7 +22,14 @@ from netfilterqueue import COPY_PACKET, NetfilterQueue
 
 from portguard.core.events.record import Loggable
 from portguard.core.gate import Outcome, Verdict
-from portguard.core.marks import MARK_ALLOW, MARK_REJECT, mark_bits, with_mark_bits
+from portguard.core.marks import (
+    MARK_ALLOW,
+    MARK_CACHE,
+    MARK_DROP,
+    MARK_REJECT,
+    mark_bits,
+    with_mark_bits,
+)
 from portguard.core.policy.model import Direction
 
 # The most python-netfilterqueue lets a queue copy (1.1.0 caps `range` at 4016): the TCP header
@@ -88,13 +95,21 @@ class BatchSocket:
         return data
 
 
-def apply_verdict(packet: Any, verdict: Verdict, direction: Direction | None = None) -> None:
+def apply_verdict(
+    packet: Any, verdict: Verdict, direction: Direction | None = None, cache: bool = False
+) -> None:
     """Tell the kernel what to do with `packet` (a netfilterqueue.Packet).
 
     Allow and reject mark the packet with the verdict and the connection's `direction` (None:
     internal); allow's mark, direction included, is saved to the connmark by the hook's chain.
+    A deny to `cache` (reject or drop) is marked with MARK_CACHE too and repeated: the hook
+    adds its key to the deny cache, then rejects or drops it.
     """
-    if verdict is Verdict.ALLOW:
+    if cache and verdict in (Verdict.REJECT, Verdict.DROP):
+        bits = mark_bits(MARK_REJECT if verdict is Verdict.REJECT else MARK_DROP, direction)
+        packet.set_mark(with_mark_bits(packet.get_mark(), bits | MARK_CACHE))
+        packet.repeat()
+    elif verdict is Verdict.ALLOW:
         packet.set_mark(with_mark_bits(packet.get_mark(), mark_bits(MARK_ALLOW, direction)))
         packet.repeat()  # the hook's chain sees the mark, saves it to the connmark, returns
     elif verdict is Verdict.REJECT:
@@ -204,7 +219,7 @@ class QueueReader:
 
     def _give_verdict(self, packet: Any, outcome: Outcome) -> None:
         try:
-            apply_verdict(packet, outcome.verdict, outcome.direction)
+            apply_verdict(packet, outcome.verdict, outcome.direction, outcome.cache)
         except Exception as error:  # never let an exception into the C loop
             self.verdict_errors += 1
             self.last_error = error

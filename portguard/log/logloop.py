@@ -14,7 +14,8 @@ from typing import Any
 
 import orjson
 
-from portguard.core.events.flood import DenyAggregator
+from portguard.core.denycache import KernelHits
+from portguard.core.events.flood import DenyAggregator, kernel_summary
 from portguard.core.events.flowend import EndedFlow, flow_end_event
 from portguard.core.events.record import (
     Event,
@@ -125,6 +126,8 @@ class Outputs:
             self._admit(connection_event(record, self.observer, self._stamp), record.now)
         elif kind == handoff.EVENT:
             self._admit(orjson.loads(payload), time.time())
+        elif kind == handoff.KERNEL_HITS:
+            self._fold(handoff.kernel_hits_of(payload))
         elif kind == handoff.REOPEN:
             self.writer.reopen()
         elif kind == handoff.DROPS:
@@ -141,6 +144,16 @@ class Outputs:
             return
         for admitted in self.floods.admit(event, now):
             self.writer.submit(admitted)
+
+    def _fold(self, found: KernelHits) -> None:
+        """A key's retries the kernel answered: into flood control, or a summary at once."""
+        event = connection_event(found.record, self.observer, self._stamp)
+        start, end = self._stamp(found.start), self._stamp(found.end)
+        if self.floods is None:
+            self.writer.submit(kernel_summary(event, found.hits, start, end))
+            return
+        for folded in self.floods.fold(event, found.hits, start, end):
+            self.writer.submit(folded)
 
     def flush_floods(self, now: float) -> None:
         """The summaries of the flood-control windows closed by `now` (once a second)."""

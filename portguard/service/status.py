@@ -78,6 +78,7 @@ def worker_section(
     reader: QueueCounters | None,
     log: LogCounters | None,
     pid: int,
+    deny_cache: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """One worker's counters, JSON-ready (it crosses the worker's control socket)."""
     return {
@@ -95,6 +96,7 @@ def worker_section(
         "packets": reader.packets if reader is not None else 0,
         "packet_errors": reader.errors + reader.verdict_errors if reader is not None else 0,
         "log": log_section(log.read_stats(), log.dropped) if log else log_section({}, 0),
+        "deny_cache": dict(deny_cache) if deny_cache is not None else None,
     }
 
 

@@ -27,6 +27,7 @@ from portguard.log.logprocess import LogProcess
 from portguard.log.outputs import make_writer, open_sinks
 from portguard.log.writer import EventQueue
 from portguard.service.control import ControlServer
+from portguard.service.denycache import NO_CACHE, NoCache, WorkerCache, worker_cache
 from portguard.service.periodic import Periodic
 from portguard.service.policyload import (
     LoadResult,
@@ -61,6 +62,7 @@ class Worker:
         self.control = control
         # with several workers only the first (`primary`) does what concerns the whole network
         # namespace: re-evaluating the conntrack table, listening for flow ends
+        self.primary = primary  # also rotates the deny cache
         self.reevaluates = primary and config.rules.reevaluate
         self.reports_flow_ends = primary and config.log.flow_end
         self.reevaluator: Reevaluator | None = None
@@ -85,6 +87,8 @@ class Worker:
         self._handover_lock = threading.Lock()  # set by the loop, taken by the load thread
         self.control_server: ControlServer | None = None
         self.start_events: list[tuple[str, str, dict[str, object]]] = []  # logged after start
+        self.cache_backend: str | None = None  # set by the daemon: the hook's deny cache
+        self.cache: WorkerCache | NoCache = NO_CACHE
 
     def run(self, on_bound: Hook, on_stop: Hook) -> int:
         """Bind the queue, call `on_bound`, decide packets until SIGTERM, then clean up.
@@ -96,6 +100,8 @@ class Worker:
         # background threads (loads, log) hand the GIL back to the packet loop often
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         writer = self.writer = self._start_log_process()
+        self.cache = worker_cache(self.config, self.cache_backend, self.gate, writer, self._log,
+                                  self.primary, self.private_control and self.control)  # fmt: skip
         if self.reevaluates:
             self.reevaluator = Reevaluator(writer.submit, self.observer)
         signals = SignalPipe()
@@ -136,6 +142,7 @@ class Worker:
         """Flush the flood summaries, remove the hooks when `orderly`, unbind, log the stop."""
         assert self.writer is not None
         notify.stopping()
+        self.cache.stop()  # the kernel's hits so far, read before the hooks go
         self.writer.flush_floods()  # the flood summaries before the hooks' and stop events
         self._shut_down(reader, on_stop if orderly else None, drain=deciding)
         for closing in (self.control_server, signals):
@@ -193,7 +200,11 @@ class Worker:
             reader.close()
 
     def decide(self, data: bytes, indev: int, outdev: int) -> Outcome:
-        return self.gate.handle(data, self.wan.is_wan(indev), self.wan.is_wan(outdev), time.time())
+        outcome = self.gate.handle(data, self.wan.is_wan(indev), self.wan.is_wan(outdev),
+                                   time.time())  # fmt: skip
+        if outcome.cache:  # before the verdict, with which the kernel adds the key
+            self.cache.mark(outcome)
+        return outcome
 
     def _load(self) -> RuleSet:
         """Runs in the load thread: unchanged list files and failing host names reuse what
@@ -243,7 +254,7 @@ class Worker:
     def status(self) -> dict[str, Any]:
         """This worker's counters; with `facts`, the whole daemon's status document."""
         section = worker_section(self.gate, self.queue_num, self.policy_loaded, self.reader,
-                                 self.writer, os.getpid())  # fmt: skip
+                                 self.writer, os.getpid(), self.cache.fields())  # fmt: skip
         if self.facts is None:
             return {"ok": True, "worker": section}
         document = collect(self.facts, [section])
@@ -345,6 +356,7 @@ class Worker:
 
     def _swap(self, old: RuleSet, new: RuleSet, trigger: str) -> None:
         self.gate.ruleset = new
+        self.cache.request()  # (the first worker) no cached deny of the old policy answers
         self.policy_loaded = time.time()
         self._log("reload", "policy reloaded", policy_version=new.version,
                   previous_version=old.version, trigger=trigger)  # fmt: skip
@@ -359,6 +371,7 @@ class Worker:
 
     def _housekeeping(self, reader: QueueReader) -> None:
         self.gate.flows.expire(time.time())
+        self.cache.report()  # the kernel's hits read meanwhile (the first: starts its thread)
         self._recheck_wan()
         for full in self.gate.limiter.housekeeping(time.time()):  # prune; limit-table-full
             self._log("limit-table-full", full.message, **full.fields())
@@ -383,6 +396,5 @@ class Worker:
             self.writer.submit(self._event(action, message, **extra))
 
     def _event(self, action: str, message: str, **extra: object) -> Event:
-        return lifecycle_event(
-            action, message, self.observer, time.time(), queue=self.queue_num, **extra
-        )
+        return lifecycle_event(action, message, self.observer, time.time(), queue=self.queue_num,
+                               **extra)  # fmt: skip
