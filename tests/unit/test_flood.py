@@ -62,6 +62,7 @@ def test_repeats_are_suppressed_then_summarised_when_the_window_closes() -> None
         "first": timestamp(NOW),
         "last": timestamp(NOW + 20),
         "suppressed": 2,
+        "kernel": 0,
     }
     assert summary["@timestamp"] == timestamp(NOW + 20)
     assert summary["event"]["start"] == timestamp(NOW)

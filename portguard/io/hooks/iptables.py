@@ -126,9 +126,8 @@ def cache_lookup_rules(spec: HookSpec, family: str) -> Iterator[str]:
     verdict without the queue, counted in the set's element."""
     if not spec.deny_cache:
         return
-    version = FAMILY_VERSIONS[family]
     for verdict, target in _CACHE_TARGETS.items():
-        match = f"-m set --match-set {set_name(verdict, version)} src,dst,dst"
+        match = f"-m set --match-set {set_name(verdict, FAMILY_VERSIONS[family])} src,dst,dst"
         for group in _port_groups(spec.sorted_ports):
             yield f"-A {CHAIN} {_ports(group)} {_NEW_UNMARKED} {match} {target}"
 
