@@ -46,11 +46,9 @@ def flood(lab: Lab, rate: int, seconds: float) -> dict[str, float]:
 
 
 def with_daemon(lab: Lab, cache: int, run: Callable[[], dict[str, float]]) -> dict[str, float]:
-    daemon = LabDaemon(lab)
+    daemon = LabDaemon(lab, deny_cache=cache)
     text = daemon.config.read_text()
-    daemon.config.write_text(
-        text.replace("[queue]\n", f"[queue]\nper_source = false\ndeny_cache = {cache}\n", 1)
-    )
+    daemon.config.write_text(text.replace("[queue]\n", "[queue]\nper_source = false\n", 1))
     daemon.start()
     try:
         return run()

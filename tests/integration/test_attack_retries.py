@@ -25,6 +25,7 @@ from lab import Lab
 from lab import addresses as a
 from lab.daemon import LabDaemon, hooks_leftover
 from lab.peers import python_env
+from tests.integration.test_attack_limits import hits, status
 
 FLOOD_RATE = 3_000  # SYNs a second, paced (a rate the queue keeps up with before the cache)
 FLOOD_SECONDS = 6.0
@@ -92,16 +93,8 @@ def flood(lab: Lab, dst: str, rate: int = FLOOD_RATE, seconds: float = FLOOD_SEC
     return sent
 
 
-def status(lab: Lab, daemon: LabDaemon) -> dict[str, Any]:
-    argv = lab.python("portguard", "status", "--config", str(daemon.config), "--json")
-    proc = lab.run("gw", argv, capture_output=True, text=True, timeout=30, env=python_env())
-    assert proc.returncode == 0, proc.stderr
-    doc: dict[str, Any] = json.loads(proc.stdout)
-    return doc
-
-
 def decided(lab: Lab, daemon: LabDaemon, rule: str) -> int:
-    return sum(int(row["hits"]) for row in status(lab, daemon)["rules"] if row["id"] == rule)
+    return hits(status(lab, daemon), rule)
 
 
 def queue_losses(lab: Lab) -> int:
@@ -126,10 +119,13 @@ def kernel_hits(events: list[dict[str, Any]]) -> int:
                if "aggregate" in e.get("portguard", {}))  # fmt: skip
 
 
-def started(lab: Lab, tmp_path: Path, rules: str, queue: str = "", **kw: Any) -> LabDaemon:
+def started(lab: Lab, tmp_path: Path, rules: str, deny_cache: int = 10, **kw: Any) -> LabDaemon:
+    """The daemon with `rules`, the deny cache (the shipped default: 10 s) and no per-source
+    limit (a retrying bot is over it: the count is the cache's)."""
     path = tmp_path / "retries.toml"
     path.write_text(rules)
-    daemon = configured(LabDaemon(lab, rules=[path], **kw), f"per_source = false\n{queue}")
+    daemon = configured(LabDaemon(lab, rules=[path], deny_cache=deny_cache, **kw),
+                        "per_source = false")  # fmt: skip
     daemon.start()
     return daemon
 
@@ -175,7 +171,7 @@ def test_every_new_destination_reaches_the_daemon(
     (flood control off: the first deny to each destination is an event of its own)."""
     targets = [f"198.51.100.{host}" for host in range(100, 110)]
     rules = BLOCK_MX.replace(f'dst = "{a.MX.v4}"', 'dst = "198.51.100.0/24"')
-    daemon = started(lab, tmp_path, rules, queue="deny_cache = 2", flood_window=0)
+    daemon = started(lab, tmp_path, rules, deny_cache=2, flood_window=0)
     try:
         sent = sum(flood(lab, target, rate=1_000, seconds=1.0) for target in targets)
         time.sleep(3.0)  # a rotation read the counts
