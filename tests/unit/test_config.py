@@ -334,3 +334,12 @@ def test_per_source_errors_are_located(value: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(f"[queue]\nper_source = {value}\n", Path("/etc/pg.toml"))
     assert any(message in line for line in caught.value.messages), caught.value.messages
+
+
+def test_the_deny_cache_is_on_for_ten_seconds_by_default_and_0_turns_it_off() -> None:
+    path = Path("/etc/portguard/portguard.toml")
+    assert parse_config("", path).queue.deny_cache == 10
+    assert parse_config("[queue]\ndeny_cache = 0\n", path).queue.deny_cache == 0
+    with pytest.raises(ConfigError) as caught:
+        parse_config("[queue]\ndeny_cache = 3601\n", path)
+    assert any("deny_cache: 3601 is out of range 0-3600" in m for m in caught.value.messages)
