@@ -48,8 +48,12 @@ def render_config(
     extra_outputs: Sequence[str] = (),
     log_options: str = "",
     extra_config: str = "",
+    deny_cache: int = 0,
 ) -> str:
     """The daemon config for the lab: WAN = gw-wan, forward chain, stdout and file outputs.
+
+    The deny cache is off unless `deny_cache` (seconds) is given: a lab flood measures and
+    tests the decision path; tests of the cache ask for it.
 
     `extra_outputs` are more [log] outputs as TOML inline tables (e.g. a syslog collector);
     `log_options` are more lines for the [log] table; `extra_config` more tables at the end
@@ -63,7 +67,7 @@ def render_config(
     socket_path = toml_string(str(control or events.parent / "control.sock"))
     return (
         f"[queue]\nnum = {queue_num}\nworkers = {workers}\nfail_mode = {toml_string(fail_mode)}\n"
-        f"max_len = {max_len}\n\n"
+        f"max_len = {max_len}\ndeny_cache = {deny_cache}\n\n"
         f'[network]\nwan = ["{a.GW_WAN_IF}"]\n\n'
         f"[hook]\nbackend = {toml_string(backend)}\n"
         f'ports = [{", ".join(str(p) for p in HOOK_PORTS)}]\nchains = ["forward"]\n\n'
@@ -115,6 +119,7 @@ class LabDaemon:
         extra_outputs: Sequence[str] = (),
         log_options: str = "",
         extra_config: str = "",
+        deny_cache: int = 0,
     ) -> None:
         """`command` replaces `python -m portguard` (it gets `run --config CFG` appended)."""
         self.lab = lab
@@ -138,6 +143,7 @@ class LabDaemon:
                 extra_outputs=extra_outputs,
                 log_options=log_options,
                 extra_config=extra_config,
+                deny_cache=deny_cache,
             )
         )
         self.proc: subprocess.Popen[bytes] | None = None

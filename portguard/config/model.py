@@ -26,12 +26,14 @@ from portguard.config.schema import (
     ARRAY,
     DEFAULT_BUFFER,
     DEFAULT_CONTROL_SOCKET,
+    DEFAULT_DENY_CACHE,
     DEFAULT_PER_SOURCE_BURST,
     DEFAULT_PER_SOURCE_RATE,
     DEFAULT_RESOLVE_INTERVAL,
     DEFAULT_RULES_PATH,
     DEFAULT_STATE_DIR,
     MAX_BUFFER,
+    MAX_DENY_CACHE,
     MAX_PER_SOURCE_BURST,
     MAX_RESOLVE_INTERVAL,
     Backend,
@@ -112,6 +114,8 @@ class QueueConfig(Spec):
     fail_mode: FailMode = "closed"
     max_len: Annotated[int, within(1, 2**32 - 1)] = 4096
     per_source: Annotated[PerSourceLimit, BeforeValidator(_switch)] = PerSourceLimit()
+    # seconds the kernel answers a denied (source, destination, port) itself (0: off)
+    deny_cache: Annotated[int, within(0, MAX_DENY_CACHE)] = DEFAULT_DENY_CACHE
 
     @property
     def numbers(self) -> range:

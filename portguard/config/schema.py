@@ -37,6 +37,8 @@ DEFAULT_CONTROL_SOCKET = Path("/run/portguard/control.sock")
 DEFAULT_STATE_DIR = Path("/var/lib/portguard")  # systemd's StateDirectory=portguard
 # Postfix's 100 delivery processes at ~0.5 s a delivery open < 200 connections a second
 DEFAULT_PER_SOURCE_RATE = 200  # new hooked connections a second from one source
+DEFAULT_DENY_CACHE = 10  # seconds a cached deny lives at most (one rotation of the deny cache)
+MAX_DENY_CACHE = 3600
 DEFAULT_PER_SOURCE_BURST = 1000
 MAX_PER_SOURCE_RATE = 100_000  # io.hooks.backend.MAX_SOURCE_RATE: hashlimit is exact up to here
 MAX_PER_SOURCE_BURST = 1_000_000

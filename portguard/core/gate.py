@@ -11,6 +11,7 @@ from collections import OrderedDict
 from enum import StrEnum
 from typing import NamedTuple
 
+from portguard.core.denycache import cacheable
 from portguard.core.events.record import (
     Loggable,
     Observer,
@@ -47,6 +48,7 @@ class Outcome(NamedTuple):
     # what the policy decided (None when nothing was: a malformed packet, a retransmission);
     # the queue edge needs only the verdict, `portguard replay` the rule too
     decision: Decision | None = None
+    cache: bool = False  # a deny the kernel's deny cache answers again (core/denycache.py)
 
 
 MALFORMED_LOG_INTERVAL = 1.0  # seconds between two events about malformed packets
@@ -112,6 +114,7 @@ class Gate:
         self.observer = observer
         self.id_prefix = id_prefix  # makes flow ids unique across workers and restarts
         self.limiter = Limiter()  # token buckets outlive reloads
+        self.cache_period = 0.0  # [queue] deny_cache: seconds a cached deny lives at most
         self.malformed = 0
         self.decided = 0  # SYNs decided by the policy (the last one's flow id is its number)
         self.retransmissions = 0  # dropped SYNs resent within the window, dropped again
@@ -138,11 +141,12 @@ class Gate:
             self._remember_drop(key, _Drop(seq, direction, now))
         elif self.recent_drops:
             self.recent_drops.pop(key, None)  # answered this time: a resend is a new attempt
+        cache = cacheable(decision, self.cache_period)
         if not decision.log:  # the rule says `log = false`
-            return Outcome(verdict, None, direction, decision)
+            return Outcome(verdict, None, direction, decision, cache)
         flow_id = f"{self.id_prefix}{self.decided:x}"
         record = decision_record(decision, key, flow_id, direction, self.ruleset.version, now)
-        return Outcome(verdict, record, direction, decision)
+        return Outcome(verdict, record, direction, decision, cache)
 
     def decide(self, key: FlowKey, direction: Direction, now: float) -> Decision:
         """The rule set's decision, with the deciding rule's rate limit applied."""

@@ -1,8 +1,8 @@
-"""portguard's packet marks and connmarks: a verdict and the connection's direction in four bits.
+"""portguard's packet marks and connmarks: a verdict, the connection's direction, the deny cache.
 
-The daemon answers a queued packet with a packet mark and NF_REPEAT (allow, log, reject) or
-NF_DROP. A mark holds a verdict (``VERDICT_MASK``) and the connection's direction
-(``DIRECTION_MASK``):
+The daemon answers a queued packet with a packet mark and NF_REPEAT (allow, log, reject, and a
+drop to cache) or NF_DROP. A mark holds a verdict (``VERDICT_MASK``), the connection's direction
+(``DIRECTION_MASK``) and, on a deny, whether the kernel caches it (``MARK_CACHE``):
 
 - verdict ``MARK_ALLOW``: the hook saves the mark, direction included, to the conntrack entry
   (connmark) and lets the packet go; later packets of the connection match the connmark and are
@@ -10,7 +10,11 @@ NF_DROP. A mark holds a verdict (``VERDICT_MASK``) and the connection's directio
 - verdict ``MARK_REJECT``: the hook answers with a TCP reset. In a connmark (written there by
   ``portguard.io.conntrack`` to end a connection) every later packet of the connection, from either
   side, is answered with a TCP reset.
-- verdict ``MARK_DROP`` (connmark only): every later packet of the connection is dropped.
+- verdict ``MARK_DROP``: in a packet mark (with ``MARK_CACHE`` only) the hook drops the packet;
+  in a connmark every later packet of the connection is dropped.
+- ``MARK_CACHE`` with ``MARK_REJECT`` or ``MARK_DROP`` (packet marks only): the hook first adds
+  the packet's (source, destination, destination port) to its deny cache, a kernel set that
+  answers that key's later SYNs with the same verdict without the queue (docs/hooks.md).
 
 The marks use the bits of ``MARK_MASK`` only; an operator's own packet and conntrack marks must
 leave those bits alone. Used by io/nfqueue.py, both hook backends, io/conntrack.py and
@@ -23,12 +27,13 @@ from typing import Final
 
 from portguard.core.policy.model import Direction
 
-MARK_MASK: Final = 0x0F000000  # every bit portguard owns, in packet marks and connmarks
+MARK_MASK: Final = 0x1F000000  # every bit portguard owns, in packet marks and connmarks
 VERDICT_MASK: Final = 0x03000000  # the verdict: 0 (none yet), allow, reject or drop
 DIRECTION_MASK: Final = 0x0C000000  # the connection's direction
 MARK_ALLOW: Final = 0x01000000
 MARK_REJECT: Final = 0x02000000
 MARK_DROP: Final = 0x03000000
+MARK_CACHE: Final = 0x10000000  # a deny the hook puts into its deny cache
 VERDICT_BITS: Final = (MARK_ALLOW, MARK_REJECT, MARK_DROP)
 DIRECTION_BITS: Final = {
     Direction.INTERNAL: 0x00000000,

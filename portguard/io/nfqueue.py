@@ -22,7 +22,14 @@ from netfilterqueue import COPY_PACKET, NetfilterQueue
 
 from portguard.core.events.record import Loggable
 from portguard.core.gate import Outcome, Verdict
-from portguard.core.marks import MARK_ALLOW, MARK_REJECT, mark_bits, with_mark_bits
+from portguard.core.marks import (
+    MARK_ALLOW,
+    MARK_CACHE,
+    MARK_DROP,
+    MARK_REJECT,
+    mark_bits,
+    with_mark_bits,
+)
 from portguard.core.policy.model import Direction
 
 # The most python-netfilterqueue lets a queue copy (1.1.0 caps `range` at 4016): the TCP header
@@ -88,22 +95,32 @@ class BatchSocket:
         return data
 
 
-# (verdict, direction) -> portguard's bits of the mark that verdict repeats the packet with
-_MARKS: dict[tuple[Verdict, Direction | None], int] = {
-    (verdict, direction): mark_bits(bits, direction)
-    for verdict, bits in ((Verdict.ALLOW, MARK_ALLOW), (Verdict.REJECT, MARK_REJECT))
+# (verdict, direction, cached) -> portguard's bits of the mark that verdict repeats the
+# packet with; a verdict missing here is given without a mark (accept, drop)
+_MARKS: dict[tuple[Verdict, Direction | None, bool], int] = {
+    (verdict, direction, cached): mark_bits(bits, direction) | (MARK_CACHE if cached else 0)
+    for verdict, bits, cached in (
+        (Verdict.ALLOW, MARK_ALLOW, False),
+        (Verdict.REJECT, MARK_REJECT, False),
+        (Verdict.REJECT, MARK_REJECT, True),
+        (Verdict.DROP, MARK_DROP, True),
+    )
     for direction in (*Direction, None)
 }
 
 
-def apply_verdict(packet: Any, verdict: Verdict, direction: Direction | None = None) -> None:
+def apply_verdict(
+    packet: Any, verdict: Verdict, direction: Direction | None = None, cache: bool = False
+) -> None:
     """Tell the kernel what to do with `packet` (a netfilterqueue.Packet).
 
     Allow and reject mark the packet with the verdict and the connection's `direction` (None:
     internal) and repeat it: the hook's chain sees the mark and saves it, direction included,
-    to the connmark and returns (allow), or answers with a TCP RST (reject).
+    to the connmark and returns (allow), or answers with a TCP RST (reject). A deny to `cache`
+    (reject or drop) is marked with MARK_CACHE too and repeated: the hook adds its key to the
+    deny cache, then rejects or drops it.
     """
-    bits = _MARKS.get((verdict, direction))
+    bits = _MARKS.get((verdict, direction, cache and verdict is not Verdict.ALLOW))
     if bits is not None:
         packet.set_mark(with_mark_bits(packet.get_mark(), bits))
         packet.repeat()
@@ -211,7 +228,7 @@ class QueueReader:
 
     def _give_verdict(self, packet: Any, outcome: Outcome) -> None:
         try:
-            apply_verdict(packet, outcome.verdict, outcome.direction)
+            apply_verdict(packet, outcome.verdict, outcome.direction, outcome.cache)
         except Exception as error:  # never let an exception into the C loop
             self.verdict_errors += 1
             self.last_error = error

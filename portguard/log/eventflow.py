@@ -7,7 +7,8 @@ Pure apart from its own timestamp cache: `now` is passed in.
 
 from __future__ import annotations
 
-from portguard.core.events.flood import DenyAggregator
+from portguard.core.denycache import KernelHits
+from portguard.core.events.flood import DenyAggregator, kernel_summary
 from portguard.core.events.record import (
     DecisionRecord,
     Event,
@@ -37,6 +38,15 @@ class EventFlow:
         if self.floods is None:
             return [event]
         return self.floods.admit(event, now)
+
+    def kernel_hits(self, found: KernelHits) -> list[Event]:
+        """A key's retries the kernel's deny cache answered: folded into its flood window, or
+        a summary of their own at once (no window open, or flood control off)."""
+        event = connection_event(found.record, self.observer, self._stamp)
+        start, end = self._stamp(found.start), self._stamp(found.end)
+        if self.floods is None:
+            return [kernel_summary(event, found.hits, start, end)]
+        return self.floods.fold(event, found.hits, start, end)
 
     def flush(self, now: float) -> list[Event]:
         """The summaries of the flood-control windows closed by `now`."""

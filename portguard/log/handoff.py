@@ -9,6 +9,8 @@ A frame is a 4-byte length (of what follows), a kind byte and its payload:
 - ``d``: one decision record as a marshalled tuple (records other threads submit);
 - ``e``: any other event, built as a dict (lifecycle, malformed packets, connections ended
   after a reload), as JSON;
+- ``K``: a key's SYNs the kernel's deny cache answered in one generation (`KernelHits`: the
+  record of the key's decision, the hits, the generation's start and end), marshalled;
 - ``R``: reopen the file outputs; ``D``: the running count of handoff drops (ASCII digits);
   ``F``: close every flood-control window now (stop); ``S``: the stop event (JSON).
 
@@ -23,11 +25,13 @@ from typing import Final
 
 import orjson
 
+from portguard.core.denycache import KernelHits
 from portguard.core.events.record import DecisionRecord, Loggable
 
 RECORDS: Final = b"r"
 DECISION: Final = b"d"
 EVENT: Final = b"e"
+KERNEL_HITS: Final = b"K"
 REOPEN: Final = b"R"
 DROPS: Final = b"D"
 FLUSH: Final = b"F"
@@ -100,3 +104,14 @@ def decision_of(payload: bytes) -> DecisionRecord:
 def records_of(payload: bytes) -> list[DecisionRecord]:
     """The records an ``r`` frame's payload carries, in order."""
     return [DecisionRecord._make(values) for values in marshal.loads(payload)]
+
+
+def kernel_hits_frame(found: KernelHits) -> bytes:
+    return frame(KERNEL_HITS, marshal.dumps((tuple(found.record), found.hits, found.start,
+                                             found.end)))  # fmt: skip
+
+
+def kernel_hits_of(payload: bytes) -> KernelHits:
+    """The kernel hits a ``K`` frame's payload carries."""
+    record, hits, start, end = marshal.loads(payload)
+    return KernelHits(DecisionRecord._make(record), hits, start, end)

@@ -121,6 +121,8 @@ class Outputs:
             self._submit(self.events.decision(handoff.decision_of(payload)))
         elif kind == handoff.EVENT:
             self._submit(self.events.admit(orjson.loads(payload), time.time()))
+        elif kind == handoff.KERNEL_HITS:
+            self._submit(self.events.kernel_hits(handoff.kernel_hits_of(payload)))
         elif kind == handoff.REOPEN:
             self.writer.reopen()
         elif kind == handoff.DROPS:

@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from portguard.core.denycache import KernelHits
 from portguard.core.events.record import Event, Loggable, Observer
 from portguard.log import handoff
 from portguard.log.logloop import READ_SIZE, Outputs, run_outputs
@@ -126,6 +127,15 @@ class LogProcess:
         data, count = self._batch.take()
         if data and not self._send(data):
             self.dropped += count
+
+    def submit_kernel_hits(self, found: list[KernelHits]) -> None:
+        """The deny cache's hits of one generation, for flood control; never blocks (a
+        frame that does not fit is dropped and counted)."""
+        with self._lock:
+            self._flush()
+            for hits in found:
+                if not self._send(handoff.kernel_hits_frame(hits)):
+                    self.dropped += 1
 
     def reopen(self) -> None:
         with self._lock:

@@ -68,6 +68,7 @@ class Daemon:
             worker = Worker(self.config, self.config.queue.num, ruleset, self.observer,
                             control=self.config.daemon.control_socket)  # fmt: skip
             worker.facts = self.facts()
+            worker.cache_backend = self.backend.name  # the deny cache's sets are the hook's
             worker.start_events = start_events
             try:
                 return worker.run(on_bound=self._install_hooks, on_stop=self._remove_hooks)
@@ -213,6 +214,7 @@ class Daemon:
             worker = Worker(self.config, queue, ruleset, self.observer,
                             control=private, primary=index == 0)  # fmt: skip
             worker.private_control = True  # the parent asks it for its counters (status)
+            worker.cache_backend = self.backend.name
             if self.beat is not None:
                 fd, interval = self.beat
                 worker.heartbeat = notify.Heartbeat(interval, notify.pipe_beat(fd, index))

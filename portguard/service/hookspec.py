@@ -15,6 +15,7 @@ def hook_spec(config: Config) -> HookSpec:
         chains=tuple(config.hook.chains),
         fail_open=config.queue.fail_mode == "open",
         per_source=per_source_limit(config),
+        deny_cache=config.queue.deny_cache > 0,
     )
 
 

@@ -36,6 +36,7 @@ METRIC_NAMES: Final = (
     "portguard_queue_dropped_total",
     "portguard_queue_packets_total",
     "portguard_kernel_dropped_total",
+    "portguard_deny_cache_keys",
     "portguard_log_events_written_total",
     "portguard_log_events_dropped_total",
     "portguard_log_handoff_dropped_total",
@@ -82,6 +83,7 @@ def status_metrics(doc: Mapping[str, Any]) -> list[Metric]:
         ),
         *_queue_metrics(doc["queues"]),
         *_kernel_dropped_metrics(doc.get("kernel_dropped") or {}),
+        *_deny_cache_metrics(doc.get("deny_cache")),
         *_log_metrics(doc["log"]),
         *_policy_metrics(doc["policy"]),
         _gauge(
@@ -145,13 +147,22 @@ def _kernel_dropped_metrics(dropped: Mapping[str, int | None]) -> list[Metric]:
     family = CounterMetricFamily(
         "portguard_kernel_dropped",
         "Packets the hook dropped in the kernel before the queue: per_source (one source over "
-        "its rate), invalid (conntrack INVALID with SYN)",
+        "its rate), invalid (conntrack INVALID with SYN), deny_cache (SYNs the deny cache "
+        "answered with a cached reject or drop)",
         labels=["reason"],
     )
     for reason, count in dropped.items():
         if count is not None:
             family.add_metric([reason], count)
     return [family]
+
+
+def _deny_cache_metrics(cache: Mapping[str, int] | None) -> list[Metric]:
+    """The keys the workers remember in the deny cache; no sample when it is off."""
+    if cache is None:
+        return []
+    text = "Denied (source, destination, port) keys the workers put into the deny cache lately"
+    return [_gauge("portguard_deny_cache_keys", text, cache["keys"])]
 
 
 def _log_metrics(log: Mapping[str, Any]) -> list[Metric]:

@@ -79,6 +79,7 @@ def worker_section(
     reader: QueueCounters | None,
     log: LogCounters | None,
     pid: int,
+    deny_cache: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """One worker's counters, JSON-ready (it crosses the worker's control socket)."""
     return {
@@ -96,6 +97,7 @@ def worker_section(
         "packets": reader.packets if reader is not None else 0,
         "packet_errors": reader.errors + reader.verdict_errors if reader is not None else 0,
         "log": log_section(log.read_stats(), log.dropped) if log else log_section({}, 0),
+        "deny_cache": dict(deny_cache) if deny_cache is not None else None,
     }
 
 
@@ -216,6 +218,17 @@ def kernel_dropped_view(hook: WatchedHook | None) -> dict[str, int | None]:
     return {name: (dropped or {}).get(name) if dropped is not None else None for name in COUNTERS}
 
 
+def deny_cache_view(sections: Iterable[Mapping[str, Any]]) -> dict[str, int] | None:
+    """The workers' deny-cache counters summed (None: the cache is off): `keys` they remember
+    (marked in the generation in force and the one before), `hits` of their logged keys the
+    kernel answered, `rotations` (the first worker's)."""
+    found = [s["deny_cache"] for s in sections if s.get("deny_cache") is not None]
+    if not found:
+        return None
+    return {"keys": sum(f["keys"] for f in found), "hits": sum(f["hits"] for f in found),
+            "rotations": max(f["rotations"] for f in found)}  # fmt: skip
+
+
 def merged_hits(sections: Iterable[Mapping[str, Any]]) -> Counter[tuple[str, str]]:
     """(rule, verdict) -> decisions, summed over the workers."""
     hits: Counter[tuple[str, str]] = Counter()
@@ -288,6 +301,7 @@ def build_document(
         "queues": [queue_row(queue, queues.get(queue)) for queue in facts.queues],
         "log": log_view([section["log"] for section in sections], extra_sinks),
         "kernel_dropped": kernel_dropped_view(hook),
+        "deny_cache": deny_cache_view(sections),
         "limit_table_full": merged_counts(s.get("limit_table_full", {}) for s in sections),
         "workers": [{"queue": s["queue"], "pid": s["pid"]} for s in sections],
     }

@@ -27,6 +27,7 @@ def format_status(doc: Mapping[str, Any]) -> list[str]:
         f"dropped SYNs remembered: {doc['recent_drops']}",
         *_table_full_lines(doc.get("limit_table_full", {})),
         *_kernel_dropped_line(doc.get("kernel_dropped") or {}),
+        *_deny_cache_line(doc.get("deny_cache"), doc.get("kernel_dropped") or {}),
         *(_queue_line(queue) for queue in doc["queues"]),
         *_log_lines(doc["log"]),
         "",
@@ -47,6 +48,17 @@ def _kernel_dropped_line(dropped: Mapping[str, int | None]) -> list[str]:
     per_source, invalid = dropped.get("per_source") or 0, dropped.get("invalid") or 0
     return [f"dropped before the queue: {per_source} over the per-source limit, "
             f"{invalid} INVALID with SYN"]  # fmt: skip
+
+
+def _deny_cache_line(
+    cache: Mapping[str, int] | None, dropped: Mapping[str, int | None]
+) -> list[str]:
+    """The deny cache: SYNs it answered (the hook's counter), the keys it holds lately."""
+    if cache is None:
+        return []
+    answered = dropped.get("deny_cache")
+    return [f"deny cache: {'?' if answered is None else answered} SYNs answered by the "
+            f"kernel, {cache['keys']} keys lately, {cache['rotations']} rotations"]  # fmt: skip
 
 
 def _when(timestamp: float | None) -> str:

@@ -16,6 +16,7 @@ from typing import Any, Final
 from portguard.io.hooks.backend import (
     COUNTER_INVALID,
     COUNTER_PER_SOURCE,
+    PREQUEUE_DROPS,
     HookBackend,
     HookSpec,
     HookStatus,
@@ -119,11 +120,13 @@ class WatchedHook:
 
     def _count(self, counters: Mapping[str, int]) -> None:
         totals = self.dropped = self._totals.update(counters)
-        grown = self._report.due(totals, self.clock())
+        # the deny cache's answers are logged as kernel hits in the flood summaries instead
+        dropped: dict[str, int] = {n: totals[n] for n in PREQUEUE_DROPS if n in totals}
+        grown = self._report.due(dropped, self.clock())
         if grown is None or self._submit is None or self._make_event is None:
             return
         per_source, invalid = grown.get(COUNTER_PER_SOURCE, 0), grown.get(COUNTER_INVALID, 0)
         message = (f"the kernel dropped {per_source} SYNs over the per-source limit and "
                    f"{invalid} INVALID packets with SYN before the queue")  # fmt: skip
         self._submit(self._make_event("prequeue-dropped", message, dropped=grown,
-                                      dropped_total=totals))  # fmt: skip
+                                      dropped_total=dropped))  # fmt: skip

@@ -26,16 +26,14 @@ from portguard.log.logprocess import LogProcess
 from portguard.log.outputs import make_writer, open_sinks
 from portguard.log.writer import EventQueue
 from portguard.service.control import ControlServer
+from portguard.service.denycache import NO_CACHE, NoCache, WorkerCache, worker_cache
 from portguard.service.periodic import Periodic
 from portguard.service.policyload import (
-    LoadResult,
     PolicyLoad,
     Reply,
-    capped,
-    same_files,
-    same_resolution,
 )
 from portguard.service.policystate import is_handover, read_handover, save_resolution
+from portguard.service.policyswap import PolicySwap
 from portguard.service.reevaluate import Reevaluator
 from portguard.service.status import DaemonFacts, collect, worker_section
 
@@ -46,7 +44,7 @@ GIL_SWITCH_INTERVAL = 0.0005  # seconds (Python's default is 0.005)
 Hook = Callable[[EventQueue], object] | None
 
 
-class Worker:
+class Worker(PolicySwap):
     def __init__(
         self,
         config: Config,
@@ -60,6 +58,7 @@ class Worker:
         self.control = control
         # with several workers only the first (`primary`) does what concerns the whole network
         # namespace: re-evaluating the conntrack table, listening for flow ends
+        self.primary = primary  # also rotates the deny cache
         self.reevaluates = primary and config.rules.reevaluate
         self.reports_flow_ends = primary and config.log.flow_end
         self.reevaluator: Reevaluator | None = None
@@ -84,6 +83,8 @@ class Worker:
         self._handover_lock = threading.Lock()  # set by the loop, taken by the load thread
         self.control_server: ControlServer | None = None
         self.start_events: list[tuple[str, str, dict[str, object]]] = []  # logged after start
+        self.cache_backend: str | None = None  # set by the daemon: the hook's deny cache
+        self.cache: WorkerCache | NoCache = NO_CACHE
 
     def run(self, on_bound: Hook, on_stop: Hook) -> int:
         """Bind the queue, call `on_bound`, decide packets until SIGTERM, then clean up.
@@ -95,6 +96,8 @@ class Worker:
         # background threads (loads, log) hand the GIL back to the packet loop often
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         writer = self.writer = self._start_log_process()
+        self.cache = worker_cache(self.config, self.cache_backend, self.gate, writer, self._log,
+                                  self.primary, self.private_control and self.control)  # fmt: skip
         if self.reevaluates:
             self.reevaluator = Reevaluator(writer.submit, self.observer)
         signals = SignalPipe()
@@ -135,6 +138,7 @@ class Worker:
         """Flush the flood summaries, remove the hooks when `orderly`, unbind, log the stop."""
         assert self.writer is not None
         notify.stopping()
+        self.cache.stop()  # the kernel's hits so far, read before the hooks go
         self.writer.flush_floods()  # the flood summaries before the hooks' and stop events
         self._shut_down(reader, on_stop if orderly else None, drain=deciding)
         for closing in (self.control_server, signals):
@@ -192,7 +196,11 @@ class Worker:
             reader.close()
 
     def decide(self, data: bytes, indev: int, outdev: int) -> Outcome:
-        return self.gate.handle(data, self.wan.is_wan(indev), self.wan.is_wan(outdev), time.time())
+        outcome = self.gate.handle(data, self.wan.is_wan(indev), self.wan.is_wan(outdev),
+                                   time.time())  # fmt: skip
+        if outcome.cache:  # before the verdict, with which the kernel adds the key
+            self.cache.mark(outcome)
+        return outcome
 
     def _load(self) -> RuleSet:
         """Runs in the load thread: unchanged list files and failing host names reuse what
@@ -242,32 +250,13 @@ class Worker:
     def status(self) -> dict[str, Any]:
         """This worker's counters; with `facts`, the whole daemon's status document."""
         section = worker_section(self.gate, self.queue_num, self.policy_loaded, self.reader,
-                                 self.writer, os.getpid())  # fmt: skip
+                                 self.writer, os.getpid(), self.cache.fields())  # fmt: skip
         if self.facts is None:
             return {"ok": True, "worker": section}
         document = collect(self.facts, [section])
         if self.control_server is not None:
             document["control"] = self.control_server.stats.fields()
         return document
-
-    def apply_load(self, result: LoadResult) -> None:
-        """Swap in a freshly built policy, or keep the old one and say why."""
-        old, new = self.gate.ruleset, result.ruleset
-        if new is None:
-            answer = self._refuse(old, result)
-        elif new is old:  # forked: an earlier load already took the newest hand-over
-            answer = {"ok": True, "policy_version": old.version, "rules": len(old.rules)}
-        else:
-            for warning in new.warnings:  # e.g. a host name that failed keeps its addresses
-                self._log("reload-warning", warning.format(), policy_version=new.version)
-            if result.reason == "resolve":
-                self._apply_resolved(old, new)
-                answer = {"ok": True, "policy_version": self.gate.ruleset.version}
-            else:
-                self._swap(old, new, result.reason)
-                answer = {"ok": True, "policy_version": new.version, "rules": len(new.rules)}
-        for reply in result.replies:
-            reply(answer)
 
     def _loop(
         self, reader: QueueReader, signals: SignalPipe, control: ControlServer | None
@@ -322,37 +311,6 @@ class Worker:
         for job in jobs:
             job.run_if_due(now)
 
-    def _resolve_hosts(self) -> None:
-        if self.gate.ruleset.has_hosts:  # re-resolve the host names of the sets
-            self.loads.request(reason="resolve")
-
-    def _refuse(self, old: RuleSet, result: LoadResult) -> dict[str, Any]:
-        errors = capped(result.errors)
-        self._log("reload-failed", "reload failed; the previous policy stays in force",
-                  errors=errors, policy_version=old.version, trigger=result.reason)  # fmt: skip
-        notify.ready(f"reload failed; policy {old.version} kept")
-        return {"ok": False, "errors": errors, "policy_version": old.version}
-
-    def _apply_resolved(self, old: RuleSet, new: RuleSet) -> None:
-        """A timed re-resolution applies only new addresses, never unreviewed file edits."""
-        if not same_files(old, new):
-            self._log("reload-warning", "rule files changed on disk since the last reload; "
-                      "host names are re-resolved once `portguard reload` takes them",
-                      policy_version=old.version)  # fmt: skip
-        elif same_resolution(old, new):
-            self.gate.ruleset = new  # nothing changed that a rule could see
-        else:
-            self._swap(old, new, "resolve")
-
-    def _swap(self, old: RuleSet, new: RuleSet, trigger: str) -> None:
-        self.gate.ruleset = new
-        self.policy_loaded = time.time()
-        self._log("reload", "policy reloaded", policy_version=new.version,
-                  previous_version=old.version, trigger=trigger)  # fmt: skip
-        notify.ready(f"policy {new.version}")
-        if self.reevaluator is not None:
-            self.reevaluator.request(new)
-
     def _recheck_wan(self) -> None:
         """A [network] wan name that does not exist (yet: ppp0): wan-missing / wan-found."""
         for action, message, names in self.wan.recheck():
@@ -360,6 +318,7 @@ class Worker:
 
     def _housekeeping(self, reader: QueueReader) -> None:
         self.gate.forget_drops(time.time())
+        self.cache.report()  # the kernel's hits read meanwhile (the first: starts its thread)
         self._recheck_wan()
         for full in self.gate.limiter.housekeeping(time.time()):  # prune; limit-table-full
             self._log("limit-table-full", full.message, **full.fields())
@@ -384,6 +343,5 @@ class Worker:
             self.writer.submit(self._event(action, message, **extra))
 
     def _event(self, action: str, message: str, **extra: object) -> Event:
-        return lifecycle_event(
-            action, message, self.observer, time.time(), queue=self.queue_num, **extra
-        )
+        return lifecycle_event(action, message, self.observer, time.time(), queue=self.queue_num,
+                               **extra)  # fmt: skip

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from netns import Netns, netns_fixture  # noqa: F401 - the netns fixture
 
+from portguard.io.hooks import nftcache
 from portguard.io.hooks.backend import HookSpec, SourceLimit
 from portguard.io.hooks.factory import cleanup_leftovers
 from portguard.io.hooks.iptables import CHAIN, IptablesBackend, chain_rules
@@ -130,7 +131,7 @@ def test_nft_status_reads_a_real_listing(netns: Netns) -> None:
     netns.run("nft", "-f", "-", stdin=text)
     status = NftablesBackend(netns.runner).status(BOTH)
     assert status.installed and not status.complete
-    assert "forward (hook forward, 10 rules), output (hook output, 10 rules)" in status.detail
+    assert "forward (hook forward, 11 rules), output (hook output, 11 rules)" in status.detail
     assert "chain forward has 0 queue rules" in status.detail
     NftablesBackend(netns.runner).remove()
     NftablesBackend(netns.runner).remove()
@@ -144,13 +145,13 @@ def test_per_source_limit_installs_and_status_reads_its_counters(netns: Netns) -
     backend.install(LIMITED)
     status = backend.status(LIMITED)
     assert status.complete, status.detail
-    assert status.counters == {"per_source": 0, "invalid": 0}
+    assert status.counters == {"per_source": 0, "invalid": 0, "deny_cache": 0}
     backend.remove()
     text = NftablesBackend().render(LIMITED).replace(queue_statement(LIMITED), "counter")
     netns.run("nft", "-f", "-", stdin=text)
     status = NftablesBackend(netns.runner).status(LIMITED)
-    assert status.counters == {"per_source": 0, "invalid": 0}
-    assert "no counter" not in status.detail and "12 rules" in status.detail
+    assert status.counters == {"per_source": 0, "invalid": 0, "deny_cache": 0}
+    assert "no counter" not in status.detail and "13 rules" in status.detail
     NftablesBackend(netns.runner).remove()
 
 
@@ -207,3 +208,47 @@ def test_iptables_install_puts_the_jump_back_on_top(iptables_ns: Netns) -> None:
                  if line.startswith("-A")]  # fmt: skip
         assert rules == ["-A FORWARD -p tcp -j PORTGUARD", "-A FORWARD -p tcp -j ACCEPT"]
     backend.remove()
+
+
+CACHED = HookSpec(0, 1, (25, 465, 587), ("forward",), False, SourceLimit(200, 1000, 64), True)
+
+
+def test_the_deny_cache_installs_rotates_and_goes_with_iptables(iptables_ns: Netns) -> None:
+    """The real ipsets: created before the rules, swapped, listed and flushed by a rotation,
+    destroyed by remove; a missing set is a status problem."""
+    backend = IptablesBackend(iptables_ns.runner)
+    backend.install(CACHED)
+    status = backend.status(CACHED)
+    assert status.complete, status.detail
+    iptables_ns.run("ipset", "add", "portguard-r4", "100.64.10.10,tcp:25,198.51.100.25",
+                    "packets", "6")  # fmt: skip
+    backend.cache.rotate()
+    assert backend.cache.read_frozen() == {(4, 0x64400A0A, 0xC6336419, 25): 5}
+    assert "198.51.100.25" not in iptables_ns.run("ipset", "list", "portguard-r4")
+    backend.cache.flush_frozen()
+    assert backend.cache.read_frozen() == {}
+    iptables_ns.run("ipset", "destroy", "portguard-d6-spare")  # no rule names a spare
+    assert "ipset: no set portguard-d6-spare" in backend.status(CACHED).detail
+    backend.remove()
+    assert "portguard" not in iptables_ns.run("ipset", "list", "-n")
+    assert not backend.status().installed
+
+
+def test_the_deny_cache_installs_and_rotates_with_nftables(netns: Netns) -> None:
+    """The real table (with `counter` for the queue statement this kernel may lack): the map
+    switches generations in one transaction, the frozen hits are read and flushed."""
+    text = NftablesBackend().render(CACHED).replace(queue_statement(CACHED), "counter")
+    netns.run("nft", "-f", "-", stdin=text)
+    netns.run("nft", "add", "element", "inet", "portguard", "cache_hits4_a",
+              "{ 100.64.10.10 . 198.51.100.25 . 25 counter packets 4 bytes 240 }")  # fmt: skip
+    cache = nftcache.NftCache(netns.runner)
+    cache.rotate()
+    assert "jump cache_b" in netns.run("nft", "list", "map", "inet", "portguard", "cache_gen")
+    assert cache.read_frozen() == {(4, 0x64400A0A, 0xC6336419, 25): 4}
+    cache.flush_frozen()
+    assert cache.read_frozen() == {}
+    cache.rotate()  # and back
+    assert "jump cache_a" in netns.run("nft", "list", "map", "inet", "portguard", "cache_gen")
+    status = NftablesBackend(netns.runner).status(CACHED)
+    assert "chain cache_a" not in status.detail and status.counters["deny_cache"] == 0
+    NftablesBackend(netns.runner).remove()

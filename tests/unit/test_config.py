@@ -367,3 +367,12 @@ def test_internal_errors_are_located(tmp_path: Path, value: str, message: str) -
     assert any(m.startswith(f"{path}:{message}") for m in caught.value.messages), (
         caught.value.messages
     )
+
+
+def test_the_deny_cache_is_on_for_ten_seconds_by_default_and_0_turns_it_off() -> None:
+    path = Path("/etc/portguard/portguard.toml")
+    assert parse_config("", path).queue.deny_cache == 10
+    assert parse_config("[queue]\ndeny_cache = 0\n", path).queue.deny_cache == 0
+    with pytest.raises(ConfigError) as caught:
+        parse_config("[queue]\ndeny_cache = 3601\n", path)
+    assert any("deny_cache: 3601 is out of range 0-3600" in m for m in caught.value.messages)

@@ -61,6 +61,7 @@ def test_repeats_are_suppressed_then_summarised_when_the_window_closes() -> None
         "first": timestamp(NOW),
         "last": timestamp(NOW + 20),
         "suppressed": 2,
+        "kernel": 0,
     }
     assert summary["@timestamp"] == timestamp(NOW + 20)
     assert summary["event"]["start"] == timestamp(NOW)
@@ -208,3 +209,32 @@ def test_every_admitted_deny_is_represented_exactly_once(
     assert denies_represented(emitted) == admitted
     assert sum(1 for e in emitted if deny_key(e) is None) == allowed
     assert len(floods) == 0
+
+
+def test_kernel_hits_join_the_open_window_of_their_key() -> None:
+    floods = DenyAggregator(60.0)
+    first, second = decided(NOW), decided(NOW + 1, sport=40020)
+    assert floods.admit(first, NOW) == [first]
+    assert floods.admit(second, NOW + 1) == []
+    assert floods.fold(first, 500, timestamp(NOW), timestamp(NOW + 10)) == []
+    [summary] = floods.flush_all()
+    assert summary["portguard"]["aggregate"]["count"] == 502
+    assert summary["portguard"]["aggregate"]["suppressed"] == 501
+    assert summary["portguard"]["aggregate"]["kernel"] == 500
+    assert denies_represented([first, summary]) == 2 + 500  # decisions + kernel hits
+    assert floods.suppressed == 501
+
+
+def test_kernel_hits_without_an_open_window_are_a_summary_of_their_own() -> None:
+    floods = DenyAggregator(60.0)
+    first = decided(NOW)
+    [summary] = floods.fold(first, 7, timestamp(NOW + 1), timestamp(NOW + 11))
+    assert summary["portguard"]["aggregate"] == {
+        "count": 7, "first": timestamp(NOW + 1), "last": timestamp(NOW + 11),
+        "suppressed": 7, "kernel": 7,
+    }  # fmt: skip
+    assert summary["@timestamp"] == timestamp(NOW + 11)
+    assert (summary["event"]["start"], summary["event"]["end"]) == (
+        timestamp(NOW + 1), timestamp(NOW + 11))  # fmt: skip
+    assert summary["source"] == first["source"] and represented(summary) == 7
+    assert len(floods) == 0  # no window opened

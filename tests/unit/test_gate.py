@@ -374,3 +374,33 @@ def test_recent_drops_never_outgrow_their_bound(
     for sport in range(1000, 1100):
         g.handle(syn(SUBSCRIBER, MX, 25, sport), False, True, 10.0)
     assert list(g.recent_drops) == [(4, SUBSCRIBER, MX, sport, 25) for sport in range(1092, 1100)]
+
+
+def test_a_deny_is_cacheable_only_with_a_cache_period() -> None:
+    g = gate()
+    assert g.handle(syn(SUBSCRIBER, MX, 25), False, True, 1.0).cache is False  # cache off
+    g.cache_period = 10.0
+    denied = g.handle(syn(SUBSCRIBER, MX, 25, sport=2), False, True, 2.0)
+    assert denied.verdict is Verdict.REJECT and denied.cache is True
+    allowed = g.handle(syn(SUBSCRIBER, SMARTHOST, 25), False, True, 3.0)
+    assert allowed.verdict is Verdict.ALLOW and allowed.cache is False
+
+
+def test_a_rate_limit_deny_is_cacheable_only_when_a_token_refills_slower(tmp_path: Path) -> None:
+    rules = tmp_path / "limits.toml"
+    rules.write_text(
+        '[[rule]]\nid = "slow"\ndport = [25]\naction = "allow"\n'
+        'limit = { rate = "6/minute", burst = 1, per = "src", exceed = "drop" }\n'
+        '[[rule]]\nid = "fast"\ndport = [587]\naction = "allow"\n'
+        'limit = { rate = "2/second", burst = 1, per = "src", exceed = "reject" }\n'
+    )
+    g = Gate(load_ruleset([rules]), OBSERVER)
+    g.cache_period = 10.0  # one token: 10 s (slow), 0.5 s (fast)
+    outcomes = [g.handle(syn(SUBSCRIBER, MX, port, sport=s), False, True, 0.01 * s)
+                for s, port in enumerate([25, 25, 587, 587])]  # fmt: skip
+    assert [(o.verdict, o.cache) for o in outcomes] == [
+        (Verdict.ALLOW, False), (Verdict.DROP, True),
+        (Verdict.ALLOW, False), (Verdict.REJECT, False),
+    ]  # fmt: skip
+    g.cache_period = 10.5  # longer than one token of "slow": not cached any more
+    assert g.handle(syn(SUBSCRIBER, MX, 25, sport=9), False, True, 0.1).cache is False

@@ -6,6 +6,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
+from portguard.core.denycache import KernelHits
 from portguard.core.events.record import DecisionRecord
 from portguard.log import handoff
 
@@ -68,3 +69,11 @@ def test_a_batch_carries_runs_of_records_and_events_in_order() -> None:
             received.append(orjson.loads(message[1:]))
     assert received == sent
     assert all(type(r) is DecisionRecord for r in received if not isinstance(r, dict))
+
+
+def test_kernel_hits_cross_with_their_record() -> None:
+    sent = KernelHits(record(), 17998, 1795798800.5, 1795798810.25)
+    [message], rest = handoff.split_frames(handoff.kernel_hits_frame(sent))
+    assert rest == b"" and message[:1] == handoff.KERNEL_HITS
+    received = handoff.kernel_hits_of(message[1:])
+    assert received == sent and type(received.record) is DecisionRecord

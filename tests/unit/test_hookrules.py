@@ -10,6 +10,7 @@ from portguard.core.marks import (
     DIRECTION_BITS,
     DIRECTION_MASK,
     MARK_ALLOW,
+    MARK_CACHE,
     MARK_DROP,
     MARK_MASK,
     MARK_REJECT,
@@ -74,7 +75,8 @@ class FakeRunner:
 
 
 def test_verdict_and_direction_bits_split_the_mask() -> None:
-    assert VERDICT_MASK | DIRECTION_MASK == MARK_MASK and VERDICT_MASK & DIRECTION_MASK == 0
+    assert VERDICT_MASK | DIRECTION_MASK | MARK_CACHE == MARK_MASK
+    assert VERDICT_MASK & DIRECTION_MASK == 0 and (VERDICT_MASK | DIRECTION_MASK) & MARK_CACHE == 0
     verdicts = (MARK_ALLOW, MARK_REJECT, MARK_DROP)
     assert all(v & ~VERDICT_MASK == 0 and v for v in verdicts) and len(set(verdicts)) == 3
     assert set(DIRECTION_BITS) == set(Direction)
@@ -85,8 +87,8 @@ def test_verdict_and_direction_bits_split_the_mask() -> None:
 @pytest.mark.parametrize("direction", list(Direction))
 @pytest.mark.parametrize("verdict", [MARK_ALLOW, MARK_REJECT, MARK_DROP])
 def test_a_mark_gives_back_its_verdict_and_direction(verdict: int, direction: Direction) -> None:
-    mark = with_mark_bits(0xF0000042, mark_bits(verdict, direction))
-    assert mark & ~MARK_MASK == 0xF0000042  # other bits kept
+    mark = with_mark_bits(0xE0000042, mark_bits(verdict, direction))
+    assert mark & ~MARK_MASK == 0xE0000042  # other bits kept
     assert mark & VERDICT_MASK == verdict
     assert direction_of_mark(mark) is direction
 
@@ -96,7 +98,7 @@ def test_mark_bits_examples() -> None:
     assert mark_bits(MARK_REJECT, Direction.INBOUND) == 0x0A000000
     assert mark_bits(MARK_DROP, Direction.EXTERNAL) == 0x0F000000
     assert mark_bits(MARK_ALLOW) == mark_bits(MARK_ALLOW, Direction.INTERNAL) == MARK_ALLOW
-    assert with_mark_bits(0xFFFFFFFF, 0x05000000) == 0xF5FFFFFF
+    assert with_mark_bits(0xFFFFFFFF, 0x05000000) == 0xE5FFFFFF
 
 
 @pytest.mark.parametrize("bits", [0, 0x04000000, 0x01000001, 0x10000000])
@@ -149,15 +151,16 @@ table inet portguard {
 \t\ttcp flags & rst == 0 ct mark & 0x03000000 == 0x02000000 counter reject with tcp reset
 \t\tct mark & 0x03000000 == 0x03000000 counter drop
 \t\tmeta mark & 0x03000000 == 0x02000000 counter reject with tcp reset
-\t\tmeta mark & 0x0f000000 == 0x01000000 ct mark set ct mark & 0xf0ffffff | 0x01000000 accept
-\t\tmeta mark & 0x0f000000 == 0x05000000 ct mark set ct mark & 0xf0ffffff | 0x05000000 accept
-\t\tmeta mark & 0x0f000000 == 0x09000000 ct mark set ct mark & 0xf0ffffff | 0x09000000 accept
-\t\tmeta mark & 0x0f000000 == 0x0d000000 ct mark set ct mark & 0xf0ffffff | 0x0d000000 accept
+\t\tmeta mark & 0x03000000 == 0x03000000 counter drop
+\t\tmeta mark & 0x1f000000 == 0x01000000 ct mark set ct mark & 0xe0ffffff | 0x01000000 accept
+\t\tmeta mark & 0x1f000000 == 0x05000000 ct mark set ct mark & 0xe0ffffff | 0x05000000 accept
+\t\tmeta mark & 0x1f000000 == 0x09000000 ct mark set ct mark & 0xe0ffffff | 0x09000000 accept
+\t\tmeta mark & 0x1f000000 == 0x0d000000 ct mark set ct mark & 0xe0ffffff | 0x0d000000 accept
 \t\tct mark & 0x03000000 == 0x01000000 accept
 \t\ttcp flags & syn == syn tcp dport { 25, 465, 587 } ct state invalid \
 counter name "invalid_dropped" drop
 \t\ttcp flags & (fin | syn | rst | ack) == syn tcp dport { 25, 465, 587 } ct state new \
-meta mark & 0x0f000000 == 0x00000000 counter queue num 0
+meta mark & 0x1f000000 == 0x00000000 counter queue num 0
 \t}
 }
 """
@@ -209,15 +212,16 @@ reject with tcp reset
 \t\tct mark & 0x03000000 == 0x03000000 counter packets 0 bytes 0 drop
 \t\tmeta l4proto tcp meta mark & 0x03000000 == 0x02000000 counter packets 0 bytes 0 \
 reject with tcp reset
-\t\tmeta mark & 0x0f000000 == 0x01000000 ct mark set ct mark & 0xf1ffffff | 0x01000000 accept
-\t\tmeta mark & 0x0f000000 == 0x05000000 ct mark set ct mark & 0xf5ffffff | 0x05000000 accept
-\t\tmeta mark & 0x0f000000 == 0x09000000 ct mark set ct mark & 0xf9ffffff | 0x09000000 accept
-\t\tmeta mark & 0x0f000000 == 0x0d000000 ct mark set ct mark & 0xfdffffff | 0x0d000000 accept
+\t\tmeta mark & 0x03000000 == 0x03000000 counter packets 0 bytes 0 drop
+\t\tmeta mark & 0x1f000000 == 0x01000000 ct mark set ct mark & 0xe1ffffff | 0x01000000 accept
+\t\tmeta mark & 0x1f000000 == 0x05000000 ct mark set ct mark & 0xe5ffffff | 0x05000000 accept
+\t\tmeta mark & 0x1f000000 == 0x09000000 ct mark set ct mark & 0xe9ffffff | 0x09000000 accept
+\t\tmeta mark & 0x1f000000 == 0x0d000000 ct mark set ct mark & 0xedffffff | 0x0d000000 accept
 \t\tct mark & 0x03000000 == 0x01000000 accept
 \t\ttcp flags & syn == syn tcp dport { 25, 465, 587 } ct state invalid \
 counter name "invalid_dropped" drop
 \t\ttcp flags syn / fin,syn,rst,ack tcp dport { 25, 465, 587 } ct state new \
-meta mark & 0x0f000000 == 0x00000000 counter packets 3 bytes 180 queue flags bypass to 0
+meta mark & 0x1f000000 == 0x00000000 counter packets 3 bytes 180 queue flags bypass to 0
 \t}
 }
 """
@@ -227,7 +231,7 @@ def test_nft_parse_listing() -> None:
     table = parse_table(NFT_LISTING)
     assert list(table.chains) == ["forward"]
     hook, rules = table.chains["forward"]
-    assert hook == "forward" and len(rules) == 10
+    assert hook == "forward" and len(rules) == 11
     assert len(table.queue_rules("forward")) == 1
     assert table.counters == {"invalid_dropped": 7}
 
@@ -236,8 +240,8 @@ def test_nft_status_complete_when_listing_matches_spec() -> None:
     runner = FakeRunner({("nft", "-t", "list"): (0, NFT_LISTING, "")})
     status = NftablesBackend(runner).status(spec(fail_open=True))
     assert (status.installed, status.complete, status.rule_sets) == (True, True, 1)
-    assert "forward (hook forward, 10 rules)" in status.detail
-    assert status.counters == {"per_source": 0, "invalid": 7}
+    assert "forward (hook forward, 11 rules)" in status.detail
+    assert status.counters == {"per_source": 0, "invalid": 7, "deny_cache": 0}
 
 
 def test_nft_status_names_what_differs_from_spec() -> None:
@@ -256,7 +260,7 @@ def test_nft_status_finds_a_table_of_an_older_layout() -> None:
         spec(fail_open=True)
     )
     assert status.installed and not status.complete
-    assert "chain forward has 7 rules, 10 expected" in status.detail
+    assert "chain forward has 7 rules, 11 expected" in status.detail
 
 
 def test_nft_status_absent_table() -> None:
@@ -290,14 +294,15 @@ IPT_DEFAULT_CHAIN = (
     " -j REJECT --reject-with tcp-reset",
     "-A PORTGUARD -m connmark --mark 0x3000000/0x3000000 -j DROP",
     "-A PORTGUARD -p tcp -m mark --mark 0x2000000/0x3000000 -j REJECT --reject-with tcp-reset",
+    "-A PORTGUARD -m mark --mark 0x3000000/0x3000000 -j DROP",
     "-A PORTGUARD -m mark --mark 0x1000000/0x3000000"
-    " -j CONNMARK --save-mark --nfmask 0xf000000 --ctmask 0xf000000",
+    " -j CONNMARK --save-mark --nfmask 0x1f000000 --ctmask 0x1f000000",
     "-A PORTGUARD -m mark --mark 0x1000000/0x3000000 -j RETURN",
     "-A PORTGUARD -m connmark --mark 0x1000000/0x3000000 -j RETURN",
     "-A PORTGUARD -p tcp -m multiport --dports 25,465,587 -m tcp --tcp-flags SYN SYN"
     " -m conntrack --ctstate INVALID -j DROP",
     "-A PORTGUARD -p tcp -m multiport --dports 25,465,587 -m tcp --tcp-flags FIN,SYN,RST,ACK SYN"
-    " -m conntrack --ctstate NEW -m mark --mark 0x0/0xf000000 -j NFQUEUE --queue-num 0",
+    " -m conntrack --ctstate NEW -m mark --mark 0x0/0x1f000000 -j NFQUEUE --queue-num 0",
 )
 
 
@@ -532,7 +537,7 @@ def test_iptables_per_source_limit_per_family() -> None:
     (limit4,) = [rule for rule in v4 if "hashlimit" in rule]
     (limit6,) = [rule for rule in v6 if "hashlimit" in rule]
     assert limit4.endswith(
-        "-m conntrack --ctstate NEW -m mark --mark 0x0/0xf000000 -m hashlimit --hashlimit-above "
+        "-m conntrack --ctstate NEW -m mark --mark 0x0/0x1f000000 -m hashlimit --hashlimit-above "
         f"200/sec --hashlimit-burst 1000 --hashlimit-mode srcip --hashlimit-name "
         f"portguard-{LIMITED.per_source.tag} --hashlimit-htable-max 262144 "
         "--hashlimit-htable-expire 60000 -j DROP"
@@ -589,7 +594,7 @@ def test_iptables_status_reads_drop_counters_and_still_compares_exactly() -> Non
         LIMITED
     )
     assert status.complete, status.detail
-    assert status.counters == {"per_source": 1100, "invalid": 11}
+    assert status.counters == {"per_source": 1100, "invalid": 11, "deny_cache": 0}
     table = parse_filter_table(listings["iptables"])
     assert table.chain_rules == chain_rules(LIMITED) and table.heads["FORWARD"] == jump_rule(
         "forward"

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import orjson
 
+from portguard.core.denycache import KernelHits
+from portguard.core.events.flood import represented
 from portguard.core.events.record import (
     DecisionRecord,
     Observer,
@@ -224,3 +226,20 @@ def test_records_wait_for_more_at_most_the_handover_delay(tmp_path: Path) -> Non
     assert process._batch.count == 0 and process.due == float("inf")
     process.close(None)
     assert [e["source"]["port"] for e in lines(path)] == [1000, 1001]  # type: ignore[index]
+
+
+def test_kernel_hits_become_summaries_with_flood_control_off_and_fold_with_it_on(
+    tmp_path: Path,
+) -> None:
+    for window, path in ((0.0, tmp_path / "off.log"), (60.0, tmp_path / "on.log")):
+        writer = EventWriter([file_sink(path)])
+        writer.start()
+        outputs = Outputs(writer, OBSERVER, {}, flood_window=window)
+        first = decided(1000, now=NOW)
+        outputs.handle(handoff.loggable_frame(first)[4:])
+        hits = KernelHits(first, 41, NOW, NOW + 10)
+        outputs.handle(handoff.kernel_hits_frame(hits)[4:])
+        outputs.finish(None)
+        written = lines(path)
+        assert [represented(e) for e in written] == [1, 41]  # type: ignore[arg-type]
+        assert written[-1]["portguard"]["aggregate"]["kernel"] == 41  # type: ignore[index]

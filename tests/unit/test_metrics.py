@@ -34,6 +34,7 @@ def section(queue: int, hits: list[list[Any]], flows: int, sinks: list[dict[str,
         "packets": 20,
         "packet_errors": 0,
         "log": {"sinks": sinks, "handoff_dropped": 2, "flow_end_lost": 3, "flow_ends": 4},
+        "deny_cache": {"keys": 10 + queue, "hits": 500, "rotations": 3},
     }  # fmt: skip
 
 
@@ -52,7 +53,7 @@ def document(hook_complete: bool | None = True) -> dict[str, Any]:
     }
     facts = DaemonFacts(1700000000.0, 1, "closed", (0, 1), Path("/run/c.sock"))
     doc = build_document(facts, [one, two], {}, rows, 1700000100.0)
-    doc["kernel_dropped"] = {"per_source": 995000, "invalid": 3}
+    doc["kernel_dropped"] = {"per_source": 995000, "invalid": 3, "deny_cache": 1000}
     if hook_complete is not None:
         doc["hook"] = {"backend": "iptables", "installed": True, "complete": hook_complete,
                        "checked_at": 1700000099.0}  # fmt: skip
@@ -90,6 +91,8 @@ def test_the_counters_of_the_status_document_are_exported() -> None:
     assert samples[("portguard_uptime_seconds", ())] == 100
     assert samples[("portguard_hook_complete", ())] == 1
     assert samples[("portguard_malformed_packets_total", ())] == 2
+    assert samples[("portguard_kernel_dropped_total", (("reason", "deny_cache"),))] == 1000
+    assert samples[("portguard_deny_cache_keys", ())] == 21
 
 
 def test_every_listed_metric_is_exported_and_nothing_else() -> None:

@@ -14,7 +14,14 @@ from collections.abc import Callable
 import pytest
 
 from portguard.core.gate import Outcome, Verdict
-from portguard.core.marks import MARK_ALLOW, MARK_MASK, MARK_REJECT, direction_of_mark
+from portguard.core.marks import (
+    MARK_ALLOW,
+    MARK_CACHE,
+    MARK_DROP,
+    MARK_MASK,
+    MARK_REJECT,
+    direction_of_mark,
+)
 from portguard.core.policy.model import Direction
 from portguard.io.nfqueue import (
     BATCH_PACKETS,
@@ -86,10 +93,27 @@ def test_verdicts_map_to_marks_and_calls() -> None:
 )
 def test_allow_and_reject_marks_carry_the_direction(direction: Direction, bits: int) -> None:
     for verdict, verdict_bits in ((Verdict.ALLOW, MARK_ALLOW), (Verdict.REJECT, MARK_REJECT)):
-        packet = RecordingPacket(mark=0xF0000001 | MARK_MASK)
+        packet = RecordingPacket(mark=0xE0000001 | MARK_MASK)
         apply_verdict(packet, verdict, direction)
-        assert packet.mark == 0xF0000001 | verdict_bits | bits
+        assert packet.mark == 0xE0000001 | verdict_bits | bits
         assert direction_of_mark(packet.mark) is direction and packet.calls == ["repeat"]
+
+
+@pytest.mark.parametrize(
+    ("verdict", "bits"), [(Verdict.REJECT, MARK_REJECT), (Verdict.DROP, MARK_DROP)]
+)
+def test_a_deny_to_cache_repeats_with_the_cache_bit(verdict: Verdict, bits: int) -> None:
+    """The hook adds the key to its deny cache, then rejects or drops: a drop repeats too."""
+    packet = RecordingPacket(mark=0x1234 | MARK_MASK)
+    apply_verdict(packet, verdict, Direction.OUTBOUND, cache=True)
+    assert packet.calls == ["repeat"]
+    assert packet.mark == 0x1234 | bits | MARK_CACHE | 0x04000000
+
+
+def test_the_cache_flag_leaves_an_allow_alone() -> None:
+    packet = RecordingPacket()
+    apply_verdict(packet, Verdict.ALLOW, cache=True)
+    assert packet.mark == MARK_ALLOW and packet.calls == ["repeat"]
 
 
 def reader(decide: object, events: list[object], fallback: Verdict = Verdict.DROP) -> QueueReader:

@@ -127,6 +127,7 @@ def test_control_depends_on_what_the_daemon_runs() -> None:
         "iptables | nftables",
         "iproute2",
         "conntrack",
+        "ipset",  # the iptables backend's deny cache
         "adduser | systemd",
         "${shlibs:Depends}",
         "${misc:Depends}",

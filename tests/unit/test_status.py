@@ -420,10 +420,10 @@ def test_the_cli_fills_in_what_the_daemon_could_not_read(tmp_path: Path) -> None
 
 
 def test_kernel_drops_show_in_the_document_once_read() -> None:
-    counters = {"per_source": 995000, "invalid": 3}
+    counters = {"per_source": 995000, "invalid": 3, "deny_cache": 12}
     status = HookStatus("iptables", True, True, "ok", 1, counters)
     hook = WatchedHook(Backend(status), clock=lambda: 100.0)
-    assert kernel_dropped_view(hook) == {"per_source": None, "invalid": None}  # not read yet
+    assert kernel_dropped_view(hook) == dict.fromkeys(counters)  # not read yet
     hook.status(SPEC)
     assert kernel_dropped_view(hook) == counters
     facts = DaemonFacts(0.0, 1, "closed", (0,), Path("/run/c.sock"), hook)

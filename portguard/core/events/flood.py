@@ -7,6 +7,13 @@ the window closes, one summary event (a copy of the last denied event) carrying
 `portguard.aggregate` = {count, first, last, suppressed} and ECS `event.start` / `event.end`.
 A summary is emitted only when something was suppressed.
 
+The kernel's deny cache answers a bot's retries without the daemon and counts them per key;
+each rotation's counts come back (`fold`) with the key's decision event: they join the open
+window of its key (`count` and `suppressed` grow, and `portguard.aggregate.kernel` says how
+many of them the kernel answered), or, with no window open (closed, or flood control off:
+`kernel_summary`), become a summary of their own at once. Either way `represented` of every
+event adds up to the attempts: decisions plus kernel hits.
+
 Everything else (allowed decisions, lifecycle events, malformed-packet events, connections
 ended after a reload) passes through untouched and undelayed. Pure: `now` is passed in.
 Memory is bounded: at most `max_keys` windows are tracked; when full, the oldest window is
@@ -35,6 +42,7 @@ class _Window:
     first: str  # @timestamp of the first deny
     last: Event  # the latest deny (the summary is a copy of it)
     count: int  # denies in the window, including the first
+    kernel: int = 0  # of them, answered by the kernel's deny cache
 
 
 def deny_key(event: Event) -> DenyKey | None:
@@ -96,6 +104,18 @@ class DenyAggregator:
         out.append(event)
         return out
 
+    def fold(self, event: Event, hits: int, start: str, end: str) -> list[Event]:
+        """`hits` more denies of `event`'s key that the kernel answered between `start` and
+        `end` (@timestamp texts): into its open window, else a summary of their own now."""
+        key = deny_key(event)
+        window = self._windows.get(key) if key is not None else None
+        if window is None:
+            return [kernel_summary(event, hits, start, end)]
+        window.count += hits
+        window.kernel += hits
+        self.suppressed += hits
+        return []
+
     def flush(self, now: float) -> list[Event]:
         """Summaries of the windows that closed by `now` (call about once a second)."""
         out: list[Event] = []
@@ -117,15 +137,29 @@ class DenyAggregator:
         window = self._windows.pop(key)
         if window.count < 2:
             return []
-        return [summary(window.last, window.first, window.count)]
+        return [summary(window.last, window.first, window.count, window.kernel)]
 
 
-def summary(last: Event, first: str, count: int) -> Event:
-    """A copy of the last deny of a window that stands for the `count - 1` suppressed ones."""
+def summary(last: Event, first: str, count: int, kernel: int = 0) -> Event:
+    """A copy of the last deny of a window that stands for the `count - 1` suppressed ones,
+    `kernel` of them answered by the kernel's deny cache."""
     end = str(last.get("@timestamp"))
-    aggregate = {"count": count, "first": first, "last": end, "suppressed": count - 1}
+    aggregate = {"count": count, "first": first, "last": end, "suppressed": count - 1,
+                 "kernel": kernel}  # fmt: skip
     return {
         **last,
         "event": {**last["event"], "start": first, "end": end},
         "portguard": {**(last.get("portguard") or {}), "aggregate": aggregate},
+    }
+
+
+def kernel_summary(event: Event, hits: int, start: str, end: str) -> Event:
+    """A copy of a key's decision event standing for `hits` retries the kernel answered
+    between `start` and `end` (none of them logged before)."""
+    aggregate = {"count": hits, "first": start, "last": end, "suppressed": hits, "kernel": hits}
+    return {
+        **event,
+        "@timestamp": end,
+        "event": {**event["event"], "start": start, "end": end},
+        "portguard": {**(event.get("portguard") or {}), "aggregate": aggregate},
     }

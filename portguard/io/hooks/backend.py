@@ -14,10 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
+from portguard.core.denycache import CacheKey
+
 # what the hook drops in the kernel, before the queue, each counted (HookStatus.counters)
 COUNTER_INVALID: Final = "invalid"  # conntrack INVALID packets with SYN set to hooked ports
 COUNTER_PER_SOURCE: Final = "per_source"  # new hooked SYNs over one source's rate
-COUNTERS: Final = (COUNTER_PER_SOURCE, COUNTER_INVALID)
+COUNTER_DENY_CACHE: Final = "deny_cache"  # new hooked SYNs the deny cache answered
+COUNTERS: Final = (COUNTER_PER_SOURCE, COUNTER_INVALID, COUNTER_DENY_CACHE)
+PREQUEUE_DROPS: Final = (COUNTER_PER_SOURCE, COUNTER_INVALID)  # drops the policy never saw
 MIN_SOURCE_MEMORY: Final = 60  # seconds an idle source is remembered at least
 MAX_SOURCE_RATE: Final = 100_000  # SYNs a second (iptables' hashlimit is exact up to here)
 
@@ -68,6 +72,7 @@ class HookSpec:
     chains: tuple[str, ...]  # "forward" (gateway traffic), "output" (this host's own)
     fail_open: bool  # no daemon bound: the packet passes (queue bypass) instead of being dropped
     per_source: SourceLimit | None = None  # None: no limit before the queue
+    deny_cache: bool = False  # the kernel answers cached denies itself (core/denycache.py)
 
     def __post_init__(self) -> None:
         if not 1 <= self.workers <= 0xFFFF or not 0 <= self.queue_num <= 0x10000 - self.workers:
@@ -120,4 +125,21 @@ class HookBackend(Protocol):
 
     def status(self, spec: HookSpec | None = None) -> HookStatus:
         """What is installed; ``complete`` compares against ``spec`` when given."""
+        ...
+
+
+class DenyCacheSets(Protocol):
+    """A backend's deny cache (ipsets.py, nftcache.py): generations of kernel sets of denied
+    keys whose elements count their hits (core/denycache.py)."""
+
+    def rotate(self) -> None:
+        """Start an empty generation; the one in force until now is frozen."""
+        ...
+
+    def read_frozen(self) -> dict[CacheKey, int]:
+        """The frozen generation's keys, each with the SYNs the kernel answered."""
+        ...
+
+    def flush_frozen(self) -> None:
+        """Empty the frozen generation (the next rotation puts it in force)."""
         ...

@@ -3,7 +3,8 @@ leftovers of any backend."""
 
 from __future__ import annotations
 
-from portguard.io.hooks.backend import BACKENDS, HookBackend, HookError
+from portguard.io.hooks.backend import BACKENDS, DenyCacheSets, HookBackend, HookError
+from portguard.io.hooks.ipsets import IpsetCache
 from portguard.io.hooks.iptables import IptablesBackend
 from portguard.io.hooks.nftables import NftablesBackend, queue_supported
 from portguard.io.hooks.runner import Runner, run_command
@@ -18,6 +19,13 @@ def select_backend(name: str, runner: Runner = run_command) -> HookBackend:
     if name == "auto":
         return NftablesBackend(runner) if queue_supported(runner) else IptablesBackend(runner)
     raise ValueError(f"hook backend must be one of {BACKENDS}, not {name!r}")
+
+
+def deny_cache_sets(backend: str, runner: Runner = run_command) -> DenyCacheSets:
+    """The deny cache of the backend called ``backend`` (as selected: not "auto")."""
+    from portguard.io.hooks.nftcache import NftCache
+
+    return NftCache(runner) if backend == "nftables" else IpsetCache(runner)
 
 
 def cleanup_leftovers(runner: Runner = run_command) -> tuple[str, ...]:

@@ -4,11 +4,12 @@ The chain's rules are written in the form ``iptables -S`` prints them, so that `
 compare what the kernel holds with what the config asks for, line by line. Every change to one
 family is a single ``iptables-restore --noflush`` transaction: the chain is never half filled.
 
-The chain is built in stages (``STAGES``): connections already ended, the verdict marks, then
-what is dropped before the queue (conntrack INVALID with SYN; one source's SYNs over its
-``hashlimit`` rate), then the queue. ``status`` reads ``iptables -v -S``: the per-rule packet
-counters (``-c N M``) are taken out before rules are compared, and those of the drop stages are
-summed into ``HookStatus.counters``.
+The chain is built in stages (``STAGES``): denies the daemon asks to cache (their key into the
+deny cache's ipset, ipsets.py), connections already ended, the verdict marks, then what is
+answered or dropped before the queue (conntrack INVALID with SYN; keys in the deny cache; one
+source's SYNs over its ``hashlimit`` rate), then the queue. ``status`` reads ``iptables -v -S``:
+the per-rule packet counters (``-c N M``) are taken out before rules are compared, and those of
+the counted stages are summed into ``HookStatus.counters``.
 """
 
 from __future__ import annotations
@@ -18,14 +19,29 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from portguard.core.marks import MARK_ALLOW, MARK_DROP, MARK_MASK, MARK_REJECT, VERDICT_MASK
+from portguard.core.marks import (
+    MARK_ALLOW,
+    MARK_CACHE,
+    MARK_DROP,
+    MARK_MASK,
+    MARK_REJECT,
+    VERDICT_MASK,
+)
 from portguard.io.hooks.backend import (
     CHAINS,
+    COUNTER_DENY_CACHE,
     COUNTER_INVALID,
     COUNTER_PER_SOURCE,
     COUNTERS,
     HookSpec,
     HookStatus,
+)
+from portguard.io.hooks.ipsets import (
+    FAMILY_VERSIONS,
+    IpsetCache,
+    create_script,
+    set_name,
+    set_problems,
 )
 from portguard.io.hooks.runner import COMMAND_NOT_FOUND, Runner, checked, run_command, succeeded
 
@@ -82,11 +98,43 @@ def _queue_target(spec: HookSpec) -> str:
 
 
 _NEW_UNMARKED: Final = f"-m conntrack --ctstate NEW -m mark --mark {_mark(0)}"
+_RESET: Final = "-j REJECT --reject-with tcp-reset"
+_CACHE_TARGETS: Final = {MARK_REJECT: _RESET, MARK_DROP: "-j DROP"}
+
+
+def _cached(verdict: int) -> str:
+    """A packet mark of `verdict` with MARK_CACHE, whatever direction it records."""
+    return _mark(verdict | MARK_CACHE, VERDICT_MASK | MARK_CACHE)
+
+
+def cache_add_rules(spec: HookSpec, family: str) -> Iterator[str]:
+    """A deny repeated with MARK_CACHE: its key into the deny cache of its verdict (the
+    verdict rules then reject or drop it). Only a key not there yet: the kernel's add sets
+    the element's counter to 1 (this packet, which the daemon decided), re-adding would
+    reset it (ipsets.py counts an element's hits as its packets less one)."""
+    if not spec.deny_cache:
+        return
+    for verdict in _CACHE_TARGETS:
+        name = set_name(verdict, FAMILY_VERSIONS[family])
+        absent = f"-m set ! --match-set {name} src,dst,dst ! --update-counters"
+        add = f"-j SET --add-set {name} src,dst,dst --exist"
+        yield f"-A {CHAIN} -m mark --mark {_cached(verdict)} {absent} {add}"
+
+
+def cache_lookup_rules(spec: HookSpec, family: str) -> Iterator[str]:
+    """A new SYN whose (source, destination, port) the deny cache holds gets the cached
+    verdict without the queue, counted in the set's element."""
+    if not spec.deny_cache:
+        return
+    for verdict, target in _CACHE_TARGETS.items():
+        match = f"-m set --match-set {set_name(verdict, FAMILY_VERSIONS[family])} src,dst,dst"
+        for group in _port_groups(spec.sorted_ports):
+            yield f"-A {CHAIN} {_ports(group)} {_NEW_UNMARKED} {match} {target}"
 
 
 def verdict_rules(spec: HookSpec, family: str) -> Iterator[str]:
     """Connections already decided: ended ones first, then the marks a verdict set."""
-    allow, reset = _verdict(MARK_ALLOW), "-j REJECT --reject-with tcp-reset"
+    allow, reset = _verdict(MARK_ALLOW), _RESET
     save = f"-j CONNMARK --save-mark --nfmask {MARK_MASK:#x} --ctmask {MARK_MASK:#x}"
     # A reset of our own (OUTPUT) carries the connmark: let it out.
     yield f"-A {CHAIN} -p tcp -m tcp ! --tcp-flags RST RST -m connmark --mark " + (
@@ -94,6 +142,7 @@ def verdict_rules(spec: HookSpec, family: str) -> Iterator[str]:
     )
     yield f"-A {CHAIN} -m connmark --mark {_verdict(MARK_DROP)} -j DROP"
     yield f"-A {CHAIN} -p tcp -m mark --mark {_verdict(MARK_REJECT)} {reset}"
+    yield f"-A {CHAIN} -m mark --mark {_verdict(MARK_DROP)} -j DROP"  # a deny to cache
     yield f"-A {CHAIN} -m mark --mark {allow} {save}"
     yield f"-A {CHAIN} -m mark --mark {allow} -j RETURN"
     yield f"-A {CHAIN} -m connmark --mark {allow} -j RETURN"
@@ -136,11 +185,19 @@ def queue_rules(spec: HookSpec, family: str) -> Iterator[str]:
 
 
 Stage = Callable[[HookSpec, str], Iterator[str]]
-STAGES: Final[tuple[Stage, ...]] = (verdict_rules, invalid_rules, per_source_rules, queue_rules)
-# which counter a drop stage's rules add to
+STAGES: Final[tuple[Stage, ...]] = (
+    cache_add_rules,
+    verdict_rules,
+    invalid_rules,
+    cache_lookup_rules,
+    per_source_rules,
+    queue_rules,
+)
+# which counter a stage's rules add to (every packet they match ends there)
 COUNTED: Final[Mapping[str, Stage]] = {
     COUNTER_INVALID: invalid_rules,
     COUNTER_PER_SOURCE: per_source_rules,
+    COUNTER_DENY_CACHE: cache_lookup_rules,
 }
 
 
@@ -277,36 +334,47 @@ def describe(family: str, table: FilterTable) -> str:
 
 
 class IptablesBackend:
-    """Chain PORTGUARD in iptables and ip6tables, jumped to from FORWARD and/or OUTPUT."""
+    """Chain PORTGUARD in iptables and ip6tables, jumped to from FORWARD and/or OUTPUT, and
+    the deny cache's ipsets (ipsets.py) when the spec asks for the cache."""
 
     name = "iptables"
 
     def __init__(self, runner: Runner = run_command) -> None:
         self._run = runner
+        self.cache = IpsetCache(runner)
 
     def render(self, spec: HookSpec) -> str:
         fresh = jump_edits(spec, FilterTable())
-        return "".join(
+        sets = f"# applied with: ipset -exist restore\n{create_script()}" if spec.deny_cache else ""
+        return sets + "".join(
             f"# applied with: {family}-restore -w --noflush\n" + restore_script(spec, fresh, family)
             for family in FAMILIES
         )
 
     def install(self, spec: HookSpec) -> None:
+        if spec.deny_cache:
+            self.cache.create()  # before the rules that name them
         for family in FAMILIES:
             edits = jump_edits(spec, self._read(family))
             self._restore(family, restore_script(spec, edits, family))
+        if not spec.deny_cache:
+            self.cache.destroy()  # a former config's, no rule names them any more
 
     def remove(self) -> None:
         for family in FAMILIES:
             table = self._read(family, missing_ok=True)
             if table.installed:
                 self._restore(family, removal_script(table))
+        self.cache.destroy()  # after the rules: a set a rule names cannot be destroyed
 
     def status(self, spec: HookSpec | None = None) -> HookStatus:
         tables = {family: self._read(family, missing_ok=True) for family in FAMILIES}
-        installed = any(table.installed for table in tables.values())
+        sets = self.cache.present()
+        installed = bool(sets) or any(table.installed for table in tables.values())
         problems = [p for fam, table in tables.items() for p in family_problems(fam, table, spec)]
+        problems += set_problems(sets, spec)
         lines = [describe(family, table) for family, table in tables.items()]
+        lines += [f"ipset: {len(sets)} deny-cache sets"] if sets else []
         counters = dict.fromkeys(COUNTERS, 0)
         for family, table in tables.items():
             for name, packets in drop_counters(family, table, spec).items() if spec else ():

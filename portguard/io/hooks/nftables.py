@@ -27,7 +27,14 @@ from portguard.core.marks import (
     MARK_REJECT,
     VERDICT_MASK,
 )
-from portguard.io.hooks.backend import COUNTER_INVALID, COUNTER_PER_SOURCE, HookSpec, HookStatus
+from portguard.io.hooks import nftcache
+from portguard.io.hooks.backend import (
+    COUNTER_DENY_CACHE,
+    COUNTER_INVALID,
+    COUNTER_PER_SOURCE,
+    HookSpec,
+    HookStatus,
+)
 from portguard.io.hooks.runner import COMMAND_NOT_FOUND, Runner, checked, run_command, succeeded
 
 TABLE: Final = "inet portguard"
@@ -43,6 +50,7 @@ _HOOK: Final = re.compile(r"\bhook (\w+)\b")
 COUNTER_NAMES: Final = {
     COUNTER_PER_SOURCE: "per_source_dropped",
     COUNTER_INVALID: "invalid_dropped",
+    COUNTER_DENY_CACHE: nftcache.COUNTER,
 }
 SOURCE_SETS: Final = {4: "per_source4", 6: "per_source6"}  # one meter a family
 SOURCE_SET_SIZE: Final = 65536  # sources tracked at once; beyond, new ones are not limited
@@ -100,6 +108,7 @@ def verdict_rules(spec: HookSpec) -> Iterator[str]:
     yield f"tcp flags & rst == 0 {ct_verdict} == {_hex(MARK_REJECT)} counter reject with tcp reset"
     yield f"{ct_verdict} == {_hex(MARK_DROP)} counter drop"
     yield f"{verdict} == {_hex(MARK_REJECT)} counter reject with tcp reset"
+    yield f"{verdict} == {_hex(MARK_DROP)} counter drop"  # a deny the cache took
     yield from save_rules()
     yield f"{ct_verdict} == {_hex(MARK_ALLOW)} accept"
 
@@ -140,13 +149,15 @@ STAGES: Final[tuple[Stage, ...]] = (verdict_rules, invalid_rules, per_source_rul
 
 
 def chain_rules(spec: HookSpec) -> tuple[str, ...]:
-    """The rules of each base chain, in order."""
-    return tuple(rule for stage in STAGES for rule in stage(spec))
+    """The rules of each base chain, in order (the deny cache's generation first)."""
+    jump = (nftcache.JUMP_RULE,) if spec.deny_cache else ()
+    return jump + tuple(rule for stage in STAGES for rule in stage(spec))
 
 
 def counters_wanted(spec: HookSpec) -> tuple[str, ...]:
     """The named counters the table declares (nft names)."""
     wanted = [COUNTER_INVALID] + ([COUNTER_PER_SOURCE] if spec.per_source else [])
+    wanted += [COUNTER_DENY_CACHE] if spec.deny_cache else []
     return tuple(COUNTER_NAMES[name] for name in wanted)
 
 
@@ -160,7 +171,7 @@ def declarations(spec: HookSpec) -> list[str]:
             lines += [f"\tset {name} {{", f"\t\ttype ipv{version}_addr",
                       f"\t\tsize {SOURCE_SET_SIZE}", "\t\tflags dynamic,timeout",
                       f"\t\ttimeout {spec.per_source.forget_after}s", "\t}"]  # fmt: skip
-    return lines
+    return lines + (nftcache.declarations() if spec.deny_cache else [])
 
 
 def _base_chain(hook: str) -> str:
@@ -170,6 +181,7 @@ def _base_chain(hook: str) -> str:
 def ruleset(spec: HookSpec) -> str:
     """The table: one base chain per hooked netfilter chain, named after its hook."""
     lines = [f"table {TABLE} {{", *declarations(spec)]
+    lines += nftcache.chains(spec) if spec.deny_cache else []
     for chain in spec.sorted_chains:
         lines += [f"\tchain {chain} {{", f"\t\ttype {_base_chain(chain)}"]
         lines += [f"\t\t{rule}" for rule in chain_rules(spec)]
@@ -214,15 +226,22 @@ def parse_table(listing: str) -> Table:
 def table_problems(table: Table, spec: HookSpec | None) -> list[str]:
     """What is missing or wrong in the table; empty when it is complete."""
     problems: list[str] = []
+    cache = {nftcache.chain_name(gen): gen for gen in nftcache.GENERATIONS}
     if spec:
-        problems += [f"no chain {c}" for c in spec.sorted_chains if c not in table.chains]
-        unwanted = sorted(set(table.chains) - set(spec.chains))
+        wanted = [*spec.sorted_chains, *(cache if spec.deny_cache else ())]
+        problems += [f"no chain {c}" for c in wanted if c not in table.chains]
+        unwanted = sorted(set(table.chains) - set(wanted))
         problems += [f"chain {c} is not hooked by the config" for c in unwanted]
         missing = [name for name in counters_wanted(spec) if name not in table.counters]
         problems += [f"no counter {name}" for name in missing]
     elif not table.chains:
         problems.append("no chains")
     for chain, (_hook, rules) in table.chains.items():
+        if chain in cache:  # a generation of the deny cache (nft prints rules its own way)
+            expected = len(list(nftcache.cache_rules(spec, cache[chain]))) if spec else len(rules)
+            if len(rules) != expected:
+                problems.append(f"chain {chain} has {len(rules)} rules, {expected} expected")
+            continue
         queue_rules = table.queue_rules(chain)
         if len(queue_rules) != 1:
             problems.append(f"chain {chain} has {len(queue_rules)} queue rules")
