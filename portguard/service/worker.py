@@ -36,6 +36,7 @@ from portguard.service.policyload import (
     same_resolution,
 )
 from portguard.service.policystate import is_handover, read_handover, save_resolution
+from portguard.service.quarantinestate import QuarantineKeeper
 from portguard.service.reevaluate import Reevaluator
 from portguard.service.status import DaemonFacts, collect, worker_section
 
@@ -68,6 +69,9 @@ class Worker:
         self.fail_open = config.queue.fail_mode == "open"
         id_prefix = f"{queue_num}-{int(time.time()):x}-"  # flow ids unique across restarts
         self.gate = Gate(ruleset, observer, id_prefix)
+        self.quarantine = QuarantineKeeper(self.gate, config.daemon.state_dir, queue_num,
+                                           config.queue.workers, observer, self._submit,
+                                           self._log)  # fmt: skip
         self.wan = WanInterfaces(config.network.wan)
         self.writer: LogProcess | None = None
         self._reported = {"dropped": 0, "errors": 0}
@@ -118,6 +122,7 @@ class Worker:
 
     def _start(self, reader: QueueReader, on_bound: Hook) -> None:
         """Bind the queue, call `on_bound` (installing the hooks), say that we decide."""
+        self.quarantine.load(time.time())  # before the first packet: kept across restarts
         self._bind(reader)
         assert self.writer is not None
         if on_bound is not None:
@@ -221,6 +226,8 @@ class Worker:
             self._adopt(request, reply)
         elif command == "reload":
             self.loads.request(reply, reason="control")
+        elif command.startswith("quarantine-"):  # list, add, release
+            reply(self.quarantine.control(request))
         elif command == "ping":
             reply({"ok": True, "policy_version": self.gate.ruleset.version})
         else:
@@ -318,6 +325,8 @@ class Worker:
             notify.reloading()
             self.loads.request(reason="sighup")
         self.loads.collect(self.apply_load)  # a finished load swapped in (or refused)
+        if self.gate.detected:  # a detector's alert (and quarantine): log it, keep it
+            self.quarantine.report()
         now = time.monotonic()
         for job in jobs:
             job.run_if_due(now)
@@ -360,6 +369,7 @@ class Worker:
 
     def _housekeeping(self, reader: QueueReader) -> None:
         self.gate.forget_drops(time.time())
+        self.quarantine.tick(time.time())  # expiry; the other workers' quarantines
         self._recheck_wan()
         for full in self.gate.limiter.housekeeping(time.time()):  # prune; limit-table-full
             self._log("limit-table-full", full.message, **full.fields())
@@ -373,17 +383,16 @@ class Worker:
         errors = reader.errors + reader.verdict_errors
         if errors != self._reported["errors"]:
             self._reported["errors"] = errors
-            self._log(
-                "packet-error",
-                f"deciding a packet failed: {reader.last_error!r}",
-                packet_errors=errors,
-            )
+            self._log("packet-error", f"deciding a packet failed: {reader.last_error!r}",
+                      packet_errors=errors)  # fmt: skip
 
     def _log(self, action: str, message: str, **extra: object) -> None:
+        self._submit(self._event(action, message, **extra))
+
+    def _submit(self, event: Event) -> None:
         if self.writer is not None:
-            self.writer.submit(self._event(action, message, **extra))
+            self.writer.submit(event)
 
     def _event(self, action: str, message: str, **extra: object) -> Event:
-        return lifecycle_event(
-            action, message, self.observer, time.time(), queue=self.queue_num, **extra
-        )
+        return lifecycle_event(action, message, self.observer, time.time(),
+                               queue=self.queue_num, **extra)  # fmt: skip
