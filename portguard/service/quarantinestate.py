@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from portguard.core.detect.quarantine import MANUAL, Entry, entry
+from portguard.core.detect.quarantine import MANUAL, Entry, Quarantine, entry
 from portguard.core.events.detection import alert_event, quarantine_event
 from portguard.core.events.record import Event, Observer
 from portguard.core.gate import Gate
@@ -155,6 +155,25 @@ class QuarantineKeeper:
                                   "control"))  # fmt: skip
         self.save()
         return {"ok": True, "released": [released.fields()]}
+
+
+def saved_quarantine(state_dir: Path, now: float) -> tuple[Quarantine, list[str]]:
+    """The quarantine the daemon keeps (every worker's file merged), for the offline
+    `portguard explain`, and why the files that could not be read were not (no file: no
+    quarantine; the daemon writes one at its first change)."""
+    table, unreadable = Quarantine(), []
+    try:
+        paths = sorted(state_dir.glob(f"{STATE_PREFIX}*.json"))
+    except OSError as error:
+        return table, [f"{state_dir}: {error.strerror or error}"]
+    for path in paths:
+        try:  # it names addresses only: root's explain may read the daemon user's file
+            document = orjson.loads(read_trusted(path, MAX_QUARANTINE_FILE, own=False))
+        except (OSError, orjson.JSONDecodeError) as error:
+            unreadable.append(f"{path}: {error}")
+            continue
+        table.merge(document, now)
+    return table, unreadable
 
 
 # --- several workers: the supervisor asks each ------------------------------------------------

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from portguard.core.policy.detectors import SourceKey, key_text, parse_source, source_key
 from portguard.core.events.record import timestamp
+from portguard.core.policy.detectors import SourceKey, key_text, parse_source, source_key
 from portguard.core.policy.model import Action, Decision
 
 MAX_QUARANTINED = 65_536  # sources quarantined at once; more are refused (and counted)

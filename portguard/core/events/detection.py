@@ -31,8 +31,10 @@ def alert_event(alert: Alert, observer: Observer, now: float) -> Event:
     detector, version = alert.detector, alert.version
     source = address_text(version, alert.src)
     samples = [address_text(version, dst) for dst in alert.samples]
-    message = (f"{source} tried {alert.distinct} distinct destinations on port "
-               f"{detector.dport.label} within {detector.window} s (detector {detector.name})")
+    message = (
+        f"{source} tried {alert.distinct} distinct destinations on port "
+        f"{detector.dport.label} within {detector.window} s (detector {detector.name})"
+    )
     return {
         "@timestamp": timestamp(now),
         "ecs": {"version": ECS_VERSION},
@@ -48,19 +50,24 @@ def alert_event(alert: Alert, observer: Observer, now: float) -> Event:
             "start": timestamp(alert.first),
             "end": timestamp(alert.last),
         },
-        "rule": {"id": detector.name, "ruleset": detector.ruleset,
-                 "description": detector.describe()},  # fmt: skip
+        "rule": {
+            "id": detector.name,
+            "ruleset": detector.ruleset,
+            "description": detector.describe(),
+        },
         "source": {"ip": source},
         "related": {"ip": [source, *samples]},
         "observer": observer.fields(),
-        "portguard": {"detection": {
-            "distinct": alert.distinct,
-            "attempts": alert.attempts,
-            "samples": samples,
-            "window": detector.window,
-            "action": detector.action,
-        }},
-    }  # fmt: skip
+        "portguard": {
+            "detection": {
+                "distinct": alert.distinct,
+                "attempts": alert.attempts,
+                "samples": samples,
+                "window": detector.window,
+                "action": detector.action,
+            }
+        },
+    }
 
 
 def quarantine_event(
@@ -73,9 +80,14 @@ def quarantine_event(
     message = f"{found.source} {verbs.get(action, action)}"
     if action == "quarantine-added":
         message += f" until {timestamp(found.until)} by {found.detector}"
-    details = {"source": found.source, "detector": found.detector,
-               "until": timestamp(found.until), "ports": sorted(found.ports), "by": by}
+    details = {
+        "source": found.source,
+        "detector": found.detector,
+        "until": timestamp(found.until),
+        "ports": sorted(found.ports),
+        "by": by,
+    }
     event = lifecycle_event(action, message, observer, now, quarantine=details, **extra)
     event["source"] = {"ip": found.source.removesuffix("/64")}
     event["rule"] = {"id": f"quarantine:{found.detector}", "ruleset": "quarantine"}
-    return event  # fmt: skip
+    return event

@@ -22,6 +22,7 @@ from pathlib import Path
 from portguard.core.errors import HOST_KEPT, PolicyError, Problem, unexpected
 from portguard.core.policy.addresses import AddressSet, parse_address_list, parse_network
 from portguard.core.policy.checks import cross_file_problems, raw_sets, set_entries
+from portguard.core.policy.detectors import DEFAULT_QUARANTINE, Detector
 from portguard.core.policy.hosts import (
     Resolver,
     Transient,
@@ -29,7 +30,6 @@ from portguard.core.policy.hosts import (
     host_name_problem,
     resolve_problem,
 )
-from portguard.core.policy.detectors import DEFAULT_QUARANTINE, Detector
 from portguard.core.policy.model import DEFAULT_MAX_BUCKETS, Action, Decision, Direction, Limit
 from portguard.core.policy.ports import PortSet
 from portguard.core.policy.ruleset import CompiledRule, ListFile, RuleSet, match_summary
