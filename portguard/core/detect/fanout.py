@@ -9,11 +9,12 @@ count reaches the threshold it raises one Alert and forgets the source's destina
 source raises no second alert before `window` seconds have passed (or it was released).
 
 Memory is bounded: at most MAX_SOURCES sources per detector (the least recently seen is
-evicted and counted) and at most `threshold` destinations per source (reaching it raises the
-alert and empties the set). Measured (tests/unit/test_detect_fanout.py): about 420 bytes a
-source with one destination, plus about 110 bytes per further destination; the worst case
-for one detector is MAX_SOURCES x (420 + 110 x (threshold - 2)) bytes, ~78 MB for
-`distinct = 10`, ~150 MB for `distinct = 20`. A spoofed flood of more sources than
+evicted and counted) and fewer than `threshold` destinations per source (reaching it raises
+the alert and empties the set). Measured with tracemalloc (CPython 3.11,
+tests/unit/test_detect_fanout.py): about 500 bytes a source with one destination, plus about
+50 bytes per further destination; the worst case for one detector is
+MAX_SOURCES x (500 + 50 x (threshold - 2)) bytes: ~59 MB for `distinct = 10`, ~92 MB for
+`distinct = 20`; a spoofed flood (one destination a source) holds ~33 MB. A spoofed flood of more sources than
 MAX_SOURCES evicts real sources that have been quiet longest: a bot that keeps trying stays
 near the recent end and is still caught; one that tries slower than the flood cycles through
 MAX_SOURCES sources is evicted and counted (`evicted`) before it reaches the threshold.
