@@ -33,8 +33,11 @@ def decided(action: Action = Action.REJECT, key: tuple[int, int, int, int, int] 
     return decision_event(decision, key, "2a", Direction.OUTBOUND, "v1", OBSERVER, NOW)
 
 
-FANOUT = Detector("fanout", PortSet.from_ranges([(25, 25)]), 3, 600, "quarantine", 3600,
-                  PortSet.from_ranges([(25, 25), (465, 465), (587, 587)]), "20-detect.toml")  # fmt: skip
+MAIL_PORTS = PortSet.from_ranges([(25, 25), (465, 465), (587, 587)])
+FANOUT = Detector(
+    "fanout", PortSet.from_ranges([(25, 25)]), 3, 600, "quarantine", 3600, MAIL_PORTS,
+    "20-detect.toml",
+)  # fmt: skip
 SAMPLES = (0xC6336419, 0xC633641A, 0xC633641B)  # 198.51.100.25-27
 
 

@@ -26,8 +26,9 @@ def test_requests() -> None:
     assert request_for("list", None, None, None) == {"command": "quarantine-list"}
     assert request_for("release", "2001:db8:64:10::5", None, None) == {
         "command": "quarantine-release", "address": "2001:db8:64:10::5"}  # fmt: skip
-    assert request_for("add", "100.64.10.10", "1h", [25]) == {
-        "command": "quarantine-add", "address": "100.64.10.10", "for": "1h", "ports": [25]}  # fmt: skip
+    added = request_for("add", "100.64.10.10", "1h", [25])
+    assert added == {"command": "quarantine-add", "address": "100.64.10.10", "for": "1h",
+                     "ports": [25]}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -39,7 +40,13 @@ def test_bad_arguments_exit_2_without_asking(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], action: str, address: str | None,
     duration: str | None,
 ) -> None:  # fmt: skip
-    argv = ["quarantine", action, *([address] if address else []), "--config", str(config(tmp_path))]
+    argv = [
+        "quarantine",
+        action,
+        *([address] if address else []),
+        "--config",
+        str(config(tmp_path)),
+    ]
     argv += ["--for", duration] if duration else []
     assert main(argv) == 2
     assert capsys.readouterr().err.startswith("portguard: ")

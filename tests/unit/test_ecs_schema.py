@@ -25,7 +25,6 @@ from portguard.core.events.record import (
     malformed_event,
 )
 from portguard.core.policy.model import Action, Decision, Direction, Limit, LimitResult
-from tests.events import alerted, quarantined
 from tests.ecs import (
     CUSTOM,
     categorization_problems,
@@ -37,6 +36,7 @@ from tests.ecs import (
     schema,
     unknown_fields,
 )
+from tests.events import alerted, quarantined
 
 OBSERVER = Observer("gw1", "0.1.0")
 NOW = 1795798800.123456

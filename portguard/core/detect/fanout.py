@@ -14,10 +14,10 @@ the alert and empties the set). Measured with tracemalloc (CPython 3.11,
 tests/unit/test_detect_fanout.py): about 500 bytes a source with one destination, plus about
 50 bytes per further destination; the worst case for one detector is
 MAX_SOURCES x (500 + 50 x (threshold - 2)) bytes: ~59 MB for `distinct = 10`, ~92 MB for
-`distinct = 20`; a spoofed flood (one destination a source) holds ~33 MB. A spoofed flood of more sources than
-MAX_SOURCES evicts real sources that have been quiet longest: a bot that keeps trying stays
-near the recent end and is still caught; one that tries slower than the flood cycles through
-MAX_SOURCES sources is evicted and counted (`evicted`) before it reaches the threshold.
+`distinct = 20`; a spoofed flood (one destination a source) holds ~33 MB. A spoofed flood
+of more sources than MAX_SOURCES evicts the real sources quiet the longest: a bot that keeps
+trying stays near the recent end and is still caught; one slower than the flood's turn
+through MAX_SOURCES sources is evicted (and counted in `evicted`) before it reaches the threshold.
 
 Pure: `now` is passed in.
 """
