@@ -156,3 +156,26 @@ def test_a_quarantine_added_by_hand_refuses_and_is_logged(lab: Lab, started: Lab
     assert smarthost(lab) != "delivered"
     assert cli(lab, started, "release", a.SUBSCRIBER.v4).returncode == 0
     assert smarthost(lab) == "delivered"
+
+
+def test_with_two_workers_a_quarantine_reaches_both_and_the_cli_speaks_to_all(
+    lab: Lab,
+) -> None:
+    """Each worker counts its share (ceil(5 / 2) = 3 destinations); a quarantine added by
+    hand goes to every worker through the supervisor; `list` merges their tables."""
+    daemon = LabDaemon(lab, rules=[rules_with(lab, detector("1h"))], workers=2)
+    daemon.start()
+    try:
+        fan_out(lab)
+        assert wait_for(lambda: alerts(daemon)), "at least one worker saw 3 destinations"
+        assert wait_for(lambda: actions(daemon, "quarantine-added"))
+        # the other worker reads the quarantine within about a second (its housekeeping)
+        assert wait_for(lambda: [1] if smarthost(lab) != "delivered" else [])
+        assert cli(lab, daemon, "release", a.SUBSCRIBER.v4).returncode == 0
+        assert smarthost(lab) == "delivered"
+        assert cli(lab, daemon, "add", a.SUBSCRIBER.v4, "--for", "1h").returncode == 0
+        listed = cli(lab, daemon, "list", "--json")
+        assert listed.returncode == 0 and a.SUBSCRIBER.v4 in listed.stdout, listed
+        assert smarthost(lab) != "delivered"
+    finally:
+        daemon.stop()
