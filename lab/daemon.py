@@ -198,6 +198,13 @@ class LabDaemon:
     def events(self) -> list[dict[str, Any]]:
         return read_jsonl(self.events_path)
 
+    def restart(self, timeout: float = 20.0) -> None:
+        """Stop (SIGTERM) and start again with the same config, state directory and logs."""
+        self.stop()
+        (self.dir / "notify.sock").unlink(missing_ok=True)
+        self._notify = self._notify_socket()
+        self.start(timeout)
+
     def stop(self, grace: float = 10.0) -> int | None:
         """SIGTERM and wait; the exit code (None if it never started)."""
         self._notify.close()

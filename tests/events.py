@@ -8,9 +8,14 @@ from typing import Any
 
 import orjson
 
+from portguard.core.detect.fanout import Alert
+from portguard.core.detect.quarantine import entry
+from portguard.core.events.detection import alert_event, quarantine_event
 from portguard.core.events.flowend import Counters, EndedFlow, FlowOrigin, flow_end_event
 from portguard.core.events.record import Event, Observer, decision_event
+from portguard.core.policy.detectors import Detector
 from portguard.core.policy.model import Action, Decision, Direction
+from portguard.core.policy.ports import PortSet
 from portguard.log.formats import render
 
 OBSERVER = Observer("gw1", "0.1.0")
@@ -26,6 +31,25 @@ ORIGIN = FlowOrigin("smarthost", "10-isp.toml", flow_id="2a", policy_version="v7
 def decided(action: Action = Action.REJECT, key: tuple[int, int, int, int, int] = V4) -> Event:
     decision = Decision(action, "block-25", "10-isp.toml", "no direct mail", "matched rule")
     return decision_event(decision, key, "2a", Direction.OUTBOUND, "v1", OBSERVER, NOW)
+
+
+MAIL_PORTS = PortSet.from_ranges([(25, 25), (465, 465), (587, 587)])
+FANOUT = Detector(
+    "fanout", PortSet.from_ranges([(25, 25)]), 3, 600, "quarantine", 3600, MAIL_PORTS,
+    "20-detect.toml",
+)  # fmt: skip
+SAMPLES = (0xC6336419, 0xC633641A, 0xC633641B)  # 198.51.100.25-27
+
+
+def alerted(key: tuple[int, int] = (4, V4[1]), src: int = V4[1], version: int = 4) -> Event:
+    """The fan-out detector's alert: 100.64.10.10 tried 3 servers (4 attempts) in 60 s."""
+    alert = Alert(FANOUT, key, version, src, 3, 4, SAMPLES, NOW - 60, NOW)
+    return alert_event(alert, OBSERVER, NOW)
+
+
+def quarantined(action: str = "quarantine-added", key: tuple[int, int] = (4, V4[1])) -> Event:
+    found = entry(key, "fanout", NOW, NOW + 3600, [25, 465, 587])
+    return quarantine_event(action, found, OBSERVER, NOW, "detector")
 
 
 def flow_end(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import sys
+import time
 from pathlib import Path
 
 from portguard.config.model import Config
@@ -145,8 +146,25 @@ def explain(
         return 2
     ruleset = load_ruleset(config.rules.paths)
     connection = Connection(src.version, int(src), int(dst), dport, Direction(direction))
+    for line in quarantine_lines(config, src.version, int(src), dport):
+        print(line)
     print(format_explanation(ruleset.explain(connection, every), ruleset.resolved))
     return 0
+
+
+def quarantine_lines(config: Config, version: int, src: int, dport: int) -> list[str]:
+    """A quarantine decides before the rules: say so when the source is quarantined, or when
+    the quarantine cannot be read (the offline explain reads the state directory)."""
+    from portguard.service.quarantinestate import saved_quarantine
+
+    now = time.time()
+    table, unreadable = saved_quarantine(config.daemon.state_dir, now)
+    refused = table.refusal(version, src, dport, now)
+    if refused is not None:
+        return [f"decided by {refused.rule_id} (reject): {refused.reason}",
+                "the rules below decide once the quarantine ends:"]  # fmt: skip
+    return [f"quarantine unknown: cannot read {why}; the rules below decide unless the source "
+            "is quarantined" for why in unreadable]  # fmt: skip
 
 
 def hook(config: Config, action: str) -> int:

@@ -39,7 +39,26 @@ def build_parser() -> argparse.ArgumentParser:
     hook = _with_config(commands.add_parser("hook", help="install, remove or show the hooks"))
     hook.add_argument("action", choices=("install", "remove", "status"))
     _replay_parser(commands.add_parser("replay", help="decide a capture's SYNs by the policy"))
+    _quarantine_parser(commands.add_parser("quarantine", help="the running daemon's quarantine"))
     return parser
+
+
+def _ports(text: str) -> list[int]:
+    from portguard.cli.quarantine import parse_ports
+
+    try:
+        return parse_ports(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _quarantine_parser(quarantine: argparse.ArgumentParser) -> None:
+    _with_config(quarantine)
+    quarantine.add_argument("action", choices=("list", "add", "release"))
+    quarantine.add_argument("address", nargs="?", metavar="ADDRESS", help="IPv4, or IPv6 (its /64)")
+    quarantine.add_argument("--for", dest="duration", metavar="DURATION", help="e.g. 30m, 1h, 2d")
+    quarantine.add_argument("--ports", type=_ports, help="default 25,465,587")
+    quarantine.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
 
 
 def _replay_parser(replay: argparse.ArgumentParser) -> None:
@@ -103,6 +122,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return commands.reload(config)
     if args.command == "status":
         return commands.status(config, args.as_json)
+    if args.command == "quarantine":
+        from portguard.cli.quarantine import quarantine
+
+        return quarantine(config, args.action, args.address, args.duration, args.ports,
+                          args.as_json)  # fmt: skip
     if args.command == "explain":
         return commands.explain(config, args.src, args.dst, args.dport, args.direction, args.every)
     return commands.hook(config, args.action)

@@ -128,6 +128,8 @@ def _print_events(
             events = flow.decision(decided.record)
         else:  # `log = false`: no event, but flood windows close on time
             events = flow.flush(decided.now)
+        for alert in decided.alerts:  # a detector's alert, as the worker logs it
+            events += flow.admit(alert, decided.now)
         for event in events:
             write(ecs_line(prepare(event)) + b"\n")
     for event in flow.flush_all():

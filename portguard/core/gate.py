@@ -12,6 +12,8 @@ from enum import StrEnum
 from typing import NamedTuple
 
 from portguard.core.denycache import cacheable
+from portguard.core.detect.fanout import Alert, Detection
+from portguard.core.detect.quarantine import Entry, Quarantine, entry
 from portguard.core.events.record import (
     Loggable,
     Observer,
@@ -79,6 +81,14 @@ _DIRECTIONS = {
 }
 
 
+class Detected(NamedTuple):
+    """A detector's alert, and the quarantine it added (None: action "alert", or the table
+    was full): what the worker logs and keeps."""
+
+    alert: Alert
+    quarantined: Entry | None
+
+
 def verdict_for(action: Action) -> Verdict:
     return _VERDICTS[action]
 
@@ -122,6 +132,11 @@ class Gate:
         self.recent_drops: OrderedDict[FlowKey, _Drop] = OrderedDict()  # oldest first
         self._malformed_unlogged = 0
         self._malformed_logged_at = float("-inf")
+        # sources refused before the policy is asked (empty: one len() per SYN), and the
+        # detectors' counts of denied attempts; both outlive reloads
+        self.quarantine = Quarantine()
+        self.detection = Detection()
+        self.detected: list[Detected] = []  # alerts the caller has not taken yet
 
     def handle(self, data: bytes, arrives_on_wan: bool, leaves_on_wan: bool, now: float) -> Outcome:
         try:
@@ -137,6 +152,8 @@ class Gate:
         self.hits[hit] = self.hits.get(hit, 0) + 1
         self.decided += 1
         verdict = _VERDICTS[decision.action]
+        if verdict is not Verdict.ALLOW and self.ruleset.detectors:
+            self._detect(version, src, dst, dport, now)
         if verdict is Verdict.DROP:
             self._remember_drop(key, _Drop(seq, direction, now))
         elif self.recent_drops:
@@ -151,6 +168,10 @@ class Gate:
     def decide(self, key: FlowKey, direction: Direction, now: float) -> Decision:
         """The rule set's decision, with the deciding rule's rate limit applied."""
         version, src, dst, _sport, dport = key
+        if self.quarantine:
+            refused = self.quarantine.refusal(version, src, dport, now)
+            if refused is not None:
+                return refused
         ruleset = self.ruleset
         rule = ruleset.first_match(version, src, dst, dport, direction)
         if rule is None:
@@ -159,6 +180,22 @@ class Gate:
             return rule.decision
         conn = Connection(version, src, dst, dport, direction)
         return limited_decision(rule, self.limiter.take(rule, conn, now))
+
+    def _detect(self, version: int, src: int, dst: int, dport: int, now: float) -> None:
+        """A denied attempt counted by the detectors; a crossed threshold quarantines."""
+        for alert in self.detection.observe(self.ruleset.detectors, version, src, dst, dport, now):
+            detector, added = alert.detector, None
+            if detector.action == "quarantine":
+                added = entry(alert.key, detector.name, now, now + detector.quarantine,
+                              detector.refused_ports)  # fmt: skip
+                if not self.quarantine.add(added):
+                    added = None
+            self.detected.append(Detected(alert, added))
+
+    def take_detected(self) -> list[Detected]:
+        """The alerts since the last call (the worker logs them and keeps the quarantine)."""
+        detected, self.detected = self.detected, []
+        return detected
 
     def forget_drops(self, now: float) -> int:
         """Forget the dropped SYNs older than RETRANSMISSION_WINDOW (call about once a

@@ -27,7 +27,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from portguard.core.events.record import Loggable
+from portguard.core.events.detection import alert_event, quarantine_event
+from portguard.core.events.record import Event, Loggable
 from portguard.core.gate import FlowKey, Gate, Verdict
 from portguard.core.packet.decode import decode
 from portguard.core.packet.linklayer import LinkError, ip_packet
@@ -74,6 +75,7 @@ class Decided:
     verdict: Verdict
     rule_id: str
     record: Loggable | None  # what the daemon would have logged; None: the rule has log = false
+    alerts: tuple[Event, ...] = ()  # a detector's alert (and quarantine) this SYN raised
 
 
 @dataclass(slots=True)
@@ -174,8 +176,20 @@ class Replayer:
         if outcome.verdict is Verdict.ALLOW:
             self._remember(key, packet.seq)
         self.counts.decided += 1
+        alerts = self._alerts(now) if self.gate.detected else ()
         return Decided(number, now, key, direction, outcome.verdict, outcome.decision.rule_id,
-                       outcome.event)  # fmt: skip
+                       outcome.event, alerts)  # fmt: skip
+
+    def _alerts(self, now: float) -> tuple[Event, ...]:
+        """The events of the detectors' alerts and the quarantines they added, as the worker
+        logs them."""
+        observer, events = self.gate.observer, []
+        for alert, added in self.gate.take_detected():
+            events.append(alert_event(alert, observer, now))
+            if added is not None:
+                events.append(quarantine_event("quarantine-added", added, observer, now,
+                                               "detector"))  # fmt: skip
+        return tuple(events)
 
     def _tick(self, now: float) -> float:
         """The gate's clock: the capture's time, never backwards (a merged capture's frames
@@ -185,6 +199,9 @@ class Replayer:
             self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
             self.gate.forget_drops(now)
             self.gate.limiter.housekeeping(now)
+            for found in self.gate.quarantine.expire(now):  # replay prints alerts and the
+                self.gate.detection.forget(found.key)  # quarantines they add, not expiries
+            self.gate.detection.housekeeping(self.gate.ruleset.detectors, now)
         return now
 
     def _remember(self, key: FlowKey, isn: int) -> None:

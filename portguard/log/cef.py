@@ -1,13 +1,15 @@
 """ArcSight CEF lines of the ECS events (the ``cef`` output format).
 
 ``CEF:0|portguard|portguard|version|signature|name|severity|extension``, the mapping chosen by
-``event.dataset`` (decisions, flow ends, lifecycle; any other dataset like a lifecycle event).
+``event.dataset`` (decisions, flow ends, alerts, lifecycle; any other dataset like a
+lifecycle event).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from portguard.core.events.detection import ALERT_DATASET
 from portguard.core.events.record import DECISION_DATASET, FLOW_DATASET, LIFECYCLE_DATASET
 from portguard.log.ecs import (
     FLOW_END_NAME,
@@ -150,10 +152,28 @@ def _cef_count(event: Event) -> list[tuple[str, str]]:
     ]
 
 
+def _cef_alert(event: Event) -> CefFields:
+    """A detector's alert: the source, its attempts (cnt) and window (start, end), the
+    detector (cs1) and the sample destinations (cs5)."""
+    fields, detection = event["event"], (event.get("portguard") or {}).get("detection") or {}
+    pairs = [
+        ("src", event["source"]["ip"]),
+        ("act", "alert"),
+        ("cnt", str(detection.get("attempts", ""))),
+        *_cef_times(fields),
+        *_cef_labelled("cs1", "ruleId", event["rule"]["id"]),
+        *_cef_labelled("cs2", "ruleset", event["rule"].get("ruleset")),
+        *_cef_labelled("cs5", "samples", ",".join(detection.get("samples", []))),
+        ("msg", str(event.get("message", ""))),
+    ]
+    return fields["action"], "fan-out detected", 7, pairs
+
+
 def _cef_lifecycle(event: Event) -> CefFields:
     fields, details = event["event"], event.get("portguard") or {}
     severity = _CEF_LOG_SEVERITY.get((event.get("log") or {}).get("level", "info"), 1)
     pairs = [
+        *_cef_endpoints(event),  # a quarantine change names its source
         ("outcome", str(fields.get("outcome", ""))),
         *_cef_labelled("cs4", "policyVersion", details.get("policy_version")),
         ("msg", str(event.get("message", ""))),
@@ -162,6 +182,7 @@ def _cef_lifecycle(event: Event) -> CefFields:
 
 
 _CEF_MAPPINGS: dict[str, Callable[[Event], CefFields]] = {
+    ALERT_DATASET: _cef_alert,
     DECISION_DATASET: _cef_connection,
     FLOW_DATASET: _cef_flow_end,
     LIFECYCLE_DATASET: _cef_lifecycle,

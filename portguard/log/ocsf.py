@@ -1,7 +1,8 @@
 """OCSF 1.1.0 records of the ECS events (the ``ocsf`` output format).
 
 Decisions and flow ends are Network Activity (class 4001) with the security_control profile;
-lifecycle events are Application Lifecycle (class 6002). The mapping is chosen by
+a detector's alert is a Detection Finding (class 2004); lifecycle events are Application
+Lifecycle (class 6002). The mapping is chosen by
 ``event.dataset``; an event of any other dataset is mapped like a lifecycle event.
 """
 
@@ -12,6 +13,7 @@ from typing import Any, Final
 
 import orjson
 
+from portguard.core.events.detection import ALERT_DATASET
 from portguard.core.events.record import DECISION_DATASET, FLOW_DATASET, LIFECYCLE_DATASET
 from portguard.log.ecs import (
     FLOW_END_NAME,
@@ -223,7 +225,38 @@ def _ocsf_lifecycle(event: Event) -> dict[str, Any]:
     }
 
 
+def _ocsf_finding(event: Event) -> dict[str, Any]:
+    """A detector's alert: Detection Finding (2004), Create, with the sample destinations
+    as evidences."""
+    fields, rule = event["event"], event["rule"]
+    detection = (event.get("portguard") or {}).get("detection") or {}
+    source = event["source"]["ip"]
+    finding = {
+        "uid": f"{rule['id']}:{source}:{epoch_ms(fields['start'])}",
+        "title": event.get("message", fields["action"]),
+        "desc": rule.get("description", ""),
+        "types": [fields["action"]],
+        "first_seen_time": epoch_ms(fields["start"]),
+        "last_seen_time": epoch_ms(fields["end"]),
+        "analytic": {"uid": rule["id"], "name": rule["id"], "type_id": 1, "type": "Rule",
+                     "category": rule.get("ruleset", "")},
+    }  # fmt: skip
+    evidences = [{"src_endpoint": {"ip": source}, "dst_endpoint": {"ip": dst}}
+                 for dst in detection.get("samples", [])]  # fmt: skip
+    return {
+        **_ocsf_class(2004, "Detection Finding", 2, "Findings", 1),
+        "activity_name": "Create",
+        **_ocsf_common(event, 3, []),
+        "status_id": 1,
+        "status": "New",
+        "finding_info": finding,
+        "evidences": evidences or [{"src_endpoint": {"ip": source}}],
+        "count": int(detection.get("attempts", 1)),
+    }
+
+
 _OCSF_MAPPINGS: dict[str, Callable[[Event], dict[str, Any]]] = {
+    ALERT_DATASET: _ocsf_finding,
     DECISION_DATASET: _ocsf_network,
     FLOW_DATASET: _ocsf_flow_end,
     LIFECYCLE_DATASET: _ocsf_lifecycle,

@@ -32,6 +32,9 @@ METRIC_NAMES: Final = (
     "portguard_packets_total",
     "portguard_packet_errors_total",
     "portguard_malformed_packets_total",
+    "portguard_quarantined_sources",
+    "portguard_quarantine_refused_total",
+    "portguard_alerts_total",
     "portguard_queue_length",
     "portguard_queue_dropped_total",
     "portguard_queue_packets_total",
@@ -59,6 +62,17 @@ def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, text, value=value)
 
 
+def _detection_metrics(detection: Mapping[str, int]) -> list[Metric]:
+    return [
+        _gauge("portguard_quarantined_sources", "Sources in quarantine now",
+               detection.get("quarantined", 0)),
+        _counter("portguard_quarantine_refused", "Connections refused by the quarantine",
+                 detection.get("quarantine_refused", 0)),
+        _counter("portguard_alerts", "Alerts raised by the detectors",
+                 detection.get("alerts", 0)),
+    ]  # fmt: skip
+
+
 def status_metrics(doc: Mapping[str, Any]) -> list[Metric]:
     """The metric families of one status document (pure)."""
     daemon = doc["daemon"]
@@ -81,6 +95,7 @@ def status_metrics(doc: Mapping[str, Any]) -> list[Metric]:
             "Queued packets that did not decode",
             doc["malformed_packets"],
         ),
+        *_detection_metrics(doc.get("detection") or {}),
         *_queue_metrics(doc["queues"]),
         *_kernel_dropped_metrics(doc.get("kernel_dropped") or {}),
         *_deny_cache_metrics(doc.get("deny_cache")),

@@ -94,11 +94,28 @@ def worker_section(
         "recent_drops": len(gate.recent_drops),
         "malformed": gate.malformed,
         "limit_table_full": dict(gate.limiter.table_full),  # rule -> new sources refused
+        "detection": detection_section(gate),
         "packets": reader.packets if reader is not None else 0,
         "packet_errors": reader.errors + reader.verdict_errors if reader is not None else 0,
         "log": log_section(log.read_stats(), log.dropped) if log else log_section({}, 0),
         "deny_cache": dict(deny_cache) if deny_cache is not None else None,
     }
+
+
+def detection_section(gate: Gate) -> dict[str, int]:
+    """A worker's detectors and quarantine (docs/status.md)."""
+    detection, quarantine = gate.detection, gate.quarantine
+    return {"quarantined": len(quarantine), "quarantine_refused": quarantine.refused,
+            "quarantine_full": quarantine.full, "alerts": detection.alerts,
+            "sources_tracked": detection.tracked, "sources_evicted": detection.evicted}  # fmt: skip
+
+
+def detection_view(sections: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Summed over the workers, but `quarantined`: every worker holds the whole quarantine
+    (merged from the others' files), so the largest table is the count."""
+    parts = [s.get("detection") or {} for s in sections]
+    view = merged_counts({k: v for k, v in part.items() if k != "quarantined"} for part in parts)
+    return {"quarantined": max((int(p.get("quarantined", 0)) for p in parts), default=0), **view}
 
 
 # --- the whole daemon -----------------------------------------------------------------------
@@ -303,6 +320,7 @@ def build_document(
         "kernel_dropped": kernel_dropped_view(hook),
         "deny_cache": deny_cache_view(sections),
         "limit_table_full": merged_counts(s.get("limit_table_full", {}) for s in sections),
+        "detection": detection_view(sections),
         "workers": [{"queue": s["queue"], "pid": s["pid"]} for s in sections],
     }
 

@@ -25,6 +25,7 @@ def format_status(doc: Mapping[str, Any]) -> list[str]:
         + f"); packets: {doc['packets']}, packet errors: {doc['packet_errors']}, "
         f"malformed: {doc['malformed_packets']}",
         f"dropped SYNs remembered: {doc['recent_drops']}",
+        *_detection_line(doc.get("detection") or {}),
         *_table_full_lines(doc.get("limit_table_full", {})),
         *_kernel_dropped_line(doc.get("kernel_dropped") or {}),
         *_deny_cache_line(doc.get("deny_cache"), doc.get("kernel_dropped") or {}),
@@ -34,6 +35,16 @@ def format_status(doc: Mapping[str, Any]) -> list[str]:
         *_rule_table(doc["rules"]),
     ]
     return lines
+
+
+def _detection_line(detection: Mapping[str, int]) -> list[str]:
+    """Quarantined sources and alerts (none before the first status of a detecting daemon)."""
+    if not detection:
+        return []
+    return [f"quarantined sources: {detection.get('quarantined', 0)} (refused connections "
+            f"{detection.get('quarantine_refused', 0)}); alerts: {detection.get('alerts', 0)}, "
+            f"sources tracked: {detection.get('sources_tracked', 0)}, evicted "
+            f"{detection.get('sources_evicted', 0)}"]  # fmt: skip
 
 
 def _table_full_lines(counts: Mapping[str, int]) -> list[str]:

@@ -42,6 +42,7 @@ from portguard.service.policyload import (
     same_resolution,
 )
 from portguard.service.policystate import remove_handovers, save_resolution, write_handover
+from portguard.service.quarantinestate import forward as forward_quarantine
 from portguard.service.status import DaemonFacts, collect, gather, worker_socket
 
 WORKER_STATUS_TIMEOUT = 2.0  # seconds the parent waits for each worker's status
@@ -166,6 +167,9 @@ class Supervisor:
             self._start_status(reply)
         elif command == "reload":
             self.loads.request(reply, reason="control")  # answered once every worker swapped
+        elif command.startswith("quarantine-"):  # each worker keeps its own table: ask all
+            threading.Thread(target=self._forward_quarantine, args=(request, reply),
+                             daemon=True).start()  # fmt: skip
         else:
             reply({"ok": False, "errors": [f"unknown command {command!r}"]})
 
@@ -191,6 +195,11 @@ class Supervisor:
             reply({"ok": False, "errors": [f"status failed: {error!r}"]})
         finally:
             self._status_slots.release()
+
+    def _forward_quarantine(self, request: dict[str, Any], reply: Reply) -> None:
+        sockets = [worker_socket(self.facts.control_socket, q) for q in self.facts.queues]
+        ask = lambda path, req: control_request(path, timeout=WORKER_STATUS_TIMEOUT, **req)  # noqa: E731
+        reply(forward_quarantine(sockets, request, ask))
 
     def _reopen(self) -> None:
         """SIGUSR1 (logrotate): reopen the parent's file outputs and pass it on to the workers

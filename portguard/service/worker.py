@@ -34,6 +34,7 @@ from portguard.service.policyload import (
 )
 from portguard.service.policystate import is_handover, read_handover, save_resolution
 from portguard.service.policyswap import PolicySwap
+from portguard.service.quarantinestate import QuarantineKeeper
 from portguard.service.reevaluate import Reevaluator
 from portguard.service.status import DaemonFacts, collect, worker_section
 
@@ -67,6 +68,9 @@ class Worker(PolicySwap):
         self.fail_open = config.queue.fail_mode == "open"
         id_prefix = f"{queue_num}-{int(time.time()):x}-"  # flow ids unique across restarts
         self.gate = Gate(ruleset, observer, id_prefix)
+        self.quarantine = QuarantineKeeper(self.gate, config.daemon.state_dir, queue_num,
+                                           config.queue.workers, observer, self._submit,
+                                           self._log, lambda: self.cache.request())  # fmt: skip
         self.wan = WanInterfaces(config.network.wan)
         self.writer: LogProcess | None = None
         self._reported = {"dropped": 0, "errors": 0}
@@ -121,6 +125,7 @@ class Worker(PolicySwap):
 
     def _start(self, reader: QueueReader, on_bound: Hook) -> None:
         """Bind the queue, call `on_bound` (installing the hooks), say that we decide."""
+        self.quarantine.load(time.time())  # before the first packet: kept across restarts
         self._bind(reader)
         assert self.writer is not None
         if on_bound is not None:
@@ -229,6 +234,8 @@ class Worker(PolicySwap):
             self._adopt(request, reply)
         elif command == "reload":
             self.loads.request(reply, reason="control")
+        elif command.startswith("quarantine-"):  # list, add, release
+            reply(self.quarantine.control(request))
         elif command == "ping":
             reply({"ok": True, "policy_version": self.gate.ruleset.version})
         else:
@@ -307,6 +314,8 @@ class Worker(PolicySwap):
             notify.reloading()
             self.loads.request(reason="sighup")
         self.loads.collect(self.apply_load)  # a finished load swapped in (or refused)
+        if self.gate.detected:  # a detector's alert (and quarantine): log it, keep it
+            self.quarantine.report()
         now = time.monotonic()
         for job in jobs:
             job.run_if_due(now)
@@ -319,6 +328,7 @@ class Worker(PolicySwap):
     def _housekeeping(self, reader: QueueReader) -> None:
         self.gate.forget_drops(time.time())
         self.cache.report()  # the kernel's hits read meanwhile (the first: starts its thread)
+        self.quarantine.tick(time.time())  # expiry; the other workers' quarantines
         self._recheck_wan()
         for full in self.gate.limiter.housekeeping(time.time()):  # prune; limit-table-full
             self._log("limit-table-full", full.message, **full.fields())
@@ -332,15 +342,15 @@ class Worker(PolicySwap):
         errors = reader.errors + reader.verdict_errors
         if errors != self._reported["errors"]:
             self._reported["errors"] = errors
-            self._log(
-                "packet-error",
-                f"deciding a packet failed: {reader.last_error!r}",
-                packet_errors=errors,
-            )
+            self._log("packet-error", f"deciding a packet failed: {reader.last_error!r}",
+                      packet_errors=errors)  # fmt: skip
 
     def _log(self, action: str, message: str, **extra: object) -> None:
+        self._submit(self._event(action, message, **extra))
+
+    def _submit(self, event: Event) -> None:
         if self.writer is not None:
-            self.writer.submit(self._event(action, message, **extra))
+            self.writer.submit(event)
 
     def _event(self, action: str, message: str, **extra: object) -> Event:
         return lifecycle_event(action, message, self.observer, time.time(), queue=self.queue_num,

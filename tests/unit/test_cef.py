@@ -11,7 +11,7 @@ from portguard.core.events.record import lifecycle_event
 from portguard.core.policy.model import Action, Direction
 from portguard.log.cef import cef_header_escape, cef_value_escape
 from portguard.log.formats import render
-from tests.events import NOW, OBSERVER, V6, decided, flow_end, parse_cef
+from tests.events import NOW, OBSERVER, V6, alerted, decided, flow_end, parse_cef, quarantined
 
 # --- CEF ------------------------------------------------------------------------------------
 
@@ -114,3 +114,20 @@ def test_cef_escaping_round_trips(reason: str, description: str) -> None:
     assert extension.get("msg", "") == reason  # empty values are left out
     assert extension.get("cs2", "") == description
     assert extension["cs1"] == "block-25"
+
+
+def test_cef_alert_exactly() -> None:
+    assert render(alerted(), "cef") == (
+        b"CEF:0|portguard|portguard|0.1.0|fanout-detected|fan-out detected|7|"
+        b"rt=1795798800123 dvchost=gw1 src=100.64.10.10 act=alert cnt=4 start=1795798740123 "
+        b"end=1795798800123 cs1Label=ruleId cs1=fanout cs2Label=ruleset cs2=20-detect.toml "
+        b"cs5Label=samples cs5=198.51.100.25,198.51.100.26,198.51.100.27 "
+        b"msg=100.64.10.10 tried 3 distinct destinations on port 25 within 600 s "
+        b"(detector fanout)"
+    )
+
+
+def test_cef_quarantine_change_names_the_source() -> None:
+    fields = parse_cef(render(quarantined("quarantine-released"), "cef").decode())
+    assert fields["extension"]["src"] == "100.64.10.10"
+    assert fields["header"][4] == "quarantine-released"

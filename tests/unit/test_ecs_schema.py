@@ -36,6 +36,7 @@ from tests.ecs import (
     schema,
     unknown_fields,
 )
+from tests.events import alerted, quarantined
 
 OBSERVER = Observer("gw1", "0.1.0")
 NOW = 1795798800.123456
@@ -71,6 +72,10 @@ def events() -> Iterator[tuple[str, Event]]:
     first = dict(decisions())["decision-reject-ipv4"]
     yield "flood-summary", summary(first, "2026-11-27T16:59:00.000000Z", 12)
     yield from flow_ends()
+    yield "alert", alerted()
+    for action in ("quarantine-added", "quarantine-released", "quarantine-expired"):
+        yield action, quarantined(action)
+    yield "quarantine-ipv6", quarantined(key=(6, V6[1] >> 64))
 
 
 def flow_ends() -> Iterator[tuple[str, Event]]:

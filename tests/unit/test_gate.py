@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from portguard.core.detect.quarantine import entry as quarantine_entry
 from portguard.core.events.record import DecisionRecord, Event, Observer, connection_event
 from portguard.core.gate import (
     RECENT_DROPS,
@@ -39,6 +40,7 @@ def ev(outcome: Outcome) -> Event:
 
 
 SUBSCRIBER, MX, SMARTHOST = 0x64400A0A, 0xC6336419, 0xC633641A
+BUSINESS = 0xCB00710A  # 203.0.113.10, on the shipped business list
 SHIPPED: RuleSet = load_ruleset([RULES_DIR])
 
 
@@ -404,3 +406,69 @@ def test_a_rate_limit_deny_is_cacheable_only_when_a_token_refills_slower(tmp_pat
     ]  # fmt: skip
     g.cache_period = 10.5  # longer than one token of "slow": not cached any more
     assert g.handle(syn(SUBSCRIBER, MX, 25, sport=9), False, True, 0.1).cache is False
+
+
+# --- detection and quarantine ----------------------------------------------------------------
+
+DETECT = """
+[detect.fanout]
+dport = [25]
+distinct = 3
+window = "10m"
+action = "quarantine"
+quarantine = "1h"
+quarantine_ports = [25, 587]
+"""
+
+
+def detecting_gate(tmp_path: Path, action: str = "quarantine") -> Gate:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "10-isp.toml").write_text((RULES_DIR / "10-isp.toml").read_text())
+    (rules / "lists").symlink_to(RULES_DIR / "lists")
+    text = DETECT.replace('"quarantine"\nquarantine = "1h"\nquarantine_ports = [25, 587]',
+                          f'"{action}"') if action == "alert" else DETECT  # fmt: skip
+    (rules / "20-detect.toml").write_text(text)
+    return Gate(load_ruleset([rules]), OBSERVER)
+
+
+def test_a_fanning_out_source_is_alerted_quarantined_and_refused_before_the_policy(
+    tmp_path: Path,
+) -> None:
+    g = detecting_gate(tmp_path)
+    assert g.handle(syn(SUBSCRIBER, SMARTHOST, 25), False, True, 0.0).verdict is Verdict.ALLOW
+    for n in range(3):
+        assert g.handle(syn(SUBSCRIBER, MX + 10 + n, 25), False, True, n).verdict is Verdict.REJECT
+    (detected,) = g.take_detected()
+    assert detected.alert.distinct == 3 and detected.quarantined is not None
+    refused = g.handle(syn(SUBSCRIBER, SMARTHOST, 25), False, True, 5.0)
+    assert refused.verdict is Verdict.REJECT and refused.decision is not None
+    assert refused.decision.rule_id == "quarantine:fanout"
+    assert ev(refused)["rule"] == {"id": "quarantine:fanout", "ruleset": "quarantine"}
+    assert "quarantined by fanout until" in ev(refused)["portguard"]["reason"]
+    assert g.handle(syn(SUBSCRIBER, SMARTHOST, 465), False, True, 6.0).verdict is Verdict.ALLOW
+    assert g.handle(syn(SUBSCRIBER, SMARTHOST, 25), False, True, 3603.0).verdict is Verdict.ALLOW
+    assert g.take_detected() == []
+
+
+def test_quarantine_refusals_count_as_denied_attempts(tmp_path: Path) -> None:
+    g = detecting_gate(tmp_path, "alert")
+    for n in range(3):
+        g.handle(syn(SUBSCRIBER, MX + 10 + n, 25), False, True, float(n))
+    (detected,) = g.take_detected()
+    assert detected.quarantined is None, 'action "alert" only alerts'
+    assert not g.quarantine
+    for n in range(3):  # a business customer may send on 25 to anyone
+        assert g.handle(syn(BUSINESS, MX + n, 25), False, True, 10.0).verdict is Verdict.ALLOW
+    g.quarantine.add(quarantine_entry((4, BUSINESS), "manual", 10.0, 100.0, [25]))
+    for n in range(3):
+        assert g.handle(syn(BUSINESS, MX + n, 25), False, True, 20.0).verdict is Verdict.REJECT
+    (detected,) = g.take_detected()
+    assert detected.alert.key == (4, BUSINESS)
+
+
+def test_an_allowed_syn_never_reaches_the_detectors(tmp_path: Path) -> None:
+    g = detecting_gate(tmp_path)
+    for n in range(10):
+        g.handle(syn(SUBSCRIBER, SMARTHOST, 25, sport=1000 + n), False, True, float(n))
+    assert g.detection.tracked == 0 and g.take_detected() == []

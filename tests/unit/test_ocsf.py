@@ -9,7 +9,18 @@ from portguard.core.events.flood import summary
 from portguard.core.events.record import ended_event, lifecycle_event, malformed_event
 from portguard.core.policy.model import Action, Decision, Direction
 from portguard.log.ocsf import ocsf_record
-from tests.events import COMMUNITY_ID, NOW, OBSERVER, V4, V6, decided, flow_end, ocsf
+from tests.events import (
+    COMMUNITY_ID,
+    NOW,
+    OBSERVER,
+    V4,
+    V6,
+    alerted,
+    decided,
+    flow_end,
+    ocsf,
+    quarantined,
+)
 
 # --- OCSF -----------------------------------------------------------------------------------
 
@@ -202,3 +213,23 @@ def test_ocsf_flow_end_with_a_start_but_no_end() -> None:
     record = ocsf(flow_end(stop_ns=None))
     assert record["start_time"] == 1795798740000
     assert "end_time" not in record and "duration" not in record
+
+
+def test_ocsf_alert_is_a_detection_finding() -> None:
+    record = ocsf_record(alerted())
+    assert (record["class_uid"], record["activity_id"], record["type_uid"]) == (2004, 1, 200401)
+    assert record["category_uid"] == 2 and record["status"] == "New"
+    info = record["finding_info"]
+    assert info["analytic"]["uid"] == "fanout" and info["types"] == ["fanout-detected"]
+    assert info["last_seen_time"] - info["first_seen_time"] == 60_000
+    assert [e["dst_endpoint"]["ip"] for e in record["evidences"]] == [
+        "198.51.100.25", "198.51.100.26", "198.51.100.27"]  # fmt: skip
+    assert {e["src_endpoint"]["ip"] for e in record["evidences"]} == {"100.64.10.10"}
+    assert record["count"] == 4
+    assert record["unmapped"]["portguard"]["detection"]["distinct"] == 3
+
+
+def test_ocsf_quarantine_change_is_application_lifecycle() -> None:
+    record = ocsf_record(quarantined())
+    assert record["class_uid"] == 6002
+    assert record["unmapped"]["portguard"]["quarantine"]["detector"] == "fanout"

@@ -320,3 +320,20 @@ def test_the_quick_look_takes_any_bytes(data: bytes) -> None:
         except DecodeError:
             return  # the daemon drops it as malformed: not decided either
         assert not (is_initial_syn(packet) and packet.dport in PORTS)
+
+
+def test_a_replay_feeds_the_detectors_and_the_quarantine(tmp_path: Path) -> None:
+    """A bot's SYNs to four servers at the capture's times: the fan-out detector alerts on
+    the third, the quarantine refuses its smarthost mail, and expires in capture time."""
+    detect = '\n[detect.fanout]\ndport = [25]\ndistinct = 3\nwindow = "1m"\naction = "quarantine"\n'
+    replaying = replayer(ruleset(tmp_path, RULES + detect + 'quarantine = "30s"\n'))
+    packets = [syn(SUB4, f"198.51.100.{40 + n}", sport=41000 + n) for n in range(3)]
+    found = [replaying.offer_packet(n, 100.0 + n, bytes(p)) for n, p in enumerate(packets)]
+    assert [len(d.alerts) if d else None for d in found] == [0, 0, 2]
+    alert, added = found[2].alerts if found[2] else ()
+    assert alert["event"]["action"] == "fanout-detected"
+    assert added["event"]["action"] == "quarantine-added"
+    refused = replaying.offer_packet(4, 110.0, bytes(syn(SUB4, SMARTHOST4, sport=42000)))
+    assert refused is not None and refused.rule_id == "quarantine:fanout"
+    later = replaying.offer_packet(5, 140.0, bytes(syn(SUB4, SMARTHOST4, sport=42001)))
+    assert later is not None and later.rule_id == "smarthost"

@@ -15,6 +15,7 @@ import pytest
 
 from portguard.cli.main import main
 from portguard.config.model import Config, parse_config
+from portguard.core.detect.quarantine import entry as quarantine_entry
 from portguard.core.events.record import Observer
 from portguard.core.gate import Gate
 from portguard.core.policy import RuleSet
@@ -22,6 +23,7 @@ from portguard.io.hooks.backend import HookSpec, HookStatus
 from portguard.io.policyfiles import load_ruleset
 from portguard.service import control
 from portguard.service.control import ControlServer
+from portguard.service.metrics import status_metrics
 from portguard.service.policyload import Reply
 from portguard.service.status import (
     DaemonFacts,
@@ -237,6 +239,30 @@ def test_limit_table_full_counts_add_up_and_show() -> None:
     assert doc["limit_table_full"] == {"business-25": 7, "other": 1}
     text = format_status(doc)
     assert "limit table full: rule business-25, 7 new sources refused" in text
+
+
+def test_quarantined_sources_and_alerts_show() -> None:
+    """Every worker holds the whole quarantine (merged): the largest table is the count;
+    alerts and refusals add up."""
+    one, two = decided_gate(1, 0), decided_gate(1, 0, 50000)
+    for gate, sources in ((one, 2), (two, 1)):
+        for n in range(sources):
+            gate.quarantine.add(quarantine_entry((4, n), "fanout", 0.0, 60.0, [25]))
+    one.detection.alerts, two.detection.alerts, two.quarantine.refused = 2, 1, 5
+    sections = [worker_section(gate, q, 1.0, None, None, q) for q, gate in enumerate((one, two))]
+    doc = build_document(facts(), sections, {}, {}, 2.0)
+    assert doc["detection"] == {
+        "quarantined": 2, "quarantine_refused": 5, "quarantine_full": 0, "alerts": 3,
+        "sources_tracked": 0, "sources_evicted": 0,
+    }  # fmt: skip
+    text = format_status(doc)
+    assert (
+        "quarantined sources: 2 (refused connections 5); alerts: 3, sources tracked: 0, "
+        "evicted 0" in text
+    )
+    metrics = {m.name: m.samples[0].value for m in status_metrics(doc) if m.samples}
+    assert metrics["portguard_quarantined_sources"] == 2
+    assert metrics["portguard_alerts"] == 3 and metrics["portguard_quarantine_refused"] == 5
 
 
 def test_worker_socket_sits_next_to_the_daemons() -> None:

@@ -323,6 +323,9 @@ LIFECYCLE_KINDS: dict[str, tuple[str, str, str]] = {
     "control-accept-error": ("process", "info", "warning"),
     "resolve-fallback": ("configuration", "change", "warning"),
     "state-error": ("process", "info", "warning"),
+    "quarantine-added": ("configuration", "creation", "warning"),
+    "quarantine-released": ("configuration", "deletion", "notice"),
+    "quarantine-expired": ("configuration", "deletion", "notice"),
 }
 FAILURES = frozenset(
     {

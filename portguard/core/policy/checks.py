@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from portguard.core.errors import Problem
-from portguard.core.policy.schema import SET_NAME, looks_like_address
+from portguard.core.policy.schema import RULE_ID, SET_NAME, looks_like_address
 from portguard.core.sourcemap import KeyPath
 from portguard.core.tomlsource import TomlSource, toml_value
 
@@ -51,6 +51,7 @@ def set_entries(source: TomlSource, name: str, entry: str) -> Iterator[tuple[Key
 class _Seen:
     sets: dict[str, str] = field(default_factory=dict)  # name -> path:line of the definition
     rules: dict[str, str] = field(default_factory=dict)
+    detectors: dict[str, str] = field(default_factory=dict)
     default: str | None = None
 
 
@@ -64,6 +65,7 @@ def cross_file_problems(sources: Sequence[TomlSource], complete: bool) -> list[P
         problems += _id_problems(source, seen.rules)
         problems += _default_problems(source, seen)
         problems += _rule_problems(source)
+        problems += _detect_problems(source, seen.detectors)
     if complete:
         for source in sources:
             problems += _reference_problems(source, seen.sets)
@@ -127,6 +129,29 @@ def _rule_problems(source: TomlSource) -> Iterator[Problem]:
                 f"not action {toml_value(action)}",
             )
         yield from _limit_key_problems(source, key, limit)
+
+
+def raw_detectors(source: TomlSource) -> dict[str, Any]:
+    detect = source.data.get("detect")
+    return detect if isinstance(detect, dict) else {}
+
+
+def _detect_problems(source: TomlSource, seen: dict[str, str]) -> Iterator[Problem]:
+    """Detector names (unique, rule-id characters) and the keys only quarantine uses."""
+    for name, body in raw_detectors(source).items():
+        key: KeyPath = ("detect", name)
+        if not RULE_ID.match(name):
+            yield source.problem(key, f'detector name "{name}" may hold only letters, digits, '
+                                 '"_", "." and "-"')  # fmt: skip
+        if name in seen:
+            yield source.problem(key, f"detector '{name}' is already defined at {seen[name]}")
+        seen.setdefault(name, source.where(key))
+        if not isinstance(body, dict) or body.get("action", "alert") != "alert":
+            continue
+        for only in ("quarantine", "quarantine_ports"):
+            if only in body:
+                yield source.problem((*key, only), f'{only}: applies only with action = '
+                                     '"quarantine"')  # fmt: skip
 
 
 _LIMIT_KEY_PERS = {  # limit keys that mean something only with some values of `per`

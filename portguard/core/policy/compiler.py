@@ -22,6 +22,7 @@ from pathlib import Path
 from portguard.core.errors import HOST_KEPT, PolicyError, Problem, unexpected
 from portguard.core.policy.addresses import AddressSet, parse_address_list, parse_network
 from portguard.core.policy.checks import cross_file_problems, raw_sets, set_entries
+from portguard.core.policy.detectors import DEFAULT_QUARANTINE, Detector
 from portguard.core.policy.hosts import (
     Resolver,
     Transient,
@@ -32,7 +33,14 @@ from portguard.core.policy.hosts import (
 from portguard.core.policy.model import DEFAULT_MAX_BUCKETS, Action, Decision, Direction, Limit
 from portguard.core.policy.ports import PortSet
 from portguard.core.policy.ruleset import CompiledRule, ListFile, RuleSet, match_summary
-from portguard.core.policy.schema import AddressRef, LimitSpec, RuleFileSpec, RuleSpec, SetRef
+from portguard.core.policy.schema import (
+    AddressRef,
+    DetectSpec,
+    LimitSpec,
+    RuleFileSpec,
+    RuleSpec,
+    SetRef,
+)
 from portguard.core.policy.sets import build_sets
 from portguard.core.sourcemap import KeyPath
 from portguard.core.tomlsource import TextError, TomlSource, parse_toml, validate
@@ -214,9 +222,11 @@ def _build(unit: _Unit, files: Sequence[tuple[Path, str]]) -> RuleSet:
     sets = build_sets(set_specs, lists, unit.resolved)
     rules: list[CompiledRule] = []
     disabled: list[str] = []
+    detectors: list[Detector] = []
     default = Action.ALLOW
     for source, spec in zip(unit.sources, unit.specs, strict=True):
         unit.current = source.path
+        detectors += [_detector(name, body, source.path) for name, body in spec.detect.items()]
         for index, rule in enumerate(spec.rule):
             if rule.enabled:
                 rules.append(_compile_rule(rule, source.path, index, sets))
@@ -237,7 +247,17 @@ def _build(unit: _Unit, files: Sequence[tuple[Path, str]]) -> RuleSet:
         lists=unit.lists,
         warnings=unit.warnings,
         texts=dict(files),
+        detectors=detectors,
     )
+
+
+def _detector(name: str, spec: DetectSpec, path: Path) -> Detector:
+    ports = PortSet.from_ranges(spec.dport)
+    quarantine_ports = ports if spec.quarantine_ports is None else PortSet.from_ranges(
+        spec.quarantine_ports)  # fmt: skip
+    duration = DEFAULT_QUARANTINE if spec.quarantine is None else spec.quarantine
+    return Detector(name, ports, spec.distinct, spec.window, spec.action, duration,
+                    quarantine_ports, path.name)  # fmt: skip
 
 
 def _compile_rule(

@@ -15,6 +15,7 @@ from pathlib import Path
 from portguard.core.errors import Problem
 from portguard.core.packet.model import to_address
 from portguard.core.policy.addresses import AddressSet
+from portguard.core.policy.detectors import Detector
 from portguard.core.policy.model import Action, Connection, Decision, Direction, Limit
 from portguard.core.policy.ports import PortSet
 from portguard.core.sourcemap import SourceMap
@@ -134,6 +135,7 @@ class RuleSet:
         "_candidates",
         "_positions",
         "default",
+        "detectors",
         "disabled",
         "lists",
         "resolved",
@@ -156,6 +158,7 @@ class RuleSet:
         lists: Mapping[Path, ListFile] | None = None,
         warnings: Sequence[Problem] = (),
         texts: Mapping[Path, str] | None = None,
+        detectors: Sequence[Detector] = (),
     ) -> None:
         self.rules: tuple[CompiledRule, ...] = tuple(rules)
         self.default = default
@@ -168,6 +171,7 @@ class RuleSet:
         self.lists: dict[Path, ListFile] = dict(lists or {})
         self.warnings: tuple[Problem, ...] = tuple(warnings)  # e.g. a host kept from before
         self.texts: dict[Path, str] = dict(texts or {})  # rule files, to locate rules
+        self.detectors: tuple[Detector, ...] = tuple(detectors)  # [detect.NAME] tables
         self._positions: dict[Path, SourceMap] = {}
         # (direction, dport) -> the rules whose direction and dport conditions it meets, in
         # order: what `first_match` tries (filled as connections come, at most MAX_CANDIDATES)

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator
 
 from portguard.core.policy.addresses import Network, parse_network
+from portguard.core.policy.detectors import parse_duration
 from portguard.core.policy.hosts import host_name_problem
 from portguard.core.policy.ports import PortRange, parse_port_entry
 from portguard.core.tomlsource import Spec, toml_type, toml_value
@@ -184,7 +185,23 @@ class DefaultSpec(Spec):
     action: ActionName = "allow"
 
 
+MAX_DISTINCT = 65_536  # a detector's `distinct` at most
+Duration = Annotated[int, PlainValidator(parse_duration)]
+
+
+class DetectSpec(Spec):
+    """A `[detect.NAME]` table: a fan-out detector (docs/rules.md, "Detection")."""
+
+    dport: PortList
+    distinct: Annotated[int, _within(2, MAX_DISTINCT)]
+    window: Duration
+    action: Literal["alert", "quarantine"] = "alert"
+    quarantine: Duration | None = None  # default 1h, with action "quarantine"
+    quarantine_ports: PortList | None = None  # default: dport
+
+
 class RuleFileSpec(Spec):
     sets: dict[str, SetSpec] = Field(default={})
     rule: list[RuleSpec] = Field(default=[])
     default: DefaultSpec | None = None
+    detect: dict[str, DetectSpec] = Field(default={})
