@@ -3,10 +3,11 @@
     python -m lab.demo [--no-daemon] [--timeout S] [--keep-workdir]
 
 Builds the namespace lab, starts real SMTP servers, starts the real daemon in the gateway with
-the shipped rules, makes every case of `lab.cases.CASES` over IPv4 and IPv6, and
-prints what each client saw next to the daemon's verdict and rule. Ctrl-C or SIGTERM at any
-point stops everything and removes the namespaces. Exit code 0 when every case went as
-expected, 1 when one did not, 2 when the lab or the daemon could not start.
+the shipped rules (and the demo's fan-out detector), makes every case of `lab.cases.CASES` over
+IPv4 and IPv6, and prints what each client saw next to the daemon's verdict and rule; then a
+bot on the subscriber line is caught, quarantined and released (`lab.demobot`). Ctrl-C or
+SIGTERM at any point stops everything and removes the namespaces. Exit code 0 when every case
+went as expected, 1 when one did not, 2 when the lab or the daemon could not start.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from lab.cases import (
     rows,
 )
 from lab.daemon import SHIPPED_RULES, LabDaemon, hooks_leftover
+from lab.demobot import catch_a_bot, detector_rules
 from lab.netns import LabError
 from lab.topology import Lab, client_address
 from portguard.core.events.record import LIFECYCLE_DATASET
@@ -133,11 +135,16 @@ def demo(
     describe_lab(lab, out)
     lab.start_smtp_servers()
     say(out, "SMTP servers ready (25 plain, 587 STARTTLS, 465 implicit TLS, 2525 unhooked)")
+    real = with_daemon and not command  # the real daemon (tests may run a stand-in)
+    if real:
+        rules = [*rules, detector_rules(lab.workdir)]
     daemon = start_daemon(lab, rules, command, out) if with_daemon else None
     say(out, "attempts:")
     attempts = run_attempts(lab, cases, timeout, out)
     events = wait_for_events(daemon, attempts) if daemon else []
     ok = report(attempts, events, with_daemon, out)
+    if daemon and real:
+        ok = catch_a_bot(lab, daemon, out) and ok
     if daemon:
         stop_daemon(lab, daemon, out)
     say(out, "all cases as expected" if ok else "SOME CASES DID NOT GO AS EXPECTED")
