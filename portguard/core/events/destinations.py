@@ -40,7 +40,7 @@ def sketch_add(sketch: bytearray, address: str) -> None:
         sketch[index] = rank
 
 
-def sketch_estimate(sketch: bytearray) -> int:
+def sketch_estimate(sketch: bytes | bytearray) -> int:
     """The number of distinct addresses a sketch has seen (linear counting while it can)."""
     zeros = sketch.count(0)
     raw = _ALPHA * REGISTERS * REGISTERS / math.fsum(2.0**-rank for rank in sketch)
