@@ -31,6 +31,7 @@ from portguard.core.events.record import timestamp
 
 SMTP_PORTS = frozenset({25, 465, 587})
 QUARANTINE_ADDED = "quarantine-added"
+_ALLOWED = frozenset({"allow", "log"})  # the verdicts of allowed decisions
 _DURATION = re.compile(r"^\s*([0-9]+)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 _GROUPS_CACHED = 65_536  # source addresses whose group text is remembered
@@ -147,6 +148,8 @@ class AbuseReport:
         return rows[:top] if top > 0 else rows
 
     def _count(self, event: dict[str, Any], fields: dict[str, Any], stamp: str) -> None:
+        if fields.get("action") in _ALLOWED:
+            return  # an allowed decision: most lines of a log
         if fields.get("kind") == "alert":
             self._source(event, stamp, stamp).alerts += 1
         elif fields.get("action") == QUARANTINE_ADDED:
