@@ -40,7 +40,52 @@ def build_parser() -> argparse.ArgumentParser:
     hook.add_argument("action", choices=("install", "remove", "status"))
     _replay_parser(commands.add_parser("replay", help="decide a capture's SYNs by the policy"))
     _quarantine_parser(commands.add_parser("quarantine", help="the running daemon's quarantine"))
+    _report_parser(commands.add_parser("report", help="rank sources by denied SMTP attempts"))
     return parser
+
+
+def _report_parser(report: argparse.ArgumentParser) -> None:
+    report.add_argument(
+        "--log",
+        nargs="+",
+        action="extend",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        dest="logs",
+        help="decision logs (ECS JSON lines; rotated and .gz files too)",
+    )
+    report.add_argument(
+        "--since",
+        type=_duration,
+        metavar="DURATION",
+        help="only events of the last DURATION before now (24h, 90m, 7d)",
+    )
+    report.add_argument(
+        "--top",
+        type=_count,
+        default=20,
+        metavar="N",
+        help="the N sources with most attempts (default 20; 0: all)",
+    )
+    report.add_argument(
+        "--ports",
+        type=_ports,
+        default="25,465,587",
+        metavar="PORTS",
+        help="the ports whose denied attempts count (default 25,465,587)",
+    )
+    report.add_argument("--format", choices=("table", "json"), default="table",
+                        dest="output_format")  # fmt: skip
+
+
+def _duration(text: str) -> int:
+    from portguard.core.abuse import parse_since
+
+    try:
+        return parse_since(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _ports(text: str) -> list[int]:
@@ -59,6 +104,12 @@ def _quarantine_parser(quarantine: argparse.ArgumentParser) -> None:
     quarantine.add_argument("--for", dest="duration", metavar="DURATION", help="e.g. 30m, 1h, 2d")
     quarantine.add_argument("--ports", type=_ports, help="default 25,465,587")
     quarantine.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (0 or more)")
+    return int(text)
 
 
 def _replay_parser(replay: argparse.ArgumentParser) -> None:
@@ -113,6 +164,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return replay(ReplayArgs(args.config, args.capture, args.inside, args.compare,
                                  args.output_format, args.progress))  # fmt: skip
+    if args.command == "report":  # reads logs only: no config, no daemon
+        from portguard.cli.report import ReportArgs, report
+
+        return report(ReportArgs(args.logs, args.since, args.top, args.output_format,
+                                 args.ports))  # fmt: skip
     config = load_config(args.config)
     if args.command == "run":
         from portguard.service.daemon import run

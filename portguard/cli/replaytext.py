@@ -19,7 +19,7 @@ def totals_table(capture: Path, totals: Totals, counts: Counts) -> str:
     rows = [("rule", "verdict", "connections")]
     rows += [(rule, verdict, f"{n:,}") for (rule, verdict), n in sorted(totals.items())]
     lines = [f"{capture}: {counts.frames:,} packets, {counts.decided:,} SYNs decided", ""]
-    lines += _columns(rows, right={2})
+    lines += columns(rows, right={2})
     skipped = [
         (counts.other, "not a SYN to a hooked port"),
         (counts.kept, "a retransmitted SYN of an allowed connection (kept by the kernel)"),
@@ -44,7 +44,7 @@ def differences(found: Sequence[Difference], decided: int, output_format: str) -
                                     "old verdict", "new rule", "new verdict")]  # fmt: skip
     rows += [_row(d) for d in found]
     summary = f"{len(found):,} of {decided:,} SYNs decided differently"
-    return "\n".join([*_columns(rows, right={3}), "", summary]) + "\n"
+    return "\n".join([*columns(rows, right={3}), "", summary]) + "\n"
 
 
 def _row(difference: Difference) -> tuple[str, ...]:
@@ -72,7 +72,8 @@ def _side(decided: Decided) -> dict[str, str]:
     return {"rule": decided.rule_id, "verdict": decided.verdict.value}
 
 
-def _columns(rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
+def columns(rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
+    """Aligned text columns (the `right` ones right-aligned), two spaces apart."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return [
         "  ".join(

@@ -77,6 +77,7 @@ def _cef_connection(event: Event) -> CefFields:
         _cef_direction(event),
         *_cef_origin(event),
         *_cef_count(event),
+        *_cef_destinations(event),
         ("msg", str(details.get("reason", ""))),
     ]
     return verdict, name, _CEF_VERDICT_SEVERITY[verdict], pairs
@@ -139,6 +140,17 @@ def _cef_endpoints(event: Event) -> list[tuple[str, str]]:
 
 def _cef_labelled(key: str, label: str, value: object) -> list[tuple[str, str]]:
     return [] if value is None else [(f"{key}Label", label), (key, str(value))]
+
+
+def _cef_destinations(event: Event) -> list[tuple[str, str]]:
+    """A flood summary's distinct destinations (cn1) and sample destinations (cs5)."""
+    destinations = (flood_aggregate(event) or {}).get("destinations")
+    if not isinstance(destinations, dict):
+        return []
+    return [
+        *_cef_labelled("cn1", "distinctDestinations", destinations.get("count")),
+        *_cef_labelled("cs5", "samples", ",".join(destinations.get("sample") or ())),
+    ]
 
 
 def _cef_count(event: Event) -> list[tuple[str, str]]:

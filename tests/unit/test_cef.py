@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portguard.core.events.flood import summary
+from portguard.core.events.flood import DenyAggregator, summary
 from portguard.core.events.record import lifecycle_event
 from portguard.core.policy.model import Action, Direction
 from portguard.log.cef import cef_header_escape, cef_value_escape
@@ -46,6 +46,19 @@ def test_cef_summary_direction_and_ipv6() -> None:
     assert (ext["cnt"], ext["start"], ext["end"]) == ("12", "1795798740000", "1795798800123")
     event["network"]["direction"] = "internal"
     assert "deviceDirection" not in parse_cef(render(event, "cef").decode())["extension"]
+
+
+def test_cef_summary_counts_distinct_destinations_and_samples() -> None:
+    floods = DenyAggregator(60.0)
+    for n in range(3):
+        event = decided()
+        floods.admit({**event, "destination": {"ip": f"198.51.100.{25 + n}", "port": 25}}, NOW)
+    [summary_event] = floods.flush_all()
+    ext = parse_cef(render(summary_event, "cef").decode())["extension"]
+    assert (ext["cnt"], ext["cn1Label"], ext["cn1"]) == ("3", "distinctDestinations", "3")
+    assert (ext["cs5Label"], ext["cs5"]) == (
+        "samples", "198.51.100.25:25,198.51.100.26:25,198.51.100.27:25")  # fmt: skip
+    assert "cn1" not in parse_cef(render(decided(), "cef").decode())["extension"]
 
 
 def test_cef_flow_end_exactly() -> None:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from portguard.core.events.flood import summary
+from portguard.core.events.flood import DenyAggregator, summary
 from portguard.core.events.flowend import Counters, EndedFlow, FlowOrigin, flow_end_event
 from portguard.core.events.record import (
     ECS_VERSION,
@@ -71,11 +71,22 @@ def events() -> Iterator[tuple[str, Event]]:
         yield f"lifecycle-{action}", lifecycle_event(action, "text", OBSERVER, NOW, queue=0)
     first = dict(decisions())["decision-reject-ipv4"]
     yield "flood-summary", summary(first, "2026-11-27T16:59:00.000000Z", 12)
+    yield from destination_summaries(first)
     yield from flow_ends()
     yield "alert", alerted()
     for action in ("quarantine-added", "quarantine-released", "quarantine-expired"):
         yield action, quarantined(action)
     yield "quarantine-ipv6", quarantined(key=(6, V6[1] >> 64))
+
+
+def destination_summaries(first: Event) -> Iterator[tuple[str, Event]]:
+    """Flood summaries with `portguard.aggregate.destinations`: kept addresses, a sketch."""
+    for name, count in (("flood-summary-destinations", 3), ("flood-summary-sketch", 150)):
+        floods = DenyAggregator(60.0)
+        for n in range(count):
+            destination = {"ip": f"198.51.{100 + n // 250}.{n % 250}", "port": 25}
+            floods.admit({**first, "destination": destination}, NOW)
+        yield name, floods.flush_all()[0]
 
 
 def flow_ends() -> Iterator[tuple[str, Event]]:

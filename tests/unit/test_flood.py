@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from portguard.core.events.destinations import WindowDestinations
 from portguard.core.events.flood import DenyAggregator, deny_key, represented
 from portguard.core.events.record import (
     Event,
     Observer,
+    address_text,
     decision_event,
     ended_event,
     lifecycle_event,
@@ -37,6 +42,17 @@ def decided(
     return decision_event(decision, key, f"f{sport}", Direction.OUTBOUND, "v1", OBSERVER, now)
 
 
+def tried(now: float, dst: int, dport: int = 25, sport: int = 40312) -> Event:
+    """A deny of block-25 from the subscriber to `dst`:`dport`."""
+    event = decided(now, sport=sport)
+    destination = {"ip": address_text(4, dst), "port": dport}
+    return {**event, "destination": destination}
+
+
+def without(fields: dict[str, object], key: str) -> dict[str, object]:
+    return {name: value for name, value in fields.items() if name != key}
+
+
 def denies_represented(events: list[Event]) -> int:
     return sum(represented(e) for e in events if deny_key(e) is not None)
 
@@ -56,7 +72,7 @@ def test_repeats_are_suppressed_then_summarised_when_the_window_closes() -> None
     assert floods.admit(third, NOW + 20) == []
     assert floods.flush(NOW + 59.9) == []
     [summary] = floods.flush(NOW + 60)
-    assert summary["portguard"]["aggregate"] == {
+    assert without(summary["portguard"]["aggregate"], "destinations") == {
         "count": 3,
         "first": timestamp(NOW),
         "last": timestamp(NOW + 20),
@@ -70,6 +86,59 @@ def test_repeats_are_suppressed_then_summarised_when_the_window_closes() -> None
     assert summary["source"]["port"] == 40020  # a copy of the last deny
     assert "aggregate" not in third["portguard"] and "start" not in third["event"]
     assert len(floods) == 0 and floods.suppressed == 2
+    assert summary["portguard"]["aggregate"]["destinations"] == {
+        "count": 1, "exact": True, "addresses": ["198.51.100.25"],
+        "ports": [25], "port_attempts": [3], "sample": ["198.51.100.25:25"],
+    }  # fmt: skip
+
+
+def test_the_summary_names_the_destinations_of_the_whole_window() -> None:
+    floods = DenyAggregator(window=60.0)
+    attempts = [(MX, 25), (MX + 1, 25), (MX, 587), (MX + 2, 25), (MX + 1, 25)]
+    for t, (dst, dport) in enumerate(attempts):
+        floods.admit(tried(NOW + t, dst, dport, 40000 + t), NOW + t)
+    [summary] = floods.flush_all()
+    aggregate = summary["portguard"]["aggregate"]
+    assert (aggregate["count"], aggregate["suppressed"]) == (5, 4)
+    assert aggregate["destinations"] == {
+        "count": 3, "exact": True,
+        "addresses": ["198.51.100.25", "198.51.100.26", "198.51.100.27"],
+        "ports": [25, 587], "port_attempts": [4, 1],  # the first deny's port 25 included
+        "sample": ["198.51.100.25:25", "198.51.100.26:25", "198.51.100.27:25"],
+    }  # fmt: skip
+    assert sum(aggregate["destinations"]["port_attempts"]) == aggregate["count"]
+
+
+def test_past_100_destinations_a_window_counts_them_in_a_sketch() -> None:
+    floods = DenyAggregator(window=60.0)
+    for i in range(300):
+        floods.admit(tried(NOW + i / 10, MX + i, 25, 40000 + i), NOW + i / 10)
+    [summary] = floods.flush_all()
+    destinations = summary["portguard"]["aggregate"]["destinations"]
+    assert destinations["exact"] is False and "addresses" not in destinations
+    assert 285 <= destinations["count"] <= 315  # an estimate: ~3 % standard error
+    assert len(destinations["sample"]) == 10 and destinations["port_attempts"] == [300]
+    assert len(orjson.dumps(summary)) < 4096  # a syslog message fits: no 300 addresses
+
+
+def test_a_full_window_costs_a_bounded_number_of_bytes() -> None:
+    """The bytes one window adds (docs/logging.md): ~0.6 KB for one destination, at most
+    ~13 KB (100 kept IPv6 addresses), ~2.3 KB as a sketch."""
+
+    def cost(count: int, v6: bool) -> float:
+        tracemalloc.start()
+        kept = [WindowDestinations() for _ in range(20)]
+        for n, window in enumerate(kept):
+            for i in range(count):
+                address = f"2001:db8:{n:x}:{i:x}::25:{i:x}" if v6 else f"198.51.{n}.{i}"
+                window.add(address, 25)
+        used = tracemalloc.get_traced_memory()[0] / len(kept)
+        tracemalloc.stop()
+        return used
+
+    assert cost(1, False) < 1024
+    assert cost(100, True) < 16 * 1024 and cost(100, False) < 16 * 1024
+    assert cost(500, True) < 3 * 1024
 
 
 def test_a_lone_deny_emits_no_summary() -> None:
@@ -223,6 +292,8 @@ def test_kernel_hits_join_the_open_window_of_their_key() -> None:
     assert summary["portguard"]["aggregate"]["kernel"] == 500
     assert denies_represented([first, summary]) == 2 + 500  # decisions + kernel hits
     assert floods.suppressed == 501
+    # the kernel's answers went where their key did: the ports' attempts add up to the count
+    assert sum(summary["portguard"]["aggregate"]["destinations"]["port_attempts"]) == 502
 
 
 def test_kernel_hits_without_an_open_window_are_a_summary_of_their_own() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from portguard.core.events.flood import summary
+from portguard.core.events.flood import DenyAggregator, summary
 from portguard.core.events.record import ended_event, lifecycle_event, malformed_event
 from portguard.core.policy.model import Action, Decision, Direction
 from portguard.log.ocsf import ocsf_record
@@ -117,6 +117,18 @@ def test_ocsf_flood_summary_carries_count_and_times() -> None:
     record = ocsf(summary(decided(), "2026-11-27T16:59:00.000000Z", 12))
     assert record["count"] == 12
     assert (record["start_time"], record["end_time"]) == (1795798740000, 1795798800123)
+
+
+def test_ocsf_summary_keeps_its_destinations_unmapped() -> None:
+    """OCSF Network Activity has no distinct-destination count: unmapped.portguard has it."""
+    floods = DenyAggregator(60.0)
+    floods.admit(decided(), NOW)
+    floods.admit(decided(), NOW + 1)
+    [summary_event] = floods.flush_all()
+    record = ocsf(summary_event)
+    assert record["count"] == 2
+    destinations = record["unmapped"]["portguard"]["aggregate"]["destinations"]
+    assert (destinations["count"], destinations["sample"]) == (1, ["198.51.100.25:25"])
 
 
 @pytest.mark.parametrize(

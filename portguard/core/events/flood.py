@@ -18,6 +18,11 @@ Everything else (allowed decisions, lifecycle events, malformed-packet events, c
 ended after a reload) passes through untouched and undelayed. Pure: `now` is passed in.
 Memory is bounded: at most `max_keys` windows are tracked; when full, the oldest window is
 closed early (its summary emitted) so that no count is ever lost.
+
+The window also keeps where its denies went (core/events/destinations.py): the distinct
+destination addresses (exact up to 100, then a sketch), the attempts per port and up to 10
+sample destinations; the summary carries them as `portguard.aggregate.destinations`, covering
+the whole window (the first deny included), so `portguard report` ranks a folded bot right.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from portguard.core.events.destinations import WindowDestinations
 from portguard.core.events.record import DECISION_DATASET, Event
 
 DEFAULT_WINDOW = 60.0  # seconds
@@ -38,6 +44,7 @@ DenyKey = tuple[str, str, str]  # source.ip, rule.id, event.action
 class _Window:
     """The denies of one key since its first, logged one."""
 
+    destinations: WindowDestinations  # where they went
     start: float  # `now` of the first deny
     first: str  # @timestamp of the first deny
     last: Event  # the latest deny (the summary is a copy of it)
@@ -66,6 +73,19 @@ def represented(event: Event) -> int:
     if aggregate is None:
         return 1
     return int(aggregate["suppressed"])
+
+
+def _tried(window: _Window, event: Event, attempts: int = 1) -> None:
+    """`attempts` denies of the window like `event`: where they went."""
+    destination = event.get("destination") or {}
+    window.destinations.add(str(destination.get("ip")), int(destination.get("port") or 0),
+                            attempts)  # fmt: skip
+
+
+def with_destinations(event: Event, destinations: WindowDestinations) -> Event:
+    """A summary (its own new `aggregate`) with `aggregate.destinations` added."""
+    event["portguard"]["aggregate"]["destinations"] = destinations.fields()
+    return event
 
 
 class DenyAggregator:
@@ -97,10 +117,13 @@ class DenyAggregator:
             window.last = event
             window.count += 1
             self.suppressed += 1
+            _tried(window, event)
             return out
         if len(self._windows) >= self.max_keys:
-            out.extend(self._close(next(iter(self._windows))))
-        self._windows[key] = _Window(now, str(event.get("@timestamp")), event, 1)
+            out.extend(self._end(next(iter(self._windows))))
+        window = _Window(WindowDestinations(), now, str(event.get("@timestamp")), event, 1)
+        self._windows[key] = window
+        _tried(window, event)
         out.append(event)
         return out
 
@@ -114,6 +137,7 @@ class DenyAggregator:
         window.count += hits
         window.kernel += hits
         self.suppressed += hits
+        _tried(window, event, hits)  # the ports' attempts still add up to the count
         return []
 
     def flush(self, now: float) -> list[Event]:
@@ -123,15 +147,20 @@ class DenyAggregator:
             key, window = next(iter(self._windows.items()))
             if now < window.start + self.window:
                 break  # windows open in order, so the later ones are still open too
-            out.extend(self._close(key))
+            out.extend(self._end(key))
         return out
 
     def flush_all(self) -> list[Event]:
         """Close every window (shutdown): the summaries of all of them."""
         out: list[Event] = []
         while self._windows:
-            out.extend(self._close(next(iter(self._windows))))
+            out.extend(self._end(next(iter(self._windows))))
         return out
+
+    def _end(self, key: DenyKey) -> list[Event]:
+        """Close a window: its summary (if any) with the destinations of its denies."""
+        destinations = self._windows[key].destinations
+        return [with_destinations(event, destinations) for event in self._close(key)]
 
     def _close(self, key: DenyKey) -> list[Event]:
         window = self._windows.pop(key)
