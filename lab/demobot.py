@@ -4,9 +4,10 @@ The demo's daemon runs the shipped rules plus DETECTOR (`[detect.fanout]`: 10 di
 servers within 10 minutes). The "bot" (a short Python loop in the subscriber namespace, bound to
 the subscriber's address) tries port 25 on 12 servers; the shipped rules refuse each attempt;
 the detector raises one alert and quarantines the subscriber, whose mail through the ISP's
-smarthost (delivered in case 2) is then refused by `quarantine:fanout`. The abuse desk's view
-follows (`portguard quarantine list`, `portguard report` on the decision log); `portguard
-quarantine release` lifts the quarantine and the smarthost takes the mail again.
+smarthost (delivered in case 2) is then refused by `quarantine:fanout`; `portguard quarantine
+list` shows it, `portguard quarantine release` lifts it and the smarthost takes the mail again.
+Once the daemon has stopped (closing its flood-control windows), `portguard report` on the
+decision log ranks the bot first: the abuse desk's view.
 """
 
 from __future__ import annotations
@@ -105,11 +106,15 @@ def catch_a_bot(lab: Lab, daemon: LabDaemon, out: TextIO) -> bool:
     say(out, f"  subscriber -> ISP smarthost while quarantined: {refused}")
     say(out, "  portguard quarantine list:")
     indented(out, portguard(lab, daemon, "quarantine", "list", *config))
-    say(out, f"  portguard report --log {daemon.events_path.name}:")
-    indented(out, portguard(lab, daemon, "report", "--log", str(daemon.events_path), "--top",
-                            "3"))  # fmt: skip
     say(out, f"  portguard quarantine release {a.SUBSCRIBER.v4}:")
     indented(out, portguard(lab, daemon, "quarantine", "release", a.SUBSCRIBER.v4, *config))
     delivered = lab.send_mail("sub", a.SMARTHOST.v4, a.PORT_SMTP).outcome
     say(out, f"  subscriber -> ISP smarthost after the release: {delivered}")
     return len(alerts) == 1 and bool(added) and refused == "refused" and delivered == "delivered"
+
+
+def abuse_report(lab: Lab, daemon: LabDaemon, out: TextIO) -> None:
+    """The abuse desk's daily list, from the decision log alone (no daemon needed)."""
+    say(out, f"\nportguard report --log {daemon.events_path.name} (the abuse desk's list):")
+    indented(out, portguard(lab, daemon, "report", "--log", str(daemon.events_path), "--top",
+                            "3"))  # fmt: skip
