@@ -1,0 +1,207 @@
+"""The four measurements of the decision benchmark, each on a prepared BenchLab.
+
+1. `sweep`: each set-up at ascending offered rates (bench/sweep.py's ladder: until two rates
+   in a row lose SYNs or the clients cannot offer more, then bisection of the edge); every
+   rate `rounds` times (stopping early once most rounds agree), figures the median of them.
+2. `latency`: sequential connects to an open port (bench/tcpbulk.py) through kernel-only and
+   portguard, rounds alternating, every sample kept.
+3. `events_at`: portguard with the file output, and with file + TCP syslog to rsyslog, at one
+   rate: decided against written and dropped, from the stop events.
+4. `log_capacity`: bench/logcapacity.py in the gateway namespace (the log process alone).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.decisions_lab import BenchLab, Round, SetUp, entered, measure_step
+from bench.decisions_setups import bench_config
+from bench.sweep import ladder
+from lab import addresses as a
+from lab.netns import LabError
+from lab.peers import python_env
+
+TCPBULK = str(Path(__file__).resolve().parent / "tcpbulk.py")
+GENERATOR_SHORT = 0.95  # clients that offered less than this of the asked rate were the limit
+WARM_UP = 5  # connects before each latency round, not counted (ARP, route cache)
+FAILURES = (LabError, RuntimeError, OSError, subprocess.SubprocessError, json.JSONDecodeError)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    seconds: float = 5.0  # per step
+    rounds: int = 3  # per rate (at most)
+    settle: float = 1.0  # seconds between entering a set-up and measuring
+    attempts: int = 3  # a round that fails (busy machine) is tried again
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One set-up at one asked rate: its rounds and their medians."""
+
+    setup: str
+    rate: int
+    rounds: tuple[Round, ...]
+
+    @property
+    def keeps_up(self) -> bool:
+        """Most rounds lost no SYN."""
+        return 2 * sum(r.lost == 0 for r in self.rounds) > len(self.rounds)
+
+    @property
+    def offered(self) -> float:
+        return statistics.median(r.flood.offered for r in self.rounds)
+
+    @property
+    def decisions_per_s(self) -> float:
+        return statistics.median(r.decisions_per_s for r in self.rounds)
+
+    @property
+    def lost(self) -> int:
+        return int(statistics.median_low(r.lost for r in self.rounds))
+
+    @property
+    def queue_lost(self) -> int:
+        return int(statistics.median_low(r.queue_lost for r in self.rounds))
+
+    @property
+    def generator_bound(self) -> bool:
+        """The clients could not offer the asked rate: the machine, not the set-up, was full."""
+        return self.offered < GENERATOR_SHORT * self.rate
+
+    def describe(self) -> str:
+        flags = ("" if self.keeps_up else "  (lost SYNs)") + (
+            "  (clients short of the rate)" if self.generator_bound else ""
+        )
+        return (f"{self.rate}/s asked, {self.offered:.0f}/s offered, "
+                f"{self.decisions_per_s:.0f} decisions/s, lost {self.lost} "
+                f"(queue {self.queue_lost}), {len(self.rounds)} round(s){flags}")  # fmt: skip
+
+
+def round_with_retries(measure: Callable[[], Round], attempts: int, what: str) -> Round:
+    """`measure()`, tried again after a failure (a daemon slow to start on a busy machine)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return measure()
+        except FAILURES as error:
+            if attempt == attempts:
+                raise
+            print(f"    {what}: {error!s:.300} (attempt {attempt} of {attempts}); again",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            time.sleep(2.0)
+    raise AssertionError("unreachable")
+
+
+def decided_early(rounds: Sequence[Round], wanted: int) -> bool:
+    """Enough rounds to know what most of `wanted` rounds would say."""
+    good = sum(r.lost == 0 for r in rounds)
+    return 2 * good > wanted or 2 * (len(rounds) - good) >= wanted
+
+
+def point(bench: BenchLab, setup: SetUp, rate: int, opts: Options) -> Point:
+    rounds: list[Round] = []
+    while len(rounds) < opts.rounds and not decided_early(rounds, opts.rounds):
+        step = functools.partial(measure_step, bench, setup, rate, opts.seconds, opts.settle)
+        rounds.append(round_with_retries(step, opts.attempts, f"{setup.name} at {rate}/s"))
+    return Point(setup.name, rate, tuple(rounds))
+
+
+def sweep(bench: BenchLab, setups: Sequence[SetUp], rates: Sequence[int], refine: int,
+          opts: Options) -> dict[str, list[Point]]:  # fmt: skip
+    runs = {s.name: (lambda rate, s=s: point(bench, s, rate, opts)) for s in setups}
+    return ladder(runs, rates, refine, Point.describe,
+                  limited=lambda p: not p.keeps_up or p.generator_bound)  # fmt: skip
+
+
+def connect_samples(bench: BenchLab, count: int) -> list[float]:
+    """`count` sequential connects from the business customer to the open port (µs each)."""
+    argv = [sys.executable, TCPBULK, "connect", a.SUBMISSION.v4, "25", str(count + WARM_UP)]
+    proc = bench.lab.run("biz", argv, capture_output=True, text=True, timeout=60 + count)
+    if proc.returncode != 0:
+        raise RuntimeError(f"tcpbulk connect failed: {proc.stderr.strip()[-500:]}")
+    return [float(us) for us in json.loads(proc.stdout)["connect_us"][WARM_UP:]]
+
+
+def latency(bench: BenchLab, setups: Sequence[SetUp], rounds: int, connects: int,
+            opts: Options) -> dict[str, list[list[float]]]:  # fmt: skip
+    """Samples (µs) per set-up and round; a listener on the submission server's port 25."""
+    server = bench.lab.popen("net", [sys.executable, TCPBULK, "serve", a.SUBMISSION.v4, "25"],
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert server.stdout is not None
+    if server.stdout.readline().strip() != "READY":
+        raise LabError("tcpbulk serve did not start")
+    found: dict[str, list[list[float]]] = {s.name: [] for s in setups}
+    try:
+        for number in range(rounds):
+            for setup in setups:
+                found[setup.name].append(latency_round(bench, setup, connects, opts))
+                samples = found[setup.name][-1]
+                print(f"  {setup.name}, round {number + 1}: median "
+                      f"{statistics.median(samples):.0f} µs", flush=True)  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(10)
+    return found
+
+
+def latency_round(bench: BenchLab, setup: SetUp, connects: int, opts: Options) -> list[float]:
+    for attempt in range(1, opts.attempts + 1):
+        try:
+            with entered(bench, setup):
+                time.sleep(opts.settle)
+                return connect_samples(bench, connects)
+        except FAILURES as error:
+            if attempt == opts.attempts:
+                raise
+            print(f"    {setup.name}: {error!s:.300}; again", file=sys.stderr, flush=True)
+    raise AssertionError("unreachable")
+
+
+def events_at(bench: BenchLab, setups: Sequence[SetUp], rate: int, rounds: int,
+              opts: Options) -> dict[str, list[Round]]:  # fmt: skip
+    """Each set-up (portguard, its outputs) `rounds` times at `rate`, alternating."""
+    found: dict[str, list[Round]] = {s.name: [] for s in setups}
+    for _ in range(rounds):
+        for setup in setups:
+            step = functools.partial(measure_step, bench, setup, rate, opts.seconds, opts.settle)
+            measured = round_with_retries(step, opts.attempts, f"{setup.name} at {rate}/s")
+            found[setup.name].append(measured)
+            print(f"  {setup.name} at {rate}/s: {measured.events}", flush=True)
+    return found
+
+
+CAPACITY_SETUPS = {"file": False, "file + syslog TCP": True}  # name: with a syslog output
+
+
+def log_capacity(bench: BenchLab, records: int, rounds: int) -> dict[str, list[dict[str, Any]]]:
+    """bench/logcapacity.py in the gateway, with the daemon's outputs of CAPACITY_SETUPS."""
+    bench.start_collector()
+    paths: dict[str, str] = {}
+    for number, (name, syslog) in enumerate(CAPACITY_SETUPS.items()):
+        directory = bench.lab.workdir / f"logcapacity-{number}"
+        directory.mkdir(exist_ok=True)
+        config = directory / "portguard.toml"
+        config.write_text(bench_config(bench, 1, syslog, directory))
+        paths[str(config)] = name
+    argv = bench.lab.python("bench.logcapacity", "--rules", str(bench.rules), "--records",
+                            str(records), "--rounds", str(rounds), *paths)  # fmt: skip
+    proc = bench.lab.run("gw", argv, capture_output=True, text=True, env=python_env(),
+                         timeout=600 + records / 100)  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench.logcapacity failed: {proc.stderr.strip()[-1000:]}")
+    found: dict[str, list[dict[str, Any]]] = {name: [] for name in CAPACITY_SETUPS}
+    for line in proc.stdout.splitlines():
+        run = json.loads(line)
+        name = paths[run.pop("config")]
+        found[name].append(run)
+        print(f"  log process, {name}: {run['events_per_s']:.0f} events/s", flush=True)
+    return found

@@ -1,0 +1,172 @@
+"""The set-ups of the decision benchmark (see decisions_lab.py for the lab and the step).
+
+- `KernelOnly`: the 3-rule policy as iptables rules in FORWARD (every new SYN to port 25), the
+  business list as ipsets (hash:net, IPv4 and IPv6), no queue;
+- `Floor`: bench/floor.py behind portguard's own iptables hook for the benchmark's config (the
+  hook backend's `install` in the gateway namespace: the same rules the daemon installs);
+- `Portguard`: the real daemon (LabDaemon) with the 3-rule policy, `workers = N`, the file
+  output and optionally a TCP syslog output to rsyslog in the gateway, flood control at its
+  default. `[queue] per_source` is off (it would drop most of these SYNs before any decision)
+  and the hook backend is iptables, as for the floor, so the kernel's work is the same.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from bench.decisions_lab import (
+    DECISION_TEXT,
+    SYSLOG_PORT,
+    BenchLab,
+    Events,
+    ipset_name,
+    read_events,
+)
+from bench.measure import settle
+from lab import addresses as a
+from lab.daemon import LabDaemon, render_config
+from lab.netns import LabError
+from lab.peers import python_env
+from portguard.config.model import parse_config
+from portguard.io.hooks.iptables import IptablesBackend
+from portguard.io.hooks.runner import CommandResult, run_command
+from portguard.service.hookspec import hook_spec
+
+_NEW_SYN = "-p tcp -m tcp --dport 25 --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW"
+SUBSCRIBERS = {"iptables": "100.64.0.0/10", "ip6tables": "2001:db8:64::/48"}
+SMARTHOST = {"iptables": a.SMARTHOST.v4, "ip6tables": a.SMARTHOST.v6}
+
+
+def kernel_rules(family: str) -> list[str]:
+    """POLICY as iptables rules (the business set an ipset), for `-A`/`-D` FORWARD."""
+    return [
+        f"FORWARD {_NEW_SYN} -s {SUBSCRIBERS[family]} -d {SMARTHOST[family]} -j ACCEPT",
+        f"FORWARD {_NEW_SYN} -m set --match-set {ipset_name(family)} src -j ACCEPT",
+        f"FORWARD {_NEW_SYN} -j REJECT --reject-with tcp-reset",
+    ]
+
+
+class KernelOnly:
+    """The 3-rule policy in the kernel: iptables rules and ipsets, no queue."""
+
+    name, queues = "kernel-only iptables + ipset", 0
+
+    def __init__(self, bench: BenchLab) -> None:
+        self.bench = bench
+
+    def _rules(self, verb: str) -> None:
+        for family in ("iptables", "ip6tables"):
+            for rule in kernel_rules(family):
+                self.bench.run("gw", family, "-w", verb, *rule.split())
+
+    def enter(self) -> None:
+        self._rules("-A")
+
+    def leave(self) -> None:
+        self._rules("-D")
+
+
+def bench_config(bench: BenchLab, workers: int, syslog: bool, directory: Path) -> str:
+    """The daemon's config for the benchmark: LabDaemon's with the file output only (no
+    stdout), `per_source = false`, the iptables backend, and a syslog output if asked."""
+    extra = [f'{{ type = "syslog", address = "tcp://127.0.0.1:{SYSLOG_PORT}" }}'] if syslog else []
+    text = render_config([bench.rules], directory / "decisions.jsonl", workers=workers,
+                         backend="iptables", extra_outputs=extra)  # fmt: skip
+    for old, new in (('{ type = "stdout" }, ', ""), ("[queue]\n", "[queue]\nper_source = false\n")):
+        if old not in text:
+            raise LabError(f"lab.daemon.render_config changed: no {old!r} in the config")
+        text = text.replace(old, new, 1)
+    return text
+
+
+class Floor:
+    """bench/floor.py behind portguard's iptables hook for the benchmark's config."""
+
+    name, queues = "floor: python-netfilterqueue, parse + mark + repeat", 1
+
+    def __init__(self, bench: BenchLab) -> None:
+        self.bench = bench
+        config = bench_config(bench, 1, False, bench.lab.workdir)
+        spec = hook_spec(parse_config(config, bench.lab.workdir / "floor.toml"))
+        self.spec, self.hook = spec, IptablesBackend(self._in_gateway)
+        self.proc: subprocess.Popen[str] | None = None
+        self.packets: list[int] = []
+
+    def _in_gateway(self, argv: Sequence[str], stdin: str | None) -> CommandResult:
+        return run_command(self.bench.lab.argv("gw", argv), stdin)
+
+    def enter(self) -> None:
+        self.hook.install(self.spec)
+        argv = self.bench.lab.python("bench.floor", "--queue", str(self.spec.queue_num))
+        self.proc = self.bench.lab.popen("gw", argv, stdout=subprocess.PIPE, text=True,
+                                         env=python_env())  # fmt: skip
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "READY":
+            raise LabError("bench.floor did not start")
+
+    def leave(self) -> None:
+        try:
+            if self.proc is not None:
+                self.proc.terminate()
+                out, _ = self.proc.communicate(timeout=10)
+                self.packets.append(int(json.loads(out.strip().splitlines()[-1])["packets"]))
+        finally:
+            self.proc = None
+            self.hook.remove()
+
+
+@dataclass
+class Portguard:
+    """The daemon: `workers`, the file output, and a TCP syslog output when `syslog`."""
+
+    bench: BenchLab
+    workers: int = 1
+    syslog: bool = False
+    daemon: LabDaemon | None = field(default=None, init=False)
+    _collected: tuple[int, int] = field(default=(0, 0), init=False)  # messages, bytes before
+
+    @property
+    def name(self) -> str:
+        outputs = "file + syslog TCP" if self.syslog else "file"
+        return f"portguard, workers = {self.workers}, {outputs}"
+
+    @property
+    def queues(self) -> int:
+        return self.workers
+
+    def enter(self) -> None:
+        daemon = LabDaemon(self.bench.lab, [self.bench.rules], workers=self.workers)
+        daemon.config.write_text(bench_config(self.bench, self.workers, self.syslog, daemon.dir))
+        self.daemon = daemon
+        if self.syslog:
+            collector = self.bench.start_collector()
+            self._collected = collector.count(), collected_bytes(collector.output)
+        daemon.start(timeout=120)
+
+    def leave(self) -> Events:
+        daemon, self.daemon = self.daemon, None
+        assert daemon is not None
+        code = daemon.stop(grace=60)
+        if code != 0:
+            raise LabError(f"portguard exited with {code}:\n{daemon.stderr_tail()}")
+        events = read_events(daemon.events_path)
+        syslog = events.output("syslog")
+        if self.bench.collector is None or syslog is None:
+            return events
+        messages, offset = self._collected
+        settle(self.bench.collector.count, messages + syslog.written, quiet=2.0, limit=120)
+        with self.bench.collector.output.open("rb") as written:
+            written.seek(offset)
+            decisions = written.read().count(DECISION_TEXT)
+        return replace(events, at_collector=decisions)
+
+
+def collected_bytes(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
