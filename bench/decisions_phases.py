@@ -190,7 +190,7 @@ def log_capacity(bench: BenchLab, records: int, rounds: int) -> dict[str, list[d
         directory = bench.lab.workdir / f"logcapacity-{number}"
         directory.mkdir(exist_ok=True)
         config = directory / "portguard.toml"
-        config.write_text(bench_config(bench, 1, syslog, directory))
+        config.write_text(bench_config(bench.rules, 1, syslog, directory))
         paths[str(config)] = name
     argv = bench.lab.python("bench.logcapacity", "--rules", str(bench.rules), "--records",
                             str(records), "--rounds", str(rounds), *paths)  # fmt: skip

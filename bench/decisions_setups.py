@@ -70,11 +70,11 @@ class KernelOnly:
         self._rules("-D")
 
 
-def bench_config(bench: BenchLab, workers: int, syslog: bool, directory: Path) -> str:
+def bench_config(rules: Path, workers: int, syslog: bool, directory: Path) -> str:
     """The daemon's config for the benchmark: LabDaemon's with the file output only (no
     stdout), `per_source = false`, the iptables backend, and a syslog output if asked."""
     extra = [f'{{ type = "syslog", address = "tcp://127.0.0.1:{SYSLOG_PORT}" }}'] if syslog else []
-    text = render_config([bench.rules], directory / "decisions.jsonl", workers=workers,
+    text = render_config([rules], directory / "decisions.jsonl", workers=workers,
                          backend="iptables", extra_outputs=extra)  # fmt: skip
     for old, new in (('{ type = "stdout" }, ', ""), ("[queue]\n", "[queue]\nper_source = false\n")):
         if old not in text:
@@ -90,7 +90,7 @@ class Floor:
 
     def __init__(self, bench: BenchLab) -> None:
         self.bench = bench
-        config = bench_config(bench, 1, False, bench.lab.workdir)
+        config = bench_config(bench.rules, 1, False, bench.lab.workdir)
         spec = hook_spec(parse_config(config, bench.lab.workdir / "floor.toml"))
         self.spec, self.hook = spec, IptablesBackend(self._in_gateway)
         self.proc: subprocess.Popen[str] | None = None
@@ -140,7 +140,9 @@ class Portguard:
 
     def enter(self) -> None:
         daemon = LabDaemon(self.bench.lab, [self.bench.rules], workers=self.workers)
-        daemon.config.write_text(bench_config(self.bench, self.workers, self.syslog, daemon.dir))
+        daemon.config.write_text(
+            bench_config(self.bench.rules, self.workers, self.syslog, daemon.dir)
+        )
         self.daemon = daemon
         if self.syslog:
             collector = self.bench.start_collector()

@@ -25,9 +25,15 @@ def expected(packet: IP | IPv6) -> floor.Syn:
     """The fields as scapy dissects them from the bytes."""
     parsed = (IP if packet.version == 4 else IPv6)(bytes(packet))
     tcp = parsed[TCP]
-    return floor.Syn(parsed.version, int(ipaddress.ip_address(parsed.src)),
-                     int(ipaddress.ip_address(parsed.dst)), tcp.sport, tcp.dport,
-                     int(tcp.flags), tcp.seq)  # fmt: skip
+    return floor.Syn(
+        parsed.version,
+        int(ipaddress.ip_address(parsed.src)),
+        int(ipaddress.ip_address(parsed.dst)),
+        tcp.sport,
+        tcp.dport,
+        int(tcp.flags),
+        tcp.seq,
+    )
 
 
 @given(v4, v4, ports, ports, st.integers(0, 2**32 - 1), flags, options, st.integers(0, 10))
@@ -45,8 +51,9 @@ def test_ipv4_fields_are_what_scapy_reads(
 def test_ipv6_fields_are_what_scapy_reads(
     src: str, dst: str, sport: int, dport: int, seq: int, flag: str, opts: list
 ) -> None:
-    packet = IPv6(src=src, dst=dst) / TCP(sport=sport, dport=dport, seq=seq, flags=flag,
-                                          options=opts)  # fmt: skip
+    packet = IPv6(src=src, dst=dst) / TCP(
+        sport=sport, dport=dport, seq=seq, flags=flag, options=opts
+    )
     assert floor.parse(bytes(packet)) == expected(packet)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 
 import pytest
@@ -47,16 +48,18 @@ def test_settle_returns_at_the_target_without_waiting() -> None:
 def test_settle_waits_while_the_count_grows_then_gives_up_when_it_is_quiet() -> None:
     clock = Clock()
     values = iter([1, 2, 3, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5])
-    found = measure.settle(lambda: next(values), 100, quiet=1.0, clock=clock.time,
-                           sleep=clock.sleep)  # fmt: skip
+    found = measure.settle(
+        lambda: next(values), 100, quiet=1.0, clock=clock.time, sleep=clock.sleep
+    )
     assert found == 5
     assert 1.0 < clock.now < 1.6  # a second of quiet after the last change (at 0.3 s)
 
 
 def test_settle_stops_at_the_limit_even_while_the_count_grows() -> None:
     clock, values = Clock(), iter(range(10_000))
-    found = measure.settle(lambda: next(values), 10**9, limit=2.0, clock=clock.time,
-                           sleep=clock.sleep)  # fmt: skip
+    found = measure.settle(
+        lambda: next(values), 10**9, limit=2.0, clock=clock.time, sleep=clock.sleep
+    )
     assert 15 <= found <= 25 and clock.now == pytest.approx(2.0, abs=0.11)
 
 
@@ -79,7 +82,7 @@ def test_cdf_is_monotone_from_the_smallest_to_the_largest_sample(samples: list[f
     points = measure.cdf(samples, points=50)
     assert points[0][0] == min(samples) and points[-1] == (max(samples), 1.0)
     assert len(points) <= 50
-    assert all(a[0] <= b[0] and a[1] < b[1] for a, b in zip(points, points[1:], strict=False))
+    assert all(a[0] <= b[0] and a[1] < b[1] for a, b in itertools.pairwise(points))
     for value, fraction in points:  # the share of samples at or below the value, at least
         assert sum(s <= value for s in samples) / len(samples) >= fraction - 1e-9
 

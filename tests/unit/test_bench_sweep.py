@@ -73,10 +73,24 @@ def test_ladder_climbs_until_saturated_then_bisects_each_edge() -> None:
     found = sweep.ladder({n: runner(n) for n in edges}, rates, refine=3, describe=repr)
     assert [s.rate for s in found["slow"]] == [2000, 5000, 5600, 6250, 7500, 10000, 20000]
     assert [s.rate for s in found["fast"]] == [
-        2000, 5000, 10000, 20000, 30000, 32500, 35000, 40000, 80000,
-    ]  # fmt: skip
+        2000,
+        5000,
+        10000,
+        20000,
+        30000,
+        32500,
+        35000,
+        40000,
+        80000,
+    ]
     best = sweep.highest_without_loss(found["slow"])
     assert best is not None and best.rate == 5600
     # set-ups alternate at every rate of the climb; the bisection comes after
-    assert asked[:6] == [("slow", 2000), ("fast", 2000), ("slow", 5000), ("fast", 5000),
-                         ("slow", 10000), ("fast", 10000)]  # fmt: skip
+    assert asked[:6] == [
+        ("slow", 2000),
+        ("fast", 2000),
+        ("slow", 5000),
+        ("fast", 5000),
+        ("slow", 10000),
+        ("fast", 10000),
+    ]
