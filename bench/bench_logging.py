@@ -11,7 +11,8 @@
     time of the whole process (loop, writer threads, log process). The GIL switch interval is
     the daemon's (0.5 ms) unless --switch-interval says otherwise. Runs alternate; medians.
 (b) End to end, as root, in the namespace lab: the real daemon (workers = 1, flood_window = 0
-    so every attempt is its own decision event, a fresh daemon for every step) while
+    so every attempt is its own decision event, `[queue] per_source = false` so the kernel
+    drops none of the one source's SYNs before the queue, a fresh daemon for every step) while
     `lab.synflood` in the subscriber namespace sends SYNs to the MX's port 25 at
     increasing rates. Three set-ups alternate at every rate: the baseline (block-25 with
     `log = false`: the same decisions, no event), a file output, and a file output plus a
@@ -50,6 +51,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: the checkout's root, not bench/, on the path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from bench.decisions_setups import for_benchmark
 from bench.measure import settle
 from bench.sweep import ladder
 from lab import Lab, synflood
@@ -85,7 +87,6 @@ except ImportError:  # outputs in threads of the worker only
 
 MARKER = b'"portguard.decision"'  # once in every decision event (ECS event.dataset)
 SYSLOG_PORT = 10514
-STDOUT_OUTPUT = '{ type = "stdout" }, '  # the lab's default first output, removed for (b)
 
 
 # --- (a) in process --------------------------------------------------------------------------
@@ -421,12 +422,10 @@ def quiet_rules(directory: Path) -> Path:
 
 def fresh_step(lab: Lab, setup: SetUp, rate: int, *, seconds: float, sources: int) -> Step:
     """A step with a daemon of its own (flood_window 0, one worker, the file output and no
-    stdout), so that no step inherits another's flow table."""
+    stdout, no per-source SYN limit), so that no step inherits another's flow table."""
     extra = [setup.collector.output] if setup.collector else []
     daemon = LabDaemon(lab, [setup.rules], flood_window=0, workers=1, extra_outputs=extra)
-    text = daemon.config.read_text()
-    assert STDOUT_OUTPUT in text, "the lab config changed: update STDOUT_OUTPUT"
-    daemon.config.write_text(text.replace(STDOUT_OUTPUT, "", 1))
+    daemon.config.write_text(for_benchmark(daemon.config.read_text()))
     daemon.start()
     try:
         return step(lab, daemon, setup, rate, seconds=seconds, sources=sources)
