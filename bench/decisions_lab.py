@@ -109,7 +109,8 @@ class Flood:
     asked: int  # total SYNs a second asked for
     sent: int
     errors: int  # failed sends (not in `sent`)
-    seconds: float  # the longest client's run
+    seconds: float  # from the first client's start to the last one's end
+    late: float = 0.0  # how late the last client started (Python start-up on a busy machine)
 
     @property
     def offered(self) -> float:
@@ -172,9 +173,7 @@ class BenchLab:
             for client in range(self.clients)
         ]  # fmt: skip
         results = [json_result(proc, start_in + seconds + 60) for proc in procs]
-        return Flood(share * self.clients, sum(int(r["sent"]) for r in results),
-                     sum(int(r["errors"]) for r in results),
-                     max(float(r["seconds"]) for r in results))  # fmt: skip
+        return together(share * self.clients, results)
 
     def start_collector(self) -> Collector:
         if self.collector is None:
@@ -190,7 +189,7 @@ class BenchLab:
 
 
 def json_result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
-    """The last line a client printed, as JSON; RuntimeError when it failed."""
+    """The JSON lines a client printed, merged; RuntimeError when it failed."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -198,7 +197,20 @@ def json_result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
         raise RuntimeError("a client did not finish in time") from None
     if proc.returncode != 0 or not out.strip():
         raise RuntimeError(f"a client failed ({proc.returncode}): {err.strip()[-500:]}")
-    return dict(json.loads(out.strip().splitlines()[-1]))
+    merged: dict[str, Any] = {}
+    for line in out.strip().splitlines():
+        merged.update(json.loads(line))
+    return merged
+
+
+def together(asked: int, results: Sequence[dict[str, Any]]) -> Flood:
+    """The clients' results (bench.synclient's lines) as one flood: what they sent, over the
+    time from the first start to the last end (a client that started late widens it)."""
+    starts = [float(r.get("late", 0.0)) for r in results]
+    ends = [start + float(r["seconds"]) for start, r in zip(starts, results, strict=True)]
+    return Flood(asked, sum(int(r["sent"]) for r in results),
+                 sum(int(r["errors"]) for r in results), max(ends) - min(starts),
+                 max(starts))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,9 +310,16 @@ def measure_step(bench: BenchLab, setup: SetUp, rate: int, seconds: float,
 @contextlib.contextmanager
 def entered(bench: BenchLab, setup: SetUp) -> Iterator[list[Events]]:
     """The set-up entered for the block; left afterwards (its events in the list) whatever
-    happens, and conntrack flushed."""
+    happens, and conntrack flushed. A failed `enter` is undone by `leave` (which must cope
+    with a half-entered set-up) and re-raised."""
     found: list[Events] = []
-    setup.enter()
+    try:
+        setup.enter()
+    except BaseException:
+        with contextlib.suppress(Exception):  # undo what a half-done enter did
+            setup.leave()
+        bench.flush_conntrack()
+        raise
     try:
         yield found
     finally:

@@ -79,8 +79,11 @@ class Point:
         return self.offered < GENERATOR_SHORT * self.rate
 
     def describe(self) -> str:
-        flags = ("" if self.keeps_up else "  (lost SYNs)") + (
-            "  (clients short of the rate)" if self.generator_bound else ""
+        late = max(r.flood.late for r in self.rounds)
+        flags = (
+            ("" if self.keeps_up else "  (lost SYNs)")
+            + ("  (clients short of the rate)" if self.generator_bound else "")
+            + (f"  (a client started {late:.2f} s late)" if late > 0.1 else "")
         )
         return (f"{self.rate}/s asked, {self.offered:.0f}/s offered, "
                 f"{self.decisions_per_s:.0f} decisions/s, lost {self.lost} "

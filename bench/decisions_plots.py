@@ -17,6 +17,7 @@ from bench.decisions_report import (
     capacity_summary,
     highest_without_loss,
     output_totals,
+    rate_summary,
 )
 from bench.measure import cdf
 
@@ -103,12 +104,17 @@ def events_plot(doc: Document, path: Path) -> None:
     left.set_xticks(range(len(labels)), labels, fontsize=8)
     left.set_ylabel("events (all rounds)")
     left.set_title(f"At {doc['events']['rate']:,.0f} SYNs/s offered")
-    left.legend(fontsize=8)
+    left.set_ylim(top=max(max(v, default=0) for v in bars.values()) * 1.3 or 1)
+    left.legend(fontsize=8, loc="upper left", ncol=2)
     names = list(doc.get("capacity", {}))
     rates = [capacity_summary(doc["capacity"][n])["events_per_s"] for n in names]
     right.bar(names, rates, color="tab:green", label="log process alone")
     right.axhline(doc["events"]["rate"], color="tab:red", linestyle="--",
                   label="portguard's highest decision rate")  # fmt: skip
+    floor = rate_summary(doc).get(doc["roles"]["floor"], {}).get("highest")
+    if floor:
+        label = "the floor's highest decision rate"
+        right.axhline(floor, color="tab:orange", linestyle=":", label=label)
     right.set_ylabel("decision events/s")
     right.set_title("Log process capacity")
     right.legend(fontsize=8)

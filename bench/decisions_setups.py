@@ -31,6 +31,7 @@ from lab import addresses as a
 from lab.daemon import LabDaemon, render_config
 from lab.netns import LabError
 from lab.peers import python_env
+from lab.topology import terminate
 from portguard.config.model import parse_config
 from portguard.io.hooks.iptables import IptablesBackend
 from portguard.io.hooks.runner import CommandResult, run_command
@@ -119,13 +120,18 @@ class Floor:
             raise LabError("bench.floor did not start")
 
     def leave(self) -> None:
+        """Stop the floor (its packet count kept), then remove the hook; also after a failed
+        `enter`."""
+        proc, self.proc = self.proc, None
         try:
-            if self.proc is not None:
-                self.proc.terminate()
-                out, _ = self.proc.communicate(timeout=10)
+            if proc is not None:
+                proc.terminate()
+                try:
+                    out, _ = proc.communicate(timeout=10)
+                finally:
+                    terminate(proc)  # SIGKILL if it is still there
                 self.packets.append(int(json.loads(out.strip().splitlines()[-1])["packets"]))
         finally:
-            self.proc = None
             self.hook.remove()
 
 
@@ -160,8 +166,10 @@ class Portguard:
         daemon.start(timeout=120)
 
     def leave(self) -> Events:
+        """Stop the daemon (also after a failed `enter`) and read its counters."""
         daemon, self.daemon = self.daemon, None
-        assert daemon is not None
+        if daemon is None:
+            raise LabError(f"{self.name}: not running")
         code = daemon.stop(grace=60)
         if code != 0:
             raise LabError(f"portguard exited with {code}:\n{daemon.stderr_tail()}")

@@ -5,11 +5,13 @@
 Waits until `time.monotonic()` (one clock for every process of the machine, whatever their
 network namespace) reaches MONOTONIC, then runs `lab.synflood` with the remaining arguments, so
 that several clients started one after the other (Python start-up takes a while) send during
-the same seconds.
+the same seconds. Prints {"late": s} first (how late it started: 0 when it was ready in time),
+then synflood's line.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -29,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     delay = at - time.monotonic()
     if delay > 0:
         time.sleep(delay)
+    print(json.dumps({"late": round(max(0.0, time.monotonic() - at), 6)}), flush=True)
     return synflood.main(rest)
 
 

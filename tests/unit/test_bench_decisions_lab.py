@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from bench import synclient
-from bench.decisions_lab import Events, Flood, Round, ipset_script, read_events, write_policy
+from bench.decisions_lab import (
+    Events,
+    Flood,
+    Round,
+    ipset_script,
+    read_events,
+    together,
+    write_policy,
+)
 from bench.decisions_phases import Point, decided_early
 from bench.decisions_setups import bench_config, kernel_rules
 from portguard.config.model import parse_config
@@ -147,3 +155,15 @@ def test_a_client_waits_for_its_start_then_passes_the_rest_on() -> None:
     assert synclient.split_at(["--at", "12.5", "--rate", "10"]) == (12.5, ["--rate", "10"])
     with pytest.raises(SystemExit):
         synclient.split_at(["--rate", "10"])
+
+
+def test_the_clients_flood_spans_the_first_start_to_the_last_end() -> None:
+    results = [
+        {"late": 0.0, "sent": 1000, "errors": 0, "seconds": 2.0},
+        {"late": 0.5, "sent": 1000, "errors": 2, "seconds": 2.0},  # started half a second late
+        {"sent": 998, "errors": 0, "seconds": 2.1},  # synflood alone: no "late" line
+    ]
+    flood = together(1500, results)
+    assert (flood.asked, flood.sent, flood.errors) == (1500, 2998, 2)
+    assert flood.seconds == 2.5 and flood.late == 0.5
+    assert flood.offered == pytest.approx(2998 / 2.5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
@@ -36,6 +36,7 @@ def expected(packet: IP | IPv6) -> floor.Syn:
     )
 
 
+@settings(deadline=None)  # scapy builds each packet: slow on a busy machine
 @given(v4, v4, ports, ports, st.integers(0, 2**32 - 1), flags, options, st.integers(0, 10))
 def test_ipv4_fields_are_what_scapy_reads(
     src: str, dst: str, sport: int, dport: int, seq: int, flag: str, opts: list, ip_words: int
@@ -47,6 +48,7 @@ def test_ipv4_fields_are_what_scapy_reads(
     assert floor.parse(bytes(packet)) == expected(packet)
 
 
+@settings(deadline=None)
 @given(v6, v6, ports, ports, st.integers(0, 2**32 - 1), flags, options)
 def test_ipv6_fields_are_what_scapy_reads(
     src: str, dst: str, sport: int, dport: int, seq: int, flag: str, opts: list
