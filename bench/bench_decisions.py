@@ -63,14 +63,17 @@ RESULTS = ROOT / "bench" / "results" / "decisions.json"
 PLOTS = ROOT / "docs" / "bench"
 PHASES = ("sweep", "latency", "events", "capacity")
 FULL = dict(
-    rates="2000,5000,10000,15000,20000,30000,40000,50000,60000,80000,100000,150000,200000,250000",
+    rates="2000,5000,10000,15000,20000,30000,40000,50000,60000,80000,100000,150000,200000,250000,"
+    "300000,400000",
     seconds=5.0, rounds=3, refine=2, connects=300, latency_rounds=5,
-    events_seconds=10.0, events_rounds=3, records=200_000, capacity_rounds=3,
+    events_seconds=10.0, events_rounds=3,
+    capacity_rates="5000,10000,15000,20000,30000,40000,60000,80000,120000",
+    capacity_seconds=5.0, capacity_refine=2,
 )  # fmt: skip
 QUICK = dict(
-    rates="2000,5000,10000,20000,40000,80000,160000", seconds=3.0, rounds=1, refine=1,
-    connects=200, latency_rounds=3, events_seconds=5.0, events_rounds=1, records=50_000,
-    capacity_rounds=1,
+    rates="2000,5000,10000,20000,40000,80000,160000,320000", seconds=3.0, rounds=1, refine=1,
+    connects=200, latency_rounds=3, events_seconds=5.0, events_rounds=1,
+    capacity_rates="5000,10000,20000,40000,80000", capacity_seconds=3.0, capacity_refine=1,
 )  # fmt: skip
 
 
@@ -93,8 +96,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     add("--events-rounds", type=int)
     add("--events-rate", type=int, help="the events phase's rate (default: from the sweep)")
     add("--events-workers", type=int, default=1, help="... and workers, without a sweep")
-    add("--records", type=int, help="records the log process gets a run")
-    add("--capacity-rounds", type=int)
+    add("--records", type=int, default=100_000, help="distinct records for the log process")
+    add("--capacity-rates", help="records/s handed to the log process, comma-separated")
+    add("--capacity-seconds", type=float)
+    add("--capacity-refine", type=int)
     add("--results", type=Path, default=RESULTS, help="the JSON document")
     add("--plots", type=Path, default=PLOTS, help="directory of the PNG plots")
     add("--no-plots", action="store_true")
@@ -166,7 +171,9 @@ def run_phases(bench: BenchLab, opts: argparse.Namespace, doc: Document) -> None
         save(doc, opts.results)
     if "capacity" in opts.phases:
         started = phase("4. the log process alone", doc)
-        doc["capacity"] = phases.log_capacity(bench, opts.records, opts.capacity_rounds)
+        rates = [int(rate) for rate in opts.capacity_rates.split(",")]
+        doc["capacity"] = phases.log_capacity(bench, rates, opts.capacity_seconds,
+                                              opts.capacity_refine, opts.records)  # fmt: skip
         doc["meta"]["phase_s"]["capacity"] = time.monotonic() - started
         save(doc, opts.results)
 
@@ -192,6 +199,7 @@ def measure(opts: argparse.Namespace) -> Document:
     started = time.monotonic()
     try:
         with Lab() as lab:
+            print(f"lab {lab.prefix}: removed at the end, also after an error or Ctrl-C")
             bench = BenchLab(lab, opts.prefixes, opts.clients)
             try:
                 run_phases(bench, opts, doc)
@@ -214,7 +222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     else:
-        doc = measure(opts)
+        try:
+            doc = measure(opts)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: the lab is removed; what was measured is in {opts.results}",
+                  file=sys.stderr)  # fmt: skip
+            return 130
         print(f"\nresults: {opts.results}")
     print("\n" + markdown(doc))
     if not opts.no_plots:

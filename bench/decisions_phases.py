@@ -183,28 +183,76 @@ def events_at(bench: BenchLab, setups: Sequence[SetUp], rate: int, rounds: int,
 
 
 CAPACITY_SETUPS = {"file": False, "file + syslog TCP": True}  # name: with a syslog output
+KEEPS_UP = 0.9  # a log process run keeps up when it writes this share of the rate a second
 
 
-def log_capacity(bench: BenchLab, records: int, rounds: int) -> dict[str, list[dict[str, Any]]]:
-    """bench/logcapacity.py in the gateway, with the daemon's outputs of CAPACITY_SETUPS."""
+@dataclass(frozen=True, slots=True)
+class CapacityRun:
+    """One paced run of bench/logcapacity.py (its JSON answer)."""
+
+    rate: int
+    result: dict[str, Any]
+
+    @property
+    def written_per_s(self) -> float:
+        """Events written a second, from the first hand-over until everything was written."""
+        return float(self.result["written"]) / float(self.result["drained"])
+
+    @property
+    def keeps_up(self) -> bool:
+        """Every record taken and written by every output (nothing refused or dropped), at
+        KEEPS_UP of the rate at least: an output's buffer must not hide that it falls behind."""
+        r = self.result
+        dropped = sum(int(o["dropped"]) for o in r["outputs"])
+        whole = r["refused"] == 0 and dropped == 0 and r["written"] == r["records"]
+        return whole and self.written_per_s >= KEEPS_UP * self.rate
+
+    def describe(self) -> str:
+        r = self.result
+        dropped = ", ".join(f"{o['name'].split(':')[0]} {o['dropped']}" for o in r["outputs"])
+        return (f"{self.rate}/s for {r['seconds']:.1f} s, all written in {r['drained']:.1f} s "
+                f"({self.written_per_s:.0f}/s), "
+                f"refused {r['refused']}, dropped: {dropped}"
+                f"{'' if self.keeps_up else '  (lost events)'}")  # fmt: skip
+
+
+def log_capacity(bench: BenchLab, rates: Sequence[int], seconds: float, refine: int,
+                 records: int) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+    """bench/logcapacity.py in the gateway, for the daemon's outputs of CAPACITY_SETUPS: the
+    sweep's ladder over paced rates, per set of outputs."""
     bench.start_collector()
-    paths: dict[str, str] = {}
-    for number, (name, syslog) in enumerate(CAPACITY_SETUPS.items()):
+    configs = []
+    for number, syslog in enumerate(CAPACITY_SETUPS.values()):
         directory = bench.lab.workdir / f"logcapacity-{number}"
         directory.mkdir(exist_ok=True)
-        config = directory / "portguard.toml"
-        config.write_text(bench_config(bench.rules, 1, syslog, directory))
-        paths[str(config)] = name
+        configs.append(directory / "portguard.toml")
+        configs[-1].write_text(bench_config(bench.rules, 1, syslog, directory))
     argv = bench.lab.python("bench.logcapacity", "--rules", str(bench.rules), "--records",
-                            str(records), "--rounds", str(rounds), *paths)  # fmt: skip
-    proc = bench.lab.run("gw", argv, capture_output=True, text=True, env=python_env(),
-                         timeout=600 + records / 100)  # fmt: skip
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench.logcapacity failed: {proc.stderr.strip()[-1000:]}")
-    found: dict[str, list[dict[str, Any]]] = {name: [] for name in CAPACITY_SETUPS}
-    for line in proc.stdout.splitlines():
-        run = json.loads(line)
-        name = paths[run.pop("config")]
-        found[name].append(run)
-        print(f"  log process, {name}: {run['events_per_s']:.0f} events/s", flush=True)
-    return found
+                            str(records), *map(str, configs))  # fmt: skip
+    server = bench.lab.popen("gw", argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, env=python_env())  # fmt: skip
+    assert server.stdin is not None and server.stdout is not None
+    try:
+        if server.stdout.readline().strip() != "READY":
+            raise RuntimeError("bench.logcapacity did not start")
+
+        def runner(index: int) -> Callable[[int], CapacityRun]:
+            def run(rate: int) -> CapacityRun:
+                assert server.stdin is not None and server.stdout is not None
+                server.stdin.write(f"run {index} {rate} {seconds}\n")
+                server.stdin.flush()
+                answer = server.stdout.readline()
+                if not answer:
+                    raise RuntimeError("bench.logcapacity ended")
+                return CapacityRun(rate, json.loads(answer))
+
+            return run
+
+        runs = {name: runner(n) for n, name in enumerate(CAPACITY_SETUPS)}
+        found = ladder(runs, rates, refine, CapacityRun.describe)
+    finally:
+        server.stdin.close()
+        server.wait(30)
+    return {name: [{**run.result, "keeps_up": run.keeps_up,
+                    "written_per_s": run.written_per_s} for run in found[name]]
+            for name in found}  # fmt: skip

@@ -1,18 +1,24 @@
-"""The log process alone: how many decision events a second it writes, fed as fast as it takes
-them.
+"""The log process alone: the highest rate of decision events it writes with nothing dropped.
 
-    python -m bench.logcapacity --rules DIR --records N --rounds R CONFIG [CONFIG ...]
+    python -m bench.logcapacity --rules DIR [--records N] CONFIG [CONFIG ...]
 
-For each daemon config (its `[log]` outputs: a file, or a file and a TCP syslog output), a log
-process is started exactly as a worker starts one (`LogProcess` with `make_writer(config)` and
-the config's flood window), and the decision records of N distinct business-customer SYNs
-(made by `Gate.handle` under the policy in DIR, as the packet loop makes them) are handed to it
-with `add` and `flush`, 32 at a time. When its socket buffer is full the batch is refused
-(`LogProcess.dropped` grows): the batch is handed over again a moment later, so nothing is lost
-and the log process always has work waiting. The time runs from the first record to the end of
-`close()`, which returns once the log process has written everything and exited. Runs of the
-configs alternate; one JSON line per run: {"config", "round", "records", "seconds",
-"events_per_s", "refused", "written", "outputs"} (`outputs` from the stop event).
+Builds the decision records of N distinct business-customer SYNs (`Gate.handle` under the
+policy in DIR, as the packet loop makes them), prints READY, then answers commands on stdin,
+one a line, with one JSON line each:
+
+    run INDEX RATE SECONDS   # a log process for config INDEX (0-based), fed RATE records/s
+
+For a run, a log process is started exactly as a worker starts one (`LogProcess` with
+`make_writer(config)` and the config's flood window: its `[log]` outputs, e.g. a file, or a file
+and a TCP syslog output) and handed RATE * SECONDS records (the N in turn), paced every
+millisecond as the packet loop hands over a batch (`add`, then `flush`); then `close()` with a
+stop event, which returns once the log process has written everything and exited. The answer:
+{"config", "rate", "records", "seconds" (the hand-over), "drained" (until close returned),
+"refused" (records its socket buffer refused: what the daemon counts as hand-over drops),
+"written" (decision events in the file), "outputs" (each output's counters from the stop
+event)}. The caller (decisions_phases.log_capacity) looks for the highest rate at which none
+was refused or dropped and everything was written in time (an output's buffer can hide for a
+while that it falls behind). `quit` (or the end of stdin) ends it.
 
 Run it where the outputs' addresses are (the decision benchmark runs it in the lab's gateway,
 next to its rsyslog collector).
@@ -27,6 +33,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from lab import addresses as a
 from lab import synflood
@@ -39,7 +46,6 @@ from portguard.io.policyfiles import load_ruleset
 from portguard.log.logprocess import LogProcess
 from portguard.log.outputs import make_writer
 
-BATCH = 32  # records a hand-over (below LogProcess.BATCH_FRAMES: one `send` each)
 FIRST_SOURCE = "203.0.113.100"
 SOURCES = 32
 
@@ -59,23 +65,21 @@ def business_records(rules: Path, count: int) -> list[Loggable]:
     return records
 
 
-def hand_over(process: LogProcess, records: Sequence[Loggable]) -> int:
-    """Every record into the log process, BATCH at a time, a refused batch again after a
-    moment; how many batches were refused."""
-    refused = 0
-    for start in range(0, len(records), BATCH):
-        batch = records[start : start + BATCH]
-        while True:
-            before = process.dropped
-            for record in batch:
-                process.add(record)
-            process.flush()
-            if process.dropped == before:
-                break
-            process.dropped = before  # handed over again below: nothing is lost
-            refused += 1
-            time.sleep(0.0005)
-    return refused
+def hand_over(process: LogProcess, records: Sequence[Loggable], rate: float, total: int) -> int:
+    """`total` records (`records` in turn) into the log process at `rate` a second, the ones
+    due every millisecond as one batch (synflood's pacing); how many it refused."""
+    before, start, sent = process.dropped, time.monotonic(), 0
+    cap, count = synflood.batch_cap(rate), len(records)
+    while sent < total:
+        elapsed = time.monotonic() - start
+        due = synflood.batch_size(elapsed, rate, sent, total)
+        for index in range(sent, sent + due):
+            process.add(records[index % count])
+        process.flush()
+        sent += due
+        if due < cap:  # not behind: wait for the next tick
+            time.sleep(max(0.0, synflood.TICK - (time.monotonic() - start - elapsed)))
+    return process.dropped - before
 
 
 def output_path(config: Config) -> Path:
@@ -83,7 +87,9 @@ def output_path(config: Config) -> Path:
     return path
 
 
-def one_run(config: Config, records: Sequence[Loggable]) -> dict[str, object]:
+def one_run(
+    config: Config, records: Sequence[Loggable], rate: float, seconds: float
+) -> dict[str, Any]:
     path = output_path(config)
     path.unlink(missing_ok=True)
     observer = Observer(socket.gethostname(), __version__)
@@ -91,30 +97,38 @@ def one_run(config: Config, records: Sequence[Loggable]) -> dict[str, object]:
                          flood_window=config.log.flood_window)  # fmt: skip
     process.start()
     time.sleep(0.5)  # the writer's threads and connections up
-    started = time.perf_counter()
-    refused = hand_over(process, records)
+    total = round(rate * seconds)
+    started = time.monotonic()
+    refused = hand_over(process, records, rate, total)
+    pushed = time.monotonic() - started
     process.close(lifecycle_event("stop", "bench", observer, time.time()), timeout=300)
-    seconds = time.perf_counter() - started
+    drained = time.monotonic() - started
     data = path.read_bytes()
     stop = json.loads(data.splitlines()[-1])
-    return {"records": len(records), "seconds": seconds, "events_per_s": len(records) / seconds,
+    return {"rate": rate, "records": total, "seconds": pushed, "drained": drained,
             "refused": refused, "written": data.count(b'"portguard.decision"'),
             "outputs": stop.get("portguard", {}).get("sinks", [])}  # fmt: skip
+
+
+def serve(configs: Sequence[Config], records: Sequence[Loggable]) -> None:
+    print("READY", flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        if not words or words[0] == "quit":
+            return
+        index, rate, seconds = int(words[1]), float(words[2]), float(words[3])
+        result = one_run(configs[index], records, rate, seconds)
+        print(json.dumps({"config": index, **result}), flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("configs", nargs="+", type=Path)
     parser.add_argument("--rules", type=Path, required=True)
-    parser.add_argument("--records", type=int, default=200_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--records", type=int, default=100_000, help="distinct records")
     args = parser.parse_args(argv)
-    records = business_records(args.rules, args.records)
     configs = [load_config(path) for path in args.configs]
-    for round_number in range(args.rounds):
-        for path, config in zip(args.configs, configs, strict=True):
-            result = one_run(config, records)
-            print(json.dumps({"config": str(path), "round": round_number, **result}), flush=True)
+    serve(configs, business_records(args.rules, args.records))
     return 0
 
 

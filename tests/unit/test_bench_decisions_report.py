@@ -43,6 +43,18 @@ def points(name: str, edge: int, rates: list[int], ceiling: int | None = None) -
     return found
 
 
+def capacity(rate: int, kept: bool, dropped: int = 0) -> dict[str, Any]:
+    records = rate * 3
+    return {
+        "rate": rate,
+        "records": records,
+        "refused": 0,
+        "written": records - dropped,
+        "keeps_up": kept,
+        "outputs": [{"name": "file:/x", "dropped": dropped}],
+    }
+
+
 def document() -> dict[str, Any]:
     rates = [2000, 5000, 10000, 20000, 40000]
     sweep = {
@@ -74,13 +86,9 @@ def document() -> dict[str, Any]:
         },
         "capacity": {
             "file": [
-                {
-                    "events_per_s": 30000.0,
-                    "refused": 5,
-                    "records": 100,
-                    "written": 100,
-                    "outputs": [{"dropped": 0}],
-                }
+                capacity(20000, True),
+                capacity(40000, True),
+                capacity(80000, False, dropped=500),
             ]
         },
     }
@@ -131,8 +139,25 @@ def test_the_tables_and_the_goals() -> None:
     assert "- file: 10,000 decided, 10,000 at the file, 0 events dropped" in text
     assert "- file + syslog: 9,990 decided, 9,990 at the file, 9,980 at the syslog, 10 " in text
     assert "p99 (goal ≤ 150 / ≤ 1000): not met" in text  # +1,890 µs at p99
-    assert text.count(": met") == 1  # the file's events only
-    assert "| file | 30,000 | 3.00 | 1.50 | 100 | 0 |" in text
+    assert text.count(": met") == 2  # the file's events and the log process's capacity
+    assert "| file | 40,000 | 40,000 | 4.00 | 2.00 | 80,000/s: 500 of 240,000 lost, " in text
+    assert "- the log process alone, file: 4.00x portguard's decision rate" in text
+
+
+def test_capacity_is_the_highest_rate_with_nothing_lost() -> None:
+    runs = [capacity(20000, True), capacity(80000, False, 10), capacity(40000, False, 3)]
+    summary = report.capacity_summary(runs)
+    assert summary == {
+        "highest": 20000,
+        "written_per_s": 20000,
+        "lower_bound": False,
+        "over": 40000,
+        "lost_over": 3,
+        "records_over": 120000,
+        "written_over": 0.0,
+    }
+    assert report.capacity_summary([capacity(20000, True)])["lower_bound"]
+    assert report.capacity_summary([capacity(20000, False, 1)])["highest"] == 0
 
 
 def test_a_partial_document_gives_the_tables_it_has() -> None:
@@ -141,3 +166,11 @@ def test_a_partial_document_gives_the_tables_it_has() -> None:
         del doc[key]
     text = report.markdown(doc)
     assert "Decision rate" in text and "Connect latency" not in text and "log process" not in text
+
+
+def test_a_sweep_that_ran_out_of_rates_gives_a_lower_bound() -> None:
+    doc = document()
+    doc["sweep"][FLOOR] = report.sweep_fields({FLOOR: points(FLOOR, 10**6, [2000, 40000])})[FLOOR]
+    summary = report.rate_summary(doc)[FLOOR]
+    assert summary["highest"] == 40000 and summary["clients_bound"]
+    assert "| floor | ≥ 40,000 |" in report.markdown(doc)
