@@ -213,7 +213,7 @@ class CapacityRun:
         return (f"{self.rate}/s for {r['seconds']:.1f} s, all written in {r['drained']:.1f} s "
                 f"({self.written_per_s:.0f}/s), "
                 f"refused {r['refused']}, dropped: {dropped}"
-                f"{'' if self.keeps_up else '  (lost events)'}")  # fmt: skip
+                f"{'' if self.keeps_up else '  (fell behind)'}")  # fmt: skip
 
 
 def log_capacity(bench: BenchLab, rates: Sequence[int], seconds: float, refine: int,
