@@ -7,7 +7,7 @@ tests/unit/test_bench_decisions_report.py.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from bench.decisions_lab import Round
@@ -133,89 +133,83 @@ def _r(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def table(columns: Sequence[str], align: str, rows: Iterable[Sequence[str]]) -> str:
+    """A markdown table; `align` has an "l" (text) or "r" (figures) for each column."""
+    lines = ["| " + " | ".join(columns) + " |",
+             "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"]  # fmt: skip
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def rate_table(doc: Document) -> str:
     summary, roles = rate_summary(doc), doc["roles"]
     floor, kernel = summary.get(roles["floor"]), summary.get(roles["kernel"])
-    lines = ["| path | highest rate, no SYN lost | ratio to floor | ratio to kernel-only "
-             "| peak decisions/s | ratio to floor | ratio to kernel-only |",
-             "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
 
     def ratios(found: Mapping[str, Any], key: str) -> list[str]:
         return [_r(ratio(found[key], base[key]) if base else None) for base in (floor, kernel)]
 
-    for name, found in summary.items():
-        at_least = "≥ " if found["clients_bound"] else ""
-        cells = [name, at_least + _n(found["highest"]), *ratios(found, "highest"),
-                 _n(found["peak"]), *ratios(found, "peak")]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [[name, ("≥ " if found["clients_bound"] else "") + _n(found["highest"]),
+             *ratios(found, "highest"), _n(found["peak"]), *ratios(found, "peak")]
+            for name, found in summary.items()]  # fmt: skip
+    return table(["path", "highest rate, no SYN lost", "ratio to floor", "ratio to kernel-only",
+                  "peak decisions/s", "ratio to floor", "ratio to kernel-only"],
+                 "lrrrrrr", rows)  # fmt: skip
 
 
 def sweep_table(doc: Document) -> str:
-    lines = [
-        "| path | asked/s | offered/s | decisions/s | SYNs lost | in the queue | rounds |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
+    rows = []
     for name, points in doc.get("sweep", {}).items():
         for p in points:
-            mark = "" if p["keeps_up"] else " ✗"
-            mark += " (clients short)" if p["generator_bound"] else ""
-            lines.append(f"| {name} | {_n(p['rate'])} | {_n(p['offered'])} | "
-                         f"{_n(p['decisions_per_s'])} | {_n(p['lost'])}{mark} | "
-                         f"{_n(p['queue_lost'])} | {len(p['rounds'])} |")  # fmt: skip
-    return "\n".join(lines)
+            mark = ("" if p["keeps_up"] else " ✗") + (
+                " (clients short)" if p["generator_bound"] else "")  # fmt: skip
+            figures = [p["rate"], p["offered"], p["decisions_per_s"]]
+            rows.append([name, *map(_n, figures), _n(p["lost"]) + mark, _n(p["queue_lost"]),
+                         str(len(p["rounds"]))])  # fmt: skip
+    return table(["path", "asked/s", "offered/s", "decisions/s", "SYNs lost", "in the queue",
+                  "rounds"], "lrrrrrr", rows)  # fmt: skip
 
 
 def latency_table(doc: Document) -> str:
     found = {name: latency_summary(s) for name, s in doc.get("latency", {}).items()}
     base = found.get(doc["roles"]["kernel"])
-    lines = [
-        "| path | connects | p50 µs | p99 µs | added p50 µs | added p99 µs |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
+    rows = []
     for name, s in found.items():
         added = ["-", "-"] if base is None or s is base else [
             f"{s['p50'] - base['p50']:.0f}", f"{s['p99'] - base['p99']:.0f}"]  # fmt: skip
-        lines.append(f"| {name} | {s['connects']} | {s['p50']:.0f} | {s['p99']:.0f} | "
-                     f"{added[0]} | {added[1]} |")  # fmt: skip
-    return "\n".join(lines)
+        rows.append([name, str(s["connects"]), f"{s['p50']:.0f}", f"{s['p99']:.0f}", *added])
+    return table(["path", "connects", "p50 µs", "p99 µs", "added p50 µs", "added p99 µs"],
+                 "lrrrrr", rows)  # fmt: skip
 
 
 def events_table(doc: Document) -> str:
-    events = doc.get("events", {})
-    lines = ["| set-up | offered/s | SYNs sent | lost before a decision | decided | output "
-             "| decision events there | events submitted | written | dropped "
-             "| hand-over dropped |",
-             "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    events, rows = doc.get("events", {}), []
     for name, rounds in events.get("setups", {}).items():
         t = output_totals(rounds)
         for output, c in t["outputs"].items():
-            lines.append(f"| {name} | {_n(events['rate'])} | {_n(t['sent'])} | "
-                         f"{_n(t['lost'])} | {_n(t['decided'])} | {output} | "
-                         f"{_n(c['decisions'])} | {_n(c['submitted'])} | {_n(c['written'])} | "
-                         f"{_n(c['dropped'])} | {_n(t['handoff_dropped'])} |")  # fmt: skip
-    return "\n".join(lines)
+            rows.append([name, _n(events["rate"]), _n(t["sent"]), _n(t["lost"]),
+                         _n(t["decided"]), output, _n(c["decisions"]), _n(c["submitted"]),
+                         _n(c["written"]), _n(c["dropped"]), _n(t["handoff_dropped"])])  # fmt: skip
+    return table(["set-up", "offered/s", "SYNs sent", "lost before a decision", "decided",
+                  "output", "decision events there", "events submitted", "written", "dropped",
+                  "hand-over dropped"], "lrrrrlrrrrr", rows)  # fmt: skip
 
 
 def capacity_table(doc: Document) -> str:
-    summary = rate_summary(doc)
-    chosen = events_rate(doc)
+    summary, chosen = rate_summary(doc), events_rate(doc)
     decisions = chosen[1] if chosen else 0.0
     floor = summary.get(doc["roles"]["floor"], {}).get("highest", 0.0)
-    lines = ["| log process outputs | highest rate kept up (events/s) | written/s there "
-             "| ratio to portguard's decision rate | ratio to the floor's "
-             "| the next rate tried |",
-             "|---|---:|---:|---:|---:|---|"]  # fmt: skip
+    rows = []
     for name, runs in doc.get("capacity", {}).items():
         c = capacity_summary(runs)
         over = ("-" if c["over"] is None else
                 f"{_n(c['over'])}/s: {_n(c['lost_over'])} of {_n(c['records_over'])} lost, "
                 f"{_n(c['written_over'])}/s written")  # fmt: skip
-        lines.append(f"| {name} | {'≥ ' if c['lower_bound'] else ''}{_n(c['highest'])} | "
-                     f"{_n(c['written_per_s'])} | "
-                     f"{_r(ratio(c['highest'], decisions))} | {_r(ratio(c['highest'], floor))} "
-                     f"| {over} |")  # fmt: skip
-    return "\n".join(lines)
+        rows.append([name, ("≥ " if c["lower_bound"] else "") + _n(c["highest"]),
+                     _n(c["written_per_s"]), _r(ratio(c["highest"], decisions)),
+                     _r(ratio(c["highest"], floor)), over])  # fmt: skip
+    return table(["log process outputs", "highest rate kept up (events/s)", "written/s there",
+                  "ratio to portguard's decision rate", "ratio to the floor's",
+                  "the next rate tried"], "lrrrrl", rows)  # fmt: skip
 
 
 def goals(doc: Document) -> list[str]:
