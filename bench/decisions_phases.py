@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.decisions_lab import BenchLab, Round, SetUp, entered, measure_step
 from bench.decisions_setups import bench_config
@@ -34,6 +34,7 @@ TCPBULK = str(Path(__file__).resolve().parent / "tcpbulk.py")
 GENERATOR_SHORT = 0.95  # clients that offered less than this of the asked rate were the limit
 WARM_UP = 5  # connects before each latency round, not counted (ARP, route cache)
 FAILURES = (LabError, RuntimeError, OSError, subprocess.SubprocessError, json.JSONDecodeError)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +91,7 @@ class Point:
                 f"(queue {self.queue_lost}), {len(self.rounds)} round(s){flags}")  # fmt: skip
 
 
-def round_with_retries(measure: Callable[[], Round], attempts: int, what: str) -> Round:
+def with_retries(measure: Callable[[], T], attempts: int, what: str, pause: float = 2.0) -> T:
     """`measure()`, tried again after a failure (a daemon slow to start on a busy machine)."""
     for attempt in range(1, attempts + 1):
         try:
@@ -100,7 +101,7 @@ def round_with_retries(measure: Callable[[], Round], attempts: int, what: str) -
                 raise
             print(f"    {what}: {error!s:.300} (attempt {attempt} of {attempts}); again",
                   file=sys.stderr, flush=True)  # fmt: skip
-            time.sleep(2.0)
+            time.sleep(pause)
     raise AssertionError("unreachable")
 
 
@@ -114,7 +115,7 @@ def point(bench: BenchLab, setup: SetUp, rate: int, opts: Options) -> Point:
     rounds: list[Round] = []
     while len(rounds) < opts.rounds and not decided_early(rounds, opts.rounds):
         step = functools.partial(measure_step, bench, setup, rate, opts.seconds, opts.settle)
-        rounds.append(round_with_retries(step, opts.attempts, f"{setup.name} at {rate}/s"))
+        rounds.append(with_retries(step, opts.attempts, f"{setup.name} at {rate}/s"))
     return Point(setup.name, rate, tuple(rounds))
 
 
@@ -157,16 +158,12 @@ def latency(bench: BenchLab, setups: Sequence[SetUp], rounds: int, connects: int
 
 
 def latency_round(bench: BenchLab, setup: SetUp, connects: int, opts: Options) -> list[float]:
-    for attempt in range(1, opts.attempts + 1):
-        try:
-            with entered(bench, setup):
-                time.sleep(opts.settle)
-                return connect_samples(bench, connects)
-        except FAILURES as error:
-            if attempt == opts.attempts:
-                raise
-            print(f"    {setup.name}: {error!s:.300}; again", file=sys.stderr, flush=True)
-    raise AssertionError("unreachable")
+    def measure() -> list[float]:
+        with entered(bench, setup):
+            time.sleep(opts.settle)
+            return connect_samples(bench, connects)
+
+    return with_retries(measure, opts.attempts, f"{setup.name}, connects")
 
 
 def events_at(bench: BenchLab, setups: Sequence[SetUp], rate: int, rounds: int,
@@ -176,7 +173,7 @@ def events_at(bench: BenchLab, setups: Sequence[SetUp], rate: int, rounds: int,
     for _ in range(rounds):
         for setup in setups:
             step = functools.partial(measure_step, bench, setup, rate, opts.seconds, opts.settle)
-            measured = round_with_retries(step, opts.attempts, f"{setup.name} at {rate}/s")
+            measured = with_retries(step, opts.attempts, f"{setup.name} at {rate}/s")
             found[setup.name].append(measured)
             print(f"  {setup.name} at {rate}/s: {measured.events}", flush=True)
     return found

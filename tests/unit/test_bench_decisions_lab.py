@@ -20,7 +20,7 @@ from bench.decisions_lab import (
     together,
     write_policy,
 )
-from bench.decisions_phases import Point, decided_early
+from bench.decisions_phases import Point, decided_early, with_retries
 from bench.decisions_setups import bench_config, kernel_rules
 from portguard.config.model import parse_config
 from portguard.core.policy.model import Action
@@ -167,3 +167,31 @@ def test_the_clients_flood_spans_the_first_start_to_the_last_end() -> None:
     assert (flood.asked, flood.sent, flood.errors) == (1500, 2998, 2)
     assert flood.seconds == 2.5 and flood.late == 0.5
     assert flood.offered == pytest.approx(2998 / 2.5)
+
+
+def test_a_failed_measurement_is_tried_again_then_given_up() -> None:
+    calls: list[int] = []
+
+    def flaky() -> int:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("daemon not ready")
+        return 42
+
+    assert with_retries(flaky, 3, "flaky", pause=0) == 42 and len(calls) == 3
+    calls.clear()
+    with pytest.raises(RuntimeError):
+        with_retries(flaky, 2, "flaky", pause=0)
+    assert len(calls) == 2
+
+
+def test_ctrl_c_is_never_retried() -> None:
+    calls: list[int] = []
+
+    def interrupted() -> int:
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with_retries(interrupted, 3, "interrupted", pause=0)
+    assert len(calls) == 1
