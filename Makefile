@@ -18,7 +18,7 @@ help:
 	@echo "sudo make test-kernel  tests/kernel on Debian's stock kernel in a VM: nftables, iptables-legacy, fail modes (docs/lab.md)"
 	@echo "make lint        ruff and mypy"
 	@echo "sudo make bench  every benchmark (tables on stdout and in bench/results/, plots in"
-	@echo "                 docs/bench/): about 45 min; QUICK=1 about 12 min"
+	@echo "                 docs/bench/): about 25 min on 2 cores; QUICK=1 about 7 min"
 	@echo "sudo make install  venv in /opt/portguard, config in /etc/portguard, the unit enabled"
 	@echo "make deb         a Debian package in dist/ (apt install ./dist/portguard_*.deb)"
 
