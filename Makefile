@@ -17,7 +17,8 @@ help:
 	@echo "sudo make test   install what is missing, then run unit and integration tests"
 	@echo "sudo make test-kernel  tests/kernel on Debian's stock kernel in a VM: nftables, iptables-legacy, fail modes (docs/lab.md)"
 	@echo "make lint        ruff and mypy"
-	@echo "sudo make bench  kernel fast path benchmark (writes figures to stdout)"
+	@echo "sudo make bench  every benchmark (tables on stdout and in bench/results/, plots in"
+	@echo "                 docs/bench/): about 25 min on 2 cores; QUICK=1 about 7 min"
 	@echo "sudo make install  venv in /opt/portguard, config in /etc/portguard, the unit enabled"
 	@echo "make deb         a Debian package in dist/ (apt install ./dist/portguard_*.deb)"
 
@@ -67,8 +68,31 @@ lint: venv
 demo: venv
 	$(BIN)/python -m lab.demo
 
-bench: venv
-	$(BIN)/python bench/bench_fastpath.py
+# Every benchmark of bench/, one after the other (none asserts a figure): tables on stdout and in
+# bench/results/bench.txt, the decision benchmark's JSON in bench/results/decisions.json and its
+# plots in docs/bench/. QUICK=1 runs each with its short options. See BENCHMARKS.md.
+BENCH_LOG := bench/results/bench.txt
+QUICK ?=
+define run_bench
+	@set -o pipefail; echo "== $(BIN)/python $(1)" | tee -a $(BENCH_LOG); \
+	  $(BIN)/python $(1) 2>&1 | tee -a $(BENCH_LOG)
+endef
+
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $@
+
+bench: venv $(VENV)/.bench-installed
+	@if [ "$$(id -u)" != 0 ]; then echo "make bench needs root for the namespace lab: sudo make bench"; exit 1; fi
+	@mkdir -p bench/results && date -u "+benchmarks started %F %T UTC" > $(BENCH_LOG)
+	$(call run_bench,bench/bench_decode.py $(if $(QUICK),--count 20000 --repeat 3))
+	$(call run_bench,bench/bench_policy.py $(if $(QUICK),--quick))
+	$(call run_bench,bench/bench_limits.py $(if $(QUICK),--quick))
+	$(call run_bench,bench/bench_fastpath.py $(if $(QUICK),--mb 200 --rounds 3 --connects 90))
+	$(call run_bench,bench/bench_reload.py $(if $(QUICK),--cidrs 100000 --connects 100))
+	$(call run_bench,bench/bench_logging.py $(if $(QUICK),--quick))
+	$(call run_bench,bench/bench_decisions.py $(if $(QUICK),--quick))
+	@date -u "+benchmarks done %F %T UTC" | tee -a $(BENCH_LOG)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis build dist *.egg-info

@@ -11,7 +11,8 @@
     time of the whole process (loop, writer threads, log process). The GIL switch interval is
     the daemon's (0.5 ms) unless --switch-interval says otherwise. Runs alternate; medians.
 (b) End to end, as root, in the namespace lab: the real daemon (workers = 1, flood_window = 0
-    so every attempt is its own decision event, a fresh daemon for every step) while
+    so every attempt is its own decision event, `[queue] per_source = false` so the kernel
+    drops none of the one source's SYNs before the queue, a fresh daemon for every step) while
     `lab.synflood` in the subscriber namespace sends SYNs to the MX's port 25 at
     increasing rates. Three set-ups alternate at every rate: the baseline (block-25 with
     `log = false`: the same decisions, no event), a file output, and a file output plus a
@@ -42,11 +43,17 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as a script: the checkout's root, not bench/, on the path
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from bench.decisions_setups import for_benchmark
+from bench.measure import settle
+from bench.sweep import ladder
 from lab import Lab, synflood
 from lab import addresses as a
 from lab.daemon import SHIPPED_RULES, LabDaemon
@@ -79,7 +86,6 @@ except ImportError:  # outputs in threads of the worker only
 
 MARKER = b'"portguard.decision"'  # once in every decision event (ECS event.dataset)
 SYSLOG_PORT = 10514
-STDOUT_OUTPUT = '{ type = "stdout" }, '  # the lab's default first output, removed for (b)
 
 
 # --- (a) in process --------------------------------------------------------------------------
@@ -352,19 +358,6 @@ def generator_argv(lab: Lab, rate: int, seconds: float, sources: int) -> list[st
                       "--seconds", str(seconds), "--sources", str(sources))  # fmt: skip
 
 
-def settle(count: Callable[[], int], target: int, quiet: float = 1.0, limit: float = 30.0) -> int:
-    """Poll `count()` until it reaches `target` or stops changing for `quiet` seconds."""
-    value, changed, deadline = count(), time.monotonic(), time.monotonic() + limit
-    while value < target and time.monotonic() < deadline:
-        time.sleep(0.1)
-        fresh = count()
-        if fresh != value:
-            value, changed = fresh, time.monotonic()
-        elif time.monotonic() - changed > quiet:
-            break
-    return value
-
-
 def step(lab: Lab, daemon: LabDaemon, setup: SetUp, rate: int, *, seconds: float,
          sources: int) -> Step:  # fmt: skip
     """One generator run at `rate` against a daemon that has decided nothing yet."""
@@ -394,41 +387,6 @@ def step(lab: Lab, daemon: LabDaemon, setup: SetUp, rate: int, *, seconds: float
 
 def json_line(text: str) -> dict[str, float]:
     return dict(json.loads(text.strip().splitlines()[-1]))
-
-
-Runner = Callable[[int], Step]
-
-
-def ladder(runs: Mapping[str, Runner], rates: Sequence[int], refine: int) -> dict[str, list[Step]]:
-    """Each set-up at each of `rates` (ascending; set-ups alternate at every rate, so drift
-    hits them alike) until two rates in a row lose packets, then bisect each one's edge."""
-    steps: dict[str, list[Step]] = {name: [] for name in runs}
-    for rate in rates:
-        for name, run in runs.items():
-            if not saturated(steps[name]):
-                steps[name].append(run(rate))
-                print(f"  {name}: {describe(steps[name][-1])}", flush=True)
-    for name, run in runs.items():
-        for _ in range(refine):
-            middle = midpoint(steps[name])
-            if middle is None:
-                break
-            steps[name].append(run(middle))
-            print(f"  {name}: {describe(steps[name][-1])}", flush=True)
-    return {name: sorted(found, key=lambda s: s.rate) for name, found in steps.items()}
-
-
-def saturated(steps: list[Step]) -> bool:
-    return len(steps) >= 2 and not steps[-1].keeps_up and not steps[-2].keeps_up
-
-
-def midpoint(steps: list[Step]) -> int | None:
-    """A rate between the highest without loss and the lowest above it with loss."""
-    good = [s.rate for s in steps if s.keeps_up]
-    bad = [s.rate for s in steps if not s.keeps_up and s.rate > max(good, default=0)]
-    if not good or not bad or min(bad) - max(good) <= 250:
-        return None
-    return (max(good) + min(bad)) // 2 // 50 * 50
 
 
 def describe(s: Step) -> str:
@@ -463,12 +421,10 @@ def quiet_rules(directory: Path) -> Path:
 
 def fresh_step(lab: Lab, setup: SetUp, rate: int, *, seconds: float, sources: int) -> Step:
     """A step with a daemon of its own (flood_window 0, one worker, the file output and no
-    stdout), so that no step inherits another's flow table."""
+    stdout, no per-source SYN limit), so that no step inherits another's flow table."""
     extra = [setup.collector.output] if setup.collector else []
     daemon = LabDaemon(lab, [setup.rules], flood_window=0, workers=1, extra_outputs=extra)
-    text = daemon.config.read_text()
-    assert STDOUT_OUTPUT in text, "the lab config changed: update STDOUT_OUTPUT"
-    daemon.config.write_text(text.replace(STDOUT_OUTPUT, "", 1))
+    daemon.config.write_text(for_benchmark(daemon.config.read_text()))
     daemon.start()
     try:
         return step(lab, daemon, setup, rate, seconds=seconds, sources=sources)
@@ -498,7 +454,7 @@ def in_lab(
             setup.name: functools.partial(fresh_step, lab, setup, seconds=seconds, sources=sources)
             for setup in setups
         }
-        return ladder(runs, rates, refine)
+        return ladder(runs, rates, refine, describe)
 
 
 LAB_COLUMNS = (
