@@ -35,8 +35,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from portguard.core.flow.table import FlowTable
-
 from lab import addresses as a
 from lab import synflood
 from portguard import __version__
@@ -56,7 +54,7 @@ def business_records(rules: Path, count: int) -> list[Loggable]:
     first = int.from_bytes(socket.inet_aton(FIRST_SOURCE), "big")
     mx = int.from_bytes(socket.inet_aton(a.MX.v4), "big")
     template = synflood.SynTemplate(4, [first + i for i in range(SOURCES)], mx, a.PORT_SMTP)
-    gate = Gate(load_ruleset([rules]), Observer("bench", __version__), FlowTable(count + 1))
+    gate = Gate(load_ruleset([rules]), Observer("bench", __version__))
     records: list[Loggable] = []
     for index in range(count):
         packet = template.packet(*synflood.attempt(index, SOURCES), index * 2654435761 & 0xFFFFFFFF)
