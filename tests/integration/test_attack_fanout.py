@@ -22,22 +22,12 @@ import pytest
 from lab import Lab
 from lab import addresses as a
 from lab.daemon import SHIPPED_RULES, LabDaemon
+from lab.demobot import BOT  # a loop of connects, bound to the subscriber's address
 from lab.peers import python_env
 
 DISTINCT = 5  # the detector's threshold
 TARGETS = [f"198.51.100.{100 + n}" for n in range(DISTINCT + 3)]  # routed to `net`
 LIVENESS = 10.0  # seconds: a bound for an event to appear, not a speed claim
-BOT = """
-import socket, sys
-for target in sys.argv[2:]:
-    with socket.socket() as sock:
-        sock.settimeout(2)
-        sock.bind((sys.argv[1], 0))
-        try:
-            sock.connect((target, 25))
-        except OSError:
-            pass
-"""
 
 
 def detector(quarantine: str) -> str:
