@@ -27,15 +27,23 @@ from lab.topology import Lab
 
 DISTINCT = 10
 TARGETS = [f"198.51.100.{100 + n}" for n in range(DISTINCT + 2)]  # routed to the internet side
-DETECTOR = f"""# the demo's detector (not in the shipped rules): see docs/rules.md, "Detection"
-[detect.fanout]
+
+
+def detector(distinct: int, quarantine: str) -> str:
+    """A `[detect.fanout]` table quarantining a source that tries `distinct` port-25 servers."""
+    return f"""[detect.fanout]
 dport = [25]
-distinct = {DISTINCT}
+distinct = {distinct}
 window = "10m"
 action = "quarantine"
-quarantine = "1h"
+quarantine = "{quarantine}"
 quarantine_ports = [25, 465, 587]
 """
+
+
+# the demo's detector (not in the shipped rules): see docs/rules.md, "Detection"
+DETECTOR = detector(DISTINCT, "1h")
+
 BOT = """
 import socket, sys
 for target in sys.argv[2:]:

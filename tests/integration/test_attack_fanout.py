@@ -22,24 +22,12 @@ import pytest
 from lab import Lab
 from lab import addresses as a
 from lab.daemon import SHIPPED_RULES, LabDaemon
-from lab.demobot import BOT  # a loop of connects, bound to the subscriber's address
+from lab.demobot import BOT, detector  # the demo's bot (a loop of connects) and table
 from lab.peers import python_env
 
 DISTINCT = 5  # the detector's threshold
 TARGETS = [f"198.51.100.{100 + n}" for n in range(DISTINCT + 3)]  # routed to `net`
 LIVENESS = 10.0  # seconds: a bound for an event to appear, not a speed claim
-
-
-def detector(quarantine: str) -> str:
-    return f"""
-[detect.fanout]
-dport = [25]
-distinct = {DISTINCT}
-window = "10m"
-action = "quarantine"
-quarantine = "{quarantine}"
-quarantine_ports = [25, 465, 587]
-"""
 
 
 def rules_with(lab: Lab, extra: str) -> Path:
@@ -52,7 +40,7 @@ def rules_with(lab: Lab, extra: str) -> Path:
 
 @pytest.fixture
 def started(lab: Lab, request: pytest.FixtureRequest) -> Iterator[LabDaemon]:
-    daemon = LabDaemon(lab, rules=[rules_with(lab, detector(request.param))])
+    daemon = LabDaemon(lab, rules=[rules_with(lab, detector(DISTINCT, request.param))])
     daemon.start()
     try:
         yield daemon
@@ -153,7 +141,7 @@ def test_with_two_workers_a_quarantine_reaches_both_and_the_cli_speaks_to_all(
 ) -> None:
     """Each worker counts its share (ceil(5 / 2) = 3 destinations); a quarantine added by
     hand goes to every worker through the supervisor; `list` merges their tables."""
-    daemon = LabDaemon(lab, rules=[rules_with(lab, detector("1h"))], workers=2)
+    daemon = LabDaemon(lab, rules=[rules_with(lab, detector(DISTINCT, "1h"))], workers=2)
     daemon.start()
     try:
         fan_out(lab)
