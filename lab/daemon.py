@@ -159,12 +159,14 @@ class LabDaemon:
     def start(self, timeout: float = 20.0) -> None:
         argv = [*self.command, "run", "--config", str(self.config)]
         env = python_env({"NOTIFY_SOCKET": str(self.dir / "notify.sock")})
+        stale_hooks = hooks_installed(self.lab)  # a crashed run's: no sign of this run's readiness
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = self.lab.popen("gw", argv, stdout=out, stderr=err, env=env)
-        self.wait_ready(timeout)
+        self.wait_ready(timeout, hooks_are_a_sign=not stale_hooks)
 
-    def wait_ready(self, timeout: float) -> None:
-        """Until the queue is bound and (READY=1 was notified or the hooks are visible)."""
+    def wait_ready(self, timeout: float, hooks_are_a_sign: bool = True) -> None:
+        """Until the queue is bound and (READY=1 was notified or the hooks are visible). Hooks a
+        killed run left behind are no sign: the new run removes and reinstalls them."""
         deadline = time.monotonic() + timeout
         bound_at: float | None = None
         notified = False
@@ -173,9 +175,11 @@ class LabDaemon:
             notified = notified or self._notified_ready()
             if bound_at is None and self.lab.queue_stats(self.queue_num) is not None:
                 bound_at = time.monotonic()
-            if bound_at is not None and (notified or hooks_installed(self.lab)):
+            signed = notified or (hooks_are_a_sign and hooks_installed(self.lab))
+            if bound_at is not None and signed:
                 return
-            if bound_at is not None and time.monotonic() - bound_at > GRACE_WITHOUT_HOOK_SIGN:
+            waited = time.monotonic() - bound_at if bound_at is not None else 0.0
+            if hooks_are_a_sign and waited > GRACE_WITHOUT_HOOK_SIGN:
                 return  # bound, but hooks unrecognised and no READY=1: go on regardless
             time.sleep(0.05)
         raise LabError(f"portguard not ready within {timeout:.0f} s:\n{self.stderr_tail()}")
