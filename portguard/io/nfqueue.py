@@ -109,6 +109,22 @@ _MARKS: dict[tuple[Verdict, Direction | None, bool], int] = {
 }
 
 
+NF_DROP, NF_ACCEPT, NF_REPEAT = 0, 1, 4  # netfilter's verdict codes
+
+
+def _bits(verdict: Verdict, direction: Direction | None, cache: bool) -> int | None:
+    return _MARKS.get((verdict, direction, cache and verdict is not Verdict.ALLOW))
+
+
+def answer(outcome: Outcome, packet_id: int, mark: int) -> tuple[int, int, int, int]:
+    """What apply_verdict tells the kernel, as a batch reader's words: the packet id, the
+    netfilter verdict, whether to set the mark, the mark (portguard's bits into `mark`)."""
+    bits = _bits(outcome.verdict, outcome.direction, outcome.cache)
+    if bits is not None:
+        return packet_id, NF_REPEAT, 1, with_mark_bits(mark, bits)
+    return packet_id, NF_ACCEPT if outcome.verdict is Verdict.ACCEPT else NF_DROP, 0, 0
+
+
 def apply_verdict(
     packet: Any, verdict: Verdict, direction: Direction | None = None, cache: bool = False
 ) -> None:
@@ -120,7 +136,7 @@ def apply_verdict(
     (reject or drop) is marked with MARK_CACHE too and repeated: the hook adds its key to the
     deny cache, then rejects or drops it.
     """
-    bits = _MARKS.get((verdict, direction, cache and verdict is not Verdict.ALLOW))
+    bits = _bits(verdict, direction, cache)
     if bits is not None:
         packet.set_mark(with_mark_bits(packet.get_mark(), bits))
         packet.repeat()
@@ -132,6 +148,8 @@ def apply_verdict(
 
 class QueueReader:
     """One bound kernel queue. Call `read()` when `fileno()` is readable."""
+
+    batched = False  # one system call per packet (batchqueue.BatchReader: per batch)
 
     def __init__(
         self,

@@ -42,6 +42,7 @@ class QueueCounters(Protocol):
     packets: int
     errors: int
     verdict_errors: int
+    batched: bool
 
 
 class LogCounters(Protocol):
@@ -96,6 +97,7 @@ def worker_section(
         "limit_table_full": dict(gate.limiter.table_full),  # rule -> new sources refused
         "detection": detection_section(gate),
         "packets": reader.packets if reader is not None else 0,
+        "queue_reader": "batched" if reader is not None and reader.batched else "per-packet",
         "packet_errors": reader.errors + reader.verdict_errors if reader is not None else 0,
         "log": log_section(log.read_stats(), log.dropped) if log else log_section({}, 0),
         "deny_cache": dict(deny_cache) if deny_cache is not None else None,
@@ -321,7 +323,10 @@ def build_document(
         "deny_cache": deny_cache_view(sections),
         "limit_table_full": merged_counts(s.get("limit_table_full", {}) for s in sections),
         "detection": detection_view(sections),
-        "workers": [{"queue": s["queue"], "pid": s["pid"]} for s in sections],
+        "workers": [
+            {"queue": s["queue"], "pid": s["pid"], "queue_reader": s.get("queue_reader")}
+            for s in sections
+        ],
     }
 
 

@@ -17,6 +17,7 @@ from portguard.core.events.record import Event, Observer, lifecycle_event
 from portguard.core.gate import Gate, Outcome, Verdict
 from portguard.core.policy import RuleSet
 from portguard.io import notify
+from portguard.io.batchqueue import make_reader
 from portguard.io.interfaces import WanInterfaces
 from portguard.io.nfqueue import QueueReader
 from portguard.io.policyfiles import load_ruleset
@@ -109,7 +110,7 @@ class Worker(PolicySwap):
         fallback = Verdict.ACCEPT if self.fail_open else Verdict.DROP
         # a decision's record (or a malformed packet's event) to the log process, which
         # builds the event and applies flood control; sent once per batch of packets
-        reader = self.reader = QueueReader(
+        reader = self.reader = make_reader(
             self.queue_num, self.config.queue.max_len, self.decide, writer.add, fallback
         )
         deciding = False

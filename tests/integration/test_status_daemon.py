@@ -94,6 +94,7 @@ def test_status_counters_match_the_decisions_made(lab: Lab, daemon: LabDaemon) -
     doc = hook_checked(lab, daemon)
     assert doc["errors"] == []
     assert doc["daemon"]["workers"] == doc["daemon"]["workers_answering"] == workers
+    assert [w["queue_reader"] for w in doc["workers"]] == ["batched"] * workers  # the C library
     assert doc["decisions"] == {"allow": ALLOWED, "log": 0, "reject": DENIED, "drop": 0,
                                 "total": ALLOWED + DENIED}  # fmt: skip
     hits = {rule["id"]: (rule["action"], rule["hits"], rule["verdicts"]) for rule in doc["rules"]}

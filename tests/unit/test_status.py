@@ -67,6 +67,7 @@ def decided_gate(allowed: int, rejected: int, first_port: int = 40000) -> Gate:
 
 class Reader:
     packets, errors, verdict_errors = 9, 1, 1
+    batched = True
 
 
 class LogProcess:
@@ -128,6 +129,7 @@ def test_a_worker_section_reports_its_counters() -> None:
     assert section["policy"]["rules"][-1] == ["default", str(SHIPPED.default.action)]
     assert sorted(section["hits"]) == [["block-25", "reject", 1], ["smarthost", "allow", 2]]
     assert (section["recent_drops"], section["packets"], section["packet_errors"]) == (0, 9, 2)
+    assert section["queue_reader"] == "batched"
     assert section["log"]["handoff_dropped"] == 4  # the worker knows of drops first
 
 

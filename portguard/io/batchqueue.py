@@ -1,0 +1,190 @@
+"""The kernel queue read and answered in batches: one system call for up to BATCH_PACKETS queued
+SYNs, one for all their verdicts.
+
+python-netfilterqueue binds the queue (and unbinds it); `BatchReader` then reads its netlink
+socket with `recvmmsg` and sends the verdicts of a whole batch in one `sendto` (nfnetlink
+handles each message of the buffer in turn), through the small C library `_nfqbatch.so`
+(portguard/io/nfqbatch.c, built by `pip install`, loaded with ctypes). Where that library is
+missing, `make_reader` falls back to `QueueReader`, one packet per system call.
+
+Every packet of a batch gets exactly one verdict: decided packets their own, a packet whose
+deciding failed (or that a failure left undecided) the fail-mode verdict, all sent in a
+`finally`. Events go to the log process after the verdicts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from array import array
+from collections.abc import Callable
+from pathlib import Path
+
+from portguard.core.events.record import Loggable
+from portguard.core.gate import Outcome, Verdict
+from portguard.io.nfqueue import BATCH_PACKETS, BATCH_SECONDS, RECV_SIZE, QueueReader, answer
+
+LIBRARY = Path(__file__).with_name("_nfqbatch.so")
+META_WORDS = 7  # id, mark, indev, outdev, payload offset, payload length, flags
+F_PAYLOAD, F_TRUNCATED = 1, 2
+MAX_BATCH = 256  # nfqbatch.c's PG_MAX_BATCH
+C_MESSAGES, C_OVERRUNS, C_ACKED_ERRORS, C_LAST_ERROR, C_OTHER = range(5)
+
+
+class NoPayload(ValueError):
+    """A queued message without the packet's bytes (cut short, or no payload attribute)."""
+
+
+def load_library(path: Path = LIBRARY) -> ctypes.CDLL | None:
+    """The batch library with its signatures, or None where it was not built."""
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError:
+        return None
+    p, u32, i = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int
+    lib.pg_recv.argtypes = [i, p, u32, i, p, p]
+    lib.pg_recv.restype = i
+    lib.pg_parse.argtypes = [p, u32, u32, i, p, i, p]
+    lib.pg_parse.restype = i
+    lib.pg_build.argtypes = [p, ctypes.c_uint16, p, i, u32]
+    lib.pg_build.restype = u32
+    lib.pg_send.argtypes = [i, ctypes.c_uint16, p, i, u32]
+    lib.pg_send.restype = i
+    return lib
+
+
+def address(buffer: array[int] | bytearray) -> int:
+    """Where a buffer's bytes are, for the C functions (the buffer must outlive the call)."""
+    if isinstance(buffer, array):
+        return buffer.buffer_info()[0]
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+
+
+class BatchReader(QueueReader):
+    """A QueueReader that reads and answers a batch of packets per system call."""
+
+    batched = True
+
+    def __init__(
+        self,
+        lib: ctypes.CDLL,
+        queue_num: int,
+        max_len: int,
+        decide: Callable[[bytes, int, int], Outcome],
+        on_event: Callable[[Loggable], object],
+        fallback: Verdict,
+    ) -> None:
+        super().__init__(queue_num, max_len, decide, on_event, fallback)
+        self._lib = lib
+        self._buf = bytearray(RECV_SIZE * MAX_BATCH)
+        self._view = memoryview(self._buf)
+        self._meta = array("I", bytes(4 * META_WORDS * MAX_BATCH))
+        self.counters = array("I", bytes(4 * 5))
+        self._addresses = (address(self._buf), address(self._meta), address(self.counters))
+        self._seq = 0
+        self._received = 0  # messages the last read took
+
+    @property
+    def overruns(self) -> int:
+        return int(self.counters[C_OVERRUNS])
+
+    def read(self, limit: int = BATCH_PACKETS, seconds: float = BATCH_SECONDS) -> bool:
+        """Decide and answer at most `limit` waiting packets; True when that many came (more
+        may be waiting). `seconds` is the QueueReader's bound: one read here is one call."""
+        limit = max(1, min(limit, MAX_BATCH))
+        fd = self.fileno()
+        before = self.counters[C_MESSAGES]
+        buf, meta, counters = self._addresses
+        found = self._lib.pg_recv(fd, buf, RECV_SIZE, limit, meta, counters)
+        if found < 0:
+            if -found in (errno.EAGAIN, errno.EWOULDBLOCK):
+                self._received = 0
+                return False
+            raise OSError(-found, os.strerror(-found))
+        self._received = self.counters[C_MESSAGES] - before
+        if found:
+            self._answer(self._meta[: found * META_WORDS].tolist())
+        full = self._received >= limit
+        if full:
+            self.batches_full += 1
+        return full
+
+    def drain(self, most: int = 100_000) -> int:
+        handled = 0
+        while handled < most:
+            more = self.read(min(BATCH_PACKETS, most - handled))
+            handled += self._received
+            if not more:
+                break
+        return handled
+
+    def _answer(self, words: list[int]) -> None:
+        """Each packet's verdict (the fail-mode one where deciding failed), all in one send;
+        then the events."""
+        count = len(words) // META_WORDS
+        verdicts: list[int] = []
+        events: list[Loggable] = []
+        try:
+            for at in range(0, len(words), META_WORDS):
+                outcome = self._decide_one(words, at)
+                verdicts += answer(outcome, words[at], words[at + 1])
+                if outcome.event is not None:
+                    events.append(outcome.event)
+        finally:
+            self.packets += count
+            fallback = Outcome(self.fallback, None)
+            for at in range(len(verdicts) // 4 * META_WORDS, len(words), META_WORDS):
+                verdicts += answer(fallback, words[at], words[at + 1])
+            self._send(verdicts)
+        for event in events:
+            try:
+                self.on_event(event)
+            except Exception as error:  # logging must never stop the packet loop
+                self.errors += 1
+                self.last_error = error
+
+    def _decide_one(self, words: list[int], at: int) -> Outcome:
+        _id, _mark, indev, outdev, offset, length, flags = words[at : at + META_WORDS]
+        try:
+            if not flags & F_PAYLOAD:
+                raise NoPayload(f"queued packet {_id} came without its bytes (flags {flags})")
+            return self.decide(self._view[offset : offset + length].tobytes(), indev, outdev)
+        except Exception as error:  # any failure still gets a verdict
+            self.errors += 1
+            self.last_error = error
+            return Outcome(self.fallback, None)
+
+    def _send(self, verdicts: list[int]) -> None:
+        count = len(verdicts) // 4
+        if not count:
+            return
+        words = array("I", verdicts)
+        for _attempt in range(2):  # a failed send (out of memory) is tried once more
+            self._seq = (self._seq + count) & 0xFFFFFFFF
+            result = self._lib.pg_send(self.fileno(), self.queue_num, address(words), count,
+                                       self._seq)  # fmt: skip
+            if result >= 0:
+                return
+        self.verdict_errors += count  # the kernel holds them until the queue is unbound
+        self.last_error = OSError(-result, f"sending verdicts: {os.strerror(-result)}")
+
+    @property
+    def acked_errors(self) -> int:
+        """Verdicts the kernel refused (an id it no longer held)."""
+        return int(self.counters[C_ACKED_ERRORS])
+
+
+def make_reader(
+    queue_num: int,
+    max_len: int,
+    decide: Callable[[bytes, int, int], Outcome],
+    on_event: Callable[[Loggable], object],
+    fallback: Verdict,
+    batched: bool = True,
+) -> QueueReader:
+    """The batch reader where its library loads (and `batched`), else one packet per call."""
+    lib = load_library() if batched else None
+    if lib is None:
+        return QueueReader(queue_num, max_len, decide, on_event, fallback)
+    return BatchReader(lib, queue_num, max_len, decide, on_event, fallback)
