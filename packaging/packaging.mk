@@ -40,7 +40,7 @@ DEB_SOURCE = $(DEB_BUILD_DIR)/portguard-$(DEB_VERSION)
 DEB_FILE = $(DEB_OUT)/portguard_$(DEB_VERSION)_$(DEB_ARCH).deb
 DEB_MAINTAINER := $(shell sed -n 's/^Maintainer: //p' packaging/debian/control)
 # what the package is built from (copied: the build never writes into this tree)
-DEB_TREE := pyproject.toml README.md CHANGELOG.md portguard systemd contrib docs packaging
+DEB_TREE := pyproject.toml hatch_build.py README.md CHANGELOG.md portguard systemd contrib docs packaging
 
 .PHONY: install install-deps uninstall deb deb-deps
 
@@ -104,7 +104,7 @@ deb-deps:
 
 deb: deb-deps
 	rm -rf $(DEB_SOURCE) && mkdir -p $(DEB_SOURCE) $(DEB_OUT)
-	tar -cf - --exclude=__pycache__ --exclude='*.pyc' $(DEB_TREE) | tar -xf - -C $(DEB_SOURCE)
+	tar -cf - --exclude=__pycache__ --exclude='*.pyc' --exclude='*.so' $(DEB_TREE) | tar -xf - -C $(DEB_SOURCE)
 	cp -r packaging/debian $(DEB_SOURCE)/debian && chmod +x $(DEB_SOURCE)/debian/rules
 	@# the package's version is the program's: a bumped DEB_VERSION (e.g. 0.1.0+test2, a valid
 	@# Python version too) is stamped into the copy's portguard/__init__.py

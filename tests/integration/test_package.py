@@ -169,6 +169,8 @@ def test_deb_holds_a_relocated_venv_and_the_unit(debs: Debs) -> None:
     assert not [path for path in listing if "__pycache__" in path or path.endswith(".pyc")]
     # the namespace lab (SYN flooder, SMTP peers, demo) is the source tree's, never a gateway's
     assert not [path for path in listing if "/lab/" in path]
+    # the batched queue reader's library, compiled by the build (hatch_build.py)
+    assert [path for path in listing if path.endswith("/portguard/io/_nfqbatch.so")]
     assert member(debs.a, "/opt/portguard/bin/portguard").startswith(
         "#!/opt/portguard/bin/python\n"
     )
@@ -291,6 +293,7 @@ def test_make_install_layout(staged: Path) -> None:
     version = run([str(venv / "bin" / "python"), "-m", "portguard", "--version"]).stdout
     assert version.split() == ["portguard", VERSION_A]
     assert not list(venv.glob("lib/python3*/site-packages/lab"))  # the lab stays in the tree
+    assert list(venv.glob("lib/python3*/site-packages/portguard/io/_nfqbatch.so"))
     unit = (staged / "lib/systemd/system/portguard.service").read_text(encoding="utf-8")
     assert "ExecStart=/usr/bin/portguard run" in unit
     for relative in (
