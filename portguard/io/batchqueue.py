@@ -19,13 +19,12 @@ import errno
 import os
 from array import array
 from collections.abc import Callable
-from pathlib import Path
 
 from portguard.core.events.record import Loggable
 from portguard.core.gate import Outcome, Verdict
+from portguard.io.native import address, library
 from portguard.io.nfqueue import BATCH_PACKETS, BATCH_SECONDS, RECV_SIZE, QueueReader, answer
 
-LIBRARY = Path(__file__).with_name("_nfqbatch.so")
 META_WORDS = 7  # id, mark, indev, outdev, payload offset, payload length, flags
 F_PAYLOAD, F_TRUNCATED = 1, 2
 MAX_BATCH = 256  # nfqbatch.c's PG_MAX_BATCH
@@ -34,31 +33,6 @@ C_MESSAGES, C_OVERRUNS, C_ACKED_ERRORS, C_LAST_ERROR, C_OTHER = range(5)
 
 class NoPayload(ValueError):
     """A queued message without the packet's bytes (cut short, or no payload attribute)."""
-
-
-def load_library(path: Path = LIBRARY) -> ctypes.CDLL | None:
-    """The batch library with its signatures, or None where it was not built."""
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError:
-        return None
-    p, u32, i = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int
-    lib.pg_recv.argtypes = [i, p, u32, i, p, p]
-    lib.pg_recv.restype = i
-    lib.pg_parse.argtypes = [p, u32, u32, i, p, i, p]
-    lib.pg_parse.restype = i
-    lib.pg_build.argtypes = [p, ctypes.c_uint16, p, i, u32]
-    lib.pg_build.restype = u32
-    lib.pg_send.argtypes = [i, ctypes.c_uint16, p, i, u32]
-    lib.pg_send.restype = i
-    return lib
-
-
-def address(buffer: array[int] | bytearray) -> int:
-    """Where a buffer's bytes are, for the C functions (the buffer must outlive the call)."""
-    if isinstance(buffer, array):
-        return buffer.buffer_info()[0]
-    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
 
 
 class BatchReader(QueueReader):
@@ -184,7 +158,7 @@ def make_reader(
     batched: bool = True,
 ) -> QueueReader:
     """The batch reader where its library loads (and `batched`), else one packet per call."""
-    lib = load_library() if batched else None
+    lib = library() if batched else None
     if lib is None:
         return QueueReader(queue_num, max_len, decide, on_event, fallback)
     return BatchReader(lib, queue_num, max_len, decide, on_event, fallback)

@@ -30,15 +30,20 @@ import select
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK, NFNLGRP_CONNTRACK_DESTROY
-from pyroute2.netlink.nfnetlink.nfctsocket import IPCTNL_MSG_CT_DELETE
+from pyroute2.netlink.nfnetlink import NFNLGRP_CONNTRACK_DESTROY
 
-from portguard.core.events.flowend import Counters, EndedFlow
-from portguard.core.marks import MARK_ALLOW, VERDICT_MASK, direction_of_mark
+from portguard.core.events.flowend import EndedFlow
+from portguard.core.marks import MARK_ALLOW, VERDICT_MASK
+from portguard.io.ctparse import (
+    ATTRS_AT,
+    CTA_MARK,
+    DestroyParser,
+    destroy_messages,
+)
 
 ACCOUNTING: Final = ("net.netfilter.nf_conntrack_acct", "net.netfilter.nf_conntrack_timestamp")
 PROC_SYS: Final = Path("/proc/sys")
@@ -46,27 +51,17 @@ NETLINK_NETFILTER: Final = 12
 SO_ATTACH_FILTER: Final = 26
 SO_RCVBUFFORCE: Final = 33  # SO_RCVBUF beyond net.core.rmem_max (needs CAP_NET_ADMIN)
 RECEIVE_BUFFER: Final = 8 << 20  # bytes (the kernel doubles it for its bookkeeping)
-DESTROY_TYPE: Final = NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_DELETE
-# attribute types (linux/netfilter/nfnetlink_conntrack.h)
-CTA_TUPLE_ORIG, CTA_MARK, CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY = 1, 8, 9, 10
-CTA_ID, CTA_ZONE, CTA_TIMESTAMP = 12, 18, 20
-CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
-CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
-CTA_COUNTERS_PACKETS, CTA_COUNTERS_BYTES, CTA_COUNTERS32_PACKETS, CTA_COUNTERS32_BYTES = 1, 2, 3, 4
-CTA_TIMESTAMP_START, CTA_TIMESTAMP_STOP = 1, 2
-_VERSIONS: Final = {int(socket.AF_INET): 4, int(socket.AF_INET6): 6}  # nfgen_family
-_ADDRESSES: Final = {4: (1, 2), 6: (3, 4)}  # CTA_IP_V4_SRC/DST, CTA_IP_V6_SRC/DST
 ERROR_PAUSE: Final = 0.2  # seconds between tries after an unexpected error
+# seconds the reports gather in the socket's buffer between reads: a flow's report is due
+# seconds after its end anyway (conntrack's CLOSE and TIME_WAIT), and at thousands of ends a
+# second one wake-up per report would cost the log process more than the reports themselves
+GATHER: Final = 0.02
 
-_NLMSG: Final = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
-_NLA: Final = struct.Struct("=HH")  # length, type
-_ATTRS_AT: Final = _NLMSG.size + 4  # after the netlink and nfgen headers
-_NLA_TYPE_MASK: Final = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 _SKF_AD_NLATTR: Final = (-0x1000 + 12) & 0xFFFFFFFF  # A = offset of attribute X from offset A
 
 # (code, jump if true, jump if false, k): accept an event whose CTA_MARK reads allow
 ALLOW_FILTER: Final = (
-    (0x00, 0, 0, _ATTRS_AT),  # ld #20                A = where the attributes start
+    (0x00, 0, 0, ATTRS_AT),  # ld #20                A = where the attributes start
     (0x01, 0, 0, CTA_MARK),  # ldx #CTA_MARK
     (0x20, 0, 0, _SKF_AD_NLATTR),  # ld [nlattr]      A = offset of CTA_MARK, 0 when absent
     (0x15, 5, 0, 0),  # jeq #0 -> drop
@@ -107,92 +102,6 @@ def _switch_on(path: Path) -> str | None:
 
 
 # --- parsing (pure) -----------------------------------------------------------------------
-
-
-def destroy_messages(data: bytes | memoryview) -> Iterator[bytes]:
-    """The conntrack DESTROY messages in what one read from the socket returned."""
-    offset = 0
-    while offset + _NLMSG.size <= len(data):
-        length, kind, _flags, _seq, _port = _NLMSG.unpack_from(data, offset)
-        if length < _NLMSG.size or offset + length > len(data):
-            raise ValueError(f"malformed netlink message at {offset}: length {length}")
-        if kind == DESTROY_TYPE:
-            yield bytes(data[offset : offset + length])
-        offset += (length + 3) & ~3
-
-
-def parse_destroy(message: bytes) -> EndedFlow | None:
-    """One DESTROY message; None unless an allowed TCP connection.
-
-    The same reading as ``portguard.io.conntrack.parse_entry`` (the unit tests hold them to
-    it), with ``struct`` instead of pyroute2's decoder: 30-40 µs a message here, not 270-400.
-    """
-    top = _attributes(message, _ATTRS_AT, len(message))
-    mark, version = _number(message, top.get(CTA_MARK)), _VERSIONS.get(message[_NLMSG.size])
-    direction = direction_of_mark(mark)
-    if version is None or direction is None or mark & VERDICT_MASK != MARK_ALLOW:
-        return None
-    tuple_orig = _attributes(message, *top[CTA_TUPLE_ORIG])
-    ip = _attributes(message, *tuple_orig[CTA_TUPLE_IP])
-    proto = _attributes(message, *tuple_orig[CTA_TUPLE_PROTO])
-    if _number(message, proto.get(CTA_PROTO_NUM)) != socket.IPPROTO_TCP:
-        return None
-    src, dst = _ADDRESSES[version]
-    start, stop = _times(message, top.get(CTA_TIMESTAMP))
-    return EndedFlow(
-        version=version,
-        src=_number(message, ip[src]),
-        dst=_number(message, ip[dst]),
-        sport=_number(message, proto[CTA_PROTO_SRC_PORT]),
-        dport=_number(message, proto[CTA_PROTO_DST_PORT]),
-        direction=direction,
-        original=_counters(message, top.get(CTA_COUNTERS_ORIG)),
-        reply=_counters(message, top.get(CTA_COUNTERS_REPLY)),
-        start_ns=start,
-        stop_ns=stop,
-        mark=mark,
-        entry_id=_number(message, top[CTA_ID]) if CTA_ID in top else None,
-        zone=_number(message, top.get(CTA_ZONE)),
-    )
-
-
-Span = tuple[int, int]  # where an attribute's payload starts and ends in the message
-
-
-def _attributes(message: bytes, start: int, end: int) -> dict[int, Span]:
-    """The netlink attributes between ``start`` and ``end``: their payloads by type."""
-    found: dict[int, Span] = {}
-    while start + _NLA.size <= end:
-        length, kind = _NLA.unpack_from(message, start)
-        if length < _NLA.size or start + length > end:
-            raise ValueError(f"malformed netlink attribute at {start}: length {length}")
-        found[kind & _NLA_TYPE_MASK] = (start + _NLA.size, start + length)
-        start += (length + 3) & ~3
-    return found
-
-
-def _number(message: bytes, span: Span | None) -> int:
-    """A big-endian number (or address) attribute; 0 when absent."""
-    return 0 if span is None else int.from_bytes(message[span[0] : span[1]], "big")
-
-
-def _counters(message: bytes, span: Span | None) -> Counters | None:
-    if span is None:
-        return None
-    found = _attributes(message, *span)
-    packets = found.get(CTA_COUNTERS_PACKETS) or found.get(CTA_COUNTERS32_PACKETS)
-    size = found.get(CTA_COUNTERS_BYTES) or found.get(CTA_COUNTERS32_BYTES)
-    return Counters(_number(message, packets), _number(message, size))
-
-
-def _times(message: bytes, span: Span | None) -> tuple[int | None, int | None]:
-    if span is None:
-        return None, None
-    found = _attributes(message, *span)
-    start, stop = (
-        _number(message, found.get(kind)) for kind in (CTA_TIMESTAMP_START, CTA_TIMESTAMP_STOP)
-    )
-    return start or None, stop or None
 
 
 # --- the socket ---------------------------------------------------------------------------
@@ -259,6 +168,7 @@ class FlowEndListener:
         self._thread: threading.Thread | None = None
         self._wake: tuple[int, int] | None = None
         self._buffer = bytearray(1 << 16)
+        self._parse = DestroyParser()
 
     def start(self) -> None:
         """Subscribe (in the calling thread's network namespace) and start listening."""
@@ -301,28 +211,32 @@ class FlowEndListener:
                 try:
                     ready, _, _ = select.select([sock.fileno(), wake], [], [])
                     if sock.fileno() in ready:
-                        self._receive(sock)
+                        while self._receive(sock):  # all that waits, then a pause
+                            pass
+                        self._stopping.wait(GATHER)  # reports gather: few wake-ups
                 except Exception as error:  # the listener outlives every error
                     self._failed(error)
                     self._stopping.wait(ERROR_PAUSE)
 
-    def _receive(self, sock: socket.socket) -> None:
+    def _receive(self, sock: socket.socket) -> bool:
+        """One read's reports; False once the socket is empty."""
         try:
             size = sock.recv_into(self._buffer)
         except BlockingIOError:
-            return
+            return False
         except OSError as error:
             if error.errno != errno.ENOBUFS:
                 raise
             self.lost += 1  # the kernel dropped events: the buffer was full
-            return
+            return True
         for message in destroy_messages(memoryview(self._buffer)[:size]):
             self.received += 1
             self._handle(message)
+        return True
 
     def _handle(self, message: bytes) -> None:
         try:
-            ended = parse_destroy(message)
+            ended = self._parse(message)
             if ended is not None:
                 self._on_flow(ended)
                 self.reported += 1

@@ -225,3 +225,133 @@ int pg_send(int fd, uint16_t queue, const uint32_t *verdicts, int n, uint32_t se
     }
     return 0;
 }
+
+/* --- conntrack DESTROY events (portguard/io/ctevents.py) --------------------------------- */
+
+/* Words of a parsed DESTROY message: the version, source and destination (4 words each, big
+ * end first; IPv4 in the last), ports, protocol, mark, which parts were there, the counters and
+ * times (high and low halves), the entry's id and zone. */
+enum {
+    CT_VERSION, CT_SRC, CT_DST = CT_SRC + 4, CT_SPORT = CT_DST + 4, CT_DPORT, CT_PROTO, CT_MARK,
+    CT_HAS, CT_ORIG_PACKETS, CT_ORIG_BYTES = CT_ORIG_PACKETS + 2, CT_REPLY_PACKETS = CT_ORIG_BYTES + 2,
+    CT_REPLY_BYTES = CT_REPLY_PACKETS + 2, CT_START = CT_REPLY_BYTES + 2, CT_STOP = CT_START + 2,
+    CT_ID = CT_STOP + 2, CT_ZONE, CT_WORDS
+};
+enum { HAS_ORIG = 1, HAS_REPLY = 2, HAS_ID = 4, HAS_TUPLE = 8, HAS_PROTO = 16 };
+
+#define CT_MAX_ATTR 32
+
+typedef struct { uint32_t at, len; } span_t;
+
+/* The attributes between `at` and `end`, by type (the last of a type wins, as in Python). */
+static int attributes(const uint8_t *m, uint32_t at, uint32_t end, span_t *found) {
+    memset(found, 0, sizeof(span_t) * CT_MAX_ATTR);
+    while (at + 4 <= end) {
+        uint16_t alen, atype;
+        memcpy(&alen, m + at, 2);
+        memcpy(&atype, m + at + 2, 2);
+        if (alen < 4 || at + alen > end)
+            return -1;
+        atype &= ATTR_TYPE_MASK;
+        if (atype < CT_MAX_ATTR) {
+            found[atype].at = at + 4;
+            found[atype].len = alen - 4u;
+        }
+        at += ALIGN4(alen);
+    }
+    return 0;
+}
+
+static int present(const span_t *s) { return s->at != 0; }
+
+/* A big-endian number of up to 8 bytes (0 when absent), into two words (high, low). */
+static int number64(const uint8_t *m, const span_t *s, uint32_t *out) {
+    uint64_t v = 0;
+    if (present(s)) {
+        if (s->len > 8)
+            return -1;
+        for (uint32_t i = 0; i < s->len; i++)
+            v = (v << 8) | m[s->at + i];
+    }
+    out[0] = (uint32_t)(v >> 32);
+    out[1] = (uint32_t)v;
+    return 0;
+}
+
+static uint32_t number32(const uint8_t *m, const span_t *s) {
+    uint32_t w[2];
+    return number64(m, s, w) < 0 ? 0 : w[1];
+}
+
+/* An address attribute into 4 words, big end first (IPv4 in the last word). */
+static int address(const uint8_t *m, const span_t *s, uint32_t *out) {
+    memset(out, 0, 16);
+    if (!present(s) || (s->len != 4 && s->len != 16))
+        return -1;
+    for (uint32_t i = 0; i < s->len / 4; i++)
+        out[4 - s->len / 4 + i] = be32_at(m + s->at + 4 * i);
+    return 0;
+}
+
+static int counters(const uint8_t *m, const span_t *s, uint32_t *packets, uint32_t *bytes) {
+    span_t in[CT_MAX_ATTR];
+    if (attributes(m, s->at, s->at + s->len, in) < 0)
+        return -1;
+    const span_t *p = present(&in[1]) ? &in[1] : &in[3]; /* CTA_COUNTERS_(32_)PACKETS */
+    const span_t *b = present(&in[2]) ? &in[2] : &in[4]; /* CTA_COUNTERS_(32_)BYTES */
+    return number64(m, p, packets) < 0 || number64(m, b, bytes) < 0 ? -1 : 0;
+}
+
+/* One DESTROY message (`len` bytes) into `w` (CT_WORDS words). -2: its attributes are
+ * malformed; else the version (0: not IPv4/IPv6) and mark are filled in, and the result is
+ * 1 for a TCP entry read whole, 0 for another protocol, -1 when a part it needs is missing or
+ * malformed. Which verdict the mark holds is for the caller to judge. */
+int pg_ct_parse(const uint8_t *m, uint32_t len, uint32_t *w) {
+    span_t top[CT_MAX_ATTR], tuple[CT_MAX_ATTR], ip[CT_MAX_ATTR], proto[CT_MAX_ATTR];
+    memset(w, 0, CT_WORDS * sizeof(uint32_t));
+    if (len < NLMSG_HDRLEN + 1 || attributes(m, NLMSG_HDRLEN + 4, len, top) < 0)
+        return -2;
+    uint8_t family = m[NLMSG_HDRLEN];
+    w[CT_VERSION] = family == AF_INET ? 4 : family == AF_INET6 ? 6 : 0;
+    w[CT_MARK] = number32(m, &top[8]); /* CTA_MARK */
+    if (!present(&top[1])) /* CTA_TUPLE_ORIG */
+        return -1;
+    if (attributes(m, top[1].at, top[1].at + top[1].len, tuple) < 0 || !present(&tuple[1]) ||
+        !present(&tuple[2]))
+        return -1;
+    if (attributes(m, tuple[1].at, tuple[1].at + tuple[1].len, ip) < 0 ||
+        attributes(m, tuple[2].at, tuple[2].at + tuple[2].len, proto) < 0)
+        return -1;
+    w[CT_PROTO] = number32(m, &proto[1]);
+    if (w[CT_PROTO] != 6)
+        return 0;
+    int v6 = w[CT_VERSION] == 6;
+    if (address(m, &ip[v6 ? 3 : 1], w + CT_SRC) < 0 || address(m, &ip[v6 ? 4 : 2], w + CT_DST) < 0)
+        return -1;
+    if (!present(&proto[2]) || !present(&proto[3]))
+        return -1;
+    w[CT_SPORT] = number32(m, &proto[2]);
+    w[CT_DPORT] = number32(m, &proto[3]);
+    if (present(&top[9])) { /* CTA_COUNTERS_ORIG */
+        if (counters(m, &top[9], w + CT_ORIG_PACKETS, w + CT_ORIG_BYTES) < 0)
+            return -1;
+        w[CT_HAS] |= HAS_ORIG;
+    }
+    if (present(&top[10])) { /* CTA_COUNTERS_REPLY */
+        if (counters(m, &top[10], w + CT_REPLY_PACKETS, w + CT_REPLY_BYTES) < 0)
+            return -1;
+        w[CT_HAS] |= HAS_REPLY;
+    }
+    if (present(&top[20])) { /* CTA_TIMESTAMP */
+        span_t t[CT_MAX_ATTR];
+        if (attributes(m, top[20].at, top[20].at + top[20].len, t) < 0 ||
+            number64(m, &t[1], w + CT_START) < 0 || number64(m, &t[2], w + CT_STOP) < 0)
+            return -1;
+    }
+    if (present(&top[12])) { /* CTA_ID */
+        w[CT_ID] = number32(m, &top[12]);
+        w[CT_HAS] |= HAS_ID;
+    }
+    w[CT_ZONE] = number32(m, &top[18]); /* CTA_ZONE */
+    return 1;
+}

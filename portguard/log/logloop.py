@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from portguard.core.events.flowend import EndedFlow, flow_end_event
-from portguard.core.events.record import Event, Observer, lifecycle_event
+from portguard.core.events.record import Event, Observer, Timestamps, lifecycle_event
 from portguard.io.ctevents import FlowEndError, FlowEndListener, enable_accounting
 from portguard.log import handoff
 from portguard.log.eventflow import EventFlow
@@ -81,6 +81,7 @@ class Outputs:
         self._reported = 0
         self.flow_ends: FlowEndListener | None = None
         self._flow_ends_lost = 0
+        self._flow_stamps = Timestamps()  # the flow-end thread's own cache
 
     def listen_for_flow_ends(self) -> None:
         """Flow-end events from conntrack DESTROY (needs accounting: turned on here)."""
@@ -97,7 +98,8 @@ class Outputs:
         self.flow_ends = listener
 
     def _flow_ended(self, ended: EndedFlow) -> None:
-        self.writer.submit(flow_end_event(ended, self.observer, time.time()))
+        self.writer.submit(flow_end_event(ended, self.observer, time.time(),
+                                          stamps=self._flow_stamps))  # fmt: skip
 
     @property
     def dropped(self) -> int:

@@ -142,6 +142,7 @@ def stdout_sink(fmt: str = "ecs", prefix: str = "auto") -> Sink:
 
 
 OUTPUT_MODE = 0o640  # a new log file: the owner writes, its group (a log shipper) reads
+FILE_BUFFER = 1 << 20  # bytes: a run of events (flushed together) in one write
 OUTPUT_DIR_MODE = 0o750
 _OUTPUT_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -166,7 +167,7 @@ def open_output(path: Path) -> BinaryIO:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, f"{path} is not a regular file")
         os.set_blocking(fd, True)
-        return os.fdopen(fd, "ab")
+        return os.fdopen(fd, "ab", buffering=FILE_BUFFER)
     except BaseException:
         os.close(fd)
         raise

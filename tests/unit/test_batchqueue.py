@@ -26,10 +26,9 @@ from portguard.io.batchqueue import (
     F_TRUNCATED,
     META_WORDS,
     BatchReader,
-    address,
-    load_library,
     make_reader,
 )
+from portguard.io.native import address, load_library
 from portguard.io.nfqueue import NF_ACCEPT, NF_DROP, NF_REPEAT, QueueReader, answer
 
 LIB = load_library()
@@ -231,7 +230,7 @@ def test_make_reader_falls_back_without_the_library(monkeypatch: pytest.MonkeyPa
 
     assert type(make_reader(0, 64, decide, print, Verdict.DROP)) is BatchReader
     assert type(make_reader(0, 64, decide, print, Verdict.DROP, batched=False)) is QueueReader
-    monkeypatch.setattr("portguard.io.batchqueue.load_library", lambda: None)
+    monkeypatch.setattr("portguard.io.batchqueue.library", lambda: None)
     assert type(make_reader(0, 64, decide, print, Verdict.DROP)) is QueueReader
 
 

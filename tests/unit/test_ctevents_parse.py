@@ -31,10 +31,9 @@ from portguard.io.ctevents import (
     FlowEndError,
     FlowEndListener,
     attach_allow_filter,
-    destroy_messages,
     enable_accounting,
-    parse_destroy,
 )
+from portguard.io.ctparse import destroy_messages, parse_destroy
 
 V4_ALLOW_OUTBOUND = bytes.fromhex(
     "0401000002010000000000000000000002000000340001801400018008000100c633640108000200c6336419"

@@ -12,7 +12,6 @@ the connection closed, and ``event.end`` / ``event.duration`` include that wait.
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -21,12 +20,12 @@ from portguard.core.events.record import (
     FLOW_DATASET,
     Event,
     Observer,
+    Timestamps,
     address_text,
-    timestamp,
+    observer_fields,
 )
 from portguard.core.policy.model import Direction
 
-_EPOCH = dt.datetime(1970, 1, 1)
 NS_PER_S = 1_000_000_000
 
 
@@ -84,9 +83,15 @@ class FlowOrigin:
 
 
 def flow_end_event(
-    ended: EndedFlow, observer: Observer, now: float, origin: FlowOrigin | None = None
+    ended: EndedFlow,
+    observer: Observer,
+    now: float,
+    origin: FlowOrigin | None = None,
+    stamps: Timestamps | None = None,
 ) -> Event:
-    """One ended connection as an ECS event (ECS fields only, plus ``portguard.*``)."""
+    """One ended connection as an ECS event (ECS fields only, plus ``portguard.*``). `stamps`:
+    a builder's own timestamp cache (one thread), for many events."""
+    stamps = stamps or Timestamps()
     source: dict[str, Any] = {"ip": address_text(ended.version, ended.src), "port": ended.sport}
     destination: dict[str, Any] = {
         "ip": address_text(ended.version, ended.dst),
@@ -100,21 +105,21 @@ def flow_end_event(
     }
     _add_counters(ended, source, destination, network)
     event: Event = {
-        "@timestamp": timestamp(now),
+        "@timestamp": stamps(now),
         "ecs": {"version": ECS_VERSION},
         "log": {"level": "info"},
-        "event": _event_fields(ended),
+        "event": _event_fields(ended, stamps),
         "source": source,
         "destination": destination,
         "network": network,
-        "observer": observer.fields(),
+        "observer": observer_fields(observer),
     }
     if origin is not None:
         event.update(_origin_fields(origin))
     return event
 
 
-def _event_fields(ended: EndedFlow) -> dict[str, Any]:
+def _event_fields(ended: EndedFlow, stamps: Timestamps) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "kind": "event",
         "category": ["network"],
@@ -125,9 +130,9 @@ def _event_fields(ended: EndedFlow) -> dict[str, Any]:
     }
     start, duration = ended.start_ns, ended.duration_ns
     if start is not None:
-        fields["start"] = iso_ns(start)
+        fields["start"] = iso_ns(start, stamps)
     if start is not None and duration is not None:
-        fields["end"] = iso_ns(start + duration)
+        fields["end"] = iso_ns(start + duration, stamps)
         fields["duration"] = duration
     return fields
 
@@ -158,8 +163,8 @@ def _origin_fields(origin: FlowOrigin) -> Event:
     return fields
 
 
-def iso_ns(ns: int) -> str:
-    """Nanoseconds since the epoch as an ECS date (like ``timestamp``), exact to the microsecond."""
+def iso_ns(ns: int, stamps: Timestamps | None = None) -> str:
+    """Nanoseconds since the epoch as an ECS date (like ``timestamp``), exact to the microsecond
+    (truncated, never rounded up)."""
     seconds, rest = divmod(ns, NS_PER_S)
-    moment = _EPOCH + dt.timedelta(seconds=seconds, microseconds=rest // 1000)
-    return moment.isoformat(timespec="microseconds") + "Z"
+    return (stamps or Timestamps()).exact(seconds, rest // 1000)

@@ -45,20 +45,27 @@ def timestamp(now: float) -> str:
 
 
 class Timestamps:
-    """`timestamp` with the date and time of day formatted once a second. Each builder of
+    """`timestamp` with the date and time of day of a second formatted once (the last
+    SECONDS_KEPT seconds met: a flow end names its start, its end and now). Each builder of
     many events (one thread) has its own: the cache is never shared between threads."""
 
-    __slots__ = ("_second", "_text")
+    __slots__ = ("_texts",)
+    SECONDS_KEPT = 256
 
     def __init__(self) -> None:
-        self._second: int | None = None
-        self._text = ""
+        self._texts: dict[int, str] = {}
 
     def __call__(self, now: float) -> str:
-        second, micro = _split(now)
-        if second != self._second:
-            self._second, self._text = second, _seconds_text(second)
-        return f"{self._text}.{micro:06d}Z"
+        return self.exact(*_split(now))
+
+    def exact(self, second: int, micro: int) -> str:
+        """The timestamp of a whole second and microseconds (nanosecond times: `iso_ns`)."""
+        text = self._texts.get(second)
+        if text is None:
+            if len(self._texts) >= self.SECONDS_KEPT:
+                self._texts.clear()
+            text = self._texts[second] = _seconds_text(second)
+        return f"{text}.{micro:06d}Z"
 
 
 def _split(now: float) -> tuple[int, int]:
@@ -191,7 +198,7 @@ def connection_event(
             "direction": record.direction,
             "community_id": community_id_of(version, src, dst, sport, dport),
         },
-        "observer": _observer_fields(observer),
+        "observer": observer_fields(observer),
         "portguard": details,
     }
 
@@ -226,7 +233,8 @@ def _shared_parts(action: str, rule_id: str, ruleset: str, description: str) -> 
     return found
 
 
-def _observer_fields(observer: Observer) -> dict[str, str]:
+def observer_fields(observer: Observer) -> dict[str, str]:
+    """`observer.fields()`, built once per observer and shared (read-only)."""
     found = _observers.get(observer)
     if found is None:
         found = _observers[observer] = observer.fields()

@@ -1,0 +1,47 @@
+"""portguard's small C library (portguard/io/nfqbatch.c, compiled by `pip install` into
+`_nfqbatch.so`), loaded with ctypes: batched kernel-queue reads and verdicts
+(`batchqueue.py`) and the conntrack DESTROY parser (`ctevents.py`). Where it was not built
+(no C compiler at install) `library()` is None and both fall back to pure Python."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from array import array
+from pathlib import Path
+
+LIBRARY = Path(__file__).with_name("_nfqbatch.so")
+CT_WORDS = 32  # nfqbatch.c's CT_WORDS
+
+
+def load_library(path: Path = LIBRARY) -> ctypes.CDLL | None:
+    """The library with its signatures, or None where it was not built."""
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError:
+        return None
+    p, u32, i = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int
+    lib.pg_recv.argtypes = [i, p, u32, i, p, p]
+    lib.pg_recv.restype = i
+    lib.pg_parse.argtypes = [p, u32, u32, i, p, i, p]
+    lib.pg_parse.restype = i
+    lib.pg_build.argtypes = [p, ctypes.c_uint16, p, i, u32]
+    lib.pg_build.restype = u32
+    lib.pg_send.argtypes = [i, ctypes.c_uint16, p, i, u32]
+    lib.pg_send.restype = i
+    lib.pg_ct_parse.argtypes = [ctypes.c_char_p, u32, p]
+    lib.pg_ct_parse.restype = i
+    return lib
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The library, loaded once per process."""
+    return load_library()
+
+
+def address(buffer: array[int] | bytearray) -> int:
+    """Where a buffer's bytes are, for the C functions (the buffer must outlive the call)."""
+    if isinstance(buffer, array):
+        return buffer.buffer_info()[0]
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
