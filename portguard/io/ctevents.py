@@ -55,7 +55,7 @@ ERROR_PAUSE: Final = 0.2  # seconds between tries after an unexpected error
 # seconds the reports gather in the socket's buffer between reads: a flow's report is due
 # seconds after its end anyway (conntrack's CLOSE and TIME_WAIT), and at thousands of ends a
 # second one wake-up per report would cost the log process more than the reports themselves
-GATHER: Final = 0.02
+GATHER: Final = 0.005
 
 _SKF_AD_NLATTR: Final = (-0x1000 + 12) & 0xFFFFFFFF  # A = offset of attribute X from offset A
 

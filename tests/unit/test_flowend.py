@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from portguard.core.events.communityid import community_id
 from portguard.core.events.flowend import Counters, EndedFlow, FlowOrigin, flow_end_event, iso_ns
 from portguard.core.events.record import ECS_VERSION, Observer, decision_event, timestamp
 from portguard.core.policy.model import Action, Decision, Direction
@@ -68,6 +69,7 @@ def test_an_ended_ipv4_flow() -> None:
             "direction": "outbound",
             "packets": 21,
             "bytes": 5197,
+            "community_id": community_id("100.64.10.10", "198.51.100.25", 40312, 25),
         },
         "observer": OBSERVER.fields(),
     }

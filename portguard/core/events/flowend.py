@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from portguard.core.events.communityid import community_id_of
 from portguard.core.events.record import (
     ECS_VERSION,
     FLOW_DATASET,
@@ -104,6 +105,7 @@ def flow_end_event(
         "direction": ended.direction.value,
     }
     _add_counters(ended, source, destination, network)
+    network["community_id"] = community_id_of(*ended.key)  # from the integers: no parsing
     event: Event = {
         "@timestamp": stamps(now),
         "ecs": {"version": ECS_VERSION},
