@@ -169,13 +169,45 @@ class FlowEndListener:
         self._wake: tuple[int, int] | None = None
         self._buffer = bytearray(1 << 16)
         self._parse = DestroyParser()
+        self._sock: socket.socket | None = None  # open()'s subscription
 
-    def start(self) -> None:
-        """Subscribe (in the calling thread's network namespace) and start listening."""
+    def open(self) -> None:
+        """Subscribe (in the calling thread's network namespace) without a thread: the caller
+        selects on `fileno()` and calls `read_waiting()` (one thread fewer to share the GIL
+        with, as the log process does)."""
+        self._sock = self._subscribe()
+
+    def fileno(self) -> int:
+        assert self._sock is not None, "fileno() before open()"
+        return self._sock.fileno()
+
+    def read_waiting(self, most: int = 4096) -> int:
+        """Handle the reports waiting (at most `most` reads), never blocking; the reads made."""
+        assert self._sock is not None, "read_waiting() before open()"
+        reads = 0
+        try:
+            while reads < most and self._receive(self._sock):
+                reads += 1
+        except Exception as error:  # the listener outlives every error
+            self._failed(error)
+        return reads
+
+    def close(self) -> None:
+        """End an `open()` subscription."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _subscribe(self) -> socket.socket:
         try:
             sock, self.filtered = self._open(self._receive_buffer)
         except OSError as error:
             raise FlowEndError(f"subscribing to conntrack events failed: {error}") from error
+        return sock
+
+    def start(self) -> None:
+        """Subscribe (in the calling thread's network namespace) and listen in a thread."""
+        sock = self._subscribe()
         self._wake = os.pipe()
         self._thread = threading.Thread(
             target=self._run, args=(sock, self._wake[0]), name="portguard-flow-end", daemon=True

@@ -25,6 +25,7 @@ READ_SIZE = 1 << 20
 REPORT_INTERVAL = 1.0  # seconds between checks for new drops
 SETTLE = 5.0  # seconds the outputs get to catch up before the stop event is counted
 GATHER = 0.01  # seconds the log process lets events gather in its socket between reads
+FLOW_END_READS = 1024  # conntrack reports one turn of the loop reads at most
 SWITCH_INTERVAL = 0.005  # Python's default: fewer thread switches between reader and sinks
 
 
@@ -38,16 +39,22 @@ def run_outputs(sock: socket.socket, make_outputs: Callable[[], Outputs]) -> int
     buffer = b""
     next_report = time.monotonic() + REPORT_INTERVAL
     while not outputs.stopped:
-        readable, _, _ = select.select([sock], [], [], REPORT_INTERVAL)
-        if readable:
+        flow_ends = outputs.flow_ends
+        watched = [sock.fileno()] if flow_ends is None else [sock.fileno(), flow_ends.fileno()]
+        readable, _, _ = select.select(watched, [], [], REPORT_INTERVAL)
+        more = False  # a read came back full: more is waiting
+        if flow_ends is not None and flow_ends.fileno() in readable:
+            more = flow_ends.read_waiting(FLOW_END_READS) >= FLOW_END_READS
+        if sock.fileno() in readable:
             data = sock.recv(READ_SIZE)
             if not data:
                 break  # the worker is gone
             frames, buffer = handoff.split_frames(buffer + data)
             for message in frames:
                 outputs.handle(message)
-            if len(data) < READ_SIZE:
-                time.sleep(GATHER)  # let events gather: one wake-up and one flush per batch
+            more = more or len(data) == READ_SIZE
+        if readable and not more:
+            time.sleep(GATHER)  # let events gather: one wake-up and one flush per batch
         if time.monotonic() >= next_report:
             next_report = time.monotonic() + REPORT_INTERVAL
             outputs.flush_floods(time.time())
@@ -91,7 +98,7 @@ class Outputs:
                       "lack packet and byte counts or times", setting=setting)  # fmt: skip
         listener = FlowEndListener(self._flow_ended)
         try:
-            listener.start()
+            listener.open()  # read by run_outputs' loop: no thread of its own
         except (FlowEndError, OSError) as error:
             self._log("flow-end-failed", f"no flow-end events: {error}", error=str(error))
             return
@@ -179,7 +186,7 @@ class Outputs:
             return
         self.stopped = True
         if self.flow_ends is not None:
-            self.flow_ends.stop()
+            self.flow_ends.close()
         self._flush_all_floods()  # the worker asked for it already, unless it died
         if stop_event:
             if not self.writer.settle(SETTLE):  # an output is stuck: give up on it first,
