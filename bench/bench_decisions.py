@@ -15,6 +15,9 @@ internet side; the gateway decides each SYN by a 3-rule policy (bench/decisions_
    output and with file + TCP syslog to rsyslog (the daemon's stop events);
 4. the log process alone (bench/logcapacity.py): decision events/s with each set of outputs,
    as a ratio to the decision rate of 1.
+5. CPU a decision (bench/cpushare.py): the floor and portguard (workers = 1) at one rate
+   below both edges (--cpu-rate, 20,000/s): µs of CPU each process (packet loop, log
+   process) and the whole machine spend a decision, the clients sharing its cores.
 
 Writes bench/results/decisions.json (every round and sample; git-ignored), markdown tables on
 stdout for BENCHMARKS.md, and plots in docs/bench/ (matplotlib: `pip install -e '.[bench]'`).
@@ -61,19 +64,20 @@ from portguard import __version__
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "decisions.json"
 PLOTS = ROOT / "docs" / "bench"
-PHASES = ("sweep", "latency", "events", "capacity")
+PHASES = ("sweep", "latency", "events", "capacity", "cpu")
 FULL = dict(
     rates="2000,5000,10000,15000,20000,30000,40000,50000,60000,80000,100000,150000,200000,250000,"
     "300000,400000",
     seconds=5.0, rounds=3, refine=2, connects=300, latency_rounds=5,
     events_seconds=10.0, events_rounds=3,
     capacity_rates="5000,10000,15000,20000,30000,40000,60000,80000,120000",
-    capacity_seconds=5.0, capacity_refine=2,
+    capacity_seconds=5.0, capacity_refine=2, cpu_rounds=3,
 )  # fmt: skip
 QUICK = dict(
     rates="2000,5000,10000,20000,40000,80000,160000,320000", seconds=3.0, rounds=1, refine=1,
     connects=200, latency_rounds=3, events_seconds=5.0, events_rounds=1,
     capacity_rates="5000,10000,20000,40000,80000", capacity_seconds=3.0, capacity_refine=1,
+    cpu_rounds=1,
 )  # fmt: skip
 
 
@@ -100,6 +104,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     add("--capacity-rates", help="records/s handed to the log process, comma-separated")
     add("--capacity-seconds", type=float)
     add("--capacity-refine", type=int)
+    add("--cpu-rate", type=int, default=20_000, help="the CPU phase's rate (below every edge)")
+    add("--cpu-rounds", type=int)
     add("--results", type=Path, default=RESULTS, help="the JSON document")
     add("--plots", type=Path, default=PLOTS, help="directory of the PNG plots")
     add("--no-plots", action="store_true")
@@ -175,6 +181,13 @@ def run_phases(bench: BenchLab, opts: argparse.Namespace, doc: Document) -> None
         doc["capacity"] = phases.log_capacity(bench, rates, opts.capacity_seconds,
                                               opts.capacity_refine, opts.records)  # fmt: skip
         doc["meta"]["phase_s"]["capacity"] = time.monotonic() - started
+        save(doc, opts.results)
+    if "cpu" in opts.phases:
+        started = phase("5. CPU a decision", doc)
+        setups = [floor, Portguard(bench, 1)]
+        doc["cpu"] = {"rate": opts.cpu_rate, "setups": phases.cpu_at(
+            bench, setups, opts.cpu_rate, opts.cpu_rounds, options)}  # fmt: skip
+        doc["meta"]["phase_s"]["cpu"] = time.monotonic() - started
         save(doc, opts.results)
 
 

@@ -8,6 +8,8 @@
 3. `events_at`: portguard with the file output, and with file + TCP syslog to rsyslog, at one
    rate: decided against written and dropped, from the stop events.
 4. `log_capacity`: bench/logcapacity.py in the gateway namespace (the log process alone).
+5. `cpu_at`: the floor and portguard at one rate below both edges: CPU µs a decision of each
+   process (packet loop, log process) and of the whole machine (bench/cpushare.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bench.cpushare import Sample, per_decision
 from bench.decisions_lab import BenchLab, Round, SetUp, entered, measure_step
 from bench.decisions_setups import bench_config
 from bench.sweep import ladder
@@ -253,3 +256,29 @@ def log_capacity(bench: BenchLab, rates: Sequence[int], seconds: float, refine: 
     return {name: [{**run.result, "keeps_up": run.keeps_up,
                     "written_per_s": run.written_per_s} for run in found[name]]
             for name in found}  # fmt: skip
+
+
+def cpu_at(bench: BenchLab, setups: Sequence[Any], rate: int, rounds: int,
+           opts: Options) -> dict[str, list[dict[str, object]]]:  # fmt: skip
+    """Each set-up (with `processes()`) `rounds` times at `rate`, alternating: CPU per decision
+    from just before the clients start until they end (`cpushare.per_decision`)."""
+    found: dict[str, list[dict[str, object]]] = {s.name: [] for s in setups}
+    for _ in range(rounds):
+        for setup in setups:
+            measured = with_retries(functools.partial(cpu_round, bench, setup, rate, opts),
+                                    opts.attempts, f"{setup.name}, CPU at {rate}/s")  # fmt: skip
+            found[setup.name].append(measured)
+            print(f"  {setup.name} at {rate}/s: {measured}", flush=True)
+    return found
+
+
+def cpu_round(bench: BenchLab, setup: Any, rate: int, opts: Options) -> dict[str, object]:
+    with entered(bench, setup):
+        time.sleep(opts.settle)
+        pids = setup.processes()
+        first = bench.arrived()
+        before = Sample.take(pids)
+        flood = bench.flood(rate, opts.seconds, start_in=0.5)
+        after = Sample.take(pids)
+        decided = min(bench.arrived() - first, flood.sent)
+    return {**per_decision(before, after, decided), "sent": flood.sent}

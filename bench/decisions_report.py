@@ -7,6 +7,7 @@ tests/unit/test_bench_decisions_report.py.
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -129,6 +130,10 @@ def _n(value: float) -> str:
     return f"{value:,.0f}"
 
 
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def _r(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -212,6 +217,33 @@ def capacity_table(doc: Document) -> str:
                   "the next rate tried"], "lrrrrl", rows)  # fmt: skip
 
 
+def cpu_summary(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Medians over the rounds: the machine's µs a decision, and each process's user+system."""
+    machine = statistics.median(r["machine"] for r in rounds)
+    names = rounds[0]["processes"] if rounds else {}
+    processes = {name: statistics.median(r["processes"][name]["user"]
+                                         + r["processes"][name]["system"] for r in rounds)
+                 for name in names}  # fmt: skip
+    return {"machine": machine, "processes": processes,
+            "decisions": sum(r["decisions"] for r in rounds)}  # fmt: skip
+
+
+def cpu_table(doc: Document) -> str:
+    cpu, rows = doc.get("cpu", {}), []
+    found = {name: cpu_summary(rounds) for name, rounds in cpu.get("setups", {}).items()}
+    floor = found.get(doc["roles"]["floor"], {})
+    floor_loop = floor.get("processes", {}).get("packet loop")
+    for name, c in found.items():
+        loop, log = c["processes"].get("packet loop"), c["processes"].get("log process")
+        speed = ratio(floor_loop, loop) if floor_loop and loop else None
+        rows.append([name, _n(cpu.get("rate", 0)), _n(c["decisions"]), _f(loop), _f(log),
+                     _f(c["machine"]), _r(speed),
+                     _r(ratio(floor.get("machine", 0.0), c["machine"]))])  # fmt: skip
+    return table(["set-up", "offered/s", "decisions", "packet loop µs", "log process µs",
+                  "whole machine µs", "floor's packet loop µs / this", "floor's machine µs / this"],
+                 "lrrrrrrr", rows)  # fmt: skip
+
+
 def goals(doc: Document) -> list[str]:
     """Issue 12's goals, each as met or not with its figure."""
     summary, roles, lines = rate_summary(doc), doc["roles"], []
@@ -256,7 +288,9 @@ def markdown(doc: Document) -> str:
     sections = [("Decision rate for new connections", rate_table), ("The sweep", sweep_table),
                 ("Connect latency (sequential connects to an open port)", latency_table),
                 ("Events written vs decided at portguard's highest rate", events_table),
-                ("The log process alone", capacity_table)]  # fmt: skip
+                ("The log process alone", capacity_table),
+                ("CPU a decision (user + system; the machine: every core, clients included)",
+                 cpu_table)]  # fmt: skip
     for title, table in sections:
         text = table(doc)
         if text.count("\n") > 1:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from bench.cpushare import children
 from bench.decisions_lab import (
     DECISION_TEXT,
     SYSLOG_PORT,
@@ -119,6 +120,11 @@ class Floor:
         if self.proc.stdout.readline().strip() != "READY":
             raise LabError("bench.floor did not start")
 
+    def processes(self) -> dict[str, int]:
+        """Its processes by role, for the CPU phase."""
+        assert self.proc is not None, "processes() outside enter/leave"
+        return {"packet loop": self.proc.pid}
+
     def leave(self) -> None:
         """Stop the floor (its packet count kept), then remove the hook; also after a failed
         `enter`."""
@@ -164,6 +170,15 @@ class Portguard:
             collector = self.bench.start_collector()
             self._collected = collector.count(), collected_bytes(collector.output)
         daemon.start(timeout=120)
+
+    def processes(self) -> dict[str, int]:
+        """Its processes by role, for the CPU phase (one worker: the daemon's process is the
+        packet loop, its child the log process)."""
+        assert self.daemon is not None and self.daemon.proc is not None, "not running"
+        if self.workers != 1:
+            raise LabError("the CPU phase measures workers = 1")
+        pid = self.daemon.proc.pid
+        return {"packet loop": pid, "log process": children(pid)[0]}
 
     def leave(self) -> Events:
         """Stop the daemon (also after a failed `enter`) and read its counters."""

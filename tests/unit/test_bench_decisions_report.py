@@ -174,3 +174,21 @@ def test_a_sweep_that_ran_out_of_rates_gives_a_lower_bound() -> None:
     summary = report.rate_summary(doc)[FLOOR]
     assert summary["highest"] == 40000 and summary["clients_bound"]
     assert "| floor | ≥ 40,000 |" in report.markdown(doc)
+
+
+def cpu_round(machine: float, loop: float, log: float | None = None) -> dict[str, Any]:
+    processes = {"packet loop": {"user": loop / 2, "system": loop / 2}}
+    if log is not None:
+        processes["log process"] = {"user": log, "system": 0.0}
+    return {"decisions": 1000, "machine": machine, "processes": processes, "sent": 1000}
+
+
+def test_the_cpu_table_compares_with_the_floor() -> None:
+    doc = document()
+    doc["cpu"] = {"rate": 20000, "setups": {
+        FLOOR: [cpu_round(20.0, 10.0), cpu_round(22.0, 8.0), cpu_round(21.0, 9.0)],
+        PG1: [cpu_round(40.0, 12.0, 15.0)],
+    }}  # fmt: skip
+    text = report.markdown(doc)
+    assert "| floor | 20,000 | 3,000 | 9.0 | - | 21.0 | 1.00 | 1.00 |" in text
+    assert f"| {PG1} | 20,000 | 1,000 | 12.0 | 15.0 | 40.0 | 0.75 | 0.53 |" in text
