@@ -30,6 +30,7 @@ import select
 import socket
 import struct
 import threading
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
@@ -44,6 +45,7 @@ from portguard.io.ctparse import (
     DestroyParser,
     destroy_messages,
 )
+from portguard.io.native import address, library
 
 ACCOUNTING: Final = ("net.netfilter.nf_conntrack_acct", "net.netfilter.nf_conntrack_timestamp")
 PROC_SYS: Final = Path("/proc/sys")
@@ -51,6 +53,9 @@ NETLINK_NETFILTER: Final = 12
 SO_ATTACH_FILTER: Final = 26
 SO_RCVBUFFORCE: Final = 33  # SO_RCVBUF beyond net.core.rmem_max (needs CAP_NET_ADMIN)
 RECEIVE_BUFFER: Final = 8 << 20  # bytes (the kernel doubles it for its bookkeeping)
+MANY_READS: Final = 64  # reports one recvmmsg takes at most
+MANY_SLOT: Final = 8192  # bytes a report may take (a DESTROY message is some 300)
+CUT: Final = 0x80000000  # pg_recv_many's mark of a message cut short
 ERROR_PAUSE: Final = 0.2  # seconds between tries after an unexpected error
 # seconds the reports gather in the socket's buffer between reads: a flow's report is due
 # seconds after its end anyway (conntrack's CLOSE and TIME_WAIT), and at thousands of ends a
@@ -159,6 +164,7 @@ class FlowEndListener:
         *,
         receive_buffer: int = RECEIVE_BUFFER,
         open_socket: OpenSocket = open_destroy_socket,
+        many_reads: bool = True,
     ) -> None:
         self._on_flow, self._receive_buffer, self._open = on_flow, receive_buffer, open_socket
         self.received = self.reported = self.lost = self.errors = 0
@@ -169,6 +175,10 @@ class FlowEndListener:
         self._wake: tuple[int, int] | None = None
         self._buffer = bytearray(1 << 16)
         self._parse = DestroyParser()
+        self._lib = library() if many_reads else None  # recvmmsg: many reports a system call
+        self._slots = bytearray(MANY_SLOT * MANY_READS)
+        self._lengths = array("I", bytes(4 * MANY_READS))
+        self._slots_at, self._lengths_at = address(self._slots), address(self._lengths)
         self._sock: socket.socket | None = None  # open()'s subscription
 
     def open(self) -> None:
@@ -251,7 +261,10 @@ class FlowEndListener:
                     self._stopping.wait(ERROR_PAUSE)
 
     def _receive(self, sock: socket.socket) -> bool:
-        """One read's reports; False once the socket is empty."""
+        """One read's reports (up to MANY_READS messages with the C library); False once the
+        socket is empty."""
+        if self._lib is not None:
+            return self._receive_many(sock.fileno(), self._lib)
         try:
             size = sock.recv_into(self._buffer)
         except BlockingIOError:
@@ -261,10 +274,30 @@ class FlowEndListener:
                 raise
             self.lost += 1  # the kernel dropped events: the buffer was full
             return True
-        for message in destroy_messages(memoryview(self._buffer)[:size]):
+        self._handle_read(memoryview(self._buffer)[:size])
+        return True
+
+    def _receive_many(self, fd: int, lib: ctypes.CDLL) -> bool:
+        count = lib.pg_recv_many(fd, self._slots_at, MANY_SLOT, MANY_READS, self._lengths_at)
+        if count in (-errno.EAGAIN, -errno.EWOULDBLOCK):
+            return False
+        if count == -errno.ENOBUFS:
+            self.lost += 1  # the kernel dropped events: the buffer was full
+            return True
+        if count < 0:
+            raise OSError(-count, os.strerror(-count))
+        view = memoryview(self._slots)
+        for index, length in enumerate(self._lengths[:count]):
+            if length & CUT:
+                self._failed(ValueError(f"a conntrack report over {MANY_SLOT} bytes"))
+                continue
+            self._handle_read(view[index * MANY_SLOT : index * MANY_SLOT + length])
+        return True
+
+    def _handle_read(self, data: memoryview) -> None:
+        for message in destroy_messages(data):
             self.received += 1
             self._handle(message)
-        return True
 
     def _handle(self, message: bytes) -> None:
         try:

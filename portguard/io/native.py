@@ -29,6 +29,8 @@ def load_library(path: Path = LIBRARY) -> ctypes.CDLL | None:
     lib.pg_build.restype = u32
     lib.pg_send.argtypes = [i, ctypes.c_uint16, p, i, u32]
     lib.pg_send.restype = i
+    lib.pg_recv_many.argtypes = [i, p, u32, i, p]
+    lib.pg_recv_many.restype = i
     lib.pg_ct_parse.argtypes = [ctypes.c_char_p, u32, p]
     lib.pg_ct_parse.restype = i
     return lib

@@ -355,3 +355,34 @@ int pg_ct_parse(const uint8_t *m, uint32_t len, uint32_t *w) {
     w[CT_ZONE] = number32(m, &top[18]); /* CTA_ZONE */
     return 1;
 }
+
+/* Up to `max` waiting messages of any netlink socket, without blocking, each into its
+ * `slot`-byte part of `buf`, their lengths into `lens` (MSG_TRUNC: the length is `slot` and its
+ * bit 31 is set). The number of messages, or -errno (EAGAIN: none; ENOBUFS: the kernel dropped
+ * messages, read again). */
+int pg_recv_many(int fd, uint8_t *buf, uint32_t slot, int max, uint32_t *lens) {
+    struct mmsghdr msgs[PG_MAX_BATCH];
+    struct iovec iovs[PG_MAX_BATCH];
+    int got;
+    if (max > PG_MAX_BATCH)
+        max = PG_MAX_BATCH;
+    if (max <= 0)
+        return 0;
+    memset(msgs, 0, sizeof(struct mmsghdr) * (size_t)max);
+    for (int i = 0; i < max; i++) {
+        iovs[i].iov_base = buf + (size_t)i * slot;
+        iovs[i].iov_len = slot;
+        msgs[i].msg_hdr.msg_iov = &iovs[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    do {
+        got = recvmmsg(fd, msgs, (unsigned int)max, MSG_DONTWAIT, NULL);
+    } while (got < 0 && errno == EINTR);
+    if (got < 0)
+        return -errno;
+    for (int i = 0; i < got; i++) {
+        int cut = (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
+        lens[i] = cut ? (slot | 0x80000000u) : msgs[i].msg_len;
+    }
+    return got;
+}

@@ -320,8 +320,24 @@ def wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> None:
         time.sleep(0.01)
 
 
+@pytest.fixture(params=[True, False], ids=["recvmmsg", "recv_into"])
+def feed(request: pytest.FixtureRequest) -> Iterator[Feed]:
+    """The listener reading a socket pair: through the C library's recvmmsg, or Python's
+    recv_into (whose failures `reader.failures` injects)."""
+    yield from fed(many_reads=request.param)
+
+
 @pytest.fixture
-def feed() -> Iterator[Feed]:
+def flaky_feed() -> Iterator[Feed]:
+    yield from fed(many_reads=False)
+
+
+@pytest.fixture
+def batched_feed() -> Iterator[Feed]:
+    yield from fed(many_reads=True)
+
+
+def fed(many_reads: bool) -> Iterator[Feed]:
     sender, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     reader = FlakySocket(socket.AF_UNIX, socket.SOCK_DGRAM, fileno=other.detach())
     reader.failures = []
@@ -339,7 +355,8 @@ def feed() -> Iterator[Feed]:
         sizes.append(size)
         return reader, True
 
-    with sender, FlowEndListener(on_flow, receive_buffer=1 << 20, open_socket=open_socket) as ear:
+    with sender, FlowEndListener(on_flow, receive_buffer=1 << 20, open_socket=open_socket,
+                                 many_reads=many_reads) as ear:  # fmt: skip
         yield Feed(ear, sender, reader, flows, sizes, callback_failures)
 
 
@@ -352,25 +369,26 @@ def test_listener_hands_over_allowed_flows_only(feed: Feed) -> None:
     assert (feed.listener.reported, feed.listener.lost, feed.listener.errors) == (4, 0, 0)
 
 
-def test_listener_counts_lost_events_and_goes_on(feed: Feed) -> None:
-    feed.reader.failures.append(OSError(errno.ENOBUFS, "No buffer space available"))
-    feed.sender.send(V4_ALLOW_OUTBOUND)
-    wait_for(lambda: feed.listener.reported == 1)
-    assert (feed.listener.lost, feed.listener.errors) == (1, 0)
+def test_listener_counts_lost_events_and_goes_on(flaky_feed: Feed) -> None:
+    flaky_feed.reader.failures.append(OSError(errno.ENOBUFS, "No buffer space available"))
+    flaky_feed.sender.send(V4_ALLOW_OUTBOUND)
+    wait_for(lambda: flaky_feed.listener.reported == 1)
+    assert (flaky_feed.listener.lost, flaky_feed.listener.errors) == (1, 0)
 
 
-def test_listener_survives_errors(feed: Feed) -> None:
-    feed.reader.failures.append(OSError(errno.EIO, "Input/output error"))  # the first read
-    feed.callback_failures.append(RuntimeError("sink exploded"))
-    feed.sender.send(V4_ALLOW_OUTBOUND)  # the callback fails
-    feed.sender.send(V4_ALLOW_OUTBOUND[:100])  # not a netlink message
-    wait_for(lambda: feed.listener.errors == 3)
-    assert (feed.flows, feed.listener.lost, feed.listener.reported) == ([], 0, 0)
-    assert feed.listener.last_error.startswith("ValueError: malformed netlink message")
-    assert feed.listener.alive
-    feed.sender.send(V6_ALLOW_INBOUND)
-    wait_for(lambda: len(feed.flows) == 1)
-    assert feed.flows == [parse_destroy(V6_ALLOW_INBOUND)] and feed.listener.reported == 1
+def test_listener_survives_errors(flaky_feed: Feed) -> None:
+    flaky_feed.reader.failures.append(OSError(errno.EIO, "Input/output error"))  # the first read
+    flaky_feed.callback_failures.append(RuntimeError("sink exploded"))
+    flaky_feed.sender.send(V4_ALLOW_OUTBOUND)  # the callback fails
+    flaky_feed.sender.send(V4_ALLOW_OUTBOUND[:100])  # not a netlink message
+    wait_for(lambda: flaky_feed.listener.errors == 3)
+    assert (flaky_feed.flows, flaky_feed.listener.lost, flaky_feed.listener.reported) == ([], 0, 0)
+    assert flaky_feed.listener.last_error.startswith("ValueError: malformed netlink message")
+    assert flaky_feed.listener.alive
+    flaky_feed.sender.send(V6_ALLOW_INBOUND)
+    wait_for(lambda: len(flaky_feed.flows) == 1)
+    assert flaky_feed.flows == [parse_destroy(V6_ALLOW_INBOUND)]
+    assert flaky_feed.listener.reported == 1
 
 
 def test_stop_ends_the_thread_promptly_and_closes_the_socket(feed: Feed) -> None:
@@ -391,3 +409,13 @@ def test_start_reports_a_failed_subscription() -> None:
         listener.start()
     assert not listener.alive
     listener.stop()
+
+
+def test_a_report_longer_than_a_slot_is_an_error_and_the_next_one_comes(
+    batched_feed: Feed,
+) -> None:
+    batched_feed.sender.send(V4_ALLOW_OUTBOUND + b"\0" * 9000)  # over the 8 KB a read slot has
+    batched_feed.sender.send(V6_ALLOW_INBOUND)
+    wait_for(lambda: len(batched_feed.flows) == 1)
+    assert batched_feed.flows == [parse_destroy(V6_ALLOW_INBOUND)]
+    assert batched_feed.listener.errors == 1

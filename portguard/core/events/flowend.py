@@ -37,8 +37,7 @@ class Counters(NamedTuple):
     bytes: int
 
 
-@dataclass(frozen=True, slots=True)
-class EndedFlow:
+class EndedFlow(NamedTuple):
     """An allowed TCP connection that conntrack has forgotten (original direction = the client's).
 
     ``original`` and ``reply`` are None when the entry had no accounting (it was created before
