@@ -17,6 +17,7 @@ import orjson
 from portguard.core.events.flowend import EndedFlow, flow_end_event
 from portguard.core.events.record import Event, Observer, Timestamps, lifecycle_event
 from portguard.io.ctevents import FlowEndError, FlowEndListener, enable_accounting
+from portguard.io.heap import fewer_collections
 from portguard.log import handoff
 from portguard.log.eventflow import EventFlow
 from portguard.log.writer import EventWriter
@@ -36,6 +37,7 @@ def run_outputs(sock: socket.socket, make_outputs: Callable[[], Outputs]) -> int
     signal.set_wakeup_fd(-1)
     sys.setswitchinterval(SWITCH_INTERVAL)  # the worker's short interval suits a packet loop
     outputs = make_outputs()
+    fewer_collections(freeze=True)  # what exists now lives as long as the process
     buffer = b""
     next_report = time.monotonic() + REPORT_INTERVAL
     while not outputs.stopped:
