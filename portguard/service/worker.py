@@ -42,6 +42,7 @@ from portguard.service.status import DaemonFacts, collect, worker_section
 
 TICK = 1.0  # seconds between housekeeping rounds (old drops forgotten, counters)
 INTERFACE_REFRESH = 30.0  # seconds between forgetting cached interface names
+CHORES = 0.002  # seconds between housekeeping rounds of the loop while only packets come
 GIL_SWITCH_INTERVAL = 0.0005  # seconds (Python's default is 0.005)
 
 Hook = Callable[[EventQueue], object] | None
@@ -284,18 +285,23 @@ class Worker(PolicySwap):
                 control.register(selector)
             jobs = self._periodic_jobs(reader, time.monotonic())
             more = False  # the last batch was full: packets may be waiting
+            chores_due = 0.0
             while not signals.stop:
                 now = time.monotonic()
                 timeout = 0.0 if more else self.heartbeat.wait(now, TICK)
                 timeout = max(0.0, min(timeout, writer.due - now))  # records waiting to go
-                more = False
+                more = served = False
                 for key, _ in selector.select(timeout):
                     if key.fd == queue_fd:
                         more = reader.read()
                     else:
                         key.data()
-                writer.flush_if_due(time.monotonic())  # the records of some batches: one send
-                self._between_packets(signals, jobs)
+                        served = True  # a signal, a control request, a finished load
+                now = time.monotonic()
+                writer.flush_if_due(now)  # the records of some batches: one send
+                if served or now >= chores_due:  # not after every small batch of packets
+                    self._between_packets(signals, jobs)
+                    chores_due = now + CHORES
 
     def _periodic_jobs(self, reader: QueueReader, start: float) -> list[Periodic]:
         """The housekeeping tick, forgetting interface names, re-resolving host names."""
