@@ -27,7 +27,7 @@ from portguard.io.nfqueue import BATCH_PACKETS, BATCH_SECONDS, RECV_SIZE, QueueR
 
 META_WORDS = 7  # id, mark, indev, outdev, payload offset, payload length, flags
 F_PAYLOAD, F_TRUNCATED = 1, 2
-MAX_BATCH = 256  # nfqbatch.c's PG_MAX_BATCH
+MAX_BATCH = BATCH_PACKETS  # packets a read takes at most (nfqbatch.c allows up to 256)
 C_MESSAGES, C_OVERRUNS, C_ACKED_ERRORS, C_LAST_ERROR, C_OTHER = range(5)
 
 

@@ -1,12 +1,14 @@
-/* Batched reads and verdicts on an NFQUEUE netlink socket (portguard/io/batchqueue.py).
+/* portguard's C library (loaded with ctypes by portguard/io/native.py; no Python API, no
+ * allocation, no state: the caller owns every buffer).
  *
- * python-netfilterqueue binds the queue; this reads its socket and answers it in batches:
- * one recvmmsg() for up to `max` queued packets, one sendto() for all their verdicts (the
- * kernel's nfnetlink handles every message of a buffer in turn). Loaded with ctypes; no
- * Python API, no allocation, no state: the caller owns every buffer.
+ * The kernel queue, read and answered in batches (batchqueue.py): python-netfilterqueue binds
+ * the queue; pg_recv takes up to `max` queued packets with one recvmmsg(), pg_send all their
+ * verdicts with one sendto() (the kernel's nfnetlink handles every message of a buffer in
+ * turn). Meta words per packet (host byte order): id, mark, indev, outdev, payload offset
+ * (into the receive buffer), payload length, flags.
  *
- * Meta words per packet (host byte order), see batchqueue.py: id, mark, indev, outdev,
- * payload offset (into the receive buffer), payload length, flags.
+ * Conntrack's DESTROY reports (ctevents.py, ctparse.py): pg_recv_many reads many with one
+ * recvmmsg(), pg_ct_parse reads one into words.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -133,12 +135,16 @@ int pg_parse(const uint8_t *buf, uint32_t len, uint32_t base, int truncated, uin
     return found;
 }
 
-/* Up to `max` waiting messages, without blocking, each into its `slot`-byte part of `buf`;
- * the packets' meta words into `meta`. The number of packets, or -errno (EAGAIN: none). */
-int pg_recv(int fd, uint8_t *buf, uint32_t slot, int max, uint32_t *meta, uint32_t *counters) {
+#define PG_CUT 0x80000000u /* pg_recv_many: the message was cut short */
+
+/* Up to `max` waiting messages of any netlink socket, without blocking, each into its
+ * `slot`-byte part of `buf`, their lengths into `lens` (MSG_TRUNC: the length is `slot` and
+ * PG_CUT is set). The number of messages, or -errno (EAGAIN: none; ENOBUFS: the kernel dropped
+ * messages, read again). */
+int pg_recv_many(int fd, uint8_t *buf, uint32_t slot, int max, uint32_t *lens) {
     struct mmsghdr msgs[PG_MAX_BATCH];
     struct iovec iovs[PG_MAX_BATCH];
-    int got, found = 0;
+    int got;
     if (max > PG_MAX_BATCH)
         max = PG_MAX_BATCH;
     if (max <= 0)
@@ -150,23 +156,33 @@ int pg_recv(int fd, uint8_t *buf, uint32_t slot, int max, uint32_t *meta, uint32
         msgs[i].msg_hdr.msg_iov = &iovs[i];
         msgs[i].msg_hdr.msg_iovlen = 1;
     }
-    for (;;) {
+    do {
         got = recvmmsg(fd, msgs, (unsigned int)max, MSG_DONTWAIT, NULL);
-        if (got >= 0)
-            break;
-        if (errno == EINTR)
-            continue;
-        if (errno == ENOBUFS) { /* the kernel dropped messages: go on reading */
-            counters[C_OVERRUNS]++;
-            continue;
-        }
+    } while (got < 0 && errno == EINTR);
+    if (got < 0)
         return -errno;
+    for (int i = 0; i < got; i++) {
+        int cut = (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
+        lens[i] = cut ? (slot | PG_CUT) : msgs[i].msg_len;
     }
+    return got;
+}
+
+/* Up to `max` waiting queue messages (pg_recv_many; ENOBUFS is counted and read past), the
+ * packets' meta words into `meta`. The number of packets, or -errno (EAGAIN: none). */
+int pg_recv(int fd, uint8_t *buf, uint32_t slot, int max, uint32_t *meta, uint32_t *counters) {
+    uint32_t lens[PG_MAX_BATCH];
+    int got, found = 0;
+    if (max > PG_MAX_BATCH)
+        max = PG_MAX_BATCH;
+    while ((got = pg_recv_many(fd, buf, slot, max, lens)) == -ENOBUFS)
+        counters[C_OVERRUNS]++; /* the kernel dropped messages: go on reading */
+    if (got < 0)
+        return got;
     counters[C_MESSAGES] += (uint32_t)got;
     for (int i = 0; i < got && found < max; i++) {
         uint32_t base = (uint32_t)((size_t)i * slot);
-        int cut = (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
-        found += pg_parse(buf + base, msgs[i].msg_len, base, cut,
+        found += pg_parse(buf + base, lens[i] & ~PG_CUT, base, (lens[i] & PG_CUT) != 0,
                           meta + (size_t)found * PG_META_WORDS, max - found, counters);
     }
     return found;
@@ -356,33 +372,3 @@ int pg_ct_parse(const uint8_t *m, uint32_t len, uint32_t *w) {
     return 1;
 }
 
-/* Up to `max` waiting messages of any netlink socket, without blocking, each into its
- * `slot`-byte part of `buf`, their lengths into `lens` (MSG_TRUNC: the length is `slot` and its
- * bit 31 is set). The number of messages, or -errno (EAGAIN: none; ENOBUFS: the kernel dropped
- * messages, read again). */
-int pg_recv_many(int fd, uint8_t *buf, uint32_t slot, int max, uint32_t *lens) {
-    struct mmsghdr msgs[PG_MAX_BATCH];
-    struct iovec iovs[PG_MAX_BATCH];
-    int got;
-    if (max > PG_MAX_BATCH)
-        max = PG_MAX_BATCH;
-    if (max <= 0)
-        return 0;
-    memset(msgs, 0, sizeof(struct mmsghdr) * (size_t)max);
-    for (int i = 0; i < max; i++) {
-        iovs[i].iov_base = buf + (size_t)i * slot;
-        iovs[i].iov_len = slot;
-        msgs[i].msg_hdr.msg_iov = &iovs[i];
-        msgs[i].msg_hdr.msg_iovlen = 1;
-    }
-    do {
-        got = recvmmsg(fd, msgs, (unsigned int)max, MSG_DONTWAIT, NULL);
-    } while (got < 0 && errno == EINTR);
-    if (got < 0)
-        return -errno;
-    for (int i = 0; i < got; i++) {
-        int cut = (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
-        lens[i] = cut ? (slot | 0x80000000u) : msgs[i].msg_len;
-    }
-    return got;
-}
