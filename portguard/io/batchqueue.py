@@ -58,6 +58,7 @@ class BatchReader(QueueReader):
         self._addresses = (address(self._buf), address(self._meta), address(self.counters))
         self._seq = 0
         self._received = 0  # messages the last read took
+        self._refused = 0  # verdicts the kernel refused, counted so far
 
     @property
     def overruns(self) -> int:
@@ -77,6 +78,7 @@ class BatchReader(QueueReader):
                 return False
             raise OSError(-found, os.strerror(-found))
         self._received = self.counters[C_MESSAGES] - before
+        self._note_refusals()
         if found:
             self._answer(self._meta[: found * META_WORDS].tolist())
         full = self._received >= limit
@@ -143,10 +145,15 @@ class BatchReader(QueueReader):
         self.verdict_errors += count  # the kernel holds them until the queue is unbound
         self.last_error = OSError(-result, f"sending verdicts: {os.strerror(-result)}")
 
-    @property
-    def acked_errors(self) -> int:
-        """Verdicts the kernel refused (an id it no longer held)."""
-        return int(self.counters[C_ACKED_ERRORS])
+    def _note_refusals(self) -> None:
+        """Verdicts the kernel refused (its error answers come with the packets) count as
+        verdict errors, with the kernel's reason as the last error."""
+        refused = int(self.counters[C_ACKED_ERRORS])
+        if refused != self._refused:
+            self.verdict_errors += refused - self._refused
+            self._refused = refused
+            code = int(self.counters[C_LAST_ERROR])
+            self.last_error = OSError(code, f"the kernel refused a verdict: {os.strerror(code)}")
 
 
 def make_reader(

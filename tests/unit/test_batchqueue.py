@@ -255,3 +255,17 @@ class _Both:
     def __init__(self, real: ctypes.CDLL, sender: SendingLib) -> None:
         self.pg_recv = real.pg_recv
         self.pg_send = sender.pg_send
+
+
+def test_verdicts_the_kernel_refused_are_verdict_errors() -> None:
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with left, right:
+        batch = BatchReader(lib(), 0, 64, lambda *_: Outcome(Verdict.ACCEPT, None), print,
+                            Verdict.DROP)  # fmt: skip
+        batch.fileno = left.fileno  # type: ignore[method-assign]
+        batch._lib = _Both(lib(), SendingLib())  # type: ignore[assignment]
+        right.send(error_message(-errno.ENOENT))
+        right.send(packet_message(5))
+        assert batch.read(limit=8) is False
+        assert batch.verdict_errors == 1 and batch.packets == 1
+        assert isinstance(batch.last_error, OSError) and batch.last_error.errno == errno.ENOENT
