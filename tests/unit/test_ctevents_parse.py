@@ -419,3 +419,24 @@ def test_a_report_longer_than_a_slot_is_an_error_and_the_next_one_comes(
     wait_for(lambda: len(batched_feed.flows) == 1)
     assert batched_feed.flows == [parse_destroy(V6_ALLOW_INBOUND)]
     assert batched_feed.listener.errors == 1
+
+
+@pytest.mark.parametrize("many_reads", [True, False], ids=["recvmmsg", "recv_into"])
+def test_open_without_a_thread_reads_what_waits_when_asked(many_reads: bool) -> None:
+    sender, reader = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    reader.setblocking(False)
+    flows: list[EndedFlow] = []
+    listener = FlowEndListener(flows.append, open_socket=lambda size: (reader, True),
+                               many_reads=many_reads)  # fmt: skip
+    with sender:
+        listener.open()
+        assert listener.fileno() == reader.fileno() and not listener.alive  # no thread
+        assert listener.read_waiting() == 0  # nothing waits: never blocks
+        for raw in RECORDED.values():
+            sender.send(raw)
+        assert listener.read_waiting() >= 1
+        assert flows == [parse_destroy(RECORDED[name]) for name in ALLOWED]
+        assert listener.received == len(RECORDED) and listener.errors == 0
+        listener.close()
+        assert reader.fileno() == -1
+        listener.close()  # again: nothing left to do
