@@ -46,7 +46,7 @@ def run_outputs(sock: socket.socket, make_outputs: Callable[[], Outputs]) -> int
         readable, _, _ = select.select(watched, [], [], REPORT_INTERVAL)
         more = False  # a read came back full: more is waiting
         if flow_ends is not None and flow_ends.fileno() in readable:
-            more = flow_ends.read_waiting(FLOW_END_READS) >= FLOW_END_READS
+            more = outputs.read_flow_ends()
         if sock.fileno() in readable:
             data = sock.recv(READ_SIZE)
             if not data:
@@ -90,7 +90,8 @@ class Outputs:
         self._reported = 0
         self.flow_ends: FlowEndListener | None = None
         self._flow_ends_lost = 0
-        self._flow_stamps = Timestamps()  # the flow-end thread's own cache
+        self._flow_stamps = Timestamps()  # the flow-end events' own cache
+        self._ended: list[Event] = []  # flow-end events of the read going on
 
     def listen_for_flow_ends(self) -> None:
         """Flow-end events from conntrack DESTROY (needs accounting: turned on here)."""
@@ -107,8 +108,19 @@ class Outputs:
         self.flow_ends = listener
 
     def _flow_ended(self, ended: EndedFlow) -> None:
-        self.writer.submit(flow_end_event(ended, self.observer, time.time(),
+        """A report of `read_flow_ends`: its event, written with the others of the read."""
+        self._ended.append(flow_end_event(ended, self.observer, time.time(),
                                           stamps=self._flow_stamps))  # fmt: skip
+
+    def read_flow_ends(self) -> bool:
+        """The conntrack reports waiting (at most FLOW_END_READS reads) as events; True when
+        it stopped at that bound (more may wait)."""
+        if self.flow_ends is None:
+            return False
+        more = self.flow_ends.read_waiting(FLOW_END_READS) >= FLOW_END_READS
+        ended, self._ended = self._ended, []
+        self._submit(ended)
+        return more
 
     @property
     def dropped(self) -> int:
@@ -125,9 +137,10 @@ class Outputs:
 
     def _handle(self, kind: bytes, payload: bytes) -> None:
         if kind == handoff.RECORDS:
-            decision = self.events.decision
+            decision, events = self.events.decision, []
             for record in handoff.records_of(payload):
-                self._submit(decision(record))
+                events += decision(record)
+            self._submit(events)
         elif kind == handoff.DECISION:
             self._submit(self.events.decision(handoff.decision_of(payload)))
         elif kind == handoff.EVENT:
@@ -144,8 +157,8 @@ class Outputs:
             self.finish(orjson.loads(payload))
 
     def _submit(self, events: list[Event]) -> None:
-        for event in events:
-            self.writer.submit(event)
+        if events:
+            self.writer.submit_many(events)
 
     def flush_floods(self, now: float) -> None:
         """The summaries of the flood-control windows closed by `now` (once a second)."""

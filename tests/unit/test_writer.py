@@ -332,3 +332,39 @@ def test_a_run_whose_flush_fails_is_counted_dropped_whole() -> None:
     writer.close()
     (stats,) = writer.stats()
     assert (stats.submitted, stats.written, stats.dropped, sink.flushed) == (10, 0, 10, [])
+
+
+def test_submit_many_keeps_order_levels_and_counts(tmp_path: Path) -> None:
+    everything, denies = io.BytesIO(), io.BytesIO()
+    writer = EventWriter(
+        [Channel(Sink("all", everything, False), level="debug"),
+         Channel(Sink("denies", denies, False), level="warning")]
+    )  # fmt: skip
+    writer.start()
+    batch = [{**EVENT, "log": {"level": level}, "source": {"ip": "100.64.10.10", "port": port}}
+             for port, level in enumerate(["info", "warning", "debug", "error"] * 25)]  # fmt: skip
+    assert writer.submit_many(batch)
+    assert writer.submit_many([])
+    writer.close()
+    ports = [orjson.loads(line)["source"]["port"] for line in everything.getvalue().split()]
+    assert ports == list(range(100))
+    assert len(denies.getvalue().splitlines()) == 50
+    assert [(s.submitted, s.written, s.dropped) for s in writer.stats()] == [
+        (100, 100, 0),
+        (50, 50, 0),
+    ]
+
+
+def test_submit_many_into_a_full_queue_drops_and_counts_like_submit() -> None:
+    gate = threading.Event()
+    stream = BlockedStream(gate)
+    writer = EventWriter([Sink("stuck", stream, owned=False)], capacity=10)
+    writer.start()
+    assert not writer.submit_many([dict(EVENT) for _ in range(1000)])
+    lifecycle = {"event": {"action": "sink-recovered", "dataset": "portguard.lifecycle"}}
+    assert writer.submit_many([lifecycle])  # the reserve takes it, as for submit
+    gate.set()
+    writer.close()
+    lines = stream.getvalue().splitlines()
+    assert writer.written == len(lines) and writer.written + writer.dropped == 1001
+    assert 11 <= writer.written <= 13  # the queue (10), the one the thread holds, the reserve
