@@ -48,8 +48,11 @@ class BatchReader(QueueReader):
         decide: Callable[[bytes, int, int], Outcome],
         on_event: Callable[[Loggable], object],
         fallback: Verdict,
+        on_events: Callable[[list[Loggable]], object] | None = None,
     ) -> None:
+        """`on_events`: the events of a batch at once (else `on_event` for each)."""
         super().__init__(queue_num, max_len, decide, on_event, fallback)
+        self.on_events = on_events or (lambda events: [on_event(e) for e in events])
         self._lib = lib
         self._buf = bytearray(RECV_SIZE * MAX_BATCH)
         self._view = memoryview(self._buf)
@@ -113,12 +116,13 @@ class BatchReader(QueueReader):
             for at in range(len(verdicts) // 4 * META_WORDS, len(words), META_WORDS):
                 verdicts += answer(fallback, words[at], words[at + 1])
             self._send(verdicts)
-        for event in events:
-            try:
-                self.on_event(event)
-            except Exception as error:  # logging must never stop the packet loop
-                self.errors += 1
-                self.last_error = error
+        if not events:
+            return
+        try:
+            self.on_events(events)
+        except Exception as error:  # logging must never stop the packet loop
+            self.errors += 1
+            self.last_error = error
 
     def _decide_one(self, words: list[int], at: int) -> Outcome:
         _id, _mark, indev, outdev, offset, length, flags = words[at : at + META_WORDS]
@@ -163,9 +167,10 @@ def make_reader(
     on_event: Callable[[Loggable], object],
     fallback: Verdict,
     batched: bool = True,
+    on_events: Callable[[list[Loggable]], object] | None = None,
 ) -> QueueReader:
     """The batch reader where its library loads (and `batched`), else one packet per call."""
     lib = library() if batched else None
     if lib is None:
         return QueueReader(queue_num, max_len, decide, on_event, fallback)
-    return BatchReader(lib, queue_num, max_len, decide, on_event, fallback)
+    return BatchReader(lib, queue_num, max_len, decide, on_event, fallback, on_events)

@@ -112,6 +112,18 @@ class LogProcess:
             if self._batch.count >= BATCH_FRAMES:
                 self._flush()
 
+    def add_many(self, logged: list[Loggable]) -> None:
+        """`add` for each, in order, with one lock (a batch of packets' records)."""
+        due = time.monotonic() + HANDOVER_DELAY
+        with self._lock:
+            batch = self._batch
+            for one in logged:
+                if not batch.count:  # the first of a batch: it waits at most the delay
+                    self.due = due
+                batch.add(one)
+                if batch.count >= BATCH_FRAMES:
+                    self._flush()
+
     def flush_if_due(self, now: float) -> None:
         """Send the batch once its first record has waited HANDOVER_DELAY (`now`: monotonic)."""
         if now >= self.due:

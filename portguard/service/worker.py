@@ -113,9 +113,9 @@ class Worker(PolicySwap):
         fallback = Verdict.ACCEPT if self.fail_open else Verdict.DROP
         # a decision's record (or a malformed packet's event) to the log process, which
         # builds the event and applies flood control; sent once per batch of packets
-        reader = self.reader = make_reader(
-            self.queue_num, self.config.queue.max_len, self.decide, writer.add, fallback
-        )
+        reader = self.reader = make_reader(self.queue_num, self.config.queue.max_len,
+                                           self.decide, writer.add, fallback,
+                                           on_events=writer.add_many)  # fmt: skip
         deciding = False
         try:
             self.control_server = self._open_control()

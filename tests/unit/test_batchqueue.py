@@ -269,3 +269,19 @@ def test_verdicts_the_kernel_refused_are_verdict_errors() -> None:
         assert batch.read(limit=8) is False
         assert batch.verdict_errors == 1 and batch.packets == 1
         assert isinstance(batch.last_error, OSError) and batch.last_error.errno == errno.ENOENT
+
+
+def test_the_events_of_a_batch_go_together_after_the_verdicts() -> None:
+    handed: list[list[object]] = []
+    sender = SendingLib()
+
+    def on_events(events: list[object]) -> None:
+        assert sender.sent, "verdicts first"
+        handed.append(list(events))
+
+    batch = BatchReader(lib(), 0, 64, lambda *_: Outcome(Verdict.ACCEPT, EVENT), print,
+                        Verdict.DROP, on_events=on_events)  # fmt: skip
+    batch._lib = sender  # type: ignore[assignment]
+    batch.fileno = lambda: -1  # type: ignore[method-assign]
+    batch._answer(meta(1) + meta(2) + meta(3))
+    assert handed == [[EVENT, EVENT, EVENT]]

@@ -194,6 +194,20 @@ def test_added_records_go_in_one_send_per_batch_in_order_with_submits(tmp_path: 
     assert ports == [*range(1000, 1100), 7, 2000]
 
 
+def test_add_many_is_add_for_each_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    process = LogProcess(writer_factory(path), OBSERVER, queue=0)
+    process.start()
+    process.add_many([decided(port) for port in range(1000, 1100)])  # sent at 64, the rest kept
+    assert process._batch.count == 100 - BATCH_FRAMES and process.due < float("inf")
+    process.add_many([])
+    process.add(decided(2000))
+    process.flush()
+    process.close(None)
+    ports = [e["source"]["port"] for e in lines(path)]  # type: ignore[index]
+    assert ports == [*range(1000, 1100), 2000]
+
+
 def test_a_batch_that_does_not_fit_is_dropped_whole_and_counted(tmp_path: Path) -> None:
     path = tmp_path / "events.log"
     process = LogProcess(writer_factory(path, delay=2.0), OBSERVER, queue=0)
