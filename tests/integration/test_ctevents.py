@@ -42,12 +42,12 @@ OPERATOR_BIT = 0x10  # an operator's own connmark, outside portguard's bits
 # argv: receive buffer, seconds the first report stalls. Prints a "ready" line, one line per
 # flow, and the listener's counters after a line on stdin stops it.
 LISTENER = f"""
-import dataclasses, json, sys, time
+import json, sys, time
 sys.path.insert(0, {str(ROOT)!r})
 from portguard.io.ctevents import FlowEndListener, enable_accounting
 stall = [float(sys.argv[2])]
 def report(ended):
-    print(json.dumps(dataclasses.asdict(ended)), flush=True)
+    print(json.dumps(ended._asdict()), flush=True)
     time.sleep(stall.pop() if stall else 0)
 failed = enable_accounting()
 listener = FlowEndListener(report, receive_buffer=int(sys.argv[1]))
