@@ -10,7 +10,8 @@ innermost function it names (STAGES, innermost first), and the CPU time the proc
 per decision (from /proc) is split by those shares. Time in a C call or a system call counts
 for the Python function that made it: `verdict` includes the kernel's work for the verdict
 (the repeat through the hook's chain, forwarding the SYN, the reset coming back), `read` the
-netlink reads and netfilterqueue's parsing of each message.
+netlink reads and the parsing of each message (with the batch reader: `BatchReader.read`, one
+`recvmmsg` a batch, and `BatchReader._send`, one `sendto` for the batch's verdicts).
 
 Run from the repository root (needs root and py-spy: `make bench` installs it):
     sudo .venv/bin/python bench/bench_stages.py [--rate 6000] [--seconds 10]
@@ -37,15 +38,36 @@ from lab.peers import python_env
 # (stage, functions whose frames belong to it: `Class.method` or a plain function's name); a
 # sample goes to the first stage, innermost frame first, that names one of its frames
 STAGES: tuple[tuple[str, frozenset[str]], ...] = (
-    ("verdict", frozenset({"apply_verdict", "QueueReader._give_verdict"})),
-    ("handoff", frozenset({"LogProcess.add", "LogProcess.flush", "LogProcess.flush_if_due"})),
+    (
+        "verdict",
+        frozenset({"apply_verdict", "QueueReader._give_verdict", "BatchReader._send", "answer"}),
+    ),
+    (
+        "handoff",
+        frozenset(
+            {"LogProcess.add", "LogProcess.add_many", "LogProcess.flush", "LogProcess.flush_if_due"}
+        ),
+    ),
     ("event record", frozenset({"decision_record"})),
     ("limiter", frozenset({"Limiter.take", "BucketTable.take", "limited_decision"})),
     ("policy", frozenset({"RuleSet.first_match", "RuleSet._candidates_for"})),
     ("decode", frozenset({"decode_syn", "_ip_header", "_ipv4_header", "_ipv6_header"})),
     ("gate (direction, resends, counts)", frozenset({"Gate.handle"})),
-    ("callback (payload, interfaces, clock)", frozenset({"QueueReader._on_packet"})),
-    ("read (netlink, message parsing)", frozenset({"QueueReader.read", "BatchSocket.recv"})),
+    (
+        "callback (payload, interfaces, clock)",
+        frozenset(
+            {
+                "QueueReader._on_packet",
+                "BatchReader._answer",
+                "BatchReader._decide_one",
+                "Worker.decide",
+            }
+        ),
+    ),
+    (
+        "read (netlink, message parsing)",
+        frozenset({"QueueReader.read", "BatchSocket.recv", "BatchReader.read"}),
+    ),
 )
 OTHER = "loop, housekeeping, other"
 IDLE = frozenset({"select", "poll", "wait"})  # waiting for packets: not counted

@@ -33,3 +33,12 @@ def test_raw_output_is_counted_by_stage_and_waiting_is_left_out() -> None:
     assert shares == {"verdict": 6, "decode": 3, "read (netlink, message parsing)": 1}
     table = report(shares, cpu=0.5, decided=10_000)
     assert "50.0 µs a decision" in table and "| verdict | 60.0% | 30.00 |" in table
+
+
+def test_the_batch_reader_s_frames_have_their_stages() -> None:
+    assert stage_of(["Worker._loop", "BatchReader.read"]).startswith("read")
+    assert stage_of(["BatchReader.read", "BatchReader._answer", "BatchReader._send"]) == "verdict"
+    assert stage_of(["BatchReader._answer", "BatchReader._decide_one", "Worker.decide",
+                     "Gate.handle", "decode_syn"]) == "decode"  # fmt: skip
+    assert stage_of(["BatchReader._answer", "LogProcess.add_many"]) == "handoff"
+    assert stage_of(["BatchReader._answer", "BatchReader._decide_one"]).startswith("callback")
