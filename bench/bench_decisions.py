@@ -8,7 +8,8 @@ internet side; the gateway decides each SYN by a 3-rule policy (bench/decisions_
    (iptables + ipset, no queue), the floor (bench/floor.py: python-netfilterqueue, struct
    parse, mark, repeat, behind portguard's own iptables hook) and portguard (workers 1 and 2,
    the file output, flood control at its default); the highest rate with no SYN lost (SYNs
-   counted at the internet host) and the ratios to the floor and to kernel-only;
+   counted at the internet host) and, for portguard, no event dropped (its stop events), and
+   the ratios to the floor and to kernel-only;
 2. connect latency: sequential connects to an open port, kernel-only against portguard
    (p50, p99, the added µs; every sample kept for the CDF);
 3. events written against decided at portguard's highest rate without loss, with the file

@@ -288,6 +288,18 @@ class Round:
         return self.flood.sent - self.arrived
 
     @property
+    def events_dropped(self) -> int:
+        """Events the daemon dropped (hand-over and outputs; 0 for a set-up that logs nothing):
+        deciding faster than the log is written is not keeping up."""
+        if self.events is None:
+            return 0
+        return self.events.handoff_dropped + sum(o.dropped for o in self.events.outputs)
+
+    @property
+    def kept_up(self) -> bool:
+        return self.lost == 0 and self.events_dropped == 0
+
+    @property
     def decisions_per_s(self) -> float:
         seconds = self.flood.seconds
         return min(self.arrived_in_run, self.flood.sent) / seconds if seconds > 0 else 0.0

@@ -58,8 +58,12 @@ class Point:
 
     @property
     def keeps_up(self) -> bool:
-        """Most rounds lost no SYN."""
-        return 2 * sum(r.lost == 0 for r in self.rounds) > len(self.rounds)
+        """Most rounds lost no SYN and dropped no event."""
+        return 2 * sum(r.kept_up for r in self.rounds) > len(self.rounds)
+
+    @property
+    def events_dropped(self) -> int:
+        return int(statistics.median_low(r.events_dropped for r in self.rounds))
 
     @property
     def offered(self) -> float:
@@ -85,13 +89,14 @@ class Point:
     def describe(self) -> str:
         late = max(r.flood.late for r in self.rounds)
         flags = (
-            ("" if self.keeps_up else "  (lost SYNs)")
+            ("" if self.keeps_up else "  (lost SYNs or events)")
             + ("  (clients short of the rate)" if self.generator_bound else "")
             + (f"  (a client started {late:.2f} s late)" if late > 0.1 else "")
         )
         return (f"{self.rate}/s asked, {self.offered:.0f}/s offered, "
                 f"{self.decisions_per_s:.0f} decisions/s, lost {self.lost} "
-                f"(queue {self.queue_lost}), {len(self.rounds)} round(s){flags}")  # fmt: skip
+                f"(queue {self.queue_lost}), events dropped {self.events_dropped}, "
+                f"{len(self.rounds)} round(s){flags}")  # fmt: skip
 
 
 def with_retries(measure: Callable[[], T], attempts: int, what: str, pause: float = 2.0) -> T:

@@ -25,13 +25,15 @@ def round_fields(measured: Round) -> dict[str, Any]:
     fields = dataclasses.asdict(measured)
     fields["decisions_per_s"] = measured.decisions_per_s
     fields["lost"] = measured.lost
+    fields["events_dropped"] = measured.events_dropped
     return fields
 
 
 def point_fields(found: Point) -> dict[str, Any]:
     return {"rate": found.rate, "offered": found.offered,
             "decisions_per_s": found.decisions_per_s, "lost": found.lost,
-            "queue_lost": found.queue_lost, "keeps_up": found.keeps_up,
+            "queue_lost": found.queue_lost, "events_dropped": found.events_dropped,
+            "keeps_up": found.keeps_up,
             "generator_bound": found.generator_bound,
             "rounds": [round_fields(r) for r in found.rounds]}  # fmt: skip
 
@@ -44,15 +46,15 @@ def sweep_fields(points: Mapping[str, Sequence[Point]]) -> dict[str, list[dict[s
 
 
 def highest_without_loss(points: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The point of the highest offered rate at which nothing was lost."""
+    """The point of the highest offered rate at which nothing was lost (no SYN, no event)."""
     good = [p for p in points if p["keeps_up"]]
     return max(good, key=lambda p: p["offered"], default=None)
 
 
 def rate_summary(doc: Document) -> dict[str, dict[str, Any]]:
-    """Per set-up: the highest rate with no SYN lost, whether that is only a lower bound (the
-    clients could not offer more there, or the sweep's rates ran out before anything was
-    lost), and the peak decisions/s over the sweep."""
+    """Per set-up: the highest rate with no SYN lost and no event dropped, whether that is only
+    a lower bound (the clients could not offer more there, or the sweep's rates ran out before
+    anything was lost), and the peak decisions/s over the sweep."""
     found: dict[str, dict[str, Any]] = {}
     for name, points in doc.get("sweep", {}).items():
         best = highest_without_loss(points)
@@ -156,8 +158,9 @@ def rate_table(doc: Document) -> str:
     rows = [[name, ("≥ " if found["clients_bound"] else "") + _n(found["highest"]),
              *ratios(found, "highest"), _n(found["peak"]), *ratios(found, "peak")]
             for name, found in summary.items()]  # fmt: skip
-    return table(["path", "highest rate, no SYN lost", "ratio to floor", "ratio to kernel-only",
-                  "peak decisions/s", "ratio to floor", "ratio to kernel-only"],
+    return table(["path", "highest rate, no SYN or event lost", "ratio to floor",
+                  "ratio to kernel-only", "peak decisions/s", "ratio to floor",
+                  "ratio to kernel-only"],
                  "lrrrrrr", rows)  # fmt: skip
 
 
@@ -168,10 +171,12 @@ def sweep_table(doc: Document) -> str:
             mark = ("" if p["keeps_up"] else " ✗") + (
                 " (clients short)" if p["generator_bound"] else "")  # fmt: skip
             figures = [p["rate"], p["offered"], p["decisions_per_s"]]
+            dropped = p.get("events_dropped")  # documents before it was measured: none
             rows.append([name, *map(_n, figures), _n(p["lost"]) + mark, _n(p["queue_lost"]),
+                         "-" if dropped is None else _n(dropped),
                          str(len(p["rounds"]))])  # fmt: skip
     return table(["path", "asked/s", "offered/s", "decisions/s", "SYNs lost", "in the queue",
-                  "rounds"], "lrrrrrr", rows)  # fmt: skip
+                  "events dropped", "rounds"], "lrrrrrrr", rows)  # fmt: skip
 
 
 def latency_table(doc: Document) -> str:
