@@ -26,7 +26,7 @@ READ_SIZE = 1 << 20
 REPORT_INTERVAL = 1.0  # seconds between checks for new drops
 SETTLE = 5.0  # seconds the outputs get to catch up before the stop event is counted
 GATHER = 0.01  # seconds the log process lets events gather in its socket between reads
-FLOW_END_READS = 1024  # conntrack reports one turn of the loop reads at most
+FLOW_END_READS = 4  # recvmmsg reads of conntrack reports (64 each) a turn of the loop takes at most
 SWITCH_INTERVAL = 0.005  # Python's default: fewer thread switches between reader and sinks
 
 

@@ -21,9 +21,6 @@ from portguard.log.sinks import LEVELS, EventSink, prepare, severity
 
 DEFAULT_BUFFER = 65536  # events a sink may have waiting
 FLUSH_EVERY = 256  # events a sink writes at most between two flushes (and counts)
-# seconds a sink's thread lets events gather after a short run: runs of many events, so few
-# flushes and few thread switches with the thread that builds the events
-GATHER = 0.005
 LIFECYCLE_RESERVE = 256  # more places for lifecycle events only
 _STOP = object()
 _REOPEN = object()
@@ -183,7 +180,6 @@ class Channel:
                 continue
             if not self._write_run():
                 return
-            self._closing.wait(GATHER)
 
     def _write_run(self) -> bool:
         """Write what has gathered, then flush once; False once the stop marker came."""
