@@ -1,8 +1,9 @@
-"""The garbage collector tuned for the packet loop and the log process: both allocate many
-short-lived objects per packet or event (tuples, dicts) that reference counting frees, and
-almost never a reference cycle, so a young collection every 700 allocations (Python's default)
-is mostly wasted work. `fewer_collections` makes them 10,000 allocations apart, and with
-`freeze` moves what exists (modules, configuration) out of every later collection."""
+"""The garbage collector tuned for the log process: it allocates many short-lived objects per
+event (dicts, strings) that reference counting frees, and almost never a reference cycle, so a
+young collection every 700 allocations (Python's default) is mostly wasted work.
+`fewer_collections` makes them 10,000 allocations apart, and with `freeze` moves what exists
+(modules, configuration) out of every later collection. The packet loop keeps Python's default:
+its control clients' sockets must be freed promptly when descriptors run short."""
 
 from __future__ import annotations
 

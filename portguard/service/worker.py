@@ -18,7 +18,6 @@ from portguard.core.gate import Gate, Outcome, Verdict
 from portguard.core.policy import RuleSet
 from portguard.io import notify
 from portguard.io.batchqueue import make_reader
-from portguard.io.heap import fewer_collections
 from portguard.io.interfaces import WanInterfaces
 from portguard.io.nfqueue import QueueReader
 from portguard.io.policyfiles import load_ruleset
@@ -102,7 +101,6 @@ class Worker(PolicySwap):
         """
         # background threads (loads, log) hand the GIL back to the packet loop often
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
-        fewer_collections()  # a young collection per 10,000 allocations, not per 700
         writer = self.writer = self._start_log_process()
         self.cache = worker_cache(self.config, self.cache_backend, self.gate, writer, self._log,
                                   self.primary, self.private_control and self.control)  # fmt: skip

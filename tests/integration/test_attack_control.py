@@ -117,7 +117,7 @@ def test_descriptor_exhaustion_keeps_the_daemon_deciding(lab: Lab) -> None:
         resource.prlimit(pid, resource.RLIMIT_NOFILE, (open_fds(pid) + 3, original[1]))
         with idle_clients(socket_path(daemon), 40):
             time.sleep(1.0)  # the daemon's accept meets EMFILE meanwhile
-            assert daemon.proc.poll() is None, daemon.stderr_tail()
+            assert daemon.proc.poll() is None, daemon.stderr_tail(120)
             assert lab.send_mail("sub", a.SMARTHOST.v4, 25).outcome == "delivered"
             assert lab.send_mail("sub", a.MX.v4, 25, timeout=3).outcome != "delivered"
         resource.prlimit(pid, resource.RLIMIT_NOFILE, original)
