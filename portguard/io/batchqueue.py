@@ -89,14 +89,9 @@ class BatchReader(QueueReader):
             self.batches_full += 1
         return full
 
-    def drain(self, most: int = 100_000) -> int:
-        handled = 0
-        while handled < most:
-            more = self.read(min(BATCH_PACKETS, most - handled))
-            handled += self._received
-            if not more:
-                break
-        return handled
+    @property
+    def received(self) -> int:
+        return self._received
 
     def _answer(self, words: list[int]) -> None:
         """Each packet's verdict (the fail-mode one where deciding failed), all in one send;

@@ -214,10 +214,15 @@ class QueueReader:
         handled = 0
         while handled < most:
             more = self.read(min(BATCH_PACKETS, most - handled), seconds=1.0)
-            handled += self._batch.received if self._batch is not None else 0
+            handled += self.received
             if not more:
                 break
         return handled
+
+    @property
+    def received(self) -> int:
+        """Messages the last `read` took."""
+        return self._batch.received if self._batch is not None else 0
 
     def close(self) -> None:
         if self._sock is not None:

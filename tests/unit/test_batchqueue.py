@@ -234,13 +234,19 @@ def test_make_reader_falls_back_without_the_library(monkeypatch: pytest.MonkeyPa
     assert type(make_reader(0, 64, decide, print, Verdict.DROP)) is QueueReader
 
 
+def socket_reader(sock: socket.socket) -> BatchReader:
+    """A batch reader that accepts everything, reading `sock` as if it were the queue's."""
+    batch = BatchReader(lib(), 0, 64, lambda *_: Outcome(Verdict.ACCEPT, None), print,
+                        Verdict.DROP)  # fmt: skip
+    batch.fileno = sock.fileno  # type: ignore[method-assign]
+    return batch
+
+
 def test_reading_a_socket_that_is_not_a_queue() -> None:
     """pg_recv on an empty socket says EAGAIN; BatchReader.read returns 'not full'."""
     left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with left, right:
-        batch = BatchReader(lib(), 0, 64, lambda *_: Outcome(Verdict.ACCEPT, None), print,
-                            Verdict.DROP)  # fmt: skip
-        batch.fileno = left.fileno  # type: ignore[method-assign]
+        batch = socket_reader(left)
         assert batch.read() is False
         right.send(packet_message(12))  # a datagram that looks like a queued packet
         sender = SendingLib()
@@ -260,9 +266,7 @@ class _Both:
 def test_verdicts_the_kernel_refused_are_verdict_errors() -> None:
     left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with left, right:
-        batch = BatchReader(lib(), 0, 64, lambda *_: Outcome(Verdict.ACCEPT, None), print,
-                            Verdict.DROP)  # fmt: skip
-        batch.fileno = left.fileno  # type: ignore[method-assign]
+        batch = socket_reader(left)
         batch._lib = _Both(lib(), SendingLib())  # type: ignore[assignment]
         right.send(error_message(-errno.ENOENT))
         right.send(packet_message(5))

@@ -121,13 +121,19 @@ def test_file_sink_reopens_after_rotation_without_losing_a_line(tmp_path: Path) 
     assert ports == list(range(100)) and len(old) == 50
 
 
-def test_each_sink_takes_events_from_its_minimum_level_up() -> None:
+def all_and_denies() -> tuple[EventWriter, io.BytesIO, io.BytesIO]:
+    """A started writer with a sink for everything and one for warnings and worse."""
     everything, denies = io.BytesIO(), io.BytesIO()
     writer = EventWriter(
         [Channel(Sink("all", everything, False), level="debug"),
          Channel(Sink("denies", denies, False), level="warning")]
     )  # fmt: skip
     writer.start()
+    return writer, everything, denies
+
+
+def test_each_sink_takes_events_from_its_minimum_level_up() -> None:
+    writer, everything, denies = all_and_denies()
     for level in ("debug", "info", "notice", "warning", "error"):
         writer.submit({**EVENT, "log": {"level": level}})
     writer.submit(dict(EVENT))  # no log.level: info
@@ -334,13 +340,8 @@ def test_a_run_whose_flush_fails_is_counted_dropped_whole() -> None:
     assert (stats.submitted, stats.written, stats.dropped, sink.flushed) == (10, 0, 10, [])
 
 
-def test_submit_many_keeps_order_levels_and_counts(tmp_path: Path) -> None:
-    everything, denies = io.BytesIO(), io.BytesIO()
-    writer = EventWriter(
-        [Channel(Sink("all", everything, False), level="debug"),
-         Channel(Sink("denies", denies, False), level="warning")]
-    )  # fmt: skip
-    writer.start()
+def test_submit_many_keeps_order_levels_and_counts() -> None:
+    writer, everything, denies = all_and_denies()
     batch = [{**EVENT, "log": {"level": level}, "source": {"ip": "100.64.10.10", "port": port}}
              for port, level in enumerate(["info", "warning", "debug", "error"] * 25)]  # fmt: skip
     assert writer.submit_many(batch)
