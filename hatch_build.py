@@ -1,5 +1,6 @@
-"""Build hook: compiles portguard/io/nfqbatch.c into portguard/io/_nfqbatch.so (the batched
-kernel queue reader, portguard/io/batchqueue.py) for every wheel, editable installs included.
+"""Build hook: compiles portguard/io/nfqbatch.c and flowlines.c into portguard/io/_nfqbatch.so
+(the batched kernel queue reader, portguard/io/batchqueue.py; the conntrack DESTROY parser and
+flow-end lines, portguard/io/ctparse.py) for every wheel, editable installs included.
 
 A machine without a C compiler still gets a working portguard: the daemon then reads its queue
 one packet per system call (python-netfilterqueue's way) and says so in `portguard status`.
@@ -16,7 +17,7 @@ from typing import Any
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
-SOURCE = Path("portguard/io/nfqbatch.c")
+SOURCES = (Path("portguard/io/nfqbatch.c"), Path("portguard/io/flowlines.c"))
 LIBRARY = Path("portguard/io/_nfqbatch.so")
 
 
@@ -26,7 +27,7 @@ def compile_library(root: Path) -> bool:
         print("portguard: no C compiler: the queue is read one packet per call", file=sys.stderr)
         return False
     command = [compiler, "-O2", "-Wall", "-shared", "-fPIC", "-o", str(root / LIBRARY),
-               str(root / SOURCE)]  # fmt: skip
+               *(str(root / source) for source in SOURCES)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         print(f"portguard: {' '.join(command)} failed:\n{done.stderr}", file=sys.stderr)

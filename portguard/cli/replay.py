@@ -22,15 +22,15 @@ from portguard import __version__
 from portguard.cli import replaytext
 from portguard.config.model import Config, load_config
 from portguard.core.errors import SourceError
+from portguard.core.events.lines import LogItem
 from portguard.core.events.record import DecisionRecord, Observer
 from portguard.core.gate import Gate
 from portguard.core.policy.addresses import AddressSet, parse_network
 from portguard.core.replay import Frame, Replayer, compare, decisions
 from portguard.io.capture import Capture, CaptureError
 from portguard.io.policyfiles import load_ruleset
-from portguard.log.ecs import ecs_line
 from portguard.log.eventflow import EventFlow
-from portguard.log.sinks import prepare
+from portguard.log.formats import render
 
 PROGRESS_INTERVAL = 5.0  # seconds between progress lines on stderr
 PROGRESS_CHECK = 4096  # frames between looks at the clock
@@ -124,16 +124,17 @@ def _print_events(
     """The events the daemon's log process would have written, one JSON line each."""
     write = out.buffer.write if hasattr(out, "buffer") else _text_writer(out)
     for decided in decisions(frames, replayer):
+        events: list[LogItem] = []
         if isinstance(decided.record, DecisionRecord):
-            events = flow.decision(decided.record)
+            events += flow.decision(decided.record)
         else:  # `log = false`: no event, but flood windows close on time
-            events = flow.flush(decided.now)
+            events += flow.flush(decided.now)
         for alert in decided.alerts:  # a detector's alert, as the worker logs it
             events += flow.admit(alert, decided.now)
         for event in events:
-            write(ecs_line(prepare(event)) + b"\n")
+            write(render(event, "ecs") + b"\n")
     for event in flow.flush_all():
-        write(ecs_line(prepare(event)) + b"\n")
+        write(render(event, "ecs") + b"\n")
     out.flush()
 
 

@@ -33,11 +33,10 @@ import threading
 from array import array
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from pyroute2.netlink.nfnetlink import NFNLGRP_CONNTRACK_DESTROY
 
-from portguard.core.events.flowend import EndedFlow
 from portguard.core.marks import MARK_ALLOW, VERDICT_MASK
 from portguard.io.ctparse import (
     ATTRS_AT,
@@ -152,6 +151,9 @@ class FlowEndListener:
     """Reports each allowed connection conntrack forgets, from a thread of its own.
 
     ``on_flow`` runs in the listener's thread; an exception from it is counted in ``errors``.
+    It gets what ``parse`` makes of a DESTROY message that is not None: by default the
+    ``EndedFlow`` (``DestroyParser``); the log process passes ``FlowEndLines``, whose
+    rendered events go straight to its outputs.
     Counters (read them from any thread): ``received`` DESTROY messages read, ``reported`` flows
     handed to ``on_flow``, ``lost`` times the kernel dropped events (each time one or more),
     ``errors`` other failures (``last_error`` the latest). ``filtered`` says whether the kernel
@@ -160,11 +162,12 @@ class FlowEndListener:
 
     def __init__(
         self,
-        on_flow: Callable[[EndedFlow], None],
+        on_flow: Callable[[Any], None],
         *,
         receive_buffer: int = RECEIVE_BUFFER,
         open_socket: OpenSocket = open_destroy_socket,
         many_reads: bool = True,
+        parse: Callable[[bytes], Any] | None = None,
     ) -> None:
         self._on_flow, self._receive_buffer, self._open = on_flow, receive_buffer, open_socket
         self.received = self.reported = self.lost = self.errors = 0
@@ -174,7 +177,7 @@ class FlowEndListener:
         self._thread: threading.Thread | None = None
         self._wake: tuple[int, int] | None = None
         self._buffer = bytearray(1 << 16)
-        self._parse = DestroyParser()
+        self._parse = parse or DestroyParser()
         self._lib = library() if many_reads else None  # recvmmsg: many reports a system call
         self._slots = bytearray(MANY_SLOT * MANY_READS)
         self._lengths = array("I", bytes(4 * MANY_READS))

@@ -1,20 +1,26 @@
 """Reading conntrack DESTROY messages (see ctevents.py): ``parse_destroy`` in Python, and
-``DestroyParser``, the same through the C library (portguard/io/native.py) where it was built."""
+``DestroyParser``, the same through the C library (portguard/io/native.py) where it was built;
+``FlowEndLines``, a message straight to its rendered flow-end event (C library only)."""
 
 from __future__ import annotations
 
+import ctypes
 import socket
 import struct
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Final
 
+import orjson
 from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK
 from pyroute2.netlink.nfnetlink.nfctsocket import IPCTNL_MSG_CT_DELETE
 
-from portguard.core.events.flowend import Counters, EndedFlow
-from portguard.core.marks import MARK_ALLOW, VERDICT_MASK, direction_of_mark
-from portguard.io.native import CT_WORDS, address, library
+from portguard.core.events.flowend import Counters, EndedFlow, flow_end_event
+from portguard.core.events.lines import FLOW_HEAD, RenderedEvent, observer_json
+from portguard.core.events.record import Event, Observer
+from portguard.core.marks import DIRECTION_MASK, MARK_ALLOW, VERDICT_MASK, direction_of_mark
+from portguard.core.policy.model import Direction
+from portguard.io.native import CT_WORDS, LineForm, address, library
 
 DESTROY_TYPE: Final = NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_DELETE
 # attribute types (linux/netfilter/nfnetlink_conntrack.h)
@@ -109,35 +115,102 @@ class DestroyParser:
             raise ValueError("a DESTROY message without the parts of a TCP entry")
         if result == 0:
             return None  # not TCP
-        has = w[_CT_HAS]
-        return EndedFlow(
-            version=version,
-            src=_address(w, _CT_SRC, version),
-            dst=_address(w, _CT_DST, version),
-            sport=w[_CT_SPORT],
-            dport=w[_CT_DPORT],
-            direction=direction,
-            original=_words_counters(w, _CT_ORIG) if has & _HAS_ORIG else None,
-            reply=_words_counters(w, _CT_REPLY) if has & _HAS_REPLY else None,
-            start_ns=_wide(w, _CT_START) or None,
-            stop_ns=_wide(w, _CT_STOP) or None,
-            mark=mark,
-            entry_id=w[_CT_ID] if has & _HAS_ID else None,
-            zone=w[_CT_ZONE],
+        return _ended_of(w, direction)
+
+
+def _ended_of(w: Sequence[int], direction: Direction) -> EndedFlow:
+    """The ended flow the words of an allowed TCP entry describe."""
+    version, has = w[_CT_VERSION], w[_CT_HAS]
+    return EndedFlow(
+        version=version,
+        src=_address(w, _CT_SRC, version),
+        dst=_address(w, _CT_DST, version),
+        sport=w[_CT_SPORT],
+        dport=w[_CT_DPORT],
+        direction=direction,
+        original=_words_counters(w, _CT_ORIG) if has & _HAS_ORIG else None,
+        reply=_words_counters(w, _CT_REPLY) if has & _HAS_REPLY else None,
+        start_ns=_wide(w, _CT_START) or None,
+        stop_ns=_wide(w, _CT_STOP) or None,
+        mark=w[_CT_MARK],
+        entry_id=w[_CT_ID] if has & _HAS_ID else None,
+        zone=w[_CT_ZONE],
+    )
+
+
+class FlowEndLines:
+    """A DESTROY message straight to its flow-end event, rendered in C (flowlines.c): the
+    same line `LineRenderer.flow_end` renders for the same time, and the dict built from the
+    message's words only when an output asks for it. Needs the C library (`available`)."""
+
+    LINE_SIZE = 4096
+
+    def __init__(self, observer: Observer) -> None:
+        self.observer = observer
+        self._lib = library()
+        self._words = array("I", bytes(4 * CT_WORDS))
+        self._at = address(self._words)
+        self._line = bytearray(self.LINE_SIZE)
+        self._line_at = address(self._line)
+        shift = (DIRECTION_MASK & -DIRECTION_MASK).bit_length() - 1
+        directions = b"".join(
+            orjson.dumps(_direction_at(bits << shift).value).ljust(16, b"\0")
+            for bits in range((DIRECTION_MASK >> shift) + 1)
         )
+        self._texts = (FLOW_HEAD.encode(), directions, observer_json(observer).encode())
+        self._form = LineForm(VERDICT_MASK, MARK_ALLOW, DIRECTION_MASK, shift, *self._texts)
+        self._form_at = ctypes.addressof(self._form)
+
+    @property
+    def available(self) -> bool:
+        return self._lib is not None
+
+    def __call__(self, message: bytes) -> RenderedEvent | None:
+        assert self._lib is not None, "FlowEndLines without the C library"
+        size = self._lib.pg_ct_line(message, len(message), self._at, self._form_at,
+                                    self._line_at, self.LINE_SIZE)  # fmt: skip
+        if size > 0:
+            line = bytes(self._line[:size])
+            stamp = line[_STAMP_AT : _STAMP_AT + _STAMP_SIZE].decode()
+            return RenderedEvent(line, "info", stamp, _flow_end_of, self._words[:],
+                                 self.observer)  # fmt: skip
+        if size == 0:
+            return None
+        raise ValueError(_LINE_ERRORS[size])
 
 
-def _wide(words: list[int], at: int) -> int:
+_STAMP_AT, _STAMP_SIZE = len('{"@timestamp":"'), len("2026-12-05T15:09:24.123456Z")
+_LINE_ERRORS: Final = {
+    -1: "a DESTROY message without the parts of a TCP entry",
+    -2: "malformed netlink attributes in a DESTROY message",
+    -3: "a flow-end line longer than FlowEndLines.LINE_SIZE",
+}
+_CT_NOW_S, _CT_NOW_US = 28, 29  # the time flowlines.c rendered the line at
+
+
+def _direction_at(mark: int) -> Direction:
+    direction = direction_of_mark(mark | MARK_ALLOW)
+    assert direction is not None
+    return direction
+
+
+def _flow_end_of(w: Sequence[int], observer: Observer) -> Event:
+    """The dict of a `FlowEndLines` event, from its words: at the time its line names."""
+    ended = _ended_of(w, _direction_at(w[_CT_MARK]))
+    return flow_end_event(ended, observer, w[_CT_NOW_S] + w[_CT_NOW_US] / 1_000_000)
+
+
+def _wide(words: Sequence[int], at: int) -> int:
     return words[at] << 32 | words[at + 1]
 
 
-def _address(words: list[int], at: int, version: int) -> int:
+def _address(words: Sequence[int], at: int, version: int) -> int:
     if version == 4:
         return words[at + 3]
     return words[at] << 96 | words[at + 1] << 64 | words[at + 2] << 32 | words[at + 3]
 
 
-def _words_counters(words: list[int], at: int) -> Counters:
+def _words_counters(words: Sequence[int], at: int) -> Counters:
     return Counters(_wide(words, at), _wide(words, at + 2))
 
 

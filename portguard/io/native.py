@@ -1,7 +1,7 @@
-"""portguard's small C library (portguard/io/nfqbatch.c, compiled by `pip install` into
-`_nfqbatch.so`), loaded with ctypes: batched kernel-queue reads and verdicts
-(`batchqueue.py`) and the conntrack DESTROY parser (`ctevents.py`). Where it was not built
-(no C compiler at install) `library()` is None and both fall back to pure Python."""
+"""portguard's small C library (portguard/io/nfqbatch.c and flowlines.c, compiled by `pip
+install` into `_nfqbatch.so`), loaded with ctypes: batched kernel-queue reads and verdicts
+(`batchqueue.py`), the conntrack DESTROY parser and flow-end lines (`ctparse.py`). Where it
+was not built (no C compiler at install) `library()` is None and each falls back to Python."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from array import array
 from pathlib import Path
 
 LIBRARY = Path(__file__).with_name("_nfqbatch.so")
-CT_WORDS = 32  # nfqbatch.c's CT_WORDS
+CT_WORDS = 32  # room for nfqbatch.c's CT_WORDS and the two words flowlines.c adds
 
 
 def load_library(path: Path = LIBRARY) -> ctypes.CDLL | None:
@@ -33,7 +33,24 @@ def load_library(path: Path = LIBRARY) -> ctypes.CDLL | None:
     lib.pg_recv_many.restype = i
     lib.pg_ct_parse.argtypes = [ctypes.c_char_p, u32, p]
     lib.pg_ct_parse.restype = i
+    lib.pg_ct_line.argtypes = [ctypes.c_char_p, u32, p, p, p, u32]
+    lib.pg_ct_line.restype = i
     return lib
+
+
+class LineForm(ctypes.Structure):
+    """flowlines.c's pg_line_form: what every flow-end line shares (the strings NUL-ended;
+    whoever makes one keeps the bytes they point to)."""
+
+    _fields_ = [
+        ("verdict_mask", ctypes.c_uint32),
+        ("allow", ctypes.c_uint32),
+        ("direction_mask", ctypes.c_uint32),
+        ("direction_shift", ctypes.c_uint32),
+        ("head", ctypes.c_char_p),
+        ("directions", ctypes.c_char_p),
+        ("observer", ctypes.c_char_p),
+    ]
 
 
 @functools.cache

@@ -294,9 +294,17 @@ static int number64(const uint8_t *m, const span_t *s, uint32_t *out) {
     return 0;
 }
 
-static uint32_t number32(const uint8_t *m, const span_t *s) {
-    uint32_t w[2];
-    return number64(m, s, w) < 0 ? 0 : w[1];
+/* A big-endian number attribute of any length as one word (0 when absent): its low 32 bits,
+ * as Python's reading masks them. `*wide` is set when the number itself is 2**32 or more
+ * (Python reads a number no word holds). */
+static uint32_t number32(const uint8_t *m, const span_t *s, int *wide) {
+    uint32_t v = 0;
+    for (uint32_t i = 0; present(s) && i < s->len; i++) {
+        if (v >> 24)
+            *wide = 1;
+        v = (v << 8) | m[s->at + i];
+    }
+    return v;
 }
 
 /* An address attribute into 4 words, big end first (IPv4 in the last word). */
@@ -329,7 +337,8 @@ int pg_ct_parse(const uint8_t *m, uint32_t len, uint32_t *w) {
         return -2;
     uint8_t family = m[NLMSG_HDRLEN];
     w[CT_VERSION] = family == AF_INET ? 4 : family == AF_INET6 ? 6 : 0;
-    w[CT_MARK] = number32(m, &top[8]); /* CTA_MARK */
+    int wide = 0, wide_proto = 0; /* a number no word holds: -1 once the entry is TCP */
+    w[CT_MARK] = number32(m, &top[8], &wide); /* CTA_MARK */
     if (!present(&top[1])) /* CTA_TUPLE_ORIG */
         return -1;
     if (attributes(m, top[1].at, top[1].at + top[1].len, tuple) < 0 || !present(&tuple[1]) ||
@@ -338,16 +347,16 @@ int pg_ct_parse(const uint8_t *m, uint32_t len, uint32_t *w) {
     if (attributes(m, tuple[1].at, tuple[1].at + tuple[1].len, ip) < 0 ||
         attributes(m, tuple[2].at, tuple[2].at + tuple[2].len, proto) < 0)
         return -1;
-    w[CT_PROTO] = number32(m, &proto[1]);
-    if (w[CT_PROTO] != 6)
+    w[CT_PROTO] = number32(m, &proto[1], &wide_proto);
+    if (w[CT_PROTO] != 6 || wide_proto)
         return 0;
     int v6 = w[CT_VERSION] == 6;
     if (address(m, &ip[v6 ? 3 : 1], w + CT_SRC) < 0 || address(m, &ip[v6 ? 4 : 2], w + CT_DST) < 0)
         return -1;
     if (!present(&proto[2]) || !present(&proto[3]))
         return -1;
-    w[CT_SPORT] = number32(m, &proto[2]);
-    w[CT_DPORT] = number32(m, &proto[3]);
+    w[CT_SPORT] = number32(m, &proto[2], &wide);
+    w[CT_DPORT] = number32(m, &proto[3], &wide);
     if (present(&top[9])) { /* CTA_COUNTERS_ORIG */
         if (counters(m, &top[9], w + CT_ORIG_PACKETS, w + CT_ORIG_BYTES) < 0)
             return -1;
@@ -365,10 +374,10 @@ int pg_ct_parse(const uint8_t *m, uint32_t len, uint32_t *w) {
             return -1;
     }
     if (present(&top[12])) { /* CTA_ID */
-        w[CT_ID] = number32(m, &top[12]);
+        w[CT_ID] = number32(m, &top[12], &wide);
         w[CT_HAS] |= HAS_ID;
     }
-    w[CT_ZONE] = number32(m, &top[18]); /* CTA_ZONE */
-    return 1;
+    w[CT_ZONE] = number32(m, &top[18], &wide); /* CTA_ZONE */
+    return wide ? -1 : 1;
 }
 

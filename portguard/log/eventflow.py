@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from portguard.core.denycache import KernelHits
 from portguard.core.events.flood import DenyAggregator, kernel_summary
+from portguard.core.events.lines import LineRenderer, LogItem
 from portguard.core.events.record import (
+    DENIES,
     DecisionRecord,
     Event,
     Observer,
@@ -20,17 +22,25 @@ from portguard.core.events.record import (
 
 class EventFlow:
     """Records and events in, the events to write now out (`[log] flood_window` seconds of
-    flood control; 0 = every deny is written)."""
+    flood control; 0 = every deny is written). With `lines` (the log process's outputs all
+    write ECS), a decision flood control lets through untouched comes out as its rendered
+    line (`core/events/lines.py`), never built as a dict."""
 
-    def __init__(self, observer: Observer, flood_window: float = 0.0) -> None:
+    def __init__(self, observer: Observer, flood_window: float = 0.0, lines: bool = False) -> None:
         self.observer = observer
         self._stamp = Timestamps()  # the builder's own cache (one thread)
         # a bot's 10,000 identical denies become a few lines
         self.floods = DenyAggregator(flood_window) if flood_window > 0 else None
+        self.lines = LineRenderer(observer) if lines else None
 
-    def decision(self, record: DecisionRecord) -> list[Event]:
+    def decision(self, record: DecisionRecord) -> list[LogItem]:
         """A decision's event, through flood control (at the decision's own time)."""
-        return self.admit(connection_event(record, self.observer, self._stamp), record.now)
+        if self.lines is None or (self.floods is not None and record.action in DENIES):
+            event = connection_event(record, self.observer, self._stamp)
+            return [*self.admit(event, record.now)]
+        rendered: list[LogItem] = [*self.flush(record.now)]  # flood control passes it by
+        rendered.append(self.lines.decision(record))
+        return rendered
 
     def admit(self, event: Event, now: float) -> list[Event]:
         """Any event through flood control: closed windows' summaries first, then the event

@@ -18,33 +18,49 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
+from portguard.core.events.lines import LogItem, RenderedEvent, as_event
 from portguard.log.cef import cef_line
-from portguard.log.ecs import Event, ecs_line, with_community_id
+from portguard.log.ecs import ecs_line, with_community_id
 from portguard.log.ocsf import ocsf_line
 
 FORMATS: Final = ("ecs", "ocsf", "cef")
 
 
-Renderer = Callable[[Event], bytes]
+Renderer = Callable[[LogItem], bytes]
 
 
 def renderer(fmt: str) -> Renderer:
     """The one function that renders format ``fmt`` ("ecs", "ocsf" or "cef") for every output
     (stdout, file, syslog): a prepared event (its Community ID added, `sinks.prepare`) in, the
-    bytes of one line out."""
+    bytes of one line out. A rendered event (`core/events/lines.py`) is its own ECS line; the
+    other formats build its dict first."""
     render_format = _RENDERERS.get(fmt)
     if render_format is None:
         raise ValueError(f"unknown log format {fmt!r} (known: {', '.join(FORMATS)})")
     return render_format
 
 
-def render(event: Event, fmt: str) -> bytes:
+def render(event: LogItem, fmt: str) -> bytes:
     """One event, prepared or not, as the bytes of one line of format ``fmt``."""
+    if isinstance(event, RenderedEvent):
+        return renderer(fmt)(event)
     return renderer(fmt)(with_community_id(event))
 
 
+def _ecs(event: LogItem) -> bytes:
+    return event.line if isinstance(event, RenderedEvent) else ecs_line(event)
+
+
+def _ocsf(event: LogItem) -> bytes:
+    return ocsf_line(as_event(event))
+
+
+def _cef(event: LogItem) -> bytes:
+    return cef_line(as_event(event))
+
+
 _RENDERERS: dict[str, Renderer] = {
-    "ecs": ecs_line,
-    "ocsf": ocsf_line,
-    "cef": cef_line,
+    "ecs": _ecs,
+    "ocsf": _ocsf,
+    "cef": _cef,
 }

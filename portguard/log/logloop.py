@@ -9,14 +9,16 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
 from portguard.core.events.flowend import EndedFlow, flow_end_event
-from portguard.core.events.record import Event, Observer, Timestamps, lifecycle_event
+from portguard.core.events.lines import LogItem
+from portguard.core.events.record import Observer, Timestamps, lifecycle_event
 from portguard.io.ctevents import FlowEndError, FlowEndListener, enable_accounting
+from portguard.io.ctparse import FlowEndLines
 from portguard.io.heap import fewer_collections
 from portguard.log import handoff
 from portguard.log.eventflow import EventFlow
@@ -84,14 +86,14 @@ class Outputs:
         self.observer = observer
         self.extra = extra
         # each event built once, flood control (window 0: every deny is logged)
-        self.events = EventFlow(observer, flood_window)
+        self.events = EventFlow(observer, flood_window, lines=writer.ecs_only)
         self.handoff_dropped = 0
         self.stopped = False
         self._reported = 0
         self.flow_ends: FlowEndListener | None = None
         self._flow_ends_lost = 0
         self._flow_stamps = Timestamps()  # the flow-end events' own cache
-        self._ended: list[Event] = []  # flow-end events of the read going on
+        self._ended: list[LogItem] = []  # flow-end events of the read going on
 
     def listen_for_flow_ends(self) -> None:
         """Flow-end events from conntrack DESTROY (needs accounting: turned on here)."""
@@ -99,7 +101,11 @@ class Outputs:
         for setting, reason in problems.items():
             self._log("flow-end-degraded", f"cannot set {setting}: {reason}; flow-end events "
                       "lack packet and byte counts or times", setting=setting)  # fmt: skip
-        listener = FlowEndListener(self._flow_ended)
+        rendered = FlowEndLines(self.observer)
+        if self.events.lines is not None and rendered.available:  # rendered in C
+            listener = FlowEndListener(self._ended.append, parse=rendered)
+        else:
+            listener = FlowEndListener(self._flow_ended)
         try:
             listener.open()  # read by run_outputs' loop: no thread of its own
         except (FlowEndError, OSError) as error:
@@ -109,6 +115,10 @@ class Outputs:
 
     def _flow_ended(self, ended: EndedFlow) -> None:
         """A report of `read_flow_ends`: its event, written with the others of the read."""
+        lines = self.events.lines
+        if lines is not None:
+            self._ended.append(lines.flow_end(ended, time.time()))
+            return
         self._ended.append(flow_end_event(ended, self.observer, time.time(),
                                           stamps=self._flow_stamps))  # fmt: skip
 
@@ -137,7 +147,7 @@ class Outputs:
 
     def _handle(self, kind: bytes, payload: bytes) -> None:
         if kind == handoff.RECORDS:
-            decision, events = self.events.decision, []
+            decision, events = self.events.decision, list[LogItem]()
             for record in handoff.records_of(payload):
                 events += decision(record)
             self._submit(events)
@@ -156,7 +166,7 @@ class Outputs:
         elif kind == handoff.STOP:
             self.finish(orjson.loads(payload))
 
-    def _submit(self, events: list[Event]) -> None:
+    def _submit(self, events: Sequence[LogItem]) -> None:
         if events:
             self.writer.submit_many(events)
 

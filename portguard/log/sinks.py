@@ -10,10 +10,11 @@ import errno
 import os
 import stat
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
+from portguard.core.events.lines import LogItem, RenderedEvent
 from portguard.core.events.record import Event
 from portguard.log import formats
 from portguard.log.ecs import with_community_id
@@ -25,8 +26,10 @@ DEFAULT_SEVERITY = LEVELS["info"]
 StateCallback = Callable[[bool, str], None]
 
 
-def severity(event: Mapping[str, Any]) -> int:
+def severity(event: LogItem) -> int:
     """The event's syslog severity, from ECS log.level (info when it has none)."""
+    if isinstance(event, RenderedEvent):
+        return LEVELS[event.level]
     level = event.get("log", {}).get("level")
     return LEVELS.get(level, DEFAULT_SEVERITY) if isinstance(level, str) else DEFAULT_SEVERITY
 
@@ -35,8 +38,9 @@ class EventSink(Protocol):
     """What the writer drives, one thread per sink."""
 
     name: str
+    format: str  # the format it writes: "ecs", "ocsf" or "cef"
 
-    def write(self, event: Event) -> None: ...
+    def write(self, event: LogItem) -> None: ...
 
     def flush(self) -> None: ...
 
@@ -47,10 +51,11 @@ class EventSink(Protocol):
     def close(self) -> None: ...
 
 
-def prepare(event: Event) -> Event:
+def prepare(event: LogItem) -> LogItem:
     """What every format shares, done once per event in the log process (not once per sink):
-    the Community ID. The event's fields are already in reading order (`core/events`)."""
-    return with_community_id(event)
+    the Community ID (a rendered event has it). The event's fields are already in reading
+    order (`core/events`)."""
+    return event if isinstance(event, RenderedEvent) else with_community_id(event)
 
 
 def render_line(event: Event) -> bytes:
@@ -95,7 +100,7 @@ class Sink:
         self._attach(fresh)
         old.close()  # flushes what the old file still buffers
 
-    def write(self, event: Event) -> None:
+    def write(self, event: LogItem) -> None:
         """One line into the stream's buffer (prepared events: see `prepare`); the writer
         flushes once its queue is empty, so a burst costs few system calls."""
         line = self._render(event)

@@ -34,6 +34,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from portguard.core.events.lines import LogItem, RenderedEvent
 from portguard.log import formats
 from portguard.log.sinks import StateCallback, severity
 from portguard.log.syslogtarget import (
@@ -53,15 +54,15 @@ USER_TIMEOUT_MS = 30_000  # data unacknowledged this long: the collector is gone
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
-def syslog_frame(event: dict[str, Any], hostname: str, pid: int, fmt: str = "ecs") -> bytes:
+def syslog_frame(event: LogItem, hostname: str, pid: int, fmt: str = "ecs") -> bytes:
     """One RFC 5424 message: header, no structured data, the rendered event as MSG."""
     return syslog_header(event, hostname, pid) + formats.render(event, fmt)
 
 
-def syslog_header(event: dict[str, Any], hostname: str, pid: int) -> bytes:
+def syslog_header(event: LogItem, hostname: str, pid: int) -> bytes:
     """RFC 5424 header of a message, no structured data: what syslog adds to a format's line."""
     pri = FACILITY_DAEMON * 8 + severity(event)
-    stamp = event.get("@timestamp", "-")
+    stamp = event.stamp if isinstance(event, RenderedEvent) else event.get("@timestamp", "-")
     return f"<{pri}>1 {stamp} {hostname} portguard {pid} - - ".encode()
 
 
@@ -228,7 +229,7 @@ class SyslogSink:
         if tls is not None and self.target.scheme != "tls":
             raise ValueError(f"syslog TLS settings need a tls:// address, not {address}")
         self.name = f"syslog:{address}"
-        self.fmt = fmt
+        self.format = fmt
         self._render = formats.renderer(fmt)  # ValueError for an unknown format
         self.errors = 0  # events that raised OSError (lost)
         self.reconnects = 0  # connections replaced without an outage (collector closed one)
@@ -246,7 +247,7 @@ class SyslogSink:
         self._failures = 0  # connection attempts failed since the last good connection
         self._frames: list[bytes] = []  # written, not sent yet (streams: sent by `flush`)
 
-    def write(self, event: dict[str, Any]) -> None:
+    def write(self, event: LogItem) -> None:
         """Send one event (UDP: OSError when it is lost) or collect its frame for `flush`
         (TCP, TLS)."""
         message = syslog_header(event, self.hostname, self.pid) + self._render(event)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from portguard.core.events.lines import LogItem, RenderedEvent
 from portguard.core.events.record import LIFECYCLE_DATASET, Event
 from portguard.log.sinks import LEVELS, EventSink, prepare, severity
 
@@ -26,7 +27,9 @@ _STOP = object()
 _REOPEN = object()
 
 
-def _is_lifecycle(event: Event) -> bool:
+def _is_lifecycle(event: LogItem) -> bool:
+    if isinstance(event, RenderedEvent):
+        return False  # decisions and flow ends only
     return bool(event.get("event", {}).get("dataset") == LIFECYCLE_DATASET)
 
 
@@ -89,7 +92,7 @@ class Channel:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, event: Event) -> bool:
+    def submit(self, event: LogItem) -> bool:
         """Queue the event if it reaches this sink's level; never blocks."""
         if severity(event) > self.max_severity or self.closed:
             return True
@@ -103,7 +106,7 @@ class Channel:
         self._put(event)
         return True
 
-    def submit_many(self, events: list[Event]) -> int:
+    def submit_many(self, events: Sequence[LogItem]) -> int:
         """`submit` for each event, in order, counted and queued together; how many were
         dropped. Never blocks."""
         if self.closed:
@@ -146,7 +149,8 @@ class Channel:
             self._abandoned = True
             self.sink.interrupt()
             self._thread.join(1.0)
-        self._count(dropped=sum(isinstance(item, dict) for item in list(self._items)))
+        self._count(dropped=sum(item is not _STOP and item is not _REOPEN
+                                for item in list(self._items)))  # fmt: skip
         self._items.clear()
         self.closed = True
         self.sink.close()
@@ -253,7 +257,7 @@ class EventWriter:
         for channel in self.channels:
             channel.start()
 
-    def submit(self, event: Event) -> bool:
+    def submit(self, event: LogItem) -> bool:
         """Queue an event for every sink that takes its level; never blocks. False when some
         sink had to drop it."""
         accepted = True
@@ -262,7 +266,7 @@ class EventWriter:
             accepted = channel.submit(prepared) and accepted
         return accepted
 
-    def submit_many(self, events: list[Event]) -> bool:
+    def submit_many(self, events: Sequence[LogItem]) -> bool:
         """`submit` for each event, in order, with one lock per sink; False when some sink
         had to drop some."""
         prepared = [prepare(event) for event in events]
@@ -287,6 +291,11 @@ class EventWriter:
 
     def stats(self) -> list[SinkStats]:
         return [channel.stats() for channel in self.channels]
+
+    @property
+    def ecs_only(self) -> bool:
+        """Whether every output writes ECS (then decisions and flow ends may come rendered)."""
+        return all(channel.sink.format == "ecs" for channel in self.channels)
 
     def close_unsettled(self, timeout: float = 1.0) -> None:
         """Close the outputs still behind (a collector down at stop): what they hold is

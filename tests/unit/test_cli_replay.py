@@ -15,9 +15,10 @@ from scapy.packet import Packet
 
 from portguard.cli import replay as replay_command
 from portguard.cli.main import main
-from portguard.core.events.record import Event, Observer
+from portguard.core.events.lines import LogItem
+from portguard.core.events.record import Observer
 from portguard.log import handoff
-from portguard.log.ecs import ecs_line
+from portguard.log.formats import render
 from portguard.log.logloop import Outputs
 from portguard.log.sinks import prepare
 from tests.captures import INSIDE, MX4, MX6, SMARTHOST4, SUB4, SUB6, T0, syn, write, write_ng
@@ -69,14 +70,16 @@ def test_totals_by_rule_and_verdict(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def daemon_lines(records: list[Any], flood_window: int) -> list[bytes]:
     """What the daemon's log process writes for these decision records."""
-    written: list[Event] = []
+    written: list[LogItem] = []
 
     class Writer:
-        def submit(self, event: Event) -> bool:
+        ecs_only = True  # decisions come rendered, as with the daemon's usual outputs
+
+        def submit(self, event: LogItem) -> bool:
             written.append(prepare(event))  # as EventWriter.submit prepares it
             return True
 
-        def submit_many(self, events: list[Event]) -> bool:
+        def submit_many(self, events: list[LogItem]) -> bool:
             return all([self.submit(event) for event in events])
 
         def close(self) -> None:
@@ -86,7 +89,7 @@ def daemon_lines(records: list[Any], flood_window: int) -> list[bytes]:
     for record in records:
         outputs.handle(handoff.loggable_frame(record)[4:])
     outputs.finish(None)
-    return [ecs_line(event) for event in written]
+    return [render(event, "ecs") for event in written]
 
 
 @pytest.mark.parametrize("flood_window", [0, 60])

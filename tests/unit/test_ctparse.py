@@ -1,17 +1,26 @@
 """DESTROY messages read by the C library (`DestroyParser`) exactly as `parse_destroy` reads
 them: the recorded messages of test_ctevents_parse, every truncation of them, and random
-mutations (never a different flow; see `agree`)."""
+mutations (never a different flow; see `agree`). `FlowEndLines` renders, for the same
+messages, the line of the event `flow_end_event` builds from `DestroyParser`'s flow."""
 
 from __future__ import annotations
 
+import struct
+import time
+from datetime import datetime
+
+import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from portguard.core.events.flowend import EndedFlow
+from portguard.core.events.flowend import EndedFlow, flow_end_event
+from portguard.core.events.lines import LineRenderer, RenderedEvent
+from portguard.core.events.record import Observer
 from portguard.io import ctparse
-from portguard.io.ctparse import DestroyParser, parse_destroy
+from portguard.io.ctparse import DestroyParser, FlowEndLines, parse_destroy
 from tests.unit.test_ctevents_parse import (
+    NESTED,
     V4_ALLOW_OUTBOUND,
     V4_ALLOW_RESET,
     V4_UDP_ALLOW,
@@ -19,11 +28,16 @@ from tests.unit.test_ctevents_parse import (
     V6_ALLOW_INBOUND,
     V6_ALLOW_NO_ACCOUNTING,
     V6_REJECT,
+    with_attribute,
 )
 
 RECORDED = [V4_ALLOW_OUTBOUND, V4_ALLOW_RESET, V4_UDP_ALLOW, V4_UNMARKED, V6_ALLOW_INBOUND,
             V6_ALLOW_NO_ACCOUNTING, V6_REJECT]  # fmt: skip
 FAST = DestroyParser()
+
+
+OBSERVER = Observer('gw "1"', "0.1.0")
+LINES = FlowEndLines(OBSERVER)
 
 
 def both(message: bytes) -> tuple[object, object]:
@@ -63,9 +77,12 @@ def test_every_truncation_agrees(message: bytes) -> None:
     for cut in range(len(message)):
         slow, fast = both(message[:cut])
         assert agree(slow, fast), (cut, slow, fast)
+        assert_rendered_alike(message[:cut])
 
 
 @settings(max_examples=400, deadline=None)
+@example(V4_ALLOW_RESET, [(384, 69)])  # CTA_ID's length grown: a number no word holds
+@example(V4_ALLOW_RESET, [(124, 121)])  # CTA_MARK's length grown
 @given(st.sampled_from(RECORDED), st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)),
                                            min_size=1, max_size=4))  # fmt: skip
 def test_mutated_messages_agree(message: bytes, flips: list[tuple[int, int]]) -> None:
@@ -74,9 +91,79 @@ def test_mutated_messages_agree(message: bytes, flips: list[tuple[int, int]]) ->
         data[at % len(data)] = value
     slow, fast = both(bytes(data))
     assert agree(slow, fast), (bytes(data).hex(), slow, fast)
+    assert_rendered_alike(bytes(data))
 
 
 def test_without_the_library_it_is_parse_destroy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ctparse, "library", lambda: None)
     plain = DestroyParser()
     assert plain(V4_ALLOW_OUTBOUND) == parse_destroy(V4_ALLOW_OUTBOUND)
+
+
+def assert_rendered_alike(message: bytes) -> None:
+    """`FlowEndLines` gives an event where `DestroyParser` gives a flow, None where None, and
+    fails where it fails; the event's line is its dict's, the dict `flow_end_event`'s."""
+    try:
+        ended = FAST(message)
+    except ValueError:
+        with pytest.raises(ValueError):
+            LINES(message)
+        return
+    rendered = LINES(message)
+    if ended is None:
+        assert rendered is None
+        return
+    assert isinstance(rendered, RenderedEvent)
+    event = rendered.event()
+    assert rendered.line == orjson.dumps(event)
+    assert event["@timestamp"] == rendered.stamp and rendered.level == "info"
+    expected = flow_end_event(ended, OBSERVER, 0.0)
+    assert {**event, "@timestamp": ""} == {**expected, "@timestamp": ""}
+    now = datetime.fromisoformat(rendered.stamp).timestamp()
+    assert rendered.line == LineRenderer(OBSERVER).flow_end(ended, now).line
+
+
+@pytest.mark.parametrize("message", RECORDED)
+def test_recorded_messages_render_the_line_of_their_flow(message: bytes) -> None:
+    assert LINES.available
+    assert_rendered_alike(message)
+    if message in (V4_ALLOW_OUTBOUND, V6_ALLOW_INBOUND, V6_ALLOW_NO_ACCOUNTING):
+        assert isinstance(LINES(message), RenderedEvent)
+
+
+def test_a_line_renders_the_time_it_was_read_at() -> None:
+    before = time.time()
+    rendered = LINES(V4_ALLOW_OUTBOUND)
+    after = time.time()
+    assert isinstance(rendered, RenderedEvent)
+    assert before - 1e-6 <= datetime.fromisoformat(rendered.stamp).timestamp() <= after + 1e-6
+
+
+def test_a_line_that_does_not_fit_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(FlowEndLines, "LINE_SIZE", 100)
+    with pytest.raises(ValueError, match="longer than"):
+        FlowEndLines(OBSERVER)(V4_ALLOW_OUTBOUND)
+
+
+def timed(message: bytes, start: int, stop: int) -> bytes:
+    """The message with its CTA_TIMESTAMP replaced (start, stop in ns; 0: absent)."""
+    times = b"".join(struct.pack("=HH", 12, kind) + value.to_bytes(8, "big")
+                     for kind, value in ((1, start), (2, stop)) if value)  # fmt: skip
+    return with_attribute(message, ctparse.CTA_TIMESTAMP | NESTED, times)
+
+
+@pytest.mark.parametrize(
+    ("start", "stop"),
+    [(0, 0), (0, 9), (5, 0), (5, 5), (5, 4), (5, 9), (1795798740_000001999, 1795798801_500000998)],
+)
+@pytest.mark.parametrize("message", [V4_ALLOW_OUTBOUND, V6_ALLOW_INBOUND, V6_ALLOW_NO_ACCOUNTING])
+def test_times_render_as_the_event_has_them(message: bytes, start: int, stop: int) -> None:
+    """No start: no times; a stop before the start: no end and no duration."""
+    assert_rendered_alike(timed(message, start, stop))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 2**64 - 1), st.integers(0, 2**64 - 1))
+def test_any_times_render_as_the_event_has_them(start: int, stop: int) -> None:
+    """The C calendar agrees with `datetime` over every time conntrack can report."""
+    assert_rendered_alike(timed(V6_ALLOW_NO_ACCOUNTING, start, stop))

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import orjson
+
+from portguard.core.events.lines import RenderedEvent
 from portguard.core.events.record import DecisionRecord, connection_event
 from portguard.log.eventflow import EventFlow
 from tests.events import NOW, OBSERVER
@@ -48,3 +51,18 @@ def test_flush_all_closes_every_window() -> None:
         flow.decision(record(NOW + i))
     [summary] = flow.flush_all()
     assert summary["portguard"]["aggregate"]["count"] == 3
+
+
+def test_with_lines_what_flood_control_passes_by_comes_rendered() -> None:
+    """Allowed decisions (and every decision without flood control) skip the dict; denies
+    go through flood control as dicts; a window closed by a rendered decision comes first."""
+    flow = EventFlow(OBSERVER, 60, lines=True)
+    [first] = flow.decision(record(NOW))
+    assert first == connection_event(record(NOW), OBSERVER)  # a deny: a dict, windowed
+    assert flow.decision(record(NOW + 1)) == []
+    summary, allowed = flow.decision(record(NOW + 61, "allow"))
+    assert summary["portguard"]["aggregate"]["count"] == 2
+    assert isinstance(allowed, RenderedEvent)
+    assert allowed.line == orjson.dumps(connection_event(record(NOW + 61, "allow"), OBSERVER))
+    [deny] = EventFlow(OBSERVER, 0, lines=True).decision(record(NOW))
+    assert isinstance(deny, RenderedEvent) and deny.event() == first

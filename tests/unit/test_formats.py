@@ -9,11 +9,25 @@ import socket
 import orjson
 import pytest
 
-from portguard.core.events.record import lifecycle_event
+from portguard.core.events.flowend import Counters, EndedFlow
+from portguard.core.events.lines import LineRenderer
+from portguard.core.events.record import decision_record, lifecycle_event
+from portguard.core.policy.model import Action, Decision, Direction
 from portguard.log.formats import render
-from portguard.log.sinks import Sink, prepare, render_line
+from portguard.log.sinks import Sink, prepare, render_line, severity
 from portguard.log.syslog import SyslogSink, syslog_header
-from tests.events import NOW, OBSERVER, ORIGIN, decided, flow_end, ocsf, parse_cef
+from tests.events import (
+    NOW,
+    OBSERVER,
+    ORIGIN,
+    START_NS,
+    STOP_NS,
+    V4,
+    decided,
+    flow_end,
+    ocsf,
+    parse_cef,
+)
 
 
 def test_unknown_format_is_an_error() -> None:
@@ -91,3 +105,25 @@ def test_every_output_writes_the_same_bytes_syslog_adds_its_header(fmt: str) -> 
             assert server.recv(65535) == header + render(event, fmt)
         syslog.close()
     assert stream.getvalue() == b"".join(render(event, fmt) + b"\n" for event in events)
+
+
+@pytest.mark.parametrize("fmt", ["ecs", "ocsf", "cef"])
+def test_a_rendered_event_is_written_as_its_dict_in_every_format(fmt: str) -> None:
+    """A decision or flow end rendered from its record (`core/events/lines.py`): its own
+    line in ECS, its dict built for the other formats; levels and syslog headers alike."""
+    renderer = LineRenderer(OBSERVER)
+    decision = Decision(Action.ALLOW, "business-25", "10-isp.toml", "", "matched rule")
+    rendered = [
+        renderer.decision(decision_record(decision, V4, "2a", Direction.OUTBOUND, "v1", NOW)),
+        renderer.flow_end(EndedFlow(*V4, Direction.OUTBOUND, Counters(3, 180),
+                                    Counters(2, 120), START_NS, STOP_NS), NOW),
+    ]  # fmt: skip
+    for item in rendered:
+        as_dict = prepare(item.event())
+        assert prepare(item) is item
+        assert render(item, fmt) == render(as_dict, fmt)
+        assert severity(item) == severity(as_dict)
+        assert syslog_header(item, "gw", 7) == syslog_header(as_dict, "gw", 7)
+        stream = io.BytesIO()
+        Sink("memory", stream, owned=False, fmt=fmt).write(item)
+        assert stream.getvalue() == render(as_dict, fmt) + b"\n"

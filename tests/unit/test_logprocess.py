@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import marshal
 import os
 import signal
 import time
 from pathlib import Path
 
 import orjson
+import pytest
 
 from portguard.core.denycache import KernelHits
 from portguard.core.events.flood import represented
@@ -19,6 +21,7 @@ from portguard.core.events.record import (
 )
 from portguard.core.policy.model import Action, Decision, Direction
 from portguard.log import handoff
+from portguard.log.formats import render
 from portguard.log.logloop import Outputs
 from portguard.log.logprocess import BATCH_FRAMES, HANDOVER_DELAY, LogProcess
 from portguard.log.sinks import file_sink, render_line
@@ -257,3 +260,19 @@ def test_kernel_hits_become_summaries_with_flood_control_off_and_fold_with_it_on
         written = lines(path)
         assert [represented(e) for e in written] == [1, 41]  # type: ignore[arg-type]
         assert written[-1]["portguard"]["aggregate"]["kernel"] == 41  # type: ignore[index]
+
+
+@pytest.mark.parametrize("fmt", ["ecs", "ocsf"])
+def test_records_are_rendered_straight_to_lines_only_when_every_output_writes_ecs(
+    tmp_path: Path, fmt: str
+) -> None:
+    path = tmp_path / "events.log"
+    writer = EventWriter([file_sink(path, fmt)])
+    writer.start()
+    outputs = Outputs(writer, OBSERVER, {})
+    assert (outputs.events.lines is not None) == (fmt == "ecs")
+    records = [decided(port, now=NOW + port) for port in range(1000, 1010)]
+    outputs.handle(handoff.RECORDS + marshal.dumps([tuple(r) for r in records]))
+    outputs.finish(None)
+    expected = [render(connection_event(sent, OBSERVER), fmt) for sent in records]
+    assert path.read_bytes().splitlines() == expected

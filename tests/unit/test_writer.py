@@ -10,9 +10,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from portguard.core.events.record import Event
+from portguard.core.events.lines import LineRenderer
+from portguard.core.events.record import DecisionRecord, Event
 from portguard.log.sinks import Sink, file_sink, prepare, render_line
 from portguard.log.writer import FLUSH_EVERY, Channel, EventWriter
+from tests.events import NOW, OBSERVER
 from tests.unit.test_ecs_schema import events as every_event
 
 EVENT = {
@@ -369,3 +371,32 @@ def test_submit_many_into_a_full_queue_drops_and_counts_like_submit() -> None:
     lines = stream.getvalue().splitlines()
     assert writer.written == len(lines) and writer.written + writer.dropped == 1001
     assert 11 <= writer.written <= 13  # the queue (10), the one the thread holds, the reserve
+
+
+def test_rendered_events_are_written_filtered_and_counted_like_dicts() -> None:
+    """A rendered event's level picks the sinks; a hanging sink's rendered events are counted
+    dropped at close, like dicts."""
+    writer, everything, denies = all_and_denies()
+    renderer = LineRenderer(OBSERVER)
+    allowed, denied = (renderer.decision(record(action)) for action in ("allow", "reject"))
+    assert writer.submit_many([allowed, denied]) and writer.submit(allowed)
+    writer.close()
+    assert everything.getvalue() == b"".join(r.line + b"\n" for r in (allowed, denied, allowed))
+    assert denies.getvalue() == denied.line + b"\n"
+    hanging = EventWriter([Hanging()], capacity=100)
+    hanging.start()
+    hanging.submit_many([allowed] * 20)
+    hanging.close(timeout=0.2)
+    (stats,) = hanging.stats()
+    assert (stats.submitted, stats.written, stats.dropped) == (20, 0, 20)
+
+
+def test_ecs_only_tells_whether_every_output_writes_ecs() -> None:
+    ecs = Sink("a", io.BytesIO(), owned=False)
+    assert EventWriter([ecs]).ecs_only and EventWriter([]).ecs_only
+    assert not EventWriter([ecs, Sink("b", io.BytesIO(), owned=False, fmt="cef")]).ecs_only
+
+
+def record(action: str) -> DecisionRecord:
+    return DecisionRecord(NOW, 4, 0x64400A0A, 0xC6336419, 40312, 25, "outbound", action, "r1",
+                          "10-isp.toml", "", "matched", "v1", "1", None)  # fmt: skip

@@ -182,7 +182,7 @@ def connection_event(
         details["limit"] = record.limit
     version, src, dst, sport, dport = (record.version, record.src, record.dst, record.sport,
                                        record.dport)  # fmt: skip
-    shared = _shared_parts(record.action, record.rule_id, record.ruleset, record.description)
+    shared = shared_parts(record.action, record.rule_id, record.ruleset, record.description)
     return {
         "@timestamp": stamp(record.now),
         "ecs": _ECS,
@@ -203,12 +203,14 @@ def connection_event(
     }
 
 
+# the actions whose decision events are denies (flood control's business): by Action.allows
+DENIES = frozenset(action.value for action in Action if not action.allows)
 _ECS: dict[str, str] = {"version": ECS_VERSION}
 _NETWORK_TYPES = {4: "ipv4", 6: "ipv6"}
 MAX_SHARED = 4096  # rules x actions whose shared event parts are kept
 
 
-class _Shared(NamedTuple):
+class SharedParts(NamedTuple):
     """The parts of a decision event that depend on its rule and action only."""
 
     log: dict[str, str]
@@ -216,16 +218,17 @@ class _Shared(NamedTuple):
     rule: dict[str, str]
 
 
-_shared: dict[tuple[str, str, str, str], _Shared] = {}
+_shared: dict[tuple[str, str, str, str], SharedParts] = {}
 _observers: dict[Observer, dict[str, str]] = {}
 
 
-def _shared_parts(action: str, rule_id: str, ruleset: str, description: str) -> _Shared:
+def shared_parts(action: str, rule_id: str, ruleset: str, description: str) -> SharedParts:
+    """The log, event and rule parts of a decision event of this rule and action (shared)."""
     key = (action, rule_id, ruleset, description)
     found = _shared.get(key)
     if found is None:
         verdict = Action(action)
-        found = _Shared({"level": verdict_level(verdict)}, _verdict_fields(verdict),
+        found = SharedParts({"level": verdict_level(verdict)}, _verdict_fields(verdict),
                         _rule_fields(rule_id, ruleset, description))  # fmt: skip
         if len(_shared) >= MAX_SHARED:
             _shared.clear()
