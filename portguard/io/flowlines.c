@@ -231,11 +231,20 @@ static void put_community_id(out_t *o, const uint8_t *src, const uint8_t *dst, i
     put(o, text, 30);
 }
 
-static void put_counters(out_t *o, const uint32_t *w, int at) {
-    puts_(o, ",\"packets\":");
-    put_u64(o, wide(w, at));
-    puts_(o, ",\"bytes\":");
-    put_u64(o, wide(w, at + 2));
+/* `opening`, then an endpoint's address and port, and what it sent when `counters` (packets
+ * and bytes, two words each) are given. */
+static void put_endpoint(out_t *o, const char *opening, int version, const uint8_t *raw,
+                         uint16_t port, const uint32_t *counters) {
+    puts_(o, opening);
+    put_ip(o, version, raw);
+    puts_(o, "\",\"port\":");
+    put_u64(o, port);
+    if (counters) {
+        puts_(o, ",\"packets\":");
+        put_u64(o, wide(counters, 0));
+        puts_(o, ",\"bytes\":");
+        put_u64(o, wide(counters, 2));
+    }
 }
 
 /* What every line shares (the caller's, set once): which marks are portguard's allow and
@@ -292,20 +301,11 @@ int pg_ct_line(const uint8_t *m, uint32_t len, uint32_t *w, const pg_line_form *
             put_u64(&o, stop - start);
         }
     }
-    puts_(&o, "},\"source\":{\"ip\":\"");
-    put_ip(&o, version, src);
-    puts_(&o, "\",\"port\":");
-    put_u64(&o, sport);
-    if (counted)
-        put_counters(&o, w, W_ORIG);
-    puts_(&o, "},\"destination\":{\"ip\":\"");
-    put_ip(&o, version, dst);
-    puts_(&o, "\",\"port\":");
-    put_u64(&o, dport);
-    if (counted)
-        put_counters(&o, w, W_REPLY);
-    puts_(&o, version == 4 ? "},\"network\":{\"transport\":\"tcp\",\"iana_number\":\"6\",\"type\":\"ipv4\",\"direction\":"
-                           : "},\"network\":{\"transport\":\"tcp\",\"iana_number\":\"6\",\"type\":\"ipv6\",\"direction\":");
+    put_endpoint(&o, "},\"source\":{\"ip\":\"", version, src, sport, counted ? w + W_ORIG : NULL);
+    put_endpoint(&o, "},\"destination\":{\"ip\":\"", version, dst, dport,
+                 counted ? w + W_REPLY : NULL);
+    puts_(&o, "},\"network\":{\"transport\":\"tcp\",\"iana_number\":\"6\",\"type\":");
+    puts_(&o, version == 4 ? "\"ipv4\",\"direction\":" : "\"ipv6\",\"direction\":");
     puts_(&o, direction);
     if (counted) {
         puts_(&o, ",\"packets\":");
