@@ -15,11 +15,19 @@ CT_WORDS = 32  # room for nfqbatch.c's CT_WORDS and the two words flowlines.c ad
 
 
 def load_library(path: Path = LIBRARY) -> ctypes.CDLL | None:
-    """The library with its signatures, or None where it was not built."""
+    """The library with its signatures, or None where it was not built (or a stale build
+    lacks a function: each user then falls back to Python, as without it)."""
     try:
         lib = ctypes.CDLL(str(path))
     except OSError:
         return None
+    try:
+        return _declared(lib)
+    except AttributeError:  # built from an older nfqbatch.c
+        return None
+
+
+def _declared(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, u32, i = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int
     lib.pg_recv.argtypes = [i, p, u32, i, p, p]
     lib.pg_recv.restype = i

@@ -11,14 +11,17 @@ import ctypes
 import errno
 import socket
 import struct
+import subprocess
 from array import array
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from portguard.core.gate import Outcome, Verdict
 from portguard.core.marks import MARK_ALLOW, MARK_MASK, MARK_REJECT, direction_of_mark
 from portguard.core.policy.model import Direction
+from portguard.io import native
 from portguard.io.batchqueue import (
     C_ACKED_ERRORS,
     C_LAST_ERROR,
@@ -39,6 +42,17 @@ VERDICT_TYPE = (3 << 8) | 1
 
 def test_the_library_is_built() -> None:
     assert LIB is not None, "pip install builds portguard/io/_nfqbatch.so (hatch_build.py)"
+
+
+def test_a_stale_or_missing_library_is_no_library(tmp_path: Path) -> None:
+    """A build of an older nfqbatch.c (no flowlines.c) lacks pg_ct_line: every user falls
+    back to Python, as without the library, instead of failing to load."""
+    stale = tmp_path / "_nfqbatch.so"
+    source = Path(native.__file__).with_name("nfqbatch.c")
+    subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(stale), str(source)], check=True)
+    assert ctypes.CDLL(str(stale)).pg_ct_parse is not None
+    assert load_library(stale) is None
+    assert load_library(tmp_path / "missing.so") is None
 
 
 def lib() -> ctypes.CDLL:
