@@ -1,8 +1,9 @@
 """The conntrack events edge: a report for each connection portguard allowed, when it ends.
 
 ``FlowEndListener`` subscribes to conntrack's DESTROY events (ctnetlink multicast group
-``NFNLGRP_CONNTRACK_DESTROY``) on a plain netlink socket in a thread of its own, and hands every
-TCP entry whose connmark holds portguard's allow verdict to a callback as an ``EndedFlow``:
+``NFNLGRP_CONNTRACK_DESTROY``) on a plain netlink socket that its owner reads when it is
+readable (the log process's loop), and hands every TCP entry whose connmark holds portguard's
+allow verdict to a callback as an ``EndedFlow`` (or what its ``parse`` makes of it):
 addresses and ports of the original direction, the direction recorded in the mark, packets and
 bytes each way (``nf_conntrack_acct``) and start and stop times (``nf_conntrack_timestamp``).
 ``enable_accounting`` turns both on; the kernel adds them only to entries created afterwards.
@@ -18,7 +19,7 @@ Entries created while no one listens to conntrack events (``nf_conntrack_events 
 default) are never reported.
 
 Everything here acts in the network namespace of the calling thread: the socket belongs to the
-namespace ``start()`` runs in, and /proc/sys/net shows the caller's namespace.
+namespace ``open()`` runs in, and /proc/sys/net shows the caller's namespace.
 """
 
 from __future__ import annotations
@@ -26,10 +27,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import select
 import socket
 import struct
-import threading
 from array import array
 from collections.abc import Callable
 from pathlib import Path
@@ -55,11 +54,6 @@ RECEIVE_BUFFER: Final = 8 << 20  # bytes (the kernel doubles it for its bookkeep
 MANY_READS: Final = 64  # reports one recvmmsg takes at most
 MANY_SLOT: Final = 8192  # bytes a report may take (a DESTROY message is some 300)
 CUT: Final = 0x80000000  # pg_recv_many's mark of a message cut short
-ERROR_PAUSE: Final = 0.2  # seconds between tries after an unexpected error
-# seconds the reports gather in the socket's buffer between reads: a flow's report is due
-# seconds after its end anyway (conntrack's CLOSE and TIME_WAIT), and at thousands of ends a
-# second one wake-up per report would cost the log process more than the reports themselves
-GATHER: Final = 0.005
 
 _SKF_AD_NLATTR: Final = (-0x1000 + 12) & 0xFFFFFFFF  # A = offset of attribute X from offset A
 
@@ -148,16 +142,17 @@ OpenSocket = Callable[[int], tuple[socket.socket, bool]]
 
 
 class FlowEndListener:
-    """Reports each allowed connection conntrack forgets, from a thread of its own.
+    """Reports each allowed connection conntrack forgets, when its owner asks: `open`
+    subscribes, the owner selects on `fileno()` and calls `read_waiting()` (the log process
+    does, in its one loop: no thread of its own to share the GIL with), `close` ends it.
 
-    ``on_flow`` runs in the listener's thread; an exception from it is counted in ``errors``.
+    ``on_flow`` runs in `read_waiting`; an exception from it is counted in ``errors``.
     It gets what ``parse`` makes of a DESTROY message that is not None: by default the
     ``EndedFlow`` (``DestroyParser``); the log process passes ``FlowEndLines``, whose
     rendered events go straight to its outputs.
-    Counters (read them from any thread): ``received`` DESTROY messages read, ``reported`` flows
-    handed to ``on_flow``, ``lost`` times the kernel dropped events (each time one or more),
-    ``errors`` other failures (``last_error`` the latest). ``filtered`` says whether the kernel
-    filters events by mark.
+    Counters: ``received`` DESTROY messages read, ``reported`` flows handed to ``on_flow``,
+    ``lost`` times the kernel dropped events (each time one or more), ``errors`` other failures
+    (``last_error`` the latest). ``filtered`` says whether the kernel filters events by mark.
     """
 
     def __init__(
@@ -173,9 +168,6 @@ class FlowEndListener:
         self.received = self.reported = self.lost = self.errors = 0
         self.last_error = ""
         self.filtered = False
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._wake: tuple[int, int] | None = None
         self._buffer = bytearray(1 << 16)
         self._parse = parse or DestroyParser()
         self._lib = library() if many_reads else None  # recvmmsg: many reports a system call
@@ -185,10 +177,12 @@ class FlowEndListener:
         self._sock: socket.socket | None = None  # open()'s subscription
 
     def open(self) -> None:
-        """Subscribe (in the calling thread's network namespace) without a thread: the caller
-        selects on `fileno()` and calls `read_waiting()` (one thread fewer to share the GIL
-        with, as the log process does)."""
-        self._sock = self._subscribe()
+        """Subscribe (in the calling thread's network namespace); FlowEndError when that
+        fails."""
+        try:
+            self._sock, self.filtered = self._open(self._receive_buffer)
+        except OSError as error:
+            raise FlowEndError(f"subscribing to conntrack events failed: {error}") from error
 
     def fileno(self) -> int:
         assert self._sock is not None, "fileno() before open()"
@@ -210,58 +204,6 @@ class FlowEndListener:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-
-    def _subscribe(self) -> socket.socket:
-        try:
-            sock, self.filtered = self._open(self._receive_buffer)
-        except OSError as error:
-            raise FlowEndError(f"subscribing to conntrack events failed: {error}") from error
-        return sock
-
-    def start(self) -> None:
-        """Subscribe (in the calling thread's network namespace) and listen in a thread."""
-        sock = self._subscribe()
-        self._wake = os.pipe()
-        self._thread = threading.Thread(
-            target=self._run, args=(sock, self._wake[0]), name="portguard-flow-end", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self, timeout: float = 1.0) -> None:
-        """End the thread (it closes the socket); waits for it up to ``timeout`` seconds."""
-        self._stopping.set()
-        if self._thread is None or self._wake is None:
-            return
-        os.write(self._wake[1], b"x")
-        self._thread.join(timeout)
-        if not self._thread.is_alive():
-            for fd in self._wake:
-                os.close(fd)
-            self._wake = None
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def __enter__(self) -> FlowEndListener:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _run(self, sock: socket.socket, wake: int) -> None:
-        with sock:
-            while not self._stopping.is_set():
-                try:
-                    ready, _, _ = select.select([sock.fileno(), wake], [], [])
-                    if sock.fileno() in ready:
-                        while self._receive(sock):  # all that waits, then a pause
-                            pass
-                        self._stopping.wait(GATHER)  # reports gather: few wake-ups
-                except Exception as error:  # the listener outlives every error
-                    self._failed(error)
-                    self._stopping.wait(ERROR_PAUSE)
 
     def _receive(self, sock: socket.socket) -> bool:
         """One read's reports (up to MANY_READS messages with the C library); False once the

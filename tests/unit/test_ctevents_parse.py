@@ -313,11 +313,13 @@ class Feed:
     callback_failures: list[Exception]
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> None:
+def read_until(feed: Feed, condition: Callable[[], bool], timeout: float = 3.0) -> None:
+    """The listener's owner at work: read what waits until `condition` holds."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
+        if not feed.listener.read_waiting():
+            time.sleep(0.01)
 
 
 @pytest.fixture(params=[True, False], ids=["recvmmsg", "recv_into"])
@@ -355,16 +357,19 @@ def fed(many_reads: bool) -> Iterator[Feed]:
         sizes.append(size)
         return reader, True
 
-    with sender, FlowEndListener(on_flow, receive_buffer=1 << 20, open_socket=open_socket,
-                                 many_reads=many_reads) as ear:  # fmt: skip
-        yield Feed(ear, sender, reader, flows, sizes, callback_failures)
+    listener = FlowEndListener(on_flow, receive_buffer=1 << 20, open_socket=open_socket,
+                               many_reads=many_reads)  # fmt: skip
+    with sender:
+        listener.open()
+        yield Feed(listener, sender, reader, flows, sizes, callback_failures)
+        listener.close()
 
 
 def test_listener_hands_over_allowed_flows_only(feed: Feed) -> None:
-    assert feed.sizes == [1 << 20] and feed.listener.filtered and feed.listener.alive
+    assert feed.sizes == [1 << 20] and feed.listener.filtered
     for raw in RECORDED.values():
         feed.sender.send(raw)
-    wait_for(lambda: feed.listener.received == len(RECORDED))
+    read_until(feed, lambda: feed.listener.received == len(RECORDED))
     assert feed.flows == [parse_destroy(RECORDED[name]) for name in ALLOWED]
     assert (feed.listener.reported, feed.listener.lost, feed.listener.errors) == (4, 0, 0)
 
@@ -372,7 +377,7 @@ def test_listener_hands_over_allowed_flows_only(feed: Feed) -> None:
 def test_listener_counts_lost_events_and_goes_on(flaky_feed: Feed) -> None:
     flaky_feed.reader.failures.append(OSError(errno.ENOBUFS, "No buffer space available"))
     flaky_feed.sender.send(V4_ALLOW_OUTBOUND)
-    wait_for(lambda: flaky_feed.listener.reported == 1)
+    read_until(flaky_feed, lambda: flaky_feed.listener.reported == 1)
     assert (flaky_feed.listener.lost, flaky_feed.listener.errors) == (1, 0)
 
 
@@ -381,34 +386,29 @@ def test_listener_survives_errors(flaky_feed: Feed) -> None:
     flaky_feed.callback_failures.append(RuntimeError("sink exploded"))
     flaky_feed.sender.send(V4_ALLOW_OUTBOUND)  # the callback fails
     flaky_feed.sender.send(V4_ALLOW_OUTBOUND[:100])  # not a netlink message
-    wait_for(lambda: flaky_feed.listener.errors == 3)
+    read_until(flaky_feed, lambda: flaky_feed.listener.errors == 3)
     assert (flaky_feed.flows, flaky_feed.listener.lost, flaky_feed.listener.reported) == ([], 0, 0)
     assert flaky_feed.listener.last_error.startswith("ValueError: malformed netlink message")
-    assert flaky_feed.listener.alive
     flaky_feed.sender.send(V6_ALLOW_INBOUND)
-    wait_for(lambda: len(flaky_feed.flows) == 1)
+    read_until(flaky_feed, lambda: len(flaky_feed.flows) == 1)
     assert flaky_feed.flows == [parse_destroy(V6_ALLOW_INBOUND)]
     assert flaky_feed.listener.reported == 1
 
 
-def test_stop_ends_the_thread_promptly_and_closes_the_socket(feed: Feed) -> None:
-    started = time.monotonic()
-    feed.listener.stop()
-    assert time.monotonic() - started < 0.5
-    assert not feed.listener.alive
+def test_close_closes_the_socket(feed: Feed) -> None:
+    feed.listener.close()
     assert feed.reader.fileno() == -1
-    feed.listener.stop()  # again: nothing left to do
+    feed.listener.close()  # again: nothing left to do
 
 
-def test_start_reports_a_failed_subscription() -> None:
+def test_open_reports_a_failed_subscription() -> None:
     def refused(size: int) -> tuple[socket.socket, bool]:
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
     listener = FlowEndListener(lambda ended: None, open_socket=refused)
     with pytest.raises(FlowEndError, match="Operation not permitted"):
-        listener.start()
-    assert not listener.alive
-    listener.stop()
+        listener.open()
+    listener.close()
 
 
 def test_a_report_longer_than_a_slot_is_an_error_and_the_next_one_comes(
@@ -416,13 +416,13 @@ def test_a_report_longer_than_a_slot_is_an_error_and_the_next_one_comes(
 ) -> None:
     batched_feed.sender.send(V4_ALLOW_OUTBOUND + b"\0" * 9000)  # over the 8 KB a read slot has
     batched_feed.sender.send(V6_ALLOW_INBOUND)
-    wait_for(lambda: len(batched_feed.flows) == 1)
+    read_until(batched_feed, lambda: len(batched_feed.flows) == 1)
     assert batched_feed.flows == [parse_destroy(V6_ALLOW_INBOUND)]
     assert batched_feed.listener.errors == 1
 
 
 @pytest.mark.parametrize("many_reads", [True, False], ids=["recvmmsg", "recv_into"])
-def test_open_without_a_thread_reads_what_waits_when_asked(many_reads: bool) -> None:
+def test_read_waiting_reads_what_waits_and_never_blocks(many_reads: bool) -> None:
     sender, reader = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     reader.setblocking(False)
     flows: list[EndedFlow] = []
@@ -430,7 +430,7 @@ def test_open_without_a_thread_reads_what_waits_when_asked(many_reads: bool) -> 
                                many_reads=many_reads)  # fmt: skip
     with sender:
         listener.open()
-        assert listener.fileno() == reader.fileno() and not listener.alive  # no thread
+        assert listener.fileno() == reader.fileno()
         assert listener.read_waiting() == 0  # nothing waits: never blocks
         for raw in RECORDED.values():
             sender.send(raw)
