@@ -39,7 +39,7 @@ def run_outputs(sock: socket.socket, make_outputs: Callable[[], Outputs]) -> int
     signal.set_wakeup_fd(-1)
     sys.setswitchinterval(SWITCH_INTERVAL)  # the worker's short interval suits a packet loop
     outputs = make_outputs()
-    fewer_collections(freeze=True)  # what exists now lives as long as the process
+    fewer_collections()  # what exists now lives as long as the process
     buffer = b""
     next_report = time.monotonic() + REPORT_INTERVAL
     while not outputs.stopped:
