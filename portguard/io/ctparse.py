@@ -181,7 +181,7 @@ class FlowEndLines:
 
 _STAMP_AT, _STAMP_SIZE = len('{"@timestamp":"'), len("2026-12-05T15:09:24.123456Z")
 _LINE_ERRORS: Final = {
-    -1: "a DESTROY message without the parts of a TCP entry",
+    -1: "a DESTROY message without the parts of a TCP entry (or a port over 16 bits)",
     -2: "malformed netlink attributes in a DESTROY message",
     -3: "a flow-end line longer than FlowEndLines.LINE_SIZE",
 }

@@ -259,8 +259,8 @@ typedef struct {
 
 /* One DESTROY message (`len` bytes) into the words `w` and, for an allowed TCP connection, its
  * flow-end line into `out` (`cap` bytes). The line's length, or: 0 no event (not portguard's
- * allow mark, not TCP, not IPv4/IPv6), -1 a part it needs is missing, -2 malformed attributes,
- * -3 the line does not fit. */
+ * allow mark, not TCP, not IPv4/IPv6), -1 a part it needs is missing or a port is wider than
+ * 16 bits, -2 malformed attributes, -3 the line does not fit. */
 int pg_ct_line(const uint8_t *m, uint32_t len, uint32_t *w, const pg_line_form *form, char *out,
                uint32_t cap) {
     int parsed = pg_ct_parse(m, len, w);
@@ -270,6 +270,8 @@ int pg_ct_line(const uint8_t *m, uint32_t len, uint32_t *w, const pg_line_form *
         return 0;
     if (parsed <= 0)
         return parsed;
+    if (w[W_SPORT] > 0xFFFF || w[W_DPORT] > 0xFFFF) /* no TCP port: no Community ID either */
+        return -1;
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     w[W_NOW_S] = (uint32_t)now.tv_sec;

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from portguard.core.events.flowend import EndedFlow, flow_end_event
-from portguard.core.events.lines import LogItem
+from portguard.core.events.lines import LogItem, RenderedEvent
 from portguard.core.events.record import Observer, Timestamps, lifecycle_event
 from portguard.io.ctevents import FlowEndError, FlowEndListener, enable_accounting
 from portguard.io.ctparse import FlowEndLines
@@ -101,9 +101,9 @@ class Outputs:
         for setting, reason in problems.items():
             self._log("flow-end-degraded", f"cannot set {setting}: {reason}; flow-end events "
                       "lack packet and byte counts or times", setting=setting)  # fmt: skip
-        rendered = FlowEndLines(self.observer)
-        if self.events.lines is not None and rendered.available:  # rendered in C
-            listener = FlowEndListener(self._ended.append, parse=rendered)
+        rendered = FlowEndLines(self.observer) if self.events.lines is not None else None
+        if rendered is not None and rendered.available:  # parsed and rendered in C
+            listener = FlowEndListener(self._flow_rendered, parse=rendered)
         else:
             listener = FlowEndListener(self._flow_ended)
         try:
@@ -112,6 +112,11 @@ class Outputs:
             self._log("flow-end-failed", f"no flow-end events: {error}", error=str(error))
             return
         self.flow_ends = listener
+
+    def _flow_rendered(self, event: RenderedEvent) -> None:
+        """A report of `read_flow_ends`, rendered in C: written with the others of the read
+        (`self._ended` is replaced each read, so no bound `append` of it may be kept)."""
+        self._ended.append(event)
 
     def _flow_ended(self, ended: EndedFlow) -> None:
         """A report of `read_flow_ends`: its event, written with the others of the read."""

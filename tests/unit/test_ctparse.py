@@ -109,6 +109,10 @@ def assert_rendered_alike(message: bytes) -> None:
         with pytest.raises(ValueError):
             LINES(message)
         return
+    if ended is not None and max(ended.sport, ended.dport) > 0xFFFF:
+        with pytest.raises(ValueError):  # no event: its Community ID needs 16-bit ports
+            LINES(message)
+        return
     rendered = LINES(message)
     if ended is None:
         assert rendered is None
@@ -167,3 +171,17 @@ def test_times_render_as_the_event_has_them(message: bytes, start: int, stop: in
 def test_any_times_render_as_the_event_has_them(start: int, stop: int) -> None:
     """The C calendar agrees with `datetime` over every time conntrack can report."""
     assert_rendered_alike(timed(V6_ALLOW_NO_ACCOUNTING, start, stop))
+
+
+def test_a_port_over_16_bits_is_refused() -> None:
+    """A source port attribute the kernel never sends (4 bytes, 70000): `DestroyParser` reads
+    the number, `FlowEndLines` refuses the message, as its event (its Community ID) could
+    not be built either."""
+    port = bytes.fromhex("0600020085150000")  # CTA_PROTO_SRC_PORT 34069, padded
+    assert V4_ALLOW_OUTBOUND.count(port) == 1
+    wide = V4_ALLOW_OUTBOUND.replace(port, bytes.fromhex("08000200") + (70000).to_bytes(4, "big"))
+    ended = FAST(wide)
+    assert ended is not None and ended.sport == 70000
+    with pytest.raises(ValueError, match="port over 16 bits"):
+        LINES(wide)
+    assert_rendered_alike(wide)

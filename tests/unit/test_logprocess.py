@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import marshal
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 
 from portguard.core.denycache import KernelHits
 from portguard.core.events.flood import represented
+from portguard.core.events.flowend import flow_end_event
 from portguard.core.events.record import (
     DecisionRecord,
     Observer,
@@ -20,12 +23,15 @@ from portguard.core.events.record import (
     decision_record,
 )
 from portguard.core.policy.model import Action, Decision, Direction
-from portguard.log import handoff
+from portguard.io.ctevents import FlowEndListener
+from portguard.io.ctparse import parse_destroy
+from portguard.log import handoff, logloop
 from portguard.log.formats import render
 from portguard.log.logloop import Outputs
 from portguard.log.logprocess import BATCH_FRAMES, HANDOVER_DELAY, LogProcess
 from portguard.log.sinks import file_sink, render_line
 from portguard.log.writer import EventWriter
+from tests.unit.test_ctevents_parse import V4_ALLOW_OUTBOUND
 
 OBSERVER = Observer("gw1", "0.1.0")
 NOW = 1795798800.123456
@@ -276,3 +282,36 @@ def test_records_are_rendered_straight_to_lines_only_when_every_output_writes_ec
     outputs.finish(None)
     expected = [render(connection_event(sent, OBSERVER), fmt) for sent in records]
     assert path.read_bytes().splitlines() == expected
+
+
+@pytest.mark.parametrize("fmt", ["ecs", "ocsf"])
+def test_flow_ends_of_every_read_are_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """The log process's wiring: conntrack reports read turn after turn (rendered in C for
+    ECS outputs, built as dicts for the others) all reach the output, not only the first
+    read's."""
+    sender, reader = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    reader.setblocking(False)
+    monkeypatch.setattr(logloop, "enable_accounting", dict)
+    monkeypatch.setattr(logloop, "FlowEndListener", functools.partial(
+        FlowEndListener, open_socket=lambda size: (reader, True)))  # fmt: skip
+    path = tmp_path / "events.log"
+    writer = EventWriter([file_sink(path, fmt)])
+    writer.start()
+    outputs = Outputs(writer, OBSERVER, {})
+    outputs.listen_for_flow_ends()
+    with sender:
+        for _ in range(3):
+            sender.send(V4_ALLOW_OUTBOUND)
+            outputs.read_flow_ends()
+    outputs.finish(None)
+    expected = parse_destroy(V4_ALLOW_OUTBOUND)
+    assert expected is not None
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == 3
+    if fmt == "ecs":
+        for line in lines:
+            event = orjson.loads(line)
+            built = flow_end_event(expected, OBSERVER, 0.0)
+            assert {**event, "@timestamp": ""} == {**built, "@timestamp": ""}

@@ -10,8 +10,9 @@ tests hold it to.
 
 A `RenderedEvent` carries that line, the level and time every output reads, and what builds
 the event's dict: an output in another format (OCSF, CEF) or flood control asks for it with
-`as_event`, and only then is it built (in the caller's thread: with the uncached timestamp
-functions, so no cache is shared between threads).
+`as_event`, and only then is it built, in the caller's thread, with the uncached timestamp
+functions (the log process renders lines only when every output writes ECS, so its outputs'
+threads never need the dict).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class LineRenderer:
             f'{{"@timestamp":"{stamp}",{head},'
             f'"source":{{"ip":"{address_text(version, src)}","port":{sport}}},'
             f'"destination":{{"ip":"{address_text(version, dst)}","port":{dport}}},'
-            f'"network":{{"transport":"tcp","iana_number":"6","type":"{_TYPES[version]}",'
+            f'"network":{{"transport":"tcp","iana_number":"6","type":"ipv{version}",'
             f'"direction":{self._text(record.direction)},'
             f'"community_id":"{community_id_of(version, src, dst, sport, dport)}"}},'
             f'"observer":{{{self._observer}}},'
@@ -158,7 +159,6 @@ class LineRenderer:
         return found
 
 
-_TYPES = {4: "ipv4", 6: "ipv6"}
 # a flow end's ecs, log and the event's fixed fields (its times follow)
 FLOW_HEAD = (
     f'"ecs":{{"version":"{ECS_VERSION}"}},"log":{{"level":"info"}},'
