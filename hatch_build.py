@@ -1,6 +1,7 @@
-"""Build hook: compiles portguard/io/nfqbatch.c and flowlines.c into portguard/io/_nfqbatch.so
-(the batched kernel queue reader, portguard/io/batchqueue.py; the conntrack DESTROY parser and
-flow-end lines, portguard/io/ctparse.py) for every wheel, editable installs included.
+"""Build hook: compiles portguard/io/nfqbatch.c, flowlines.c and decisionlines.c into
+portguard/io/_nfqbatch.so (the batched kernel queue reader, portguard/io/batchqueue.py; the
+conntrack DESTROY parser and flow-end lines, portguard/io/ctparse.py; the decision lines,
+portguard/io/decisionlines.py) for every wheel, editable installs included.
 
 A machine without a C compiler still gets a working portguard: the daemon then reads its queue
 one packet per system call (python-netfilterqueue's way) and says so in `portguard status`.
@@ -17,7 +18,11 @@ from typing import Any
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
-SOURCES = (Path("portguard/io/nfqbatch.c"), Path("portguard/io/flowlines.c"))
+SOURCES = (
+    Path("portguard/io/nfqbatch.c"),
+    Path("portguard/io/flowlines.c"),
+    Path("portguard/io/decisionlines.c"),
+)
 LIBRARY = Path("portguard/io/_nfqbatch.so")
 
 
@@ -27,7 +32,7 @@ def compile_library(root: Path) -> bool:
         print("portguard: no C compiler: the queue is read one packet per call", file=sys.stderr)
         return False
     command = [compiler, "-O2", "-Wall", "-shared", "-fPIC", "-o", str(root / LIBRARY),
-               *(str(root / source) for source in SOURCES)]  # fmt: skip
+               *(str(root / source) for source in SOURCES), "-lm"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         print(f"portguard: {' '.join(command)} failed:\n{done.stderr}", file=sys.stderr)

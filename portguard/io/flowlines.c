@@ -19,6 +19,8 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "lines.h"
+
 int pg_ct_parse(const uint8_t *m, uint32_t len, uint32_t *w);
 
 /* nfqbatch.c's words of a parsed DESTROY message, and the two this file adds */
@@ -110,12 +112,7 @@ static void base64_20(const uint8_t *in, char *out) {
 
 /* --- the line ---------------------------------------------------------------------------- */
 
-typedef struct {
-    char *at, *end;
-    int full;
-} out_t;
-
-static void put(out_t *o, const char *s, size_t n) {
+PG_HIDDEN void put(out_t *o, const char *s, size_t n) {
     if (o->full || (size_t)(o->end - o->at) < n) {
         o->full = 1;
         return;
@@ -124,9 +121,9 @@ static void put(out_t *o, const char *s, size_t n) {
     o->at += n;
 }
 
-static void puts_(out_t *o, const char *s) { put(o, s, strlen(s)); }
+PG_HIDDEN void puts_(out_t *o, const char *s) { put(o, s, strlen(s)); }
 
-static void put_u64(out_t *o, uint64_t v) {
+PG_HIDDEN void put_u64(out_t *o, uint64_t v) {
     char text[24];
     int n = 0;
     do {
@@ -146,7 +143,7 @@ static void digits(char *at, uint32_t v, int n) {
 /* ECS time of whole seconds (0 up to year 9999) and microseconds:
  * 2026-12-05T15:09:24.123456Z. The date from the days since 1970 by the proleptic Gregorian
  * calendar's 400-year eras (as `datetime` counts them). */
-static void put_time(out_t *o, uint64_t seconds, uint32_t micro) {
+PG_HIDDEN void put_time(out_t *o, uint64_t seconds, uint32_t micro) {
     uint64_t days = seconds / 86400, rest = seconds % 86400;
     uint64_t z = days + 719468, era = z / 146097, doe = z - era * 146097;
     uint64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
@@ -185,7 +182,7 @@ static void address_bytes(const uint32_t *w, int at, int size, uint8_t *out) {
     }
 }
 
-static void put_ip(out_t *o, int version, const uint8_t *raw) {
+PG_HIDDEN void put_ip(out_t *o, int version, const uint8_t *raw) {
     if (version == 4) { /* dotted quad, as inet_ntop writes it */
         for (int i = 0; i < 4; i++) {
             if (i)
@@ -200,7 +197,7 @@ static void put_ip(out_t *o, int version, const uint8_t *raw) {
 }
 
 /* "1:" + base64(SHA-1(seed 0, the endpoints in order, protocol 6, a pad byte, the ports)) */
-static void put_community_id(out_t *o, const uint8_t *src, const uint8_t *dst, int size,
+PG_HIDDEN void put_community_id(out_t *o, const uint8_t *src, const uint8_t *dst, int size,
                              uint16_t sport, uint16_t dport) {
     int cmp = memcmp(src, dst, (size_t)size);
     if (cmp > 0 || (cmp == 0 && sport > dport)) {

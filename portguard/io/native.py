@@ -1,7 +1,8 @@
-"""portguard's small C library (portguard/io/nfqbatch.c and flowlines.c, compiled by `pip
-install` into `_nfqbatch.so`), loaded with ctypes: batched kernel-queue reads and verdicts
-(`batchqueue.py`), the conntrack DESTROY parser and flow-end lines (`ctparse.py`). Where it
-was not built (no C compiler at install) `library()` is None and each falls back to Python."""
+"""portguard's small C library (portguard/io/nfqbatch.c, flowlines.c and decisionlines.c,
+compiled by `pip install` into `_nfqbatch.so`), loaded with ctypes: batched kernel-queue reads
+and verdicts (`batchqueue.py`), the conntrack DESTROY parser and flow-end lines (`ctparse.py`),
+decision lines (`decisionlines.py`). Where it was not built (no C compiler at install)
+`library()` is None and each falls back to Python."""
 
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ def _declared(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.pg_ct_parse.restype = i
     lib.pg_ct_line.argtypes = [ctypes.c_char_p, u32, p, p, p, u32]
     lib.pg_ct_line.restype = i
+    lib.pg_decision_lines.argtypes = [ctypes.c_char_p, u32, p, p, u32, p, u32, p, u32]
+    lib.pg_decision_lines.restype = i
     return lib
 
 
@@ -57,6 +60,21 @@ class LineForm(ctypes.Structure):
         ("direction_shift", ctypes.c_uint32),
         ("head", ctypes.c_char_p),
         ("directions", ctypes.c_char_p),
+        ("observer", ctypes.c_char_p),
+    ]
+
+
+MAX_ACTIONS = 8  # decisionlines.c's
+
+
+class DecisionForm(ctypes.Structure):
+    """decisionlines.c's pg_decision_form: what every decision line shares (the strings
+    NUL-ended; whoever makes one keeps the bytes they point to)."""
+
+    _fields_ = [
+        ("actions", ctypes.c_uint32),
+        ("names", ctypes.c_char_p * MAX_ACTIONS),
+        ("heads", ctypes.c_char_p * MAX_ACTIONS),
         ("observer", ctypes.c_char_p),
     ]
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from portguard.core.events.lines import LogItem, RenderedEvent
+from portguard.core.events.lines import LineBlock, LogItem, Queued, RenderedEvent
 from portguard.core.events.record import Event
 from portguard.log import formats
 from portguard.log.ecs import with_community_id
@@ -26,10 +26,13 @@ DEFAULT_SEVERITY = LEVELS["info"]
 StateCallback = Callable[[bool, str], None]
 
 
-def severity(event: LogItem) -> int:
-    """The event's syslog severity, from ECS log.level (info when it has none)."""
+def severity(event: Queued) -> int:
+    """The event's syslog severity, from ECS log.level (info when it has none); a block's is
+    that of its least severe event (an output that takes it takes all of them)."""
     if isinstance(event, RenderedEvent):
         return LEVELS[event.level]
+    if isinstance(event, LineBlock):
+        return max(LEVELS[level] for level in set(event.levels))
     level = event.get("log", {}).get("level")
     return LEVELS.get(level, DEFAULT_SEVERITY) if isinstance(level, str) else DEFAULT_SEVERITY
 
@@ -39,6 +42,7 @@ class EventSink(Protocol):
 
     name: str
     format: str  # the format it writes: "ecs", "ocsf" or "cef"
+    blocks: bool  # it writes a LineBlock as it is (else it is given each of its events)
 
     def write(self, event: LogItem) -> None: ...
 
@@ -51,11 +55,13 @@ class EventSink(Protocol):
     def close(self) -> None: ...
 
 
-def prepare(event: LogItem) -> LogItem:
+def prepare(event: Queued) -> Queued:
     """What every format shares, done once per event in the log process (not once per sink):
     the Community ID (a rendered event has it). The event's fields are already in reading
     order (`core/events`)."""
-    return event if isinstance(event, RenderedEvent) else with_community_id(event)
+    if isinstance(event, RenderedEvent | LineBlock):
+        return event
+    return with_community_id(event)
 
 
 def render_line(event: Event) -> bytes:
@@ -80,6 +86,7 @@ class Sink:
         self.owned = owned
         self.path = path  # a file sink: reopened by name after log rotation
         self.prefix = prefix
+        self.blocks = fmt == "ecs" and not prefix  # a block's lines are this sink's lines
         self._render = formats.renderer(fmt)  # ValueError for an unknown format
         self.errors = 0
         self._attach(stream)
@@ -100,9 +107,13 @@ class Sink:
         self._attach(fresh)
         old.close()  # flushes what the old file still buffers
 
-    def write(self, event: LogItem) -> None:
-        """One line into the stream's buffer (prepared events: see `prepare`); the writer
-        flushes once its queue is empty, so a burst costs few system calls."""
+    def write(self, event: Queued) -> None:
+        """One line (a block's lines) into the stream's buffer (prepared events: see
+        `prepare`); the writer flushes once its queue is empty, so a burst costs few system
+        calls."""
+        if isinstance(event, LineBlock):
+            self._guarded(self.stream.write, event.data)
+            return
         line = self._render(event)
         if self.prefix:  # journald's `<N>` priority prefix (so `journalctl -p warning` works)
             line = b"<%d>%s" % (severity(event), line)

@@ -230,6 +230,7 @@ class SyslogSink:
             raise ValueError(f"syslog TLS settings need a tls:// address, not {address}")
         self.name = f"syslog:{address}"
         self.format = fmt
+        self.blocks = False  # each event has its own header
         self._render = formats.renderer(fmt)  # ValueError for an unknown format
         self.errors = 0  # events that raised OSError (lost)
         self.reconnects = 0  # connections replaced without an outage (collector closed one)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from portguard.core.events.lines import LogItem, RenderedEvent
+from portguard.core.events.lines import LineBlock, Queued, RenderedEvent
 from portguard.core.events.record import LIFECYCLE_DATASET, Event
 from portguard.log.sinks import LEVELS, EventSink, prepare, severity
 
@@ -27,10 +27,15 @@ _STOP = object()
 _REOPEN = object()
 
 
-def _is_lifecycle(event: LogItem) -> bool:
-    if isinstance(event, RenderedEvent):
+def _is_lifecycle(event: Queued) -> bool:
+    if isinstance(event, RenderedEvent | LineBlock):
         return False  # decisions and flow ends only
     return bool(event.get("event", {}).get("dataset") == LIFECYCLE_DATASET)
+
+
+def _weight(item: object) -> int:
+    """The events a queued item counts as."""
+    return len(item) if isinstance(item, LineBlock) else 1
 
 
 class EventQueue(Protocol):
@@ -62,11 +67,14 @@ class Channel:
 
     The queue is a deque: `submit` appends (and wakes the thread only when it sleeps), the
     thread takes whatever has gathered, writes it and flushes once per run, so a burst of
-    events costs the two threads a few lock operations, not several per event."""
+    events costs the two threads a few lock operations, not several per event. A `LineBlock`
+    is one item for a sink that writes it whole (`sink.blocks`), its events one each for any
+    other; it counts as the events it holds everywhere (buffer, counters)."""
 
     def __init__(self, sink: EventSink, buffer: int = DEFAULT_BUFFER, level: str = "debug") -> None:
         self.sink = sink
         self.max_severity = LEVELS[level]  # events of a higher number (less severe) are skipped
+        self.blocks = bool(getattr(sink, "blocks", False))  # it writes a LineBlock whole
         self.submitted = self.written = self.dropped = 0
         self.up = True
         self.on_state: SinkStateCallback | None = None
@@ -74,6 +82,9 @@ class Channel:
         # lifecycle events (an outage, drop counts, stop) may use a small reserve beyond the
         # buffer, so the collector still learns what happened when decisions filled it
         self._items: deque[object] = deque()
+        # events queued beyond one per item (blocks): added by `submit`'s thread, taken off by
+        # the sink's, each counter written by one thread only
+        self._extra_in = self._extra_out = 0
         self._lock = threading.Lock()  # counters are bumped from several threads
         self._ready = threading.Condition(threading.Lock())  # the thread waits for items
         self._sleeping = False  # the thread waits on _ready (set and read under it)
@@ -92,34 +103,60 @@ class Channel:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, event: LogItem) -> bool:
-        """Queue the event if it reaches this sink's level; never blocks."""
-        if severity(event) > self.max_severity or self.closed:
+    @property
+    def waiting(self) -> int:
+        """Events queued, not yet taken by the sink's thread."""
+        return len(self._items) + self._extra_in - self._extra_out
+
+    def submit(self, event: Queued) -> bool:
+        """Queue the event (a block: its events) if it reaches this sink's level; never
+        blocks. False when some had to be dropped."""
+        if self.closed:
             return True
-        waiting = len(self._items)
-        if waiting >= self.buffer + LIFECYCLE_RESERVE or (
-            waiting >= self.buffer and not _is_lifecycle(event)
+        if isinstance(event, LineBlock) and not self._takes_whole(event):
+            return self.submit_many(event.events()) == 0
+        if severity(event) > self.max_severity:
+            return True
+        weight, waiting = _weight(event), self.waiting
+        if waiting + weight > self.buffer + LIFECYCLE_RESERVE or (
+            waiting + weight > self.buffer and not _is_lifecycle(event)
         ):
-            self._count(submitted=1, dropped=1)
+            self._count(submitted=weight, dropped=weight)
             return False
-        self._count(submitted=1)
+        self._count(submitted=weight)
+        self._extra_in += weight - 1
         self._put(event)
         return True
 
-    def submit_many(self, events: Sequence[LogItem]) -> int:
+    def submit_many(self, events: Sequence[Queued]) -> int:
         """`submit` for each event, in order, counted and queued together; how many were
         dropped. Never blocks."""
         if self.closed:
             return 0
-        taken = [event for event in events if severity(event) <= self.max_severity]
-        if len(self._items) + len(taken) > self.buffer:  # near full: the reserve's rules
-            return sum(not self.submit(event) for event in taken)
-        self._count(submitted=len(taken))
+        taken = self._taken(events)
+        weight = sum(_weight(event) for event in taken)
+        if self.waiting + weight > self.buffer:  # near full: the reserve's rules
+            return sum(_weight(event) for event in taken if not self.submit(event))
+        self._count(submitted=weight)
+        self._extra_in += weight - len(taken)
         self._items.extend(taken)
         if self._sleeping:
             with self._ready:
                 self._ready.notify()
         return 0
+
+    def _takes_whole(self, block: LineBlock) -> bool:
+        return self.blocks and severity(block) <= self.max_severity
+
+    def _taken(self, events: Sequence[Queued]) -> list[Queued]:
+        """The events that reach this sink's level, blocks it cannot take whole split up."""
+        taken: list[Queued] = []
+        for event in events:
+            if isinstance(event, LineBlock) and not self._takes_whole(event):
+                taken += self._taken(event.events())
+            elif severity(event) <= self.max_severity:
+                taken.append(event)
+        return taken
 
     def reopen(self) -> None:
         if len(self._items) >= self.buffer + LIFECYCLE_RESERVE:
@@ -149,8 +186,8 @@ class Channel:
             self._abandoned = True
             self.sink.interrupt()
             self._thread.join(1.0)
-        self._count(dropped=sum(item is not _STOP and item is not _REOPEN
-                                for item in list(self._items)))  # fmt: skip
+        self._count(dropped=sum(_weight(item) for item in list(self._items)
+                                if item is not _STOP and item is not _REOPEN))  # fmt: skip
         self._items.clear()
         self.closed = True
         self.sink.close()
@@ -194,6 +231,8 @@ class Channel:
                 self._end_run(written, dropped)
                 written = dropped = 0
             item = items.popleft()
+            weight = _weight(item)
+            self._extra_out += weight - 1
             if item is _STOP:
                 self._end_run(written, dropped)
                 return False
@@ -203,11 +242,11 @@ class Channel:
             if item is _REOPEN:
                 self._attempt(self.sink.reopen)
             elif self._abandoned:
-                dropped += 1
+                dropped += weight
             elif self._attempt(self.sink.write, item):
-                written += 1
+                written += weight
             else:
-                dropped += 1
+                dropped += weight
         self._end_run(written, dropped)
         return True
 
@@ -257,7 +296,7 @@ class EventWriter:
         for channel in self.channels:
             channel.start()
 
-    def submit(self, event: LogItem) -> bool:
+    def submit(self, event: Queued) -> bool:
         """Queue an event for every sink that takes its level; never blocks. False when some
         sink had to drop it."""
         accepted = True
@@ -266,7 +305,7 @@ class EventWriter:
             accepted = channel.submit(prepared) and accepted
         return accepted
 
-    def submit_many(self, events: Sequence[LogItem]) -> bool:
+    def submit_many(self, events: Sequence[Queued]) -> bool:
         """`submit` for each event, in order, with one lock per sink; False when some sink
         had to drop some."""
         prepared = [prepare(event) for event in events]

@@ -315,3 +315,51 @@ def test_flow_ends_of_every_read_are_written(
             event = orjson.loads(line)
             built = flow_end_event(expected, OBSERVER, 0.0)
             assert {**event, "@timestamp": ""} == {**built, "@timestamp": ""}
+
+
+@pytest.mark.parametrize("window", [0.0, 60.0])
+def test_a_run_of_allowed_records_is_written_as_one_block_rendered_in_c(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window: float
+) -> None:
+    """With flood control off, or on with no window open and no deny in the run, an ``r``
+    frame's lines come rendered in C as one block: the same lines the builder's events give."""
+    path = tmp_path / "events.log"
+    writer = EventWriter([file_sink(path)])
+    writer.start()
+    submitted: list[object] = []
+    monkeypatch.setattr(writer, "submit_many", lambda items: submitted.extend(items) or
+                        EventWriter.submit_many(writer, items))  # fmt: skip
+    outputs = Outputs(writer, OBSERVER, {}, flood_window=window)
+    if outputs.frames is None or not outputs.frames.available:
+        pytest.skip("no C library")
+    records = [decided(port, Action.ALLOW, now=NOW + port) for port in range(1000, 1010)]
+    outputs.handle(handoff.RECORDS + marshal.dumps([tuple(r) for r in records]))
+    outputs.finish(None)
+    assert [type(item).__name__ for item in submitted] == ["LineBlock"]
+    expected = [render_line(connection_event(sent, OBSERVER)) for sent in records]
+    assert path.read_bytes().splitlines() == expected
+
+
+def test_denies_under_flood_control_go_through_it_record_by_record(tmp_path: Path) -> None:
+    """A run with denies while flood control is on, and any run while a window is open, goes
+    through flood control record by record: the same lines as without the C path (a window
+    that closes within a run has its summary before the run's later records)."""
+    written = []
+    for use_c in (True, False):
+        path = tmp_path / f"{use_c}.log"
+        writer = EventWriter([file_sink(path)])
+        writer.start()
+        outputs = Outputs(writer, OBSERVER, {}, flood_window=60.0)
+        if not use_c:
+            outputs.frames = None
+        runs = [[decided(1000 + i, Action.ALLOW, now=NOW + i) for i in range(3)],
+                [decided(2000 + i, now=NOW + 3 + i) for i in range(5)],  # denies: one window
+                [decided(3000 + i, Action.ALLOW, now=NOW + 70 + i) for i in range(3)]]  # fmt: skip
+        for run in runs:
+            outputs.handle(handoff.RECORDS + marshal.dumps([tuple(r) for r in run]))
+        outputs.handle(handoff.frame(handoff.FLUSH)[4:])
+        outputs.finish(None)
+        written.append(path.read_bytes())
+    assert written[0] == written[1]
+    ports = [e["source"]["port"] for e in lines(tmp_path / "True.log")]  # type: ignore[index]
+    assert ports == [1000, 1001, 1002, 2000, 2004, 3000, 3001, 3002]  # the window closed first

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -10,8 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from portguard.core.events.lines import LineRenderer
-from portguard.core.events.record import DecisionRecord, Event
+from portguard.core.events.lines import LineBlock, LineRenderer
+from portguard.core.events.record import DecisionRecord, Event, connection_event
 from portguard.log.sinks import Sink, file_sink, prepare, render_line
 from portguard.log.writer import FLUSH_EVERY, Channel, EventWriter
 from tests.events import NOW, OBSERVER
@@ -400,3 +401,76 @@ def test_ecs_only_tells_whether_every_output_writes_ecs() -> None:
 def record(action: str) -> DecisionRecord:
     return DecisionRecord(NOW, 4, 0x64400A0A, 0xC6336419, 40312, 25, "outbound", action, "r1",
                           "10-isp.toml", "", "matched", "v1", "1", None)  # fmt: skip
+
+
+def line_block(actions: list[str]) -> LineBlock:
+    """A block of decision lines, as io/decisionlines.py makes them (here by LineRenderer)."""
+    renderer = LineRenderer(OBSERVER)
+    found = [record(action)._replace(sport=1000 + i) for i, action in enumerate(actions)]
+    rendered = [renderer.decision(r) for r in found]
+    ends = list(itertools.accumulate(len(r.line) + 1 for r in rendered))
+    return LineBlock(b"".join(r.line + b"\n" for r in rendered), ends,
+                     [r.level for r in rendered], "reject" in actions, lambda: found,
+                     OBSERVER)  # fmt: skip
+
+
+class CountingStream(io.BytesIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.writes += 1
+        return super().write(data)
+
+
+def test_a_block_is_written_whole_and_counted_as_its_events() -> None:
+    stream = CountingStream()
+    writer = EventWriter([Sink("file", stream, owned=False)])
+    writer.start()
+    block = line_block(["allow"] * 5)
+    assert writer.submit_many([block])
+    writer.close()
+    assert stream.getvalue() == block.data and stream.writes == 1
+    (stats,) = writer.stats()
+    assert (stats.submitted, stats.written, stats.dropped) == (5, 5, 0)
+
+
+def test_outputs_that_cannot_take_a_block_whole_get_its_events() -> None:
+    """Below the block's least severe level, or with a prefix on each line: event by event."""
+    writer, everything, denies = all_and_denies()
+    prefixed = io.BytesIO()
+    writer.channels.append(Channel(Sink("journal", prefixed, False, prefix=True)))
+    writer.channels[-1].start()
+    block = line_block(["allow", "reject", "allow", "reject"])
+    assert writer.submit_many([block])
+    writer.close()
+    events = block.events()
+    assert everything.getvalue() == block.data
+    assert denies.getvalue() == b"".join(e.line + b"\n" for e in events if e.level == "warning")
+    assert prefixed.getvalue().splitlines() == [
+        b"<6>" + events[0].line,
+        b"<4>" + events[1].line,
+        b"<6>" + events[2].line,
+        b"<4>" + events[3].line,
+    ]
+    assert [s.submitted for s in writer.stats()] == [4, 2, 4]
+    assert events[1].event() == connection_event(record("reject")._replace(sport=1001), OBSERVER)
+
+
+def test_a_block_that_does_not_fit_is_dropped_whole_and_every_event_counted() -> None:
+    gate = threading.Event()
+    writer = EventWriter([Sink("stuck", BlockedStream(gate), owned=False)], capacity=10)
+    writer.start()
+    accepted = sum(writer.submit_many([line_block(["allow"] * 4)]) for _ in range(20))
+    hanging = EventWriter([Hanging()], capacity=100)
+    hanging.start()
+    hanging.submit_many([line_block(["allow"] * 3)] * 10)
+    gate.set()
+    writer.close()
+    hanging.close(timeout=0.2)
+    (stats,) = writer.stats()
+    assert stats.submitted == 80 and stats.dropped == 80 - 4 * accepted
+    assert stats.written == 4 * accepted and 2 <= accepted <= 4  # 10 events: 2 blocks (+1 held)
+    (held,) = hanging.stats()
+    assert (held.submitted, held.written, held.dropped) == (30, 0, 30)

@@ -8,16 +8,17 @@ line is put together from them and the event's own values: the same bytes as
 ``orjson.dumps`` of the event `connection_event` or `flow_end_event` builds, which the unit
 tests hold it to.
 
-A `RenderedEvent` carries that line, the level and time every output reads, and what builds
-the event's dict: an output in another format (OCSF, CEF) or flood control asks for it with
+A `RenderedEvent` carries one line, the level and time every output reads, and what builds the
+event's dict: an output in another format (OCSF, CEF) or flood control asks for it with
 `as_event`, and only then is it built, in the caller's thread, with the uncached timestamp
 functions (the log process renders lines only when every output writes ECS, so its outputs'
-threads never need the dict).
+threads never need the dict). A `LineBlock` carries the lines of a whole run of decisions that
+portguard's C library rendered (io/decisionlines.py: the same bytes again).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -60,7 +61,55 @@ class RenderedEvent:
         return self._build(*self._args)
 
 
-LogItem = Event | RenderedEvent  # what the log process hands its outputs
+STAMP_AT = len('{"@timestamp":"')  # where a rendered line's @timestamp starts
+STAMP_SIZE = len("2026-12-05T15:09:24.123456Z")
+
+
+class LineBlock:
+    """A run of decision events rendered together (io/decisionlines.py): their ECS lines, each
+    ended by a newline, in one `data`; where each line ends and its ``log.level``; whether any
+    is a deny. A file output writes the block with one call; any other output takes its
+    `events()`, each a `RenderedEvent` whose dict is built from `records()` when asked for."""
+
+    __slots__ = ("_records", "data", "denies", "ends", "levels", "observer")
+
+    def __init__(
+        self,
+        data: bytes,
+        ends: Sequence[int],
+        levels: Sequence[str],
+        denies: bool,
+        records: Callable[[], Sequence[DecisionRecord]],
+        observer: Observer,
+    ) -> None:
+        self.data = data
+        self.ends = ends
+        self.levels = levels
+        self.denies = denies
+        self.observer = observer
+        self._records = records
+
+    def __len__(self) -> int:
+        """The events it holds."""
+        return len(self.ends)
+
+    def events(self) -> list[RenderedEvent]:
+        """Each event on its own, in order."""
+        data, start = self.data, 0
+        events: list[RenderedEvent] = []
+        for end, level in zip(self.ends, self.levels, strict=True):
+            line = data[start : end - 1]
+            stamp = line[STAMP_AT : STAMP_AT + STAMP_SIZE].decode()
+            events.append(RenderedEvent(line, level, stamp, self._event, len(events)))
+            start = end
+        return events
+
+    def _event(self, index: int) -> Event:
+        return connection_event(self._records()[index], self.observer)
+
+
+LogItem = Event | RenderedEvent  # one event the log process hands its outputs
+Queued = LogItem | LineBlock  # what an output's queue takes
 
 
 def as_event(item: LogItem) -> Event:
