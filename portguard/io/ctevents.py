@@ -41,6 +41,7 @@ from portguard.io.ctparse import (
     ATTRS_AT,
     CTA_MARK,
     DestroyParser,
+    ReadLines,
     destroy_messages,
 )
 from portguard.io.native import address, library
@@ -149,7 +150,8 @@ class FlowEndListener:
     ``on_flow`` runs in `read_waiting`; an exception from it is counted in ``errors``.
     It gets what ``parse`` makes of a DESTROY message that is not None: by default the
     ``EndedFlow`` (``DestroyParser``); the log process passes ``FlowEndLines``, whose
-    rendered events go straight to its outputs.
+    rendered events go straight to its outputs. With ``many`` (``FlowEndLines.many``) a whole
+    recvmmsg read is rendered in one call and ``on_flow`` gets its ``LineBlock`` (unless empty).
     Counters: ``received`` DESTROY messages read, ``reported`` flows handed to ``on_flow``,
     ``lost`` times the kernel dropped events (each time one or more), ``errors`` other failures
     (``last_error`` the latest). ``filtered`` says whether the kernel filters events by mark.
@@ -163,6 +165,7 @@ class FlowEndListener:
         open_socket: OpenSocket = open_destroy_socket,
         many_reads: bool = True,
         parse: Callable[[bytes], Any] | None = None,
+        many: Callable[[int, int, int, int], ReadLines | None] | None = None,
     ) -> None:
         self._on_flow, self._receive_buffer, self._open = on_flow, receive_buffer, open_socket
         self.received = self.reported = self.lost = self.errors = 0
@@ -170,6 +173,7 @@ class FlowEndListener:
         self.filtered = False
         self._buffer = bytearray(1 << 16)
         self._parse = parse or DestroyParser()
+        self._many = many
         self._lib = library() if many_reads else None  # recvmmsg: many reports a system call
         self._slots = bytearray(MANY_SLOT * MANY_READS)
         self._lengths = array("I", bytes(4 * MANY_READS))
@@ -231,12 +235,32 @@ class FlowEndListener:
             return True
         if count < 0:
             raise OSError(-count, os.strerror(-count))
+        if self._many is not None and self._take_many(count):
+            return True
         view = memoryview(self._slots)
         for index, length in enumerate(self._lengths[:count]):
             if length & CUT:
                 self._failed(ValueError(f"a conntrack report over {MANY_SLOT} bytes"))
                 continue
             self._handle_read(view[index * MANY_SLOT : index * MANY_SLOT + length])
+        return True
+
+    def _take_many(self, count: int) -> bool:
+        """A read's reports rendered at once (`many`); False when they did not fit."""
+        assert self._many is not None
+        found = self._many(self._slots_at, MANY_SLOT, self._lengths_at, count)
+        if found is None:
+            return False
+        self.received += found.messages
+        if found.failures:
+            self.errors += found.failures
+            self.last_error = f"ValueError: {found.last_failure}"
+        if len(found.block):
+            try:
+                self._on_flow(found.block)
+                self.reported += len(found.block)
+            except Exception as error:  # the callback's failure: counted
+                self._failed(error)
         return True
 
     def _handle_read(self, data: memoryview) -> None:

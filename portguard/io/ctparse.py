@@ -9,14 +9,14 @@ import socket
 import struct
 from array import array
 from collections.abc import Iterator, Sequence
-from typing import Final
+from typing import Final, NamedTuple
 
 import orjson
 from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK
 from pyroute2.netlink.nfnetlink.nfctsocket import IPCTNL_MSG_CT_DELETE
 
 from portguard.core.events.flowend import Counters, EndedFlow, flow_end_event
-from portguard.core.events.lines import FLOW_HEAD, RenderedEvent, observer_json
+from portguard.core.events.lines import FLOW_HEAD, LineBlock, RenderedEvent, observer_json
 from portguard.core.events.record import Event, Observer
 from portguard.core.marks import DIRECTION_MASK, MARK_ALLOW, VERDICT_MASK, direction_of_mark
 from portguard.core.policy.model import Direction
@@ -138,12 +138,24 @@ def _ended_of(w: Sequence[int], direction: Direction) -> EndedFlow:
     )
 
 
+class ReadLines(NamedTuple):
+    """What `FlowEndLines.many` made of one read: the lines, the DESTROY messages read, the
+    failures among them and the last one's reason."""
+
+    block: LineBlock
+    messages: int
+    failures: int
+    last_failure: str
+
+
 class FlowEndLines:
-    """A DESTROY message straight to its flow-end event, rendered in C (flowlines.c): the
-    same line `LineRenderer.flow_end` renders for the same time, and the dict built from the
-    message's words only when an output asks for it. Needs the C library (`available`)."""
+    """A DESTROY message (`__call__`), or all those of one recvmmsg read (`many`), straight to
+    flow-end events rendered in C (flowlines.c): the same line `LineRenderer.flow_end` renders
+    for the same time, and the dict built from the message's words only when an output asks for
+    it. Needs the C library (`available`)."""
 
     LINE_SIZE = 4096
+    MANY_LINES = 256  # lines one `many` call takes at most (a read holds 64 datagrams)
 
     def __init__(self, observer: Observer) -> None:
         self.observer = observer
@@ -160,6 +172,12 @@ class FlowEndLines:
         self._texts = (FLOW_HEAD.encode(), directions, observer_json(observer).encode())
         self._form = LineForm(VERDICT_MASK, MARK_ALLOW, DIRECTION_MASK, shift, *self._texts)
         self._form_at = ctypes.addressof(self._form)
+        self._out = bytearray(self.LINE_SIZE * self.MANY_LINES)
+        self._ends = array("I", bytes(4 * self.MANY_LINES))
+        self._many_words = array("I", bytes(4 * CT_WORDS * self.MANY_LINES))
+        self._tally = array("I", bytes(4 * 3))
+        self._many_at = (address(self._out), address(self._ends), address(self._many_words),
+                         address(self._tally))  # fmt: skip
 
     @property
     def available(self) -> bool:
@@ -178,12 +196,41 @@ class FlowEndLines:
             return None
         raise ValueError(_LINE_ERRORS[size])
 
+    def many(self, slots: int, slot: int, lengths: int, count: int) -> ReadLines | None:
+        """The flow-end lines of a whole `pg_recv_many` read (`count` datagrams in slots of
+        `slot` bytes at address `slots`, their lengths at `lengths`); None when they do not fit
+        (then read its messages one by one)."""
+        assert self._lib is not None, "FlowEndLines without the C library"
+        out, ends, words, tally = self._many_at
+        self._tally[0] = self._tally[1] = self._tally[2] = 0
+        room = self.MANY_LINES
+        found = self._lib.pg_ct_lines(slots, slot, lengths, count, self._form_at, out,
+                                      len(self._out), ends, words, room, tally)  # fmt: skip
+        if found < 0:
+            return None
+        stops = self._ends[:found].tolist()
+        data = bytes(self._out[: stops[-1]]) if found else b""
+        kept = bytes(memoryview(self._many_words)[: found * CT_WORDS * 4])
+        observer = self.observer
+        block = LineBlock(data, stops, ["info"] * found, False,
+                          lambda index: _flow_end_of(_words_at(kept, index), observer))  # fmt: skip
+        messages, failures, code = self._tally.tolist()
+        return ReadLines(block, messages, failures, _LINE_ERRORS.get(-code, "") if failures else "")
+
+
+def _words_at(kept: bytes, index: int) -> array[int]:
+    words = array("I")
+    words.frombytes(kept[index * CT_WORDS * 4 : (index + 1) * CT_WORDS * 4])
+    return words
+
 
 _STAMP_AT, _STAMP_SIZE = len('{"@timestamp":"'), len("2026-12-05T15:09:24.123456Z")
 _LINE_ERRORS: Final = {
     -1: "a DESTROY message without the parts of a TCP entry (or a port over 16 bits)",
     -2: "malformed netlink attributes in a DESTROY message",
     -3: "a flow-end line longer than FlowEndLines.LINE_SIZE",
+    -4: "a malformed netlink message (the rest of its read skipped)",
+    -5: "a conntrack report longer than its read's slot",
 }
 _CT_NOW_S, _CT_NOW_US = 28, 29  # the time flowlines.c rendered the line at
 

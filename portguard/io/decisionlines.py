@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import orjson
 
-from portguard.core.events.lines import LineBlock, observer_json
+from portguard.core.events.lines import LineBlock, decision_builder, observer_json
 from portguard.core.events.record import DENIES, ECS_VERSION, DecisionRecord, Observer, shared_parts
 from portguard.core.policy.model import Action
 from portguard.io.native import MAX_ACTIONS, DecisionForm, address, library
@@ -81,7 +81,7 @@ class DecisionLines:
         data = bytes(self._out[: ends[-1]]) if found else b""
         levels = [self._levels[index] for index in actions]
         denies = not self._denies.isdisjoint(actions)
-        return LineBlock(data, ends, levels, denies, records, self.observer)
+        return LineBlock(data, ends, levels, denies, decision_builder(records, self.observer))
 
     def _call(self, payload: bytes) -> int:
         assert self._lib is not None

@@ -29,6 +29,10 @@ enum {
     W_ORIG = 14, W_REPLY = 18, W_START = 22, W_STOP = 24, W_NOW_S = 28, W_NOW_US = 29
 };
 enum { HAS_ORIG = 1, HAS_REPLY = 2 };
+enum { NO_EVENT = 1 };
+#define CT_WORDS 32        /* words a message takes (native.py's CT_WORDS) */
+#define PG_CUT 0x80000000u /* pg_recv_many: a datagram cut short */
+#define DESTROY_TYPE (1 << 8 | 2) /* NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_DELETE */
 
 /* --- SHA-1 ------------------------------------------------------------------------------- */
 
@@ -255,18 +259,19 @@ typedef struct {
 } pg_line_form;
 
 /* One DESTROY message (`len` bytes) into the words `w` and, for an allowed TCP connection, its
- * flow-end line into `out` (`cap` bytes). The line's length, or: 0 no event (not portguard's
- * allow mark, not TCP, not IPv4/IPv6), -1 a part it needs is missing or a port is wider than
- * 16 bits, -2 malformed attributes, -3 the line does not fit. */
-int pg_ct_line(const uint8_t *m, uint32_t len, uint32_t *w, const pg_line_form *form, char *out,
-               uint32_t cap) {
+ * flow-end line into `o`. OK, or: NO_EVENT (not portguard's allow mark, not TCP, not IPv4/IPv6),
+ * -1 a part it needs is missing or a port is wider than 16 bits, -2 malformed attributes. */
+static int ct_line(const uint8_t *m, uint32_t len, uint32_t *w, const pg_line_form *form,
+                   out_t *o) {
     int parsed = pg_ct_parse(m, len, w);
     if (parsed == -2)
         return -2;
     if (!w[W_VERSION] || (w[W_MARK] & form->verdict_mask) != form->allow)
-        return 0;
-    if (parsed <= 0)
+        return NO_EVENT;
+    if (parsed < 0)
         return parsed;
+    if (parsed == 0)
+        return NO_EVENT;
     if (w[W_SPORT] > 0xFFFF || w[W_DPORT] > 0xFFFF) /* no TCP port: no Community ID either */
         return -1;
     struct timespec now;
@@ -284,38 +289,112 @@ int pg_ct_line(const uint8_t *m, uint32_t len, uint32_t *w, const pg_line_form *
     const char *direction =
         form->directions + 16 * ((w[W_MARK] & form->direction_mask) >> form->direction_shift);
 
-    out_t o = {out, out + cap, 0};
-    puts_(&o, "{\"@timestamp\":\"");
-    put_time(&o, w[W_NOW_S], w[W_NOW_US]);
-    puts_(&o, "\",");
-    puts_(&o, form->head);
+    puts_(o, "{\"@timestamp\":\"");
+    put_time(o, w[W_NOW_S], w[W_NOW_US]);
+    puts_(o, "\",");
+    puts_(o, form->head);
     if (start) {
-        puts_(&o, ",\"start\":\"");
-        put_time_ns(&o, start);
-        puts_(&o, "\"");
+        puts_(o, ",\"start\":\"");
+        put_time_ns(o, start);
+        puts_(o, "\"");
         if (stop && stop >= start) {
-            puts_(&o, ",\"end\":\"");
-            put_time_ns(&o, stop);
-            puts_(&o, "\",\"duration\":");
-            put_u64(&o, stop - start);
+            puts_(o, ",\"end\":\"");
+            put_time_ns(o, stop);
+            puts_(o, "\",\"duration\":");
+            put_u64(o, stop - start);
         }
     }
-    put_endpoint(&o, "},\"source\":{\"ip\":\"", version, src, sport, counted ? w + W_ORIG : NULL);
-    put_endpoint(&o, "},\"destination\":{\"ip\":\"", version, dst, dport,
+    put_endpoint(o, "},\"source\":{\"ip\":\"", version, src, sport, counted ? w + W_ORIG : NULL);
+    put_endpoint(o, "},\"destination\":{\"ip\":\"", version, dst, dport,
                  counted ? w + W_REPLY : NULL);
-    puts_(&o, "},\"network\":{\"transport\":\"tcp\",\"iana_number\":\"6\",\"type\":");
-    puts_(&o, version == 4 ? "\"ipv4\",\"direction\":" : "\"ipv6\",\"direction\":");
-    puts_(&o, direction);
+    puts_(o, "},\"network\":{\"transport\":\"tcp\",\"iana_number\":\"6\",\"type\":");
+    puts_(o, version == 4 ? "\"ipv4\",\"direction\":" : "\"ipv6\",\"direction\":");
+    puts_(o, direction);
     if (counted) {
-        puts_(&o, ",\"packets\":");
-        put_u64(&o, wide(w, W_ORIG) + wide(w, W_REPLY));
-        puts_(&o, ",\"bytes\":");
-        put_u64(&o, wide(w, W_ORIG + 2) + wide(w, W_REPLY + 2));
+        puts_(o, ",\"packets\":");
+        put_u64(o, wide(w, W_ORIG) + wide(w, W_REPLY));
+        puts_(o, ",\"bytes\":");
+        put_u64(o, wide(w, W_ORIG + 2) + wide(w, W_REPLY + 2));
     }
-    puts_(&o, ",\"community_id\":\"");
-    put_community_id(&o, src, dst, size, sport, dport);
-    puts_(&o, "\"},\"observer\":{");
-    puts_(&o, form->observer);
-    puts_(&o, "}}");
+    puts_(o, ",\"community_id\":\"");
+    put_community_id(o, src, dst, size, sport, dport);
+    puts_(o, "\"},\"observer\":{");
+    puts_(o, form->observer);
+    puts_(o, "}}");
+    return 0;
+}
+
+/* One DESTROY message (`len` bytes) into the words `w` and, for an allowed TCP connection, its
+ * flow-end line into `out` (`cap` bytes). The line's length, or: 0 no event (not portguard's
+ * allow mark, not TCP, not IPv4/IPv6), -1 a part it needs is missing or a port is wider than
+ * 16 bits, -2 malformed attributes, -3 the line does not fit. */
+int pg_ct_line(const uint8_t *m, uint32_t len, uint32_t *w, const pg_line_form *form, char *out,
+               uint32_t cap) {
+    out_t o = {out, out + cap, 0};
+    int found = ct_line(m, len, w, form, &o);
+    if (found == NO_EVENT)
+        return 0;
+    if (found < 0)
+        return found;
     return o.full ? -3 : (int)(o.at - out);
+}
+
+/* counts pg_ct_lines keeps in `tally` */
+enum { T_MESSAGES, T_FAILURES, T_LAST_FAILURE };
+
+static void failed(uint32_t *tally, int code) {
+    tally[T_FAILURES]++;
+    tally[T_LAST_FAILURE] = (uint32_t)-code;
+}
+
+/* The flow-end lines of one pg_recv_many read: `count` datagrams, the i-th at `slots + i * slot`
+ * and `lengths[i]` long. Each DESTROY message in them is read as pg_ct_line reads it; a line
+ * goes into `out` (`cap` bytes) ended by a newline, where it ends into `ends` and its words into
+ * `words` (CT_WORDS each, `room` lines at most). `tally` counts the DESTROY messages and the
+ * failures, and keeps the last one's code (1 and 2 as pg_ct_line's -1 and -2, 4 a malformed
+ * netlink message: the rest of its datagram is skipped, 5 a datagram cut short: skipped).
+ * The number of lines, or -3 when `out` or the room for lines is too small (read it again
+ * message by message). */
+int pg_ct_lines(const uint8_t *slots, uint32_t slot, const uint32_t *lengths, uint32_t count,
+                const pg_line_form *form, char *out, uint32_t cap, uint32_t *ends,
+                uint32_t *words, uint32_t room, uint32_t *tally) {
+    out_t o = {out, out + cap, 0};
+    uint32_t lines = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        const uint8_t *data = slots + (size_t)i * slot;
+        uint32_t size = lengths[i], at = 0;
+        if (size & PG_CUT) {
+            failed(tally, -5);
+            continue;
+        }
+        while (at + 16 <= size) {
+            uint32_t mlen;
+            uint16_t type;
+            memcpy(&mlen, data + at, 4);
+            memcpy(&type, data + at + 4, 2);
+            if (mlen < 16 || mlen > size - at) {
+                failed(tally, -4);
+                break;
+            }
+            if (type == DESTROY_TYPE) {
+                tally[T_MESSAGES]++;
+                if (lines >= room)
+                    return -3;
+                uint32_t *w = words + (size_t)lines * CT_WORDS;
+                char *begin = o.at;
+                int found = ct_line(data + at, mlen, w, form, &o);
+                if (found == 0) {
+                    put(&o, "\n", 1);
+                    if (o.full)
+                        return -3;
+                    ends[lines++] = (uint32_t)(o.at - out);
+                } else if (found != NO_EVENT) {
+                    o.at = begin;
+                    failed(tally, found);
+                }
+            }
+            at += (mlen + 3) & ~3u;
+        }
+    }
+    return (int)lines;
 }

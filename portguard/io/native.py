@@ -44,6 +44,8 @@ def _declared(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.pg_ct_parse.restype = i
     lib.pg_ct_line.argtypes = [ctypes.c_char_p, u32, p, p, p, u32]
     lib.pg_ct_line.restype = i
+    lib.pg_ct_lines.argtypes = [p, u32, p, u32, p, p, u32, p, p, u32, p]
+    lib.pg_ct_lines.restype = i
     lib.pg_decision_lines.argtypes = [ctypes.c_char_p, u32, p, p, u32, p, u32, p, u32]
     lib.pg_decision_lines.restype = i
     return lib

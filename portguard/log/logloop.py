@@ -97,7 +97,7 @@ class Outputs:
         self.flow_ends: FlowEndListener | None = None
         self._flow_ends_lost = 0
         self._flow_stamps = Timestamps()  # the flow-end events' own cache
-        self._ended: list[LogItem] = []  # flow-end events of the read going on
+        self._ended: list[Queued] = []  # flow-end events of the read going on
 
     def listen_for_flow_ends(self) -> None:
         """Flow-end events from conntrack DESTROY (needs accounting: turned on here)."""
@@ -107,7 +107,7 @@ class Outputs:
                       "lack packet and byte counts or times", setting=setting)  # fmt: skip
         rendered = FlowEndLines(self.observer) if self.events.lines is not None else None
         if rendered is not None and rendered.available:  # parsed and rendered in C
-            listener = FlowEndListener(self._flow_rendered, parse=rendered)
+            listener = FlowEndListener(self._flow_rendered, parse=rendered, many=rendered.many)
         else:
             listener = FlowEndListener(self._flow_ended)
         try:
@@ -117,9 +117,10 @@ class Outputs:
             return
         self.flow_ends = listener
 
-    def _flow_rendered(self, event: RenderedEvent) -> None:
-        """A report of `read_flow_ends`, rendered in C: written with the others of the read
-        (`self._ended` is replaced each read, so no bound `append` of it may be kept)."""
+    def _flow_rendered(self, event: RenderedEvent | LineBlock) -> None:
+        """A report (or a read's reports) of `read_flow_ends`, rendered in C: written with
+        the others of the read (`self._ended` is replaced each read, so no bound `append` of
+        it may be kept)."""
         self._ended.append(event)
 
     def _flow_ended(self, ended: EndedFlow) -> None:

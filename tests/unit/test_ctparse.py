@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import struct
 import time
+from array import array
 from datetime import datetime
 
 import orjson
@@ -18,7 +19,9 @@ from portguard.core.events.flowend import EndedFlow, flow_end_event
 from portguard.core.events.lines import LineRenderer, RenderedEvent
 from portguard.core.events.record import Observer
 from portguard.io import ctparse
-from portguard.io.ctparse import DestroyParser, FlowEndLines, parse_destroy
+from portguard.io.ctevents import CUT
+from portguard.io.ctparse import DestroyParser, FlowEndLines, ReadLines, parse_destroy
+from portguard.io.native import address
 from tests.unit.test_ctevents_parse import (
     NESTED,
     V4_ALLOW_OUTBOUND,
@@ -173,15 +176,81 @@ def test_any_times_render_as_the_event_has_them(start: int, stop: int) -> None:
     assert_rendered_alike(timed(V6_ALLOW_NO_ACCOUNTING, start, stop))
 
 
+def wide_port() -> bytes:
+    """V4_ALLOW_OUTBOUND with a 4-byte source port of 70000."""
+    port = bytes.fromhex("0600020085150000")  # CTA_PROTO_SRC_PORT 34069, padded
+    assert V4_ALLOW_OUTBOUND.count(port) == 1
+    return V4_ALLOW_OUTBOUND.replace(port, bytes.fromhex("08000200") + (70000).to_bytes(4, "big"))
+
+
 def test_a_port_over_16_bits_is_refused() -> None:
     """A source port attribute the kernel never sends (4 bytes, 70000): `DestroyParser` reads
     the number, `FlowEndLines` refuses the message, as its event (its Community ID) could
     not be built either."""
-    port = bytes.fromhex("0600020085150000")  # CTA_PROTO_SRC_PORT 34069, padded
-    assert V4_ALLOW_OUTBOUND.count(port) == 1
-    wide = V4_ALLOW_OUTBOUND.replace(port, bytes.fromhex("08000200") + (70000).to_bytes(4, "big"))
+    wide = wide_port()
     ended = FAST(wide)
     assert ended is not None and ended.sport == 70000
     with pytest.raises(ValueError, match="port over 16 bits"):
         LINES(wide)
     assert_rendered_alike(wide)
+
+
+SLOT = 4096
+
+
+def read_of(datagrams: list[bytes], cut: tuple[int, ...] = ()) -> tuple[bytearray, array[int]]:
+    """What one pg_recv_many read leaves: the datagrams in slots, their lengths (CUT marked)."""
+    slots = bytearray(SLOT * len(datagrams))
+    lengths = array("I")
+    for index, datagram in enumerate(datagrams):
+        slots[index * SLOT : index * SLOT + len(datagram)] = datagram
+        lengths.append(SLOT | CUT if index in cut else len(datagram))
+    return slots, lengths
+
+
+def many(
+    lines: FlowEndLines, datagrams: list[bytes], cut: tuple[int, ...] = ()
+) -> ReadLines | None:
+    slots, lengths = read_of(datagrams, cut)
+    return lines.many(address(slots), SLOT, address(lengths), len(datagrams))
+
+
+def without_stamp(line: bytes) -> bytes:
+    return line[:15] + line[15 + 27 :]
+
+
+def test_a_whole_read_renders_the_lines_its_messages_render_one_by_one() -> None:
+    """Every recorded message (two in one datagram too): the lines `__call__` gives, in
+    order, with the failures counted instead of raised."""
+    datagrams = [*RECORDED, V4_ALLOW_OUTBOUND + V6_ALLOW_INBOUND, wide_port(), V4_ALLOW_RESET]
+    found = many(LINES, datagrams, cut=(len(datagrams) - 1,))
+    assert found is not None
+    singles = [LINES(m) for m in [*RECORDED, V4_ALLOW_OUTBOUND, V6_ALLOW_INBOUND]]
+    expected = [event for event in singles if event is not None]
+    events = found.block.events()
+    assert [without_stamp(e.line) for e in events] == [without_stamp(e.line) for e in expected]
+    for event in events:
+        assert orjson.dumps(event.event()) == event.line and event.level == "info"
+    assert found.block.data == b"".join(e.line + b"\n" for e in events)
+    assert (found.messages, found.failures) == (len(RECORDED) + 3, 2)
+    assert "longer than its read's slot" in found.last_failure
+
+
+def test_a_malformed_message_skips_the_rest_of_its_datagram_only() -> None:
+    broken = struct.pack("=IHHII", 9999, 0x0102, 0, 0, 0)
+    found = many(LINES, [V4_ALLOW_OUTBOUND + broken + V4_ALLOW_OUTBOUND, V6_ALLOW_INBOUND])
+    assert found is not None and len(found.block) == 2
+    assert (found.messages, found.failures) == (1 + 1, 1)
+    assert "malformed netlink message" in found.last_failure
+
+
+def test_a_read_with_more_lines_than_room_is_left_to_the_caller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(FlowEndLines, "MANY_LINES", 2)
+    small = FlowEndLines(OBSERVER)
+    assert many(small, [V4_ALLOW_OUTBOUND] * 3) is None
+    found = many(small, [V4_ALLOW_OUTBOUND, V4_UNMARKED, V4_ALLOW_OUTBOUND])
+    assert found is not None and len(found.block) == 2
+    empty = many(small, [V4_UNMARKED])
+    assert empty is not None and (len(empty.block), empty.block.data, empty.messages) == (0, b"", 1)

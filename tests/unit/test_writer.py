@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from portguard.core.events.lines import LineBlock, LineRenderer
+from portguard.core.events.lines import LineBlock, LineRenderer, decision_builder
 from portguard.core.events.record import DecisionRecord, Event, connection_event
 from portguard.log.sinks import Sink, file_sink, prepare, render_line
 from portguard.log.writer import FLUSH_EVERY, Channel, EventWriter
@@ -410,8 +410,8 @@ def line_block(actions: list[str]) -> LineBlock:
     rendered = [renderer.decision(r) for r in found]
     ends = list(itertools.accumulate(len(r.line) + 1 for r in rendered))
     return LineBlock(b"".join(r.line + b"\n" for r in rendered), ends,
-                     [r.level for r in rendered], "reject" in actions, lambda: found,
-                     OBSERVER)  # fmt: skip
+                     [r.level for r in rendered], "reject" in actions,
+                     decision_builder(lambda: found, OBSERVER))  # fmt: skip
 
 
 class CountingStream(io.BytesIO):

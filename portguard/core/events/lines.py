@@ -66,12 +66,13 @@ STAMP_SIZE = len("2026-12-05T15:09:24.123456Z")
 
 
 class LineBlock:
-    """A run of decision events rendered together (io/decisionlines.py): their ECS lines, each
-    ended by a newline, in one `data`; where each line ends and its ``log.level``; whether any
-    is a deny. A file output writes the block with one call; any other output takes its
-    `events()`, each a `RenderedEvent` whose dict is built from `records()` when asked for."""
+    """A run of events rendered together in C (decisions: io/decisionlines.py; flow ends:
+    io/ctparse.py): their ECS lines, each ended by a newline, in one `data`; where each line
+    ends and its ``log.level``; whether any is a deny. A file output writes the block with one
+    call; any other output takes its `events()`, each a `RenderedEvent` whose dict `build`
+    makes (from the event's index) when asked for."""
 
-    __slots__ = ("_records", "data", "denies", "ends", "levels", "observer")
+    __slots__ = ("build", "data", "denies", "ends", "levels")
 
     def __init__(
         self,
@@ -79,15 +80,13 @@ class LineBlock:
         ends: Sequence[int],
         levels: Sequence[str],
         denies: bool,
-        records: Callable[[], Sequence[DecisionRecord]],
-        observer: Observer,
+        build: Callable[[int], Event],
     ) -> None:
         self.data = data
         self.ends = ends
         self.levels = levels
         self.denies = denies
-        self.observer = observer
-        self._records = records
+        self.build = build
 
     def __len__(self) -> int:
         """The events it holds."""
@@ -100,12 +99,16 @@ class LineBlock:
         for end, level in zip(self.ends, self.levels, strict=True):
             line = data[start : end - 1]
             stamp = line[STAMP_AT : STAMP_AT + STAMP_SIZE].decode()
-            events.append(RenderedEvent(line, level, stamp, self._event, len(events)))
+            events.append(RenderedEvent(line, level, stamp, self.build, len(events)))
             start = end
         return events
 
-    def _event(self, index: int) -> Event:
-        return connection_event(self._records()[index], self.observer)
+
+def decision_builder(
+    records: Callable[[], Sequence[DecisionRecord]], observer: Observer
+) -> Callable[[int], Event]:
+    """A LineBlock's `build` for a run of decisions: the event of the index-th record."""
+    return lambda index: connection_event(records()[index], observer)
 
 
 LogItem = Event | RenderedEvent  # one event the log process hands its outputs
