@@ -158,7 +158,7 @@ class Gate:
             self._remember_drop(key, _Drop(seq, direction, now))
         elif self.recent_drops:
             self.recent_drops.pop(key, None)  # answered this time: a resend is a new attempt
-        cache = cacheable(decision, self.cache_period)
+        cache = verdict is not Verdict.ALLOW and cacheable(decision, self.cache_period)
         if not decision.log:  # the rule says `log = false`
             return Outcome(verdict, None, direction, decision, cache)
         flow_id = f"{self.id_prefix}{self.decided:x}"
@@ -168,7 +168,7 @@ class Gate:
     def decide(self, key: FlowKey, direction: Direction, now: float) -> Decision:
         """The rule set's decision, with the deciding rule's rate limit applied."""
         version, src, dst, _sport, dport = key
-        if self.quarantine:
+        if self.quarantine.entries:  # the dict itself: no Python-level __len__ per SYN
             refused = self.quarantine.refusal(version, src, dport, now)
             if refused is not None:
                 return refused

@@ -58,7 +58,7 @@ class WanInterfaces:
         self.names = frozenset(self.ordered)
         self._name_of = name_of
         self._index_of = index_of
-        self._cache: dict[int, bool] = {0: False}
+        self.known = _Known(self._lookup)  # `is_wan` as a dict: one subscript per lookup
         self.missing: list[str] = []  # as of the last recheck()
 
     def recheck(self) -> list[Change]:
@@ -72,17 +72,25 @@ class WanInterfaces:
         return changes
 
     def is_wan(self, ifindex: int) -> bool:
-        known = self._cache.get(ifindex)
-        if known is None:
-            known = self._lookup(ifindex)
-            self._cache[ifindex] = known
-        return known
+        return self.known[ifindex]
 
     def forget(self) -> None:
-        self._cache = {0: False}
+        self.known = _Known(self._lookup)
 
     def _lookup(self, ifindex: int) -> bool:
         try:
             return self._name_of(ifindex) in self.names
         except OSError:
             return False
+
+
+class _Known(dict[int, bool]):
+    """ifindex -> WAN or not, each looked up the first time it is asked for (0: no interface)."""
+
+    def __init__(self, lookup: Callable[[int], bool]) -> None:
+        super().__init__({0: False})
+        self._lookup = lookup
+
+    def __missing__(self, ifindex: int) -> bool:
+        known = self[ifindex] = self._lookup(ifindex)
+        return known

@@ -26,6 +26,7 @@ from portguard.core.marks import (
     MARK_ALLOW,
     MARK_CACHE,
     MARK_DROP,
+    MARK_MASK,
     MARK_REJECT,
     mark_bits,
     with_mark_bits,
@@ -110,6 +111,7 @@ _MARKS: dict[tuple[Verdict, Direction | None, bool], int] = {
 
 
 NF_DROP, NF_ACCEPT, NF_REPEAT = 0, 1, 4  # netfilter's verdict codes
+_KEPT = ~MARK_MASK & 0xFFFFFFFF  # the bits of a mark that are not portguard's
 
 
 def _bits(verdict: Verdict, direction: Direction | None, cache: bool) -> int | None:
@@ -118,10 +120,12 @@ def _bits(verdict: Verdict, direction: Direction | None, cache: bool) -> int | N
 
 def answer(outcome: Outcome, packet_id: int, mark: int) -> tuple[int, int, int, int]:
     """What apply_verdict tells the kernel, as a batch reader's words: the packet id, the
-    netfilter verdict, whether to set the mark, the mark (portguard's bits into `mark`)."""
-    bits = _bits(outcome.verdict, outcome.direction, outcome.cache)
+    netfilter verdict, whether to set the mark, the mark (portguard's bits into `mark`).
+    Once per packet: `_bits` and `with_mark_bits` written out."""
+    verdict = outcome.verdict
+    bits = _MARKS.get((verdict, outcome.direction, outcome.cache and verdict is not Verdict.ALLOW))
     if bits is not None:
-        return packet_id, NF_REPEAT, 1, with_mark_bits(mark, bits)
+        return packet_id, NF_REPEAT, 1, (mark & _KEPT) | bits
     return packet_id, NF_ACCEPT if outcome.verdict is Verdict.ACCEPT else NF_DROP, 0, 0
 
 

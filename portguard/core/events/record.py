@@ -114,6 +114,11 @@ class DecisionRecord(NamedTuple):
 Loggable = DecisionRecord | Event  # what the packet loop logs: a decision's record, or an event
 
 
+# an Action's or Direction's value by a dict lookup (`.value` is a Python-level property: once
+# per decision, twice, it shows)
+_TEXTS: dict[Action | Direction, str] = {member: member.value for member in (*Action, *Direction)}
+
+
 def decision_record(
     decision: Decision,
     key: tuple[int, int, int, int, int],
@@ -125,7 +130,7 @@ def decision_record(
     """One connection's decision as the values of its event (built on the packet loop)."""
     version, src, dst, sport, dport = key
     return DecisionRecord(
-        now, version, src, dst, sport, dport, direction.value, decision.action.value,
+        now, version, src, dst, sport, dport, _TEXTS[direction], _TEXTS[decision.action],
         decision.rule_id, decision.ruleset, decision.description, decision.reason,
         policy_version, flow_id, decision.limit.fields() if decision.limit else None,
     )  # fmt: skip
