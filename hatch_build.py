@@ -22,6 +22,7 @@ SOURCES = (
     Path("portguard/io/nfqbatch.c"),
     Path("portguard/io/flowlines.c"),
     Path("portguard/io/decisionlines.c"),
+    Path("portguard/io/fastpath.c"),
 )
 LIBRARY = Path("portguard/io/_nfqbatch.so")
 

@@ -116,6 +116,9 @@ class QueueConfig(Spec):
     per_source: Annotated[PerSourceLimit, BeforeValidator(_switch)] = PerSourceLimit()
     # seconds the kernel answers a denied (source, destination, port) itself (0: off)
     deny_cache: Annotated[int, within(0, MAX_DENY_CACHE)] = DEFAULT_DENY_CACHE
+    # allows the gate gave answered again in C (io/fastpath.py): false decides every SYN in
+    # Python, as before
+    fast_path: bool = True
 
     @property
     def numbers(self) -> range:

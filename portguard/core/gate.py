@@ -8,6 +8,7 @@ interface) and returns what the edge must do. It never raises for any input byte
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -137,6 +138,9 @@ class Gate:
         self.quarantine = Quarantine()
         self.detection = Detection()
         self.detected: list[Detected] = []  # alerts the caller has not taken yet
+        # told of each SYN dropped (its 5-tuple, when): the queue edge's fast path leaves its
+        # retransmissions to this gate (io/fastpath.py)
+        self.on_drop: Callable[[FlowKey, float], object] | None = None
 
     def handle(self, data: bytes, arrives_on_wan: bool, leaves_on_wan: bool, now: float) -> Outcome:
         try:
@@ -210,6 +214,8 @@ class Gate:
         return forgotten
 
     def _remember_drop(self, key: FlowKey, drop: _Drop) -> None:
+        if self.on_drop is not None:
+            self.on_drop(key, drop.at)
         drops = self.recent_drops
         drops.pop(key, None)  # to the end: the order stays the order of the drops
         if len(drops) >= RECENT_DROPS:

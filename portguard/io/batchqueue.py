@@ -9,7 +9,8 @@ missing, `make_reader` falls back to `QueueReader`, one packet per system call.
 
 Every packet of a batch gets exactly one verdict: decided packets their own, a packet whose
 deciding failed (or that a failure left undecided) the fail-mode verdict, all sent in a
-`finally`. Events go to the log process after the verdicts.
+`finally`. Events go to the log process after the verdicts. With a fast path (fastpath.py),
+the packets it answers in C skip the gate; the rest are decided as before.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import time
 from array import array
 from collections.abc import Callable
 
 from portguard.core.events.record import Loggable
 from portguard.core.gate import Outcome, Verdict
+from portguard.io.fastpath import FastPath
 from portguard.io.native import address, library
 from portguard.io.nfqueue import BATCH_PACKETS, BATCH_SECONDS, RECV_SIZE, QueueReader, answer
 
@@ -49,10 +52,16 @@ class BatchReader(QueueReader):
         on_event: Callable[[Loggable], object],
         fallback: Verdict,
         on_events: Callable[[list[Loggable]], object] | None = None,
+        fast: FastPath | None = None,
+        on_records: Callable[[bytes, int], object] | None = None,
     ) -> None:
-        """`on_events`: the events of a batch at once (else `on_event` for each)."""
+        """`on_events`: the events of a batch at once (else `on_event` for each); `fast`: the
+        fast path (io/fastpath.py), whose records (an ``r`` frame's payload, and how many)
+        go to `on_records`."""
         super().__init__(queue_num, max_len, decide, on_event, fallback)
         self.on_events = on_events or (lambda events: [on_event(e) for e in events])
+        self.fast = fast if on_records is not None else None
+        self.on_records = on_records
         self._lib = lib
         self._buf = bytearray(RECV_SIZE * MAX_BATCH)
         self._view = memoryview(self._buf)
@@ -95,26 +104,59 @@ class BatchReader(QueueReader):
 
     def _answer(self, words: list[int]) -> None:
         """Each packet's verdict (the fail-mode one where deciding failed), all in one send;
-        then the events."""
+        then the events. The fast path, when there is one, answers what it can first."""
         count = len(words) // META_WORDS
         verdicts: list[int] = []
         events: list[Loggable] = []
+        given = bytearray(count)  # 1: the packet's verdict is in `verdicts`
+        fast = (0, b"")  # packets the fast path answered, and their records
         try:
-            for at in range(0, len(words), META_WORDS):
+            if self.fast is not None:
+                fast = self._answer_fast(count, verdicts, given)
+            for index in range(count):
+                if given[index]:
+                    continue
+                at = index * META_WORDS
                 outcome = self._decide_one(words, at)
                 verdicts += answer(outcome, words[at], words[at + 1])
+                given[index] = 1
                 if outcome.event is not None:
                     events.append(outcome.event)
         finally:
             self.packets += count
             fallback = Outcome(self.fallback, None)
-            for at in range(len(verdicts) // 4 * META_WORDS, len(words), META_WORDS):
-                verdicts += answer(fallback, words[at], words[at + 1])
+            for index in range(count):
+                if not given[index]:
+                    at = index * META_WORDS
+                    verdicts += answer(fallback, words[at], words[at + 1])
             self._send(verdicts)
-        if not events:
-            return
+        self._hand_over(fast, events)
+
+    def _answer_fast(self, count: int, verdicts: list[int], given: bytearray) -> tuple[int, bytes]:
+        """The packets the fast path answers: their verdicts and flags; how many, and their
+        records. A failure leaves every packet to the gate."""
+        assert self.fast is not None
         try:
-            self.on_events(events)
+            answered = self.fast.decide(self._addresses[0], self._addresses[1], count,
+                                        time.time())  # fmt: skip
+            if not answered:
+                return 0, b""
+            records = self.fast.records()
+            verdicts += self.fast.verdicts(answered)
+        except Exception as error:  # the gate decides them all
+            self.errors += 1
+            self.last_error = error
+            return 0, b""
+        given[:] = self.fast.handled[:count]
+        return answered, records
+
+    def _hand_over(self, fast: tuple[int, bytes], events: list[Loggable]) -> None:
+        """The records and events of a batch to the log process (the fast path's first)."""
+        try:
+            if fast[0] and self.on_records is not None:
+                self.on_records(fast[1], fast[0])
+            if events:
+                self.on_events(events)
         except Exception as error:  # logging must never stop the packet loop
             self.errors += 1
             self.last_error = error
@@ -163,9 +205,13 @@ def make_reader(
     fallback: Verdict,
     batched: bool = True,
     on_events: Callable[[list[Loggable]], object] | None = None,
+    fast: FastPath | None = None,
+    on_records: Callable[[bytes, int], object] | None = None,
 ) -> QueueReader:
-    """The batch reader where its library loads (and `batched`), else one packet per call."""
+    """The batch reader where its library loads (and `batched`), else one packet per call
+    (without the fast path, which lives in the same library)."""
     lib = library() if batched else None
     if lib is None:
         return QueueReader(queue_num, max_len, decide, on_event, fallback)
-    return BatchReader(lib, queue_num, max_len, decide, on_event, fallback, on_events)
+    return BatchReader(lib, queue_num, max_len, decide, on_event, fallback, on_events, fast,
+                       on_records)  # fmt: skip

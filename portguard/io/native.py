@@ -1,7 +1,8 @@
-"""portguard's small C library (portguard/io/nfqbatch.c, flowlines.c and decisionlines.c,
-compiled by `pip install` into `_nfqbatch.so`), loaded with ctypes: batched kernel-queue reads
-and verdicts (`batchqueue.py`), the conntrack DESTROY parser and flow-end lines (`ctparse.py`),
-decision lines (`decisionlines.py`). Where it was not built (no C compiler at install)
+"""portguard's small C library (portguard/io/nfqbatch.c, flowlines.c, decisionlines.c and
+fastpath.c, compiled by `pip install` into `_nfqbatch.so`), loaded with ctypes: batched
+kernel-queue reads and verdicts (`batchqueue.py`), the conntrack DESTROY parser and flow-end
+lines (`ctparse.py`), decision lines (`decisionlines.py`), the packet loop's fast path
+(`fastpath.py`). Where it was not built (no C compiler at install)
 `library()` is None and each falls back to Python."""
 
 from __future__ import annotations
@@ -46,6 +47,25 @@ def _declared(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.pg_ct_line.restype = i
     lib.pg_ct_lines.argtypes = [p, u32, p, u32, p, p, u32, p, p, u32, p]
     lib.pg_ct_lines.restype = i
+    d = ctypes.c_double
+    lib.pg_fast_size.argtypes = []
+    lib.pg_fast_size.restype = u32
+    lib.pg_fast_init.argtypes = [p, ctypes.c_char_p, u32, u32, d]
+    lib.pg_fast_init.restype = i
+    lib.pg_fast_flush.argtypes = [p]
+    lib.pg_fast_flush.restype = None
+    lib.pg_fast_interfaces.argtypes = [p, p, ctypes.c_char_p, u32]
+    lib.pg_fast_interfaces.restype = i
+    lib.pg_fast_text.argtypes = [p, u32, ctypes.c_char_p, u32]
+    lib.pg_fast_text.restype = i
+    lib.pg_fast_take_hits.argtypes = [p, p, u32]
+    lib.pg_fast_take_hits.restype = u32
+    lib.pg_fast_learn.argtypes = [p, u32, u32, u32, u32, u32]
+    lib.pg_fast_learn.restype = i
+    lib.pg_fast_drop.argtypes = [p, u32, u32, u32, u32, d]
+    lib.pg_fast_drop.restype = None
+    lib.pg_fast_decide.argtypes = [p, p, p, u32, d, p, p, p, u32, p, p]
+    lib.pg_fast_decide.restype = i
     lib.pg_decision_lines.argtypes = [ctypes.c_char_p, u32, p, p, u32, p, u32, p, u32]
     lib.pg_decision_lines.restype = i
     return lib

@@ -5,7 +5,8 @@ A frame is a 4-byte length (of what follows), a kind byte and its payload:
 - ``r``: the decision records (`DecisionRecord`) the packet loop collected in a row, as one
   marshalled list of tuples of plain values (`Batch`): a decision costs the loop a tuple and
   a share of one `marshal.dumps` and one `send` per batch of packets; the log process builds
-  each event from its record, once;
+  each event from its record, once (the packet loop's fast path writes such a list in C:
+  io/fastpath.c);
 - ``d``: one decision record as a marshalled tuple (records other threads submit);
 - ``e``: any other event, built as a dict (lifecycle, malformed packets, connections ended
   after a reload), as JSON;
@@ -68,6 +69,12 @@ class Batch:
             self._end_run()
             self._frames.append(frame(EVENT, orjson.dumps(logged)))
         self.count += 1
+
+    def add_records(self, payload: bytes, count: int) -> None:
+        """`count` records already marshalled as an ``r`` frame's payload."""
+        self._end_run()
+        self._frames.append(frame(RECORDS, payload))
+        self.count += count
 
     def take(self) -> tuple[bytes, int]:
         """The frames collected, and how many records and events they hold; empties it."""

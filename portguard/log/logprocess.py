@@ -124,6 +124,16 @@ class LogProcess:
                 if batch.count >= BATCH_FRAMES:
                     self._flush()
 
+    def add_records(self, payload: bytes, count: int) -> None:
+        """`count` decision records already marshalled as an ``r`` frame's payload (the fast
+        path's: io/fastpath.py), collected like `add_many`'s."""
+        with self._lock:
+            if not self._batch.count:
+                self.due = time.monotonic() + HANDOVER_DELAY
+            self._batch.add_records(payload, count)
+            if self._batch.count >= BATCH_FRAMES:
+                self._flush()
+
     def flush_if_due(self, now: float) -> None:
         """Send the batch once its first record has waited HANDOVER_DELAY (`now`: monotonic)."""
         if now >= self.due:

@@ -81,8 +81,10 @@ def worker_section(
     log: LogCounters | None,
     pid: int,
     deny_cache: Mapping[str, int] | None = None,
+    fast_path: int | None = None,
 ) -> dict[str, Any]:
-    """One worker's counters, JSON-ready (it crosses the worker's control socket)."""
+    """One worker's counters, JSON-ready (it crosses the worker's control socket);
+    `fast_path`: the SYNs its fast path answered (None: off)."""
     return {
         "queue": queue,
         "pid": pid,
@@ -101,6 +103,7 @@ def worker_section(
         "packet_errors": reader.errors + reader.verdict_errors if reader is not None else 0,
         "log": log_section(log.read_stats(), log.dropped) if log else log_section({}, 0),
         "deny_cache": dict(deny_cache) if deny_cache is not None else None,
+        "fast_path": {"answered": fast_path} if fast_path is not None else None,
     }
 
 
@@ -324,7 +327,12 @@ def build_document(
         "limit_table_full": merged_counts(s.get("limit_table_full", {}) for s in sections),
         "detection": detection_view(sections),
         "workers": [
-            {"queue": s["queue"], "pid": s["pid"], "queue_reader": s.get("queue_reader")}
+            {
+                "queue": s["queue"],
+                "pid": s["pid"],
+                "queue_reader": s.get("queue_reader"),
+                "fast_path": s.get("fast_path"),
+            }
             for s in sections
         ],
     }

@@ -18,6 +18,7 @@ from portguard.core.gate import Gate, Outcome, Verdict
 from portguard.core.policy import RuleSet
 from portguard.io import notify
 from portguard.io.batchqueue import make_reader
+from portguard.io.fastpath import make_fast_path
 from portguard.io.interfaces import WanInterfaces
 from portguard.io.nfqueue import QueueReader
 from portguard.io.policyfiles import load_ruleset
@@ -74,6 +75,8 @@ class Worker(PolicySwap):
                                            config.queue.workers, observer, self._submit,
                                            self._log, lambda: self.cache.request())  # fmt: skip
         self.wan = WanInterfaces(config.network.wan)
+        # allows the gate gave, answered again in C (io/fastpath.py; `[queue] fast_path`)
+        self.fast = make_fast_path(self.gate, self.wan) if config.queue.fast_path else None
         self.writer: LogProcess | None = None
         self._reported = {"dropped": 0, "errors": 0}
         # systemd's watchdog, fed by the loop (a forked worker beats to its parent instead)
@@ -113,7 +116,8 @@ class Worker(PolicySwap):
         # builds the event and applies flood control; sent once per batch of packets
         reader = self.reader = make_reader(self.queue_num, self.config.queue.max_len,
                                            self.decide, writer.add, fallback,
-                                           on_events=writer.add_many)  # fmt: skip
+                                           on_events=writer.add_many, fast=self.fast,
+                                           on_records=writer.add_records)  # fmt: skip
         deciding = False
         try:
             self.control_server = self._open_control()
@@ -205,6 +209,8 @@ class Worker(PolicySwap):
     def decide(self, data: bytes, indev: int, outdev: int) -> Outcome:
         known = self.wan.known  # is_wan, without a method call per interface
         outcome = self.gate.handle(data, known[indev], known[outdev], time.time())
+        if self.fast is not None:
+            self.fast.learn(outcome)
         if outcome.cache:  # before the verdict, with which the kernel adds the key
             self.cache.mark(outcome)
         return outcome
@@ -258,8 +264,12 @@ class Worker(PolicySwap):
 
     def status(self) -> dict[str, Any]:
         """This worker's counters; with `facts`, the whole daemon's status document."""
+        fast = self.fast
+        if fast is not None:
+            fast.fold_hits()  # the hits it answered, into the gate's counts
         section = worker_section(self.gate, self.queue_num, self.policy_loaded, self.reader,
-                                 self.writer, os.getpid(), self.cache.fields())  # fmt: skip
+                                 self.writer, os.getpid(), self.cache.fields(),
+                                 fast.answered if fast is not None else None)  # fmt: skip
         if self.facts is None:
             return {"ok": True, "worker": section}
         document = collect(self.facts, [section])
@@ -334,6 +344,8 @@ class Worker(PolicySwap):
 
     def _housekeeping(self, reader: QueueReader) -> None:
         self.gate.forget_drops(time.time())
+        if self.fast is not None:
+            self.fast.fold_hits()
         self.cache.report()  # the kernel's hits read meanwhile (the first: starts its thread)
         self.quarantine.tick(time.time())  # expiry; the other workers' quarantines
         self._recheck_wan()

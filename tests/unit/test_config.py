@@ -376,3 +376,9 @@ def test_the_deny_cache_is_on_for_ten_seconds_by_default_and_0_turns_it_off() ->
     with pytest.raises(ConfigError) as caught:
         parse_config("[queue]\ndeny_cache = 3601\n", path)
     assert any("deny_cache: 3601 is out of range 0-3600" in m for m in caught.value.messages)
+
+
+def test_the_fast_path_is_on_by_default_and_can_be_turned_off() -> None:
+    path = Path("portguard.toml")
+    assert parse_config("", path).queue.fast_path is True
+    assert parse_config("[queue]\nfast_path = false\n", path).queue.fast_path is False

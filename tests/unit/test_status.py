@@ -131,6 +131,9 @@ def test_a_worker_section_reports_its_counters() -> None:
     assert (section["recent_drops"], section["packets"], section["packet_errors"]) == (0, 9, 2)
     assert section["queue_reader"] == "batched"
     assert section["log"]["handoff_dropped"] == 4  # the worker knows of drops first
+    assert section["fast_path"] is None  # off
+    fast = worker_section(gate, 3, 1234.5, Reader(), log, 99, fast_path=17)
+    assert fast["fast_path"] == {"answered": 17}
 
 
 def test_sections_of_two_workers_add_up() -> None:

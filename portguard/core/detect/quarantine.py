@@ -63,6 +63,7 @@ class Quarantine:
         self.entries: dict[SourceKey, Entry] = {}
         self.refused = 0  # connections refused
         self.full = 0  # quarantines not added: the table was full
+        self.added = 0  # entries added or replaced so far (what a cache of allows watches)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -85,6 +86,7 @@ class Quarantine:
             self.full += 1
             return False
         self.entries[new.key] = new
+        self.added += 1
         return True
 
     def release(self, key: SourceKey) -> Entry | None:
