@@ -137,7 +137,7 @@ static int read_value(reader_t *r, value_t *v) {
     memset(v, 0, sizeof *v);
     if (type == 'r')
         return read_reference(r, v);
-    if ((*at & FLAG_REF) && r->keep) {
+    if ((*at & FLAG_REF) && r->keep && type != 'N') { /* marshal keeps no reference to None */
         if (r->count >= r->room)
             return NO_ROOM;
         r->refs[r->count++] = (uint32_t)(at - r->base);

@@ -113,7 +113,9 @@ class Channel:
         blocks. False when some had to be dropped."""
         if self.closed:
             return True
-        if isinstance(event, LineBlock) and not self._takes_whole(event):
+        if isinstance(event, LineBlock) and (
+            not self._takes_whole(event) or self.waiting + len(event) > self.buffer
+        ):  # event by event: what fits of it is queued, the rest dropped, as without blocks
             return self.submit_many(event.events()) == 0
         if severity(event) > self.max_severity:
             return True
@@ -124,7 +126,8 @@ class Channel:
             self._count(submitted=weight, dropped=weight)
             return False
         self._count(submitted=weight)
-        self._extra_in += weight - 1
+        if weight > 1:  # only the packet loop's side submits blocks (sinks' threads: events)
+            self._extra_in += weight - 1
         self._put(event)
         return True
 
@@ -138,7 +141,8 @@ class Channel:
         if self.waiting + weight > self.buffer:  # near full: the reserve's rules
             return sum(_weight(event) for event in taken if not self.submit(event))
         self._count(submitted=weight)
-        self._extra_in += weight - len(taken)
+        if weight != len(taken):
+            self._extra_in += weight - len(taken)
         self._items.extend(taken)
         if self._sleeping:
             with self._ready:

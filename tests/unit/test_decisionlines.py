@@ -168,3 +168,20 @@ def test_without_the_library_nothing_is_rendered(monkeypatch: pytest.MonkeyPatch
     lines = DecisionLines(OBSERVER)
     assert not lines.available
     assert lines.render(_payload([_record()]), list) is None
+
+
+def test_a_reference_mark_on_none_is_read_as_marshal_reads_it() -> None:
+    """marshal keeps no reference to None even when its byte carries the mark: the references
+    after it still point where marshal's do."""
+    shared = ("business-25", "10-main.toml", "business relays", "matched", "v1")
+    found = [_record(sport=40000 + i, flow_id=f"a{i}") for i in range(3)]
+    found = [r._replace(rule_id=shared[0], ruleset=shared[1], description=shared[2],
+                        reason=shared[3], policy_version=shared[4]) for r in found]  # fmt: skip
+    later = "".join(["seen ", "after the None"])  # first in the second record, then referred to
+    found[1:] = [r._replace(reason=later) for r in found[1:]]
+    payload = _payload(found)
+    end_of_first = payload.index(b"N", payload.index(b"a0"))
+    marked = payload[:end_of_first] + bytes([ord("N") | 0x80]) + payload[end_of_first + 1 :]
+    assert handoff.records_of(marked) == found
+    block = _render(marked)
+    assert block is not None and block.data == _python_lines(found)
