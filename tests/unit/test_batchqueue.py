@@ -15,6 +15,7 @@ import subprocess
 from array import array
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -303,3 +304,61 @@ def test_the_events_of_a_batch_go_together_after_the_verdicts() -> None:
     batch.fileno = lambda: -1  # type: ignore[method-assign]
     batch._answer(meta(1) + meta(2) + meta(3))
     assert handed == [[EVENT, EVENT, EVENT]]
+
+
+class FakeFast:
+    """A fast path that answers the packets whose first byte is 0xFA (or raises)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.handled = bytearray(256)
+        self._answered: list[int] = []
+
+    def decide(self, buffer: int, meta_at: int, count: int, now: float) -> int:
+        if self.fail:
+            raise RuntimeError("fast path broke")
+        words = array("I", ctypes.string_at(meta_at, 4 * 7 * count))
+        data = ctypes.string_at(buffer, 8)
+        self._answered = []
+        for index in range(count):
+            self.handled[index] = data[words[7 * index + 4]] == 0xFA
+            if self.handled[index]:
+                self._answered.append(words[7 * index])
+        return len(self._answered)
+
+    def verdicts(self, answered: int) -> list[int]:
+        return [word for packet_id in self._answered for word in (packet_id, NF_REPEAT, 1, 7)]
+
+    def records(self) -> bytes:
+        return b"records"
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_the_fast_path_answers_first_and_the_gate_the_rest(fail: bool) -> None:
+    """Every packet gets one verdict; the fast path's records go to the log before the gate's
+    events; a fast path that fails leaves every packet to the gate."""
+    handed: list[object] = []
+    sender = SendingLib()
+    fast: Any = FakeFast(fail)
+
+    def records(payload: bytes, count: int) -> None:
+        handed.append((payload, count))
+
+    batch = BatchReader(lib(), 0, 64, lambda *_: Outcome(Verdict.ACCEPT, EVENT), print,
+                        Verdict.DROP, on_events=handed.append, fast=fast,
+                        on_records=records)  # fmt: skip
+    batch._lib = sender  # type: ignore[assignment]
+    batch.fileno = lambda: -1  # type: ignore[method-assign]
+    batch._buf[0:2] = b"\xfa\x45"
+    at_fa, at_45 = [0, 0, 2, 3, 0, 1, F_PAYLOAD], [0, 0, 2, 3, 1, 1, F_PAYLOAD]
+    words = [1, *at_fa[1:], 2, *at_45[1:], 3, *at_fa[1:]]
+    batch._meta[: len(words)] = array("I", words)  # where pg_recv leaves them
+    batch._answer(words)
+    [sent] = sender.sent
+    if fail:
+        assert verdicts_of(sent) == {1: NF_ACCEPT, 2: NF_ACCEPT, 3: NF_ACCEPT}
+        assert handed == [[EVENT, EVENT, EVENT]] and batch.errors == 1
+    else:
+        assert verdicts_of(sent) == {1: NF_REPEAT, 2: NF_ACCEPT, 3: NF_REPEAT}
+        assert handed == [(b"records", 2), [EVENT]]
+    assert batch.packets == 3
