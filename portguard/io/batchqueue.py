@@ -10,7 +10,8 @@ missing, `make_reader` falls back to `QueueReader`, one packet per system call.
 Every packet of a batch gets exactly one verdict: decided packets their own, a packet whose
 deciding failed (or that a failure left undecided) the fail-mode verdict, all sent in a
 `finally`. Events go to the log process after the verdicts. With a fast path (fastpath.py),
-the packets it answers in C skip the gate; the rest are decided as before.
+the runs of packets it answers in C skip the gate; the others are decided as before, in the
+batch's order.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import time
 from array import array
 from collections.abc import Callable
+from typing import NamedTuple
 
 from portguard.core.events.record import Loggable
 from portguard.core.gate import Outcome, Verdict
@@ -32,6 +34,13 @@ META_WORDS = 7  # id, mark, indev, outdev, payload offset, payload length, flags
 F_PAYLOAD, F_TRUNCATED = 1, 2
 MAX_BATCH = BATCH_PACKETS  # packets a read takes at most (nfqbatch.c allows up to 256)
 C_MESSAGES, C_OVERRUNS, C_ACKED_ERRORS, C_LAST_ERROR, C_OTHER = range(5)
+
+
+class FastRecords(NamedTuple):
+    """A run of decisions the fast path answered: their records (an ``r`` frame's payload)."""
+
+    payload: bytes
+    decisions: int
 
 
 class NoPayload(ValueError):
@@ -104,59 +113,68 @@ class BatchReader(QueueReader):
 
     def _answer(self, words: list[int]) -> None:
         """Each packet's verdict (the fail-mode one where deciding failed), all in one send;
-        then the events. The fast path, when there is one, answers what it can first."""
+        then the records and events, in the packets' order. With a fast path, it answers the
+        runs of packets it can, the gate the others, one after the other (what the gate decides
+        may change what the fast path may answer)."""
         count = len(words) // META_WORDS
-        verdicts: list[int] = []
-        events: list[Loggable] = []
-        given = bytearray(count)  # 1: the packet's verdict is in `verdicts`
-        fast = (0, b"")  # packets the fast path answered, and their records
+        verdicts: list[int] = []  # 4 words a packet, in the packets' order
+        handed: list[Loggable | FastRecords] = []
+        now, fast_at = time.time(), 0 if self.fast is not None else count
         try:
-            if self.fast is not None:
-                fast = self._answer_fast(count, verdicts, given)
-            for index in range(count):
-                if given[index]:
-                    continue
+            while (index := len(verdicts) // 4) < count:
+                if index >= fast_at:  # the fast path may answer this one
+                    answered, fast_at = self._answer_fast(index, count, now, verdicts, handed)
+                    if answered:
+                        continue
                 at = index * META_WORDS
                 outcome = self._decide_one(words, at)
                 verdicts += answer(outcome, words[at], words[at + 1])
-                given[index] = 1
                 if outcome.event is not None:
-                    events.append(outcome.event)
+                    handed.append(outcome.event)
         finally:
             self.packets += count
             fallback = Outcome(self.fallback, None)
-            for index in range(count):
-                if not given[index]:
-                    at = index * META_WORDS
-                    verdicts += answer(fallback, words[at], words[at + 1])
+            for at in range(len(verdicts) // 4 * META_WORDS, len(words), META_WORDS):
+                verdicts += answer(fallback, words[at], words[at + 1])
             self._send(verdicts)
-        self._hand_over(fast, events)
+        self._hand_over(handed)
 
-    def _answer_fast(self, count: int, verdicts: list[int], given: bytearray) -> tuple[int, bytes]:
-        """The packets the fast path answers: their verdicts and flags; how many, and their
-        records. A failure leaves every packet to the gate."""
+    def _answer_fast(
+        self, start: int, count: int, now: float, verdicts: list[int],
+        handed: list[Loggable | FastRecords],
+    ) -> tuple[int, int]:  # fmt: skip
+        """The run of packets from `start` the fast path answers: their verdicts and records;
+        how many, and the next packet to offer it. A failure leaves the rest to the gate."""
         assert self.fast is not None
         try:
-            answered = self.fast.decide(self._addresses[0], self._addresses[1], count,
-                                        time.time())  # fmt: skip
-            if not answered:
-                return 0, b""
-            records = self.fast.records()
-            verdicts += self.fast.verdicts(answered)
-        except Exception as error:  # the gate decides them all
+            answered = self.fast.decide(self._addresses[0], self._addresses[1], start, count,
+                                        now)  # fmt: skip
+            found = self.fast.verdicts(answered), self.fast.records(), self.fast.next
+        except Exception as error:  # the gate decides the rest of the batch
             self.errors += 1
             self.last_error = error
-            return 0, b""
-        given[:] = self.fast.handled[:count]
-        return answered, records
+            return 0, count
+        words, records, next_at = found
+        if answered:
+            verdicts += words
+            handed.append(FastRecords(records, answered))
+        return answered, next_at
 
-    def _hand_over(self, fast: tuple[int, bytes], events: list[Loggable]) -> None:
-        """The records and events of a batch to the log process (the fast path's first)."""
+    def _hand_over(self, handed: list[Loggable | FastRecords]) -> None:
+        """A batch's records and events to the log process, in order."""
+        run: list[Loggable] = []
         try:
-            if fast[0] and self.on_records is not None:
-                self.on_records(fast[1], fast[0])
-            if events:
-                self.on_events(events)
+            for item in handed:
+                if not isinstance(item, FastRecords):
+                    run.append(item)
+                    continue
+                if run:
+                    self.on_events(run)
+                    run = []
+                if self.on_records is not None:
+                    self.on_records(item.payload, item.decisions)
+            if run:
+                self.on_events(run)
         except Exception as error:  # logging must never stop the packet loop
             self.errors += 1
             self.last_error = error

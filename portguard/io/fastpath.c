@@ -4,17 +4,19 @@
  * An allow the policy gave an IPv4 connection without a rate limit depends only on the
  * connection's (source, destination, destination port, direction) and on what the policy in
  * force is: the Python gate (core/gate.py) teaches each such decision to a memo here
- * (pg_fast_learn), and pg_fast_decide answers the later SYNs of the same key itself: it decodes
- * them as decode_syn's inline case does (IPv4 without options), writes their verdict words
- * and their decision records (a marshalled list of tuples, as the log hand-over carries them:
- * log/handoff.py), and counts the hits and flow ids the gate would have. Every other packet is
- * left to Python: IPv6, IP options, a key not learnt, an interface not known, or a 5-tuple that
+ * (pg_fast_learn), and pg_fast_decide answers the later SYNs of the same key itself, in the
+ * batch's order up to the first packet the gate must decide (deciding it may change what the
+ * memo may answer: a drop, a quarantine): it decodes them as decode_syn's inline case does
+ * (IPv4 without options), writes their verdict words and their decision records (a
+ * marshalled list of tuples, as the log hand-over carries them: log/handoff.py), and counts
+ * the hits and flow ids the gate would have. Every other packet is left to Python: IPv6, IP options, a key not learnt, an interface not known, or a 5-tuple that
  * may repeat a SYN the gate dropped less than the retransmission window ago (two rotating
  * Bloom filters of the dropped 5-tuples: no false negative within the window; a false positive
  * only costs the Python path).
  *
  * The memo is valid for one generation: the Python side starts a new one (pg_fast_flush)
- * whenever anything an allow depends on changes (a reload, a quarantine added, the interfaces).
+ * whenever anything an allow depends on changes (a reload, a quarantine added). The interface
+ * table only says which side a packet comes from and goes to (the direction, part of the key).
  */
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -85,11 +87,11 @@ void pg_fast_flush(pg_fast *f) {
     f->arena_used = 0;
 }
 
-/* The interfaces known, and which are WAN interfaces (a new generation: directions change). */
+/* The interfaces known, and which are WAN interfaces. The memo stays: what it learnt is by
+ * direction, and a packet's direction is taken from this table each time. */
 int pg_fast_interfaces(pg_fast *f, const uint32_t *ifindex, const uint8_t *wan, uint32_t count) {
     if (count > MAX_INTERFACES)
         count = MAX_INTERFACES; /* the others are left to Python */
-    pg_fast_flush(f);
     memcpy(f->ifindex, ifindex, count * sizeof *ifindex);
     memcpy(f->wan, wan, count);
     f->interfaces = count;
@@ -307,45 +309,59 @@ static int direction_of(int arrives, int leaves) {
     return leaves ? 1 : 3;
 }
 
+/* The text of the memo's answer to a queued packet (its fields into `k`), or NULL when the
+ * gate must decide it. */
+typedef struct {
+    uint32_t src, dst, sport, dport;
+} syn_t;
+
+static text_t *answerable(pg_fast *f, const uint8_t *buf, const uint32_t *m, syn_t *k) {
+    if (!(m[M_FLAGS] & F_PAYLOAD) || m[M_LEN] < 40)
+        return NULL;
+    const uint8_t *p = buf + m[M_OFF];
+    uint32_t total = be16(p + 2), tcp = (uint32_t)(p[32] >> 4) * 4;
+    uint32_t end = total < m[M_LEN] ? total : m[M_LEN];
+    if (p[0] != 0x45 || total < 40 || (be16(p + 6) & 0x1FFF) || p[9] != 6 || tcp < 20 ||
+        tcp > end - 20)
+        return NULL; /* decode_syn's inline case only */
+    int arrives = interface(f, m[M_INDEV]), leaves = interface(f, m[M_OUTDEV]);
+    if (arrives < 0 || leaves < 0)
+        return NULL;
+    k->src = be32(p + 12);
+    k->dst = be32(p + 16);
+    k->sport = be16(p + 20);
+    k->dport = be16(p + 22);
+    const memo_t *found = memo_find(f, k->src, k->dst, k->dport,
+                                    (uint32_t)direction_of(arrives, leaves));
+    if (!found || maybe_dropped(f, k->src, k->dst, k->sport, k->dport))
+        return NULL;
+    return &f->text[found->text - 1];
+}
+
 /* The packets of a batch (`count` entries of META_WORDS in `meta`, payloads in `buf`) this
- * memo answers: for each, `handled[i]` = 1, four verdict words (id, NF_REPEAT, 1, mark) in
- * `verdicts` (in order, packed), its record appended to the marshalled list in `records`
- * (`cap` bytes; `*size` its length; `*decided` counts the flow ids). The number answered. */
-int pg_fast_decide(pg_fast *f, const uint8_t *buf, const uint32_t *meta, uint32_t count,
-                   double now, uint8_t *handled,
-                   uint32_t *verdicts, uint8_t *records, uint32_t cap, uint32_t *size,
-                   uint64_t *decided) {
+ * memo answers, from `start` on and in order, up to the first the gate must decide (which
+ * may change what the memo knows): for each, four verdict words (id, NF_REPEAT, 1, mark) in
+ * `verdicts`, its record appended to the marshalled list in `records` (`cap` bytes; `*size`
+ * its length), `*decided` counting the flow ids. The number answered; `*next` the first packet
+ * after the one that stopped it that the memo could answer now (`count`: none). */
+int pg_fast_decide(pg_fast *f, const uint8_t *buf, const uint32_t *meta, uint32_t start,
+                   uint32_t count, double now, uint32_t *verdicts, uint8_t *records,
+                   uint32_t cap, uint32_t *size, uint64_t *decided, uint32_t *next) {
     writer_t w = {records, records + cap};
-    uint32_t answered = 0;
+    uint32_t answered = 0, i = start;
+    syn_t k;
     *size = 0;
+    *next = count;
     if (cap < 5)
         return 0;
     *w.at++ = '[';
     w.at += 4; /* the count, once known */
     bloom_rotate(f, now);
-    for (uint32_t i = 0; i < count; i++) {
+    for (; i < count; i++) {
         const uint32_t *m = meta + (size_t)i * META_WORDS;
-        handled[i] = 0;
-        if (!(m[M_FLAGS] & F_PAYLOAD) || m[M_LEN] < 40)
-            continue;
-        const uint8_t *p = buf + m[M_OFF];
-        uint32_t total = be16(p + 2), tcp = (uint32_t)(p[32] >> 4) * 4;
-        uint32_t end = total < m[M_LEN] ? total : m[M_LEN];
-        if (p[0] != 0x45 || total < 40 || (be16(p + 6) & 0x1FFF) || p[9] != 6 || tcp < 20 ||
-            tcp > end - 20)
-            continue; /* decode_syn's inline case only */
-        int arrives = interface(f, m[M_INDEV]), leaves = interface(f, m[M_OUTDEV]);
-        if (arrives < 0 || leaves < 0)
-            continue;
-        uint32_t src = be32(p + 12), dst = be32(p + 16), sport = be16(p + 20),
-                 dport = be16(p + 22);
-        int direction = direction_of(arrives, leaves);
-        const memo_t *found = memo_find(f, src, dst, dport, (uint32_t)direction);
-        if (!found || maybe_dropped(f, src, dst, sport, dport))
-            continue;
-        text_t *t = &f->text[found->text - 1];
-        if (put_record(&w, f, t, now, src, dst, sport, dport, *decided + 1))
-            break; /* no room for its record: the rest to Python */
+        text_t *t = answerable(f, buf, m, &k);
+        if (!t || put_record(&w, f, t, now, k.src, k.dst, k.sport, k.dport, *decided + 1))
+            break;
         ++*decided;
         t->hits++;
         uint32_t *v = verdicts + (size_t)answered * 4;
@@ -353,8 +369,13 @@ int pg_fast_decide(pg_fast *f, const uint8_t *buf, const uint32_t *meta, uint32_
         v[1] = NF_REPEAT;
         v[2] = 1;
         v[3] = (m[M_MARK] & f->kept_mask) | t->mark_bits;
-        handled[i] = 1;
         answered++;
+    }
+    for (uint32_t j = i + 1; j < count; j++) {
+        if (answerable(f, buf, meta + (size_t)j * META_WORDS, &k)) {
+            *next = j;
+            break;
+        }
     }
     put_u32le(records + 1, answered);
     *size = answered ? (uint32_t)(w.at - records) : 0;

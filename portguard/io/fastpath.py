@@ -3,18 +3,20 @@
 The gate decides a connection by its (version, source, destination, destination port,
 direction) and the policy in force; an allow of a rule without a rate limit is the same for
 every SYN of that key until something it depends on changes. After the gate gave one for an
-IPv4 connection, `learn` teaches it to the C memo; `decide` then answers the later SYNs of a
-batch with that key in C (verdict words, decision records as the hand-over carries them, the
-gate's flow ids and hit counts), and leaves every other packet to the gate, in Python. It is
-exact: the events, verdicts, marks, flow ids and counts are those the gate gives (the unit
-tests run both on the same packets), except that a fast-path packet's record has the batch's
-time and the fast path's records of a batch come before the gate's.
+IPv4 connection, `learn` teaches it to the C memo; `decide` then answers SYNs of that key in C
+(verdict words, decision records as the hand-over carries them, the gate's flow ids and hit
+counts), in the batch's order up to the first packet the gate must decide; the batch reader
+has the gate decide that one and offers the fast path the rest. It is exact: the verdicts,
+marks, records, flow ids and counts are those the gate gives (the unit tests run both on the
+same packets), except that a fast-path record has the batch's time.
 
 What the gate's allow depends on, and what starts a new memo generation here: the policy
-object (a reload), a quarantine added (it refuses before the policy), the interfaces known (the
-direction). A SYN whose 5-tuple the gate dropped less than its retransmission window ago is
-left to the gate (two rotating Bloom filters of dropped 5-tuples in C, fed by `Gate.on_drop`).
-IPv6, IPv4 with options, rate-limited rules, `log = false` rules and denies are never memoised.
+object (a reload), a quarantine added (it refuses before the policy). The interfaces only give
+a packet's direction, which is part of the key: the C side gets the table `WanInterfaces`
+knows whenever it changes. A SYN whose 5-tuple the gate dropped less than its retransmission
+window ago is left to the gate (two rotating Bloom filters of dropped 5-tuples in C, fed by
+`Gate.on_drop`). IPv6, IPv4 with options, rate-limited rules, `log = false` rules and denies
+are never memoised.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ DIRECTION_CODES = {
     Direction.INTERNAL: 3,
 }
 MAX_PACKETS = 256  # a batch's packets at most (batchqueue.MAX_BATCH)
-RECORD_ROOM = 1024  # bytes a record takes at most here, texts included (longer: Python)
+RECORD_ROOM = 1024  # bytes of the records' buffer a packet has
+MAX_TEXT = RECORD_ROOM - 256  # bytes of a decision's texts, marshalled (longer: the gate's)
 _FLAG_REF = 0x80
 
 
@@ -60,31 +63,32 @@ class FastPath:
         self._texts: dict[tuple[str, ...], int] = {}  # a record's middle fields -> text
         self._hit_keys: list[tuple[str, Action]] = []  # each text's (rule id, action)
         self._hits = array("Q", bytes(8 * 4096))
-        self._handled = bytearray(MAX_PACKETS)
         self._verdicts = array("I", bytes(4 * 4 * MAX_PACKETS))
         self._records = bytearray(RECORD_ROOM * MAX_PACKETS)
         self._size = array("I", [0])
         self._decided = array("Q", [0])
-        self._buffers = (address(self._handled), address(self._verdicts),
-                         address(self._records), address(self._size),
-                         address(self._decided))  # fmt: skip
+        self._next = array("I", [0])
+        self._buffers = (address(self._verdicts), address(self._records), address(self._size),
+                         address(self._decided), address(self._next))  # fmt: skip
+        self.failures = 0  # learning that failed (the packet's verdict was the gate's anyway)
         self._ruleset = gate.ruleset
         self._added = gate.quarantine.added
         self._known: dict[int, bool] | None = None
-        self._known_size = 0
+        self._known_size = 0  # what `known` held when the C side was told
         self.answered = 0  # packets answered here
         gate.on_drop = self._dropped
 
-    def decide(self, buffer: int, meta: int, count: int, now: float) -> int:
-        """Answer what it can of a batch (`count` packets: nfqbatch.c's meta words at `meta`,
-        payloads in the buffer at `buffer`); how many. Then `handled`, `verdicts` and
-        `records` tell which, their verdict words and their records' hand-over payload."""
+    def decide(self, buffer: int, meta: int, start: int, count: int, now: float) -> int:
+        """Answer the packets of a batch (`count`: nfqbatch.c's meta words at `meta`, payloads
+        in the buffer at `buffer`) from `start` on, in order, up to the first the gate must
+        decide; how many. `verdicts` and `records` then give theirs; `next` the first packet
+        after that one the memo could answer (`count`: none)."""
         self._sync()
         self._decided[0] = self.gate.decided
-        handled, verdicts, records, size, decided = self._buffers
+        verdicts, records, size, decided, found = self._buffers
         answered = int(self._lib.pg_fast_decide(
-            self._at, buffer, meta, count, ctypes.c_double(now), handled, verdicts, records,
-            len(self._records), size, decided,
+            self._at, buffer, meta, start, count, ctypes.c_double(now), verdicts, records,
+            len(self._records), size, decided, found,
         ))  # fmt: skip
         if answered:
             self.gate.decided = int(self._decided[0])
@@ -92,9 +96,10 @@ class FastPath:
         return answered
 
     @property
-    def handled(self) -> bytearray:
-        """Per packet of the last `decide`: 1 when answered here."""
-        return self._handled
+    def next(self) -> int:
+        """After `decide`: the first packet past the one that stopped it the memo could answer
+        as things stand (the packets between are the gate's)."""
+        return int(self._next[0])
 
     def verdicts(self, answered: int) -> list[int]:
         """The verdict words (4 a packet) of the last `decide`'s `answered` packets."""
@@ -105,7 +110,14 @@ class FastPath:
         return bytes(self._records[: self._size[0]])
 
     def learn(self, outcome: Outcome) -> None:
-        """After the gate decided a packet: teach the memo an allow it may give again."""
+        """After the gate decided a packet: teach the memo an allow it may give again (never
+        raises: the packet's verdict is the gate's whatever happens here)."""
+        try:
+            self._learn(outcome)
+        except Exception:  # a bug here must not cost the packet its verdict
+            self.failures += 1
+
+    def _learn(self, outcome: Outcome) -> None:
         record, decision, direction = outcome.event, outcome.decision, outcome.direction
         if (
             outcome.verdict is not Verdict.ALLOW
@@ -138,6 +150,8 @@ class FastPath:
 
     def _text(self, fields: Sequence[str], mark_bits: int, hit: tuple[str, Action]) -> int:
         marshalled = b"".join(_unreferenced(marshal.dumps(value)) for value in fields)
+        if len(marshalled) > MAX_TEXT:  # its records might not fit a batch's buffer: the gate's
+            return -1
         text = int(self._lib.pg_fast_text(self._at, mark_bits, marshalled, len(marshalled)))
         if text >= 0:
             self._texts[tuple(fields)] = text
@@ -145,20 +159,24 @@ class FastPath:
         return text
 
     def _sync(self) -> None:
-        """A new generation when the policy, the quarantine or the interfaces changed."""
+        """A new generation when the policy or the quarantine changed; the interfaces known
+        when they changed."""
         gate = self.gate
         if gate.ruleset is not self._ruleset or gate.quarantine.added != self._added:
             self._flush()
             self._ruleset, self._added = gate.ruleset, gate.quarantine.added
         known = self.wan.known
         if known is not self._known or len(known) != self._known_size:
-            self.fold_hits()
-            self._forget_texts()
-            indexes = [index for index in known if index != 0]
-            wan = bytes(bool(known[index]) for index in indexes)
-            found = array("I", indexes or [0])
-            self._lib.pg_fast_interfaces(self._at, address(found), wan or b"\0", len(indexes))
-            self._known, self._known_size = known, len(known)
+            self._interfaces(known)
+
+    def _interfaces(self, known: dict[int, bool]) -> None:
+        """Tell the C side the interfaces known now (what it learnt stays right: it is by
+        direction, and a packet's direction comes from this table)."""
+        now = {index: bool(wan) for index, wan in known.items() if index != 0}
+        indexes = array("I", list(now) or [0])
+        sides = bytes(now.values()) or b"\0"
+        self._lib.pg_fast_interfaces(self._at, address(indexes), sides, len(now))
+        self._known, self._known_size = known, len(known)
 
     def _flush(self) -> None:
         self.fold_hits()

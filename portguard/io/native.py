@@ -64,7 +64,7 @@ def _declared(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.pg_fast_learn.restype = i
     lib.pg_fast_drop.argtypes = [p, u32, u32, u32, u32, d]
     lib.pg_fast_drop.restype = None
-    lib.pg_fast_decide.argtypes = [p, p, p, u32, d, p, p, p, u32, p, p]
+    lib.pg_fast_decide.argtypes = [p, p, p, u32, u32, d, p, p, u32, p, p, p]
     lib.pg_fast_decide.restype = i
     lib.pg_decision_lines.argtypes = [ctypes.c_char_p, u32, p, p, u32, p, u32, p, u32]
     lib.pg_decision_lines.restype = i

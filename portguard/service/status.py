@@ -81,10 +81,9 @@ def worker_section(
     log: LogCounters | None,
     pid: int,
     deny_cache: Mapping[str, int] | None = None,
-    fast_path: int | None = None,
+    fast_path: int | None = None,  # the SYNs its fast path answered (None: off)
 ) -> dict[str, Any]:
-    """One worker's counters, JSON-ready (it crosses the worker's control socket);
-    `fast_path`: the SYNs its fast path answered (None: off)."""
+    """One worker's counters, JSON-ready (it crosses the worker's control socket)."""
     return {
         "queue": queue,
         "pid": pid,
@@ -105,6 +104,11 @@ def worker_section(
         "deny_cache": dict(deny_cache) if deny_cache is not None else None,
         "fast_path": {"answered": fast_path} if fast_path is not None else None,
     }
+
+
+def worker_row(section: Mapping[str, Any]) -> dict[str, Any]:
+    """A worker in the daemon's document: its queue, process, reader and fast path."""
+    return {key: section.get(key) for key in ("queue", "pid", "queue_reader", "fast_path")}
 
 
 def detection_section(gate: Gate) -> dict[str, int]:
@@ -326,15 +330,7 @@ def build_document(
         "deny_cache": deny_cache_view(sections),
         "limit_table_full": merged_counts(s.get("limit_table_full", {}) for s in sections),
         "detection": detection_view(sections),
-        "workers": [
-            {
-                "queue": s["queue"],
-                "pid": s["pid"],
-                "queue_reader": s.get("queue_reader"),
-                "fast_path": s.get("fast_path"),
-            }
-            for s in sections
-        ],
+        "workers": [worker_row(s) for s in sections],
     }
 
 

@@ -307,36 +307,39 @@ def test_the_events_of_a_batch_go_together_after_the_verdicts() -> None:
 
 
 class FakeFast:
-    """A fast path that answers the packets whose first byte is 0xFA (or raises)."""
+    """A fast path that answers the packets whose first byte is 0xFA (or raises), as the real
+    one does: a run from `start` up to the first it cannot answer."""
 
     def __init__(self, fail: bool = False) -> None:
         self.fail = fail
-        self.handled = bytearray(256)
+        self.next = 0
         self._answered: list[int] = []
 
-    def decide(self, buffer: int, meta_at: int, count: int, now: float) -> int:
+    def decide(self, buffer: int, meta_at: int, start: int, count: int, now: float) -> int:
         if self.fail:
             raise RuntimeError("fast path broke")
         words = array("I", ctypes.string_at(meta_at, 4 * 7 * count))
         data = ctypes.string_at(buffer, 8)
+        mine = [data[words[7 * index + 4]] == 0xFA for index in range(count)]
         self._answered = []
-        for index in range(count):
-            self.handled[index] = data[words[7 * index + 4]] == 0xFA
-            if self.handled[index]:
-                self._answered.append(words[7 * index])
+        index = start
+        while index < count and mine[index]:
+            self._answered.append(words[7 * index])
+            index += 1
+        self.next = next((j for j in range(index + 1, count) if mine[j]), count)
         return len(self._answered)
 
     def verdicts(self, answered: int) -> list[int]:
         return [word for packet_id in self._answered for word in (packet_id, NF_REPEAT, 1, 7)]
 
     def records(self) -> bytes:
-        return b"records"
+        return b"records-%d" % len(self._answered)
 
 
 @pytest.mark.parametrize("fail", [False, True])
-def test_the_fast_path_answers_first_and_the_gate_the_rest(fail: bool) -> None:
-    """Every packet gets one verdict; the fast path's records go to the log before the gate's
-    events; a fast path that fails leaves every packet to the gate."""
+def test_the_fast_path_and_the_gate_answer_in_the_packets_order(fail: bool) -> None:
+    """Every packet gets one verdict; the fast path's records and the gate's events go to the
+    log in the packets' order; a fast path that fails leaves every packet to the gate."""
     handed: list[object] = []
     sender = SendingLib()
     fast: Any = FakeFast(fail)
@@ -358,7 +361,7 @@ def test_the_fast_path_answers_first_and_the_gate_the_rest(fail: bool) -> None:
     if fail:
         assert verdicts_of(sent) == {1: NF_ACCEPT, 2: NF_ACCEPT, 3: NF_ACCEPT}
         assert handed == [[EVENT, EVENT, EVENT]] and batch.errors == 1
-    else:
+    else:  # in the packets' order: a run of one, the gate's, a run of one
         assert verdicts_of(sent) == {1: NF_REPEAT, 2: NF_ACCEPT, 3: NF_REPEAT}
-        assert handed == [(b"records", 2), [EVENT]]
+        assert handed == [(b"records-1", 1), [EVENT], (b"records-1", 1)]
     assert batch.packets == 3
