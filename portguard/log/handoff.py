@@ -53,16 +53,21 @@ def loggable_frame(logged: Loggable) -> bytes:
 
 class Batch:
     """What the packet loop collected since its last send, in order: each run of decision
-    records becomes one ``r`` frame, any other event one ``e`` frame."""
+    records becomes one ``r`` frame (the fast path's records, already marshalled, one of their
+    own), any other event one ``e`` frame."""
 
-    __slots__ = ("_frames", "_records", "count")
+    __slots__ = ("_fast", "_fast_count", "_frames", "_records", "count")
 
     def __init__(self) -> None:
         self._frames: list[bytes] = []
         self._records: list[tuple[object, ...]] = []
+        self._fast: list[bytes] = []  # the fast path's records, each run's list without its head
+        self._fast_count = 0
         self.count = 0  # records and events collected (what a failed send drops)
 
     def add(self, logged: Loggable) -> None:
+        if self._fast:
+            self._end_fast()
         if type(logged) is DecisionRecord:
             self._records.append(tuple(logged))
         else:
@@ -71,14 +76,17 @@ class Batch:
         self.count += 1
 
     def add_records(self, payload: bytes, count: int) -> None:
-        """`count` records already marshalled as an ``r`` frame's payload."""
+        """`count` records already marshalled as a list (the fast path's, without references
+        to earlier values: consecutive lists are joined into one frame)."""
         self._end_run()
-        self._frames.append(frame(RECORDS, payload))
+        self._fast.append(payload[_LIST_HEAD:])
+        self._fast_count += count
         self.count += count
 
     def take(self) -> tuple[bytes, int]:
         """The frames collected, and how many records and events they hold; empties it."""
         self._end_run()
+        self._end_fast()
         data, count = b"".join(self._frames), self.count
         self._frames, self.count = [], 0
         return data, count
@@ -87,6 +95,15 @@ class Batch:
         if self._records:
             self._frames.append(frame(RECORDS, marshal.dumps(self._records)))
             self._records = []
+
+    def _end_fast(self) -> None:
+        if self._fast:
+            head = b"[" + _LENGTH.pack(self._fast_count)
+            self._frames.append(frame(RECORDS, head + b"".join(self._fast)))
+            self._fast, self._fast_count = [], 0
+
+
+_LIST_HEAD = 5  # a marshalled list's type byte and its length
 
 
 def split_frames(data: bytes) -> tuple[list[bytes], bytes]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import marshal
+
 import orjson
 from hypothesis import given
 from hypothesis import strategies as st
@@ -77,3 +79,20 @@ def test_kernel_hits_cross_with_their_record() -> None:
     assert rest == b"" and message[:1] == handoff.KERNEL_HITS
     received = handoff.kernel_hits_of(message[1:])
     assert received == sent and type(received.record) is DecisionRecord
+
+
+def test_consecutive_runs_of_the_fast_path_s_records_cross_as_one_frame() -> None:
+    """The fast path's lists (no references to earlier values: marshal's version 2 writes
+    none either) are joined; a record of the gate's in between ends the run."""
+    fast = [record(None)._replace(sport=port) for port in range(1000, 1005)]
+    gate = record(None)._replace(sport=2000)
+    batch = handoff.Batch()
+    batch.add_records(marshal.dumps([tuple(r) for r in fast[:2]], 2), 2)
+    batch.add_records(marshal.dumps([tuple(r) for r in fast[2:4]], 2), 2)
+    batch.add(gate)
+    batch.add_records(marshal.dumps([tuple(fast[4])], 2), 1)
+    data, count = batch.take()
+    frames, rest = handoff.split_frames(data)
+    assert count == 6 and rest == b"" and [f[:1] for f in frames] == [handoff.RECORDS] * 3
+    received = [r for f in frames for r in handoff.records_of(f[1:])]
+    assert received == [*fast[:4], gate, fast[4]]
