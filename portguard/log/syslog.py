@@ -34,9 +34,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from portguard.core.events.lines import LogItem, RenderedEvent
+from portguard.core.events.lines import STAMP_AT, STAMP_SIZE, LineBlock, LogItem, RenderedEvent
 from portguard.log import formats
-from portguard.log.sinks import StateCallback, severity
+from portguard.log.sinks import LEVELS, StateCallback, severity
 from portguard.log.syslogtarget import (
     Target,
     TlsSettings,
@@ -54,6 +54,9 @@ USER_TIMEOUT_MS = 30_000  # data unacknowledged this long: the collector is gone
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
+_PRI = {level: FACILITY_DAEMON * 8 + number for level, number in LEVELS.items()}
+
+
 def syslog_frame(event: LogItem, hostname: str, pid: int, fmt: str = "ecs") -> bytes:
     """One RFC 5424 message: header, no structured data, the rendered event as MSG."""
     return syslog_header(event, hostname, pid) + formats.render(event, fmt)
@@ -64,6 +67,20 @@ def syslog_header(event: LogItem, hostname: str, pid: int) -> bytes:
     pri = FACILITY_DAEMON * 8 + severity(event)
     stamp = event.stamp if isinstance(event, RenderedEvent) else event.get("@timestamp", "-")
     return f"<{pri}>1 {stamp} {hostname} portguard {pid} - - ".encode()
+
+
+def block_frames(block: LineBlock, hostname: str, pid: int) -> list[bytes]:
+    """The octet-counted messages of a block's ECS lines: what `syslog_frame` and
+    `octet_count` make of each of its events, in one loop."""
+    tail = f" {hostname} portguard {pid} - - ".encode()
+    frames, data, start = [], block.data, 0
+    for end, level in zip(block.ends, block.levels, strict=True):
+        line = data[start : end - 1]
+        message = b"<%d>1 %s%s%s" % (_PRI[level], line[STAMP_AT : STAMP_AT + STAMP_SIZE], tail,
+                                     line)  # fmt: skip
+        frames.append(b"%d %s" % (len(message), message))
+        start = end
+    return frames
 
 
 def octet_count(message: bytes) -> bytes:
@@ -230,7 +247,8 @@ class SyslogSink:
             raise ValueError(f"syslog TLS settings need a tls:// address, not {address}")
         self.name = f"syslog:{address}"
         self.format = fmt
-        self.blocks = False  # each event has its own header
+        # a stream output writes a LineBlock's frames in one go (a datagram is an event)
+        self.blocks = fmt == "ecs" and self.target.scheme != "udp"
         self._render = formats.renderer(fmt)  # ValueError for an unknown format
         self.errors = 0  # events that raised OSError (lost)
         self.reconnects = 0  # connections replaced without an outage (collector closed one)
@@ -248,9 +266,12 @@ class SyslogSink:
         self._failures = 0  # connection attempts failed since the last good connection
         self._frames: list[bytes] = []  # written, not sent yet (streams: sent by `flush`)
 
-    def write(self, event: LogItem) -> None:
+    def write(self, event: LogItem | LineBlock) -> None:
         """Send one event (UDP: OSError when it is lost) or collect its frame for `flush`
-        (TCP, TLS)."""
+        (TCP, TLS; a block's frames, when `blocks`)."""
+        if isinstance(event, LineBlock):
+            self._frames += block_frames(event, self.hostname, self.pid)
+            return
         message = syslog_header(event, self.hostname, self.pid) + self._render(event)
         if self.target.scheme != "udp":
             self._frames.append(octet_count(message))

@@ -455,3 +455,17 @@ def _outage(server: FrameServer, tls: TlsSettings) -> str:
     assert isinstance(writing.error, OSError) and sink.errors == 1
     assert len(states) == 1 and states[0][0] is False
     return states[0][1]
+
+
+def test_a_stream_output_writes_a_block_s_frames_as_it_would_each_event_s() -> None:
+    from tests.unit.test_writer import line_block
+
+    block = line_block(["allow", "reject", "log", "allow"])
+    whole, one_by_one = SyslogSink("tcp://127.0.0.1:514"), SyslogSink("tcp://127.0.0.1:514")
+    assert whole.blocks and not SyslogSink("udp://127.0.0.1:514").blocks
+    assert not SyslogSink("tcp://127.0.0.1:514", fmt="cef").blocks
+    whole.write(block)
+    for one in block.events():
+        one_by_one.write(one)
+    assert whole._frames == one_by_one._frames and len(whole._frames) == 4
+    assert whole._frames[1].split(b" ", 2)[1] == b"<28>1"  # daemon.warning
