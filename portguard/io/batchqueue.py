@@ -119,7 +119,8 @@ class BatchReader(QueueReader):
         count = len(words) // META_WORDS
         verdicts: list[int] = []  # 4 words a packet, in the packets' order
         handed: list[Loggable | FastRecords] = []
-        now, fast_at = time.time(), 0 if self.fast is not None else count
+        now = time.time() if self.fast is not None else 0.0  # the fast path's clock
+        fast_at = 0 if self.fast is not None else count
         try:
             while (index := len(verdicts) // 4) < count:
                 if index >= fast_at:  # the fast path may answer this one

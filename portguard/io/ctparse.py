@@ -16,7 +16,14 @@ from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK
 from pyroute2.netlink.nfnetlink.nfctsocket import IPCTNL_MSG_CT_DELETE
 
 from portguard.core.events.flowend import Counters, EndedFlow, flow_end_event
-from portguard.core.events.lines import FLOW_HEAD, LineBlock, RenderedEvent, observer_json
+from portguard.core.events.lines import (
+    FLOW_HEAD,
+    STAMP_AT,
+    STAMP_SIZE,
+    LineBlock,
+    RenderedEvent,
+    observer_json,
+)
 from portguard.core.events.record import Event, Observer
 from portguard.core.marks import DIRECTION_MASK, MARK_ALLOW, VERDICT_MASK, direction_of_mark
 from portguard.core.policy.model import Direction
@@ -189,7 +196,7 @@ class FlowEndLines:
                                     self._line_at, self.LINE_SIZE)  # fmt: skip
         if size > 0:
             line = bytes(self._line[:size])
-            stamp = line[_STAMP_AT : _STAMP_AT + _STAMP_SIZE].decode()
+            stamp = line[STAMP_AT : STAMP_AT + STAMP_SIZE].decode()
             return RenderedEvent(line, "info", stamp, _flow_end_of, self._words[:],
                                  self.observer)  # fmt: skip
         if size == 0:
@@ -224,7 +231,6 @@ def _words_at(kept: bytes, index: int) -> array[int]:
     return words
 
 
-_STAMP_AT, _STAMP_SIZE = len('{"@timestamp":"'), len("2026-12-05T15:09:24.123456Z")
 _LINE_ERRORS: Final = {
     -1: "a DESTROY message without the parts of a TCP entry (or a port over 16 bits)",
     -2: "malformed netlink attributes in a DESTROY message",

@@ -24,7 +24,7 @@ from portguard.io.native import MAX_ACTIONS, DecisionForm, address, library
 FIRST_RECORDS = 256  # records (and 4 KiB of lines each) the buffers hold at first
 MAX_RECORDS = 1 << 16  # the buffers grow up to this many records, then Python renders the rest
 LINE_ROOM = 4096
-NO_ROOM, UNSUPPORTED, MALFORMED = -3, -1, -2
+NO_ROOM = -3  # decisionlines.c: the buffers are too small (its other failures: render in Python)
 
 
 def _head(action: Action) -> tuple[str, str]:
