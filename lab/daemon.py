@@ -30,6 +30,28 @@ HOOK_PORTS = (a.PORT_SMTP, a.PORT_SUBMISSIONS, a.PORT_SUBMISSION)
 GRACE_WITHOUT_HOOK_SIGN = 3.0  # seconds to wait after the queue is bound for READY=1 or hooks
 
 
+def forked_children(pid: int, settle: float = 0.3) -> list[int]:
+    """The daemon's forked children (workers, log processes): the children with the daemon's
+    command line in two reads `settle` s apart. A command the daemon runs meanwhile (the hook
+    watch's iptables check) is a child too, but it execs, and it is gone or renamed by then."""
+
+    def forks() -> set[int]:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return {child for child in map(int, children) if _cmdline(child) == own}
+
+    own = _cmdline(pid)
+    first = forks()
+    time.sleep(settle)
+    return sorted(first & forks())
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return b""
+
+
 def toml_string(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 

@@ -26,7 +26,7 @@ import pytest
 from lab import Lab, LabError, SendResult, topology
 from lab import addresses as a
 from lab.cases import CASES, Attempt, Case, match_events, plan, render_table, rows
-from lab.daemon import SHIPPED_RULES, render_config
+from lab.daemon import SHIPPED_RULES, forked_children, render_config
 from lab.demo import run_demo
 from lab.peers import parse_send_result, python_env, server_specs
 from lab.smtpc import classify, coalesce, message_chunks
@@ -412,6 +412,32 @@ def test_demo_with_the_real_daemon_and_shipped_rules() -> None:
 
 
 # --- pure parts (no root) --------------------------------------------------------------------
+
+
+FORKS_AND_RUNS = """
+import os, subprocess, sys, time
+if os.fork() == 0:  # a forked child stays, like a worker
+    time.sleep(30)
+    os._exit(0)
+subprocess.Popen(["sleep", "30"])  # a command it runs, like the hook watch's checks
+sys.stdout.write("up\\n"); sys.stdout.flush()
+time.sleep(30)
+"""
+
+
+def test_forked_children_are_the_forks_not_the_commands_run() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", FORKS_AND_RUNS], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 2  # the fork and the `sleep`
+        forks = forked_children(proc.pid)
+        assert len(forks) == 1 and Path(f"/proc/{forks[0]}/cmdline").exists()
+    finally:
+        for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
+            os.kill(int(pid), signal.SIGKILL)
+        proc.kill()
+        proc.wait()
 
 
 def test_parse_queue_stats_reads_the_kernel_format() -> None:

@@ -25,7 +25,7 @@ import pytest
 
 from lab import Lab
 from lab import addresses as a
-from lab.daemon import LabDaemon
+from lab.daemon import LabDaemon, forked_children
 from lab.peers import python_env
 
 SHIPPED = Path(__file__).resolve().parents[2] / "contrib" / "logrotate" / "portguard"
@@ -138,8 +138,7 @@ def lab() -> Iterator[Lab]:
 def service_pids(pid: int) -> list[int]:
     """The daemon and its forked workers: what `systemctl kill --kill-whom=all` signals."""
     assert b"portguard" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [pid, *map(int, children)]
+    return [pid, *forked_children(pid)]
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -22,7 +22,7 @@ import pytest
 
 from lab import Lab
 from lab import addresses as a
-from lab.daemon import LabDaemon, hooks_leftover
+from lab.daemon import LabDaemon, forked_children, hooks_leftover
 
 WATCHDOG_USEC = 1_000_000
 HALF = WATCHDOG_USEC / 2e6  # seconds: systemd wants a ping at least this often
@@ -102,11 +102,6 @@ def largest_gap(start: float, times: list[float], end: float) -> float:
     return max(b - a for a, b in itertools.pairwise(points))
 
 
-def worker_pids(pid: int) -> list[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(child) for child in children]
-
-
 @WORKERS
 def test_ready_watchdog_reload_stopping(lab: Lab, daemon: NotifiedDaemon, tmp_path: Path) -> None:
     if not any("READY" in m.fields for m in daemon.messages):  # start() may see hooks first
@@ -146,7 +141,7 @@ def test_ready_watchdog_reload_stopping(lab: Lab, daemon: NotifiedDaemon, tmp_pa
 @pytest.mark.parametrize("daemon", [2], indirect=True, ids=["two-workers"])
 def test_a_stuck_worker_stops_the_pings(daemon: NotifiedDaemon) -> None:
     assert daemon.proc is not None
-    workers = worker_pids(daemon.proc.pid)
+    workers = forked_children(daemon.proc.pid)
     assert len(workers) == 2
     assert len(pings(daemon.listen(1.0))) >= 2
     os.kill(workers[1], signal.SIGSTOP)  # its loop stops turning; the parent is fine
