@@ -75,8 +75,68 @@ static void sha1_block(uint32_t h[5], const uint8_t *block) {
     h[4] += e;
 }
 
-/* SHA-1 of `len` (< 56 + 64) bytes into `digest` (20 bytes). */
-static void sha1(const uint8_t *data, uint32_t len, uint8_t digest[20]) {
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#include <immintrin.h>
+#define PG_SHA_NI 1
+
+/* The same block with the SHA extensions (Intel's, also AMD's since Zen): four rounds an
+ * instruction. W_i, the i-th group of four schedule words, is kept in w[i % 4]; E for a group
+ * comes from A four rounds back (sha1nexte). */
+__attribute__((target("sha,sse4.1,ssse3"))) static void sha1_block_ni(uint32_t h[5],
+                                                                      const uint8_t *block) {
+    const __m128i swap = _mm_set_epi64x(0x0001020304050607LL, 0x08090a0b0c0d0e0fLL);
+    const __m128i abcd_in = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)h), 0x1B);
+    const __m128i e_in = _mm_set_epi32((int)h[4], 0, 0, 0);
+    __m128i w[4], abcd = abcd_in, before = abcd_in, e = e_in;
+    for (int i = 0; i < 4; i++)
+        w[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(block + 16 * i)), swap);
+    for (int i = 0; i < 20; i++) {
+        if (i >= 4)
+            w[i % 4] = _mm_sha1msg2_epu32(
+                _mm_xor_si128(_mm_sha1msg1_epu32(w[i % 4], w[(i + 1) % 4]), w[(i + 2) % 4]),
+                w[(i + 3) % 4]);
+        e = i == 0 ? _mm_add_epi32(e, w[0]) : _mm_sha1nexte_epu32(before, w[i % 4]);
+        before = abcd;
+        switch (i / 5) { /* the round function: an immediate */
+        case 0: abcd = _mm_sha1rnds4_epu32(abcd, e, 0); break;
+        case 1: abcd = _mm_sha1rnds4_epu32(abcd, e, 1); break;
+        case 2: abcd = _mm_sha1rnds4_epu32(abcd, e, 2); break;
+        default: abcd = _mm_sha1rnds4_epu32(abcd, e, 3); break;
+        }
+    }
+    e = _mm_sha1nexte_epu32(before, e_in);
+    abcd = _mm_shuffle_epi32(_mm_add_epi32(abcd, abcd_in), 0x1B);
+    _mm_storeu_si128((__m128i *)h, abcd);
+    h[4] = (uint32_t)_mm_extract_epi32(e, 3);
+}
+
+/* 1 when the CPU has the SHA extensions (CPUID leaf 7: EBX bit 29) and SSE4.1 */
+static int has_sha_ni(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_SSE4_1) || !(c & bit_SSSE3))
+        return 0;
+    return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & (1u << 29));
+}
+#endif
+
+typedef void (*sha1_block_fn)(uint32_t h[5], const uint8_t *block);
+
+/* the block function: 0 the portable one, 1 the SHA extensions' (none: NULL) */
+static sha1_block_fn sha1_impl(int which) {
+    if (which == 0)
+        return sha1_block;
+#ifdef PG_SHA_NI
+    if (which == 1 && has_sha_ni())
+        return sha1_block_ni;
+#endif
+    return NULL;
+}
+
+static sha1_block_fn chosen_block; /* the fastest this CPU has, found on first use */
+
+/* SHA-1 of `len` (< 56 + 64) bytes into `digest` (20 bytes) with `block`. */
+static void sha1_with(sha1_block_fn block, const uint8_t *data, uint32_t len, uint8_t digest[20]) {
     uint32_t h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
     uint8_t padded[128] = {0};
     memcpy(padded, data, len);
@@ -86,13 +146,31 @@ static void sha1(const uint8_t *data, uint32_t len, uint8_t digest[20]) {
     for (int i = 0; i < 8; i++)
         padded[total - 1 - i] = (uint8_t)(bits >> (8 * i));
     for (uint32_t at = 0; at < total; at += 64)
-        sha1_block(h, padded + at);
+        block(h, padded + at);
     for (int i = 0; i < 5; i++) {
         digest[4 * i] = (uint8_t)(h[i] >> 24);
         digest[4 * i + 1] = (uint8_t)(h[i] >> 16);
         digest[4 * i + 2] = (uint8_t)(h[i] >> 8);
         digest[4 * i + 3] = (uint8_t)h[i];
     }
+}
+
+static void sha1(const uint8_t *data, uint32_t len, uint8_t digest[20]) {
+    if (chosen_block == NULL) { /* a race sets it twice, alike */
+        sha1_block_fn ni = sha1_impl(1);
+        chosen_block = ni != NULL ? ni : sha1_block;
+    }
+    sha1_with(chosen_block, data, len, digest);
+}
+
+/* For the tests: SHA-1 of `len` (< 120) bytes with implementation `which` (0 portable, 1 the
+ * SHA extensions); -1 when this CPU or build has no such implementation. */
+int pg_sha1(const uint8_t *data, uint32_t len, uint8_t *digest, int which) {
+    sha1_block_fn block = sha1_impl(which);
+    if (block == NULL || len >= 120)
+        return -1;
+    sha1_with(block, data, len, digest);
+    return 0;
 }
 
 static const char BASE64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

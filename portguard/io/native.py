@@ -68,6 +68,8 @@ def _declared(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.pg_fast_decide.restype = i
     lib.pg_decision_lines.argtypes = [ctypes.c_char_p, u32, p, p, u32, p, u32, p, u32]
     lib.pg_decision_lines.restype = i
+    lib.pg_sha1.argtypes = [ctypes.c_char_p, u32, p, i]
+    lib.pg_sha1.restype = i
     return lib
 
 

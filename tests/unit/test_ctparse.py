@@ -5,6 +5,8 @@ messages, the line of the event `flow_end_event` builds from `DestroyParser`'s f
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import struct
 import time
 from array import array
@@ -21,7 +23,7 @@ from portguard.core.events.record import Observer
 from portguard.io import ctparse
 from portguard.io.ctevents import CUT
 from portguard.io.ctparse import DestroyParser, FlowEndLines, ReadLines, parse_destroy
-from portguard.io.native import address
+from portguard.io.native import address, library
 from tests.unit.test_ctevents_parse import (
     NESTED,
     V4_ALLOW_OUTBOUND,
@@ -254,3 +256,19 @@ def test_a_read_with_more_lines_than_room_is_left_to_the_caller(
     assert found is not None and len(found.block) == 2
     empty = many(small, [V4_UNMARKED])
     assert empty is not None and (len(empty.block), empty.block.data, empty.messages) == (0, b"", 1)
+
+
+@given(st.binary(max_size=119))
+@settings(max_examples=300)
+def test_the_community_id_hash_is_sha1_with_and_without_the_sha_extensions(data: bytes) -> None:
+    """Both block functions of flowlines.c against hashlib, over every length the Community ID
+    could need (one block and two); the SHA extensions' only where this CPU has them."""
+    lib = library()
+    assert lib is not None
+    digest = ctypes.create_string_buffer(20)
+    for which in (0, 1):
+        code = lib.pg_sha1(data, len(data), ctypes.addressof(digest), which)
+        if code == -1 and which == 1:
+            continue  # no SHA extensions here: the portable one was checked
+        assert code == 0
+        assert digest.raw == hashlib.sha1(data).digest(), which
