@@ -23,6 +23,10 @@ from portguard.log.sinks import LEVELS, EventSink, prepare, severity
 DEFAULT_BUFFER = 65536  # events a sink may have waiting
 FLUSH_EVERY = 256  # events a sink writes at most between two flushes (and counts)
 LIFECYCLE_RESERVE = 256  # more places for lifecycle events only
+# seconds a sink's thread waits, after a run, for more to gather before it sleeps until woken:
+# while events keep coming it wakes this often and is never woken by a submit (a wake-up costs
+# the submitting thread and a context switch a block); a lone event is still written at once
+LINGER = 0.002
 _STOP = object()
 _REOPEN = object()
 
@@ -208,8 +212,13 @@ class Channel:
             with self._ready:
                 self._ready.notify()
 
-    def _wait(self) -> None:
-        """Sleep until an item comes (at most a moment, to notice a close)."""
+    def _wait(self, lingering: bool) -> None:
+        """Sleep until an item comes (at most a moment, to notice a close); `lingering` (a run
+        was just written): first a LINGER-long nap no submit wakes."""
+        if lingering:
+            time.sleep(LINGER)
+            if self._items:
+                return
         with self._ready:
             self._sleeping = True
             if not self._items:
@@ -217,14 +226,17 @@ class Channel:
             self._sleeping = False
 
     def _drain(self) -> None:
+        lingering = False
         while True:
-            self._wait()
+            self._wait(lingering)
             if not self._items:
                 if self._closing.is_set():
                     return
+                lingering = False
                 continue
             if not self._write_run():
                 return
+            lingering = True
 
     def _write_run(self) -> bool:
         """Write what has gathered, then flush once; False once the stop marker came."""
