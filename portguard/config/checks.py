@@ -97,9 +97,11 @@ def _check_output(index: int, output: object) -> Iterator[tuple[KeyPath, str]]:
 def _check_output_options(
     key: KeyPath, kind: str, output: dict[str, Any]
 ) -> Iterator[tuple[KeyPath, str]]:
-    """Options that only some outputs take: prefix (stdout), TLS files (tls:// syslog)."""
-    if "prefix" in output and kind != "stdout":
-        yield (*key, "prefix"), f"outputs: 'prefix' does not apply to type \"{kind}\""
+    """Options that only some outputs take: prefix (stdout), page_cache (file), TLS files
+    (tls:// syslog)."""
+    for name, only in (("prefix", "stdout"), ("page_cache", "file")):
+        if name in output and kind != only:
+            yield (*key, name), f"outputs: '{name}' does not apply to type \"{kind}\""
     address = output.get("address")
     tls = kind == "syslog" and isinstance(address, str) and address.startswith("tls://")
     for name in _TLS_KEYS:

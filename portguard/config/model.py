@@ -27,6 +27,7 @@ from portguard.config.schema import (
     DEFAULT_BUFFER,
     DEFAULT_CONTROL_SOCKET,
     DEFAULT_DENY_CACHE,
+    DEFAULT_PAGE_CACHE,
     DEFAULT_PER_SOURCE_BURST,
     DEFAULT_PER_SOURCE_RATE,
     DEFAULT_RESOLVE_INTERVAL,
@@ -34,6 +35,7 @@ from portguard.config.schema import (
     DEFAULT_STATE_DIR,
     MAX_BUFFER,
     MAX_DENY_CACHE,
+    MAX_PAGE_CACHE,
     MAX_PER_SOURCE_BURST,
     MAX_RESOLVE_INTERVAL,
     Backend,
@@ -185,6 +187,9 @@ class Output(Spec):
     # events that may wait for it; beyond: dropped and counted
     buffer: Annotated[int, within(1, MAX_BUFFER)] = DEFAULT_BUFFER
     prefix: Prefix = "auto"  # stdout: journald's <N> priority prefix ("auto": under journald)
+    # file: MiB of the file's end left in the page cache; older lines, once on disk, are
+    # dropped from it (0: the kernel decides)
+    page_cache: Annotated[int, within(0, MAX_PAGE_CACHE)] = DEFAULT_PAGE_CACHE
     ca: FilePath | None = None  # tls: CA bundle that verifies the collector (default: system's)
     cert: FilePath | None = None  # tls: client certificate (mutual TLS), with key
     key: FilePath | None = None

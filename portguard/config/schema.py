@@ -29,6 +29,8 @@ LogLevel = Literal["debug", "info", "notice", "warning", "error"]  # log/sinks.p
 Prefix = Literal["auto", "always", "never"]
 DEFAULT_BUFFER = 65536  # events waiting for one output
 MAX_BUFFER = 10_000_000
+DEFAULT_PAGE_CACHE = 256  # MiB of a file output's end left in the page cache
+MAX_PAGE_CACHE = 1 << 20
 
 DEFAULT_RULES_PATH = Path("/etc/portguard/rules.d")
 DEFAULT_RESOLVE_INTERVAL = 300

@@ -21,7 +21,7 @@ from portguard.log.writer import Channel, EventWriter
 
 def make_sink(output: Output) -> EventSink:
     if output.type == "file" and output.path is not None:
-        return file_sink(Path(output.path), output.format)
+        return file_sink(Path(output.path), output.format, output.page_cache << 20)
     if output.type == "syslog" and output.address is not None:
         return syslog.SyslogSink(output.address, output.format, tls_settings(output))
     return stdout_sink(output.format, output.prefix)

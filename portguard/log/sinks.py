@@ -6,6 +6,7 @@ queue): `write` may block, and raises OSError when that event could not be writt
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -80,6 +81,7 @@ class Sink:
         fmt: str = "ecs",
         path: Path | None = None,
         prefix: bool = False,
+        page_cache: int = 0,
     ) -> None:
         self.name = name
         self.format = fmt
@@ -89,10 +91,12 @@ class Sink:
         self.blocks = fmt == "ecs" and not prefix  # a block's lines are this sink's lines
         self._render = formats.renderer(fmt)  # ValueError for an unknown format
         self.errors = 0
+        self.page_cache = page_cache  # a file: bytes of its end left in the page cache (0: all)
         self._attach(stream)
 
     def _attach(self, stream: BinaryIO) -> None:
         self.stream = stream
+        self.trim = CacheTrim.of(stream, self.page_cache) if self.path is not None else None
 
     def reopen(self) -> None:
         """After logrotate moved the file: continue in a new file of the same name."""
@@ -112,15 +116,19 @@ class Sink:
         `prepare`); the writer flushes once its queue is empty, so a burst costs few system
         calls."""
         if isinstance(event, LineBlock):
-            self._guarded(self.stream.write, event.data)
-            return
-        line = self._render(event)
-        if self.prefix:  # journald's `<N>` priority prefix (so `journalctl -p warning` works)
-            line = b"<%d>%s" % (severity(event), line)
-        self._guarded(self.stream.write, line + b"\n")
+            data = event.data
+        else:
+            data = self._render(event) + b"\n"
+            if self.prefix:  # journald's `<N>` priority prefix (`journalctl -p warning` works)
+                data = b"<%d>%s" % (severity(event), data)
+        self._guarded(self.stream.write, data)
+        if self.trim is not None:
+            self.trim.end += len(data)
 
     def flush(self) -> None:
         self._guarded(self.stream.flush)
+        if self.trim is not None:
+            self.trim.after_flush()
 
     def _guarded(self, action: Callable[..., object], *args: object) -> None:
         """Run a stream operation; any failure is counted and raised as OSError."""
@@ -163,6 +171,42 @@ OUTPUT_DIR_MODE = 0o750
 _OUTPUT_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+TRIM_EVERY = 16 << 20  # bytes written between two trims of a file's page cache
+
+
+class CacheTrim:
+    """A log file's lines leave the page cache once they are on disk and `keep` bytes behind
+    its end: a log is written once and read at most once, soon (a shipper tailing it), so at
+    100 MB/s it would otherwise fill the page cache and make the kernel reclaim other pages
+    for it. Every TRIM_EVERY bytes, POSIX_FADV_DONTNEED from the file's start to `keep` before
+    its end: the kernel starts writing back what is dirty there and drops what is clean (the
+    next trim drops what was still being written). Only advice: a failure changes nothing."""
+
+    def __init__(self, fd: int, keep: int, end: int) -> None:
+        self.fd, self.keep = fd, keep
+        self.end = end  # the file's size: where the next line goes (O_APPEND)
+        self.trimmed = 0  # where the last trim's range ended
+
+    @classmethod
+    def of(cls, stream: BinaryIO, keep: int) -> CacheTrim | None:
+        """A trim for a file `stream` (None when `keep` is 0 or the stream has no file)."""
+        if keep <= 0:
+            return None
+        try:
+            fd = stream.fileno()
+            return cls(fd, keep, os.fstat(fd).st_size)
+        except (OSError, ValueError):
+            return None
+
+    def after_flush(self) -> None:
+        upto = self.end - self.keep
+        if upto - self.trimmed < TRIM_EVERY:
+            return
+        self.trimmed = upto
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(self.fd, 0, upto, os.POSIX_FADV_DONTNEED)
+
+
 class SymlinkOutputError(OSError):
     """The output path is a symbolic link: a root daemon never writes where a link points."""
 
@@ -189,6 +233,8 @@ def open_output(path: Path) -> BinaryIO:
         raise
 
 
-def file_sink(path: Path, fmt: str = "ecs") -> Sink:
+def file_sink(path: Path, fmt: str = "ecs", page_cache: int = 0) -> Sink:
+    """A file output; `page_cache`: bytes of its end left in the page cache (`CacheTrim`)."""
     path.parent.mkdir(mode=OUTPUT_DIR_MODE, parents=True, exist_ok=True)
-    return Sink(f"file:{path}", open_output(path), owned=True, fmt=fmt, path=path)
+    stream = open_output(path)
+    return Sink(f"file:{path}", stream, owned=True, fmt=fmt, path=path, page_cache=page_cache)

@@ -59,7 +59,7 @@ CASES: dict[str, tuple[str, str]] = {
     "output-unknown-key": (
         "2:54",
         "unknown key 'rotate' (known keys: type, path, address, format, level, buffer, prefix, "
-        "ca, cert, key, server_name)",
+        "page_cache, ca, cert, key, server_name)",
     ),
     "output-unknown-type": ("2:14", "type: must be 'stdout', 'file' or 'syslog', not \"kafka\""),
     "outputs-empty": ("2:1", "outputs: needs at least one entry"),
@@ -242,6 +242,9 @@ def test_outputs_take_a_level_a_buffer_and_tls_settings(tmp_path: Path) -> None:
          "2:12: outputs: a client certificate needs both 'cert' and 'key'"),
         ('{ type = "stdout", level = "loud" }', "level: must be"),
         ('{ type = "stdout", buffer = 0 }', "buffer: 0 is out of range 1-10000000"),
+        ('{ type = "stdout", page_cache = 16 }',
+         "2:31: outputs: 'page_cache' does not apply to type \"stdout\""),
+        ('{ type = "file", path = "x", page_cache = -1 }', "page_cache: -1 is out of range"),
     ],
 )  # fmt: skip
 def test_output_option_errors(tmp_path: Path, output: str, message: str) -> None:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import ctypes
 import io
+import mmap
 import os
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
 import orjson
 import pytest
 
+from portguard.core.events.lines import LineBlock
+from portguard.log import sinks
 from portguard.log.sinks import (
     Sink,
     SymlinkOutputError,
@@ -146,3 +151,108 @@ def test_a_reopen_onto_a_planted_symlink_raises_and_writes_nothing(tmp_path: Pat
     sink.write(EVENT)  # still the rotated file
     sink.close()
     assert (tmp_path / "events.jsonl.1").read_bytes().count(b"\n") == 1
+
+
+MIB = 1 << 20
+
+
+def block_of(size: int) -> LineBlock:
+    """A run of lines of `size` bytes (only its bytes matter to a file sink)."""
+    line = b"x" * 1023 + b"\n"
+    return LineBlock(line * (size // len(line)), [], [], [], None)
+
+
+def test_a_file_output_trims_the_page_cache_behind_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every TRIM_EVERY bytes (after a flush): DONTNEED from the start to `keep` before the
+    end, the end counted from the size the file had when opened (appended to)."""
+    calls: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(sinks, "TRIM_EVERY", 2 * MIB)
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, at, size, advice: calls.append(
+        (at, size, advice)))  # fmt: skip
+    path = tmp_path / "decisions.log"
+    path.write_bytes(b"y\n" * MIB)  # 2 MiB already there
+    sink = file_sink(path, page_cache=3 * MIB)
+    for _ in range(8):
+        sink.write(block_of(MIB))
+        sink.flush()
+    sink.close()
+    assert path.stat().st_size == 10 * MIB
+    dontneed = os.POSIX_FADV_DONTNEED
+    assert calls == [(0, 2 * MIB, dontneed), (0, 4 * MIB, dontneed), (0, 6 * MIB, dontneed)]
+
+
+def test_no_trim_without_a_file_or_with_page_cache_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sinks, "TRIM_EVERY", 1)
+    monkeypatch.setattr(os, "posix_fadvise", lambda *args: pytest.fail("trimmed"))
+    kept = file_sink(tmp_path / "a.log", page_cache=0)
+    stream = Sink("stdout", io.BytesIO(), owned=False, page_cache=MIB)
+    for sink in (kept, stream):
+        sink.write(block_of(4 * MIB))
+        sink.flush()
+        assert sink.trim is None
+
+
+def test_a_reopened_file_is_trimmed_from_its_own_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(sinks, "TRIM_EVERY", MIB)
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, at, size, advice: calls.append(size))
+    path = tmp_path / "decisions.log"
+    sink = file_sink(path, page_cache=MIB)
+    sink.write(block_of(3 * MIB))
+    sink.flush()
+    path.rename(tmp_path / "decisions.log.1")
+    sink.reopen()
+    sink.write(block_of(MIB))
+    sink.flush()  # 1 MiB in the new file: nothing behind `keep` yet
+    sink.write(block_of(MIB))
+    sink.flush()
+    sink.close()
+    assert calls == [2 * MIB, MIB]
+
+
+def resident(path: Path) -> int:
+    """Pages of `path` in the page cache (mincore)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]  # fmt: skip
+    size = path.stat().st_size
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    with path.open("rb") as file:
+        at = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, file.fileno(), 0)
+    assert at not in (None, ctypes.c_void_p(-1).value)
+    try:
+        vector = (ctypes.c_ubyte * pages)()
+        assert libc.mincore(ctypes.c_void_p(at), ctypes.c_size_t(size), vector) == 0
+        return sum(byte & 1 for byte in vector)
+    finally:
+        libc.munmap(ctypes.c_void_p(at), ctypes.c_size_t(size))
+
+
+def test_trimmed_lines_leave_the_page_cache_and_stay_in_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel's part: what was written and is on disk leaves the cache; the file keeps
+    every byte (tmpfs keeps its pages in memory: nothing to drop there)."""
+    kind = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+    if kind in ("tmpfs", "ramfs"):
+        pytest.skip(f"{tmp_path} is {kind}")
+    monkeypatch.setattr(sinks, "TRIM_EVERY", MIB)
+    path = tmp_path / "decisions.log"
+    sink = file_sink(path, page_cache=MIB)
+    sink.write(block_of(8 * MIB))
+    sink.flush()  # the first trim starts the write-back
+    os.fsync(sink.stream.fileno())
+    sink.write(block_of(2 * MIB))
+    sink.flush()  # the second drops what is now on disk
+    sink.close()
+    assert path.stat().st_size == 10 * MIB
+    assert resident(path) * mmap.PAGESIZE <= 3 * MIB  # of 10: the last MiB and the last 2 written
+    assert path.read_bytes().count(b"\n") == 10 * 1024
