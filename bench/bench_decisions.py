@@ -13,7 +13,9 @@ internet side; the gateway decides each SYN by a 3-rule policy (bench/decisions_
 2. connect latency: sequential connects to an open port, kernel-only against portguard
    (p50, p99, the added µs; every sample kept for the CDF);
 3. events written against decided at portguard's highest rate without loss, with the file
-   output and with file + TCP syslog to rsyslog (the daemon's stop events);
+   output, with file + TCP syslog to rsyslog and with file + TCP syslog to the stream
+   collector (lab/streamcollector.py: a collector that costs the shared cores next to
+   nothing, standing in for one on its own machine) (the daemon's stop events);
 4. the log process alone (bench/logcapacity.py): decision events/s with each set of outputs,
    as a ratio to the decision rate of 1.
 5. CPU a decision (bench/cpushare.py): the floor and portguard (workers = 1) at one rate
@@ -71,7 +73,7 @@ FULL = dict(
     "300000,400000",
     seconds=5.0, rounds=3, refine=2, connects=300, latency_rounds=5,
     events_seconds=10.0, events_rounds=3,
-    capacity_rates="5000,10000,15000,20000,30000,40000,60000,80000,120000",
+    capacity_rates="5000,10000,15000,20000,30000,40000,60000,80000,120000,160000,200000",
     capacity_seconds=5.0, capacity_refine=2, cpu_rounds=3,
 )  # fmt: skip
 QUICK = dict(
@@ -169,7 +171,8 @@ def run_phases(bench: BenchLab, opts: argparse.Namespace, doc: Document) -> None
     if "events" in opts.phases:
         started = phase("3. events written vs decided", doc)
         workers, rate = events_setup(doc, daemons, opts)
-        setups = [Portguard(bench, workers), Portguard(bench, workers, syslog=True)]
+        setups = [Portguard(bench, workers), Portguard(bench, workers, syslog=True),
+                  Portguard(bench, workers, syslog=True, stream=True)]  # fmt: skip
         timed = phases.Options(opts.events_seconds, opts.events_rounds, opts.settle)
         found = phases.events_at(bench, setups, rate, opts.events_rounds, timed)
         rounds = {name: [round_fields(r) for r in found[name]] for name in found}

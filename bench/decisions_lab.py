@@ -28,6 +28,7 @@ from lab import addresses as a
 from lab.collector import Collector
 from lab.netns import LabError
 from lab.peers import python_env
+from lab.streamcollector import StreamCollector
 from lab.topology import Lab, terminate
 from portguard.io.ctevents import ACCOUNTING
 
@@ -38,6 +39,7 @@ TARGET = a.MX.v4  # nothing listens on its port 25 in the lab unless asked: it a
 SYN_COUNTER = "pg-bench-syns"  # the comment of the counting rule in the internet namespace
 IPSET = "pg-bench-business"
 SYSLOG_PORT = 5514
+STREAM_PORT = 5515  # the stream collector's
 DECISION = b'"portguard.decision"'  # in every decision event (ECS event.dataset)
 DECISION_TEXT = b"portguard.decision"  # ... also where the event is a string (rsyslog's JSON)
 LIFECYCLE = b'"portguard.lifecycle"'
@@ -119,12 +121,14 @@ class Flood:
 
 class BenchLab:
     """A Lab prepared for the benchmark: client addresses, the SYN counter, conntrack settings,
-    the policy files and the ipsets; a rsyslog collector in the gateway when asked for."""
+    the policy files and the ipsets; a rsyslog collector and a stream collector in the
+    gateway when asked for."""
 
     def __init__(self, lab: Lab, prefixes: int = PREFIXES, clients: int = 4) -> None:
         self.lab, self.clients = lab, clients
         self.rules = write_policy(lab.workdir / "rules", prefixes)
         self.collector: Collector | None = None
+        self.stream_collector: StreamCollector | None = None
         for client in range(clients):
             first = int(client_sources(client).rsplit(".", 1)[1])
             for host in range(first, first + SOURCES_PER_CLIENT):
@@ -183,9 +187,23 @@ class BenchLab:
             self.collector.start()
         return self.collector
 
+    def start_stream_collector(self) -> StreamCollector:
+        """lab/streamcollector.py in the gateway, on STREAM_PORT: a collector that costs the
+        shared cores next to nothing (a SIEM's collector runs on a machine of its own)."""
+        if self.stream_collector is None:
+            workdir = self.lab.workdir / "stream"
+            workdir.mkdir()
+            argv = self.lab.argv("gw", [])
+            collector = StreamCollector(workdir, argv, STREAM_PORT, DECISION_TEXT)
+            collector.start()
+            self.stream_collector = collector
+        return self.stream_collector
+
     def close(self) -> None:
         if self.collector is not None:
             self.collector.stop()
+        if self.stream_collector is not None:
+            self.stream_collector.stop()
 
 
 def json_result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:

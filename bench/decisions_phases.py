@@ -5,8 +5,9 @@
    rate `rounds` times (stopping early once most rounds agree), figures the median of them.
 2. `latency`: sequential connects to an open port (bench/tcpbulk.py) through kernel-only and
    portguard, rounds alternating, every sample kept.
-3. `events_at`: portguard with the file output, and with file + TCP syslog to rsyslog, at one
-   rate: decided against written and dropped, from the stop events.
+3. `events_at`: portguard with the file output, and with file + TCP syslog to rsyslog or to
+   the stream collector, at one rate: decided against written and dropped, from the stop
+   events.
 4. `log_capacity`: bench/logcapacity.py in the gateway namespace (the log process alone).
 5. `cpu_at`: the floor and portguard at one rate below both edges: CPU µs a decision of each
    process (packet loop, log process) and of the whole machine (bench/cpushare.py).

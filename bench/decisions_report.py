@@ -106,7 +106,7 @@ def capacity_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def output_totals(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """SYNs, decisions and each output's counters, summed over the rounds of an events
     set-up. Each output also gets `decisions`: the decision events that reached it (the file's
-    own count; for syslog, what rsyslog wrote)."""
+    own count; for syslog, what its collector wrote)."""
     totals: dict[str, Any] = {"sent": 0, "lost": 0, "decided": 0, "in_file": 0,
                               "handoff_dropped": 0, "outputs": {}}  # fmt: skip
     for measured in rounds:

@@ -5,7 +5,8 @@
 - `Floor`: bench/floor.py behind portguard's own iptables hook for the benchmark's config (the
   hook backend's `install` in the gateway namespace: the same rules the daemon installs);
 - `Portguard`: the real daemon (LabDaemon) with the 3-rule policy, `workers = N`, the file
-  output and optionally a TCP syslog output to rsyslog in the gateway, flood control at its
+  output and optionally a TCP syslog output to rsyslog or to the stream collector (raw frames,
+  next to no CPU: lab/streamcollector.py) in the gateway, flood control at its
   default. `[queue] per_source` is off (it would drop most of these SYNs before any decision)
   and the hook backend is iptables, as for the floor, so the kernel's work is the same.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 from bench.cpushare import children
 from bench.decisions_lab import (
     DECISION_TEXT,
+    STREAM_PORT,
     SYSLOG_PORT,
     BenchLab,
     Events,
@@ -29,9 +31,11 @@ from bench.decisions_lab import (
 )
 from bench.measure import settle
 from lab import addresses as a
+from lab.collector import Collector
 from lab.daemon import LabDaemon, render_config
 from lab.netns import LabError
 from lab.peers import python_env
+from lab.streamcollector import StreamCollector
 from lab.topology import terminate
 from portguard.config.model import parse_config
 from portguard.io.hooks.iptables import IptablesBackend
@@ -86,10 +90,11 @@ def for_benchmark(text: str) -> str:
     return text
 
 
-def bench_config(rules: Path, workers: int, syslog: bool, directory: Path) -> str:
+def bench_config(rules: Path, workers: int, syslog: bool, directory: Path,
+                 port: int = SYSLOG_PORT) -> str:  # fmt: skip
     """The daemon's config for the benchmark: `for_benchmark`, the iptables backend, the file
-    output in `directory`, and a syslog output to the lab's collector if asked."""
-    extra = [f'{{ type = "syslog", address = "tcp://127.0.0.1:{SYSLOG_PORT}" }}'] if syslog else []
+    output in `directory`, and a syslog output to a collector on `port` if asked."""
+    extra = [f'{{ type = "syslog", address = "tcp://127.0.0.1:{port}" }}'] if syslog else []
     text = render_config([rules], directory / "decisions.jsonl", workers=workers,
                          backend="iptables", extra_outputs=extra)  # fmt: skip
     return for_benchmark(text)
@@ -143,17 +148,22 @@ class Floor:
 
 @dataclass
 class Portguard:
-    """The daemon: `workers`, the file output, and a TCP syslog output when `syslog`."""
+    """The daemon: `workers`, the file output, and a TCP syslog output when `syslog`: to
+    rsyslog, or to the stream collector when `stream`."""
 
     bench: BenchLab
     workers: int = 1
     syslog: bool = False
+    stream: bool = False
     daemon: LabDaemon | None = field(default=None, init=False)
     _collected: tuple[int, int] = field(default=(0, 0), init=False)  # messages, bytes before
+    _collector: Collector | StreamCollector | None = field(default=None, init=False)
 
     @property
     def name(self) -> str:
         outputs = "file + syslog TCP" if self.syslog else "file"
+        if self.syslog and self.stream:
+            outputs += " (stream collector)"
         return f"portguard, workers = {self.workers}, {outputs}"
 
     @property
@@ -162,13 +172,17 @@ class Portguard:
 
     def enter(self) -> None:
         daemon = LabDaemon(self.bench.lab, [self.bench.rules], workers=self.workers)
+        port = STREAM_PORT if self.stream else SYSLOG_PORT
         daemon.config.write_text(
-            bench_config(self.bench.rules, self.workers, self.syslog, daemon.dir)
+            bench_config(self.bench.rules, self.workers, self.syslog, daemon.dir, port)
         )
         self.daemon = daemon
         if self.syslog:
-            collector = self.bench.start_collector()
-            self._collected = collector.count(), collected_bytes(collector.output)
+            collector: Collector | StreamCollector = (
+                self.bench.start_stream_collector() if self.stream else self.bench.start_collector()
+            )
+            self._collector = collector
+            self._collected = collector.count(), decisions_mark(collector)
         daemon.start(timeout=120)
 
     def processes(self) -> dict[str, int]:
@@ -190,14 +204,29 @@ class Portguard:
             raise LabError(f"portguard exited with {code}:\n{daemon.stderr_tail()}")
         events = read_events(daemon.events_path)
         syslog = events.output("syslog")
-        if self.bench.collector is None or syslog is None:
+        collector = self._collector
+        if collector is None or syslog is None:
             return events
-        messages, offset = self._collected
-        settle(self.bench.collector.count, messages + syslog.written, quiet=2.0, limit=120)
-        with self.bench.collector.output.open("rb") as written:
-            written.seek(offset)
-            decisions = written.read().count(DECISION_TEXT)
-        return replace(events, at_collector=decisions)
+        messages, mark = self._collected
+        settle(collector.count, messages + syslog.written, quiet=2.0, limit=120)
+        return replace(events, at_collector=decisions_since(collector, mark))
+
+
+def decisions_mark(collector: Collector | StreamCollector) -> int:
+    """Where the decisions a collector receives from now on start: rsyslog's output file's
+    size, the stream collector's count."""
+    if isinstance(collector, StreamCollector):
+        return collector.marked()
+    return collected_bytes(collector.output)
+
+
+def decisions_since(collector: Collector | StreamCollector, mark: int) -> int:
+    """Decision events the collector received since `mark` (`decisions_mark`)."""
+    if isinstance(collector, StreamCollector):
+        return collector.marked() - mark
+    with collector.output.open("rb") as written:
+        written.seek(mark)
+        return written.read().count(DECISION_TEXT)
 
 
 def collected_bytes(path: Path) -> int:
