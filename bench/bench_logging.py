@@ -41,7 +41,6 @@ import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from lab import Lab, synflood
 from lab import addresses as a
 from lab.daemon import SHIPPED_RULES, LabDaemon
 from lab.peers import python_env
+from lab.streamcollector import StreamCollector
 from portguard.core.events.record import (
     DecisionRecord,
     Event,
@@ -261,51 +261,18 @@ def in_process_report(figures: dict[str, Costs], decisions: int, rounds: int) ->
 # --- (b) the daemon in the lab -----------------------------------------------------------------
 
 
-def listen(address: str, port: int, status: Path) -> None:
-    """A syslog TCP reader: counts decision events in the stream (rewritten to `status`)."""
-    server = socket.create_server((address, port), backlog=16)
-    counts = {"decisions": 0, "bytes": 0}
-    lock = threading.Lock()
-
-    def read(conn: socket.socket) -> None:
-        tail = b""
-        while chunk := conn.recv(1 << 20):
-            data = tail + chunk
-            with lock:
-                counts["decisions"] += data.count(MARKER)
-                counts["bytes"] += len(chunk)
-            tail = data[-(len(MARKER) - 1) :]
-
-    def accept() -> None:
-        while True:
-            conn, _ = server.accept()
-            threading.Thread(target=read, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    print("READY", flush=True)
-    while True:
-        with lock:
-            text = f"{counts['decisions']} {counts['bytes']}\n"
-        status.with_suffix(".tmp").write_text(text)
-        status.with_suffix(".tmp").replace(status)
-        time.sleep(0.1)
-
-
 class Collector:
-    """`listen` running in the gateway namespace."""
+    """The stream collector (lab/streamcollector.py) in the gateway namespace: it counts the
+    decision events it receives."""
 
     def __init__(self, lab: Lab) -> None:
-        self.status = lab.workdir / "collector.status"
-        argv = [sys.executable, __file__, "listen", a.GW_WAN.v4, str(SYSLOG_PORT), str(self.status)]
-        self.proc = lab.popen("gw", argv, stdout=-1, text=True, env=python_env())
-        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "READY"
+        argv = lab.argv("gw", [])
+        self.stream = StreamCollector(lab.workdir, argv, SYSLOG_PORT, MARKER, address=a.GW_WAN.v4)
+        self.stream.start()
         self.output = f'{{ type = "syslog", address = "tcp://{a.GW_WAN.v4}:{SYSLOG_PORT}" }}'
 
     def decisions(self) -> int:
-        try:
-            return int(self.status.read_text().split()[0])
-        except (OSError, IndexError, ValueError):
-            return 0
+        return self.stream.marked()
 
 
 @dataclass(frozen=True, slots=True)
@@ -490,9 +457,6 @@ def lab_report(figures: dict[str, list[Step]], seconds: float) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
-    if args[:1] == ["listen"]:
-        listen(args[1], int(args[2]), Path(args[3]))
-        return 0
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--decisions", type=int, default=20_000, help="(a) decisions per run")
     parser.add_argument("--rounds", type=int, default=5, help="(a) rounds")
