@@ -3,14 +3,14 @@
     with StreamCollector(workdir, ["ip", "netns", "exec", ns], 6514, b"decision") as c:
         ...                  # send octet-counted syslog to tcp://127.0.0.1:6514
         c.count()            # the complete messages received so far
-        c.marked()           # ... of them, those with b"decision" in them
+        c.marked()           # how often b"decision" occurs in them
 
 rsyslog parses each message and writes it as JSON (lab/collector.py): on the benchmark's two
 cores, at 180,000 events/s, it competes with the daemon for the CPU it measures. A SIEM's
 collector runs on its own machine; this one stands in for it by doing the least a receiver
 must: read the socket and count the complete frames (RFC 6587 octet counting: MSG-LEN SP
-MSG) and those with a marker. It keeps no bytes: writing 150 MB/s into a file would cost this
-machine's shared cores what the collector is here to leave to the daemon.
+MSG) and how often a marker occurs in them. It keeps no bytes: writing 150 MB/s into a file
+would cost this machine's shared cores what the collector is here to leave to the daemon.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ CHUNK = 1 << 20
 
 
 def serve(address: str, port: int, marker: bytes, status: Path) -> None:
-    """Accept connections; count the complete frames each sends and the frames with `marker`
-    in them, and rewrite both counts to `status` every 0.1 s. The bytes are not kept."""
+    """Accept connections; count the complete frames each sends and how often `marker`
+    occurs in them, and rewrite both counts to `status` every 0.1 s. The bytes are not kept."""
     server = socket.create_server((address, port), backlog=16)
     lock = threading.Lock()
-    counts = [0, 0]  # frames, frames with the marker
+    counts = [0, 0]  # frames, the marker in them
 
     def receive(conn: socket.socket) -> None:
         tail = b""
@@ -106,7 +106,8 @@ class StreamCollector:
         return self._counts()[0]
 
     def marked(self) -> int:
-        """Messages with the marker in them received so far."""
+        """How often the marker occurs in the messages received so far (once a decision
+        event for the benchmark's marker)."""
         return self._counts()[1]
 
     def _counts(self) -> tuple[int, int]:
